@@ -1,0 +1,872 @@
+//! `config.toml`: loading, validation, and the secrets it points at.
+//!
+//! The file is read with figment (the file, then `RECURRENTD_SECTION__KEY` environment
+//! overrides) into raw structs with `deny_unknown_fields`, then checked into a [`Config`] whose
+//! values are already parsed (time zone, charge time, paths resolved against the config file's
+//! folder). Any problem is one [`ConfigError`] that names the file and the key.
+//!
+//! Secrets never pass through figment, whose error messages quote the offending value. They are
+//! read by [`load_secret`] from a file named in config, from `$CREDENTIALS_DIRECTORY/<name>`
+//! (systemd `LoadCredential=`), or from an environment variable for local use, and are held as
+//! [`SecretString`], whose `Debug` is redacted.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveTime;
+use chrono_tz::Tz;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Prefix of the environment variables that override config keys: `RECURRENTD_GATEWAY__URL`.
+pub const ENV_PREFIX: &str = "RECURRENTD_";
+
+/// Environment variables under [`ENV_PREFIX`] that are not config keys (after the prefix).
+const NON_CONFIG_ENV: &[&str] = &[
+    "CONFIG",
+    "SECRET_PASSWORD",
+    "SECRET_SALT",
+    "SECRET_PRIVATE_KEY",
+    "LOG",
+];
+
+/// The whole checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub source: PathBuf,
+    pub database: DatabaseConfig,
+    pub schedules: SchedulesConfig,
+    pub gateway: GatewayConfig,
+    pub billing: BillingConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// SQLite database file.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulesConfig {
+    /// Folder whose `*.toml` files hold the subscriptions.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Base URL of the Assist server, e.g. `https://payments.demo.paysecure.ru`.
+    pub url: String,
+    /// Assist's Merchant_ID. A string: it is an identifier, not a number to compute with.
+    pub merchant_id: String,
+    /// Web-service login (not secret on its own; the password is).
+    pub login: String,
+    pub password_file: Option<PathBuf>,
+    pub salt_file: Option<PathBuf>,
+    pub private_key_file: Option<PathBuf>,
+    /// Whether the merchant's Assist account is in test mode; results must agree with it.
+    pub test_mode: bool,
+    /// Whether requests that define a `Signature` (Token Pay) carry one.
+    pub sign_requests: bool,
+    /// Response format asked of the gateway.
+    pub format: ResponseFormat,
+    pub connect_timeout_secs: u64,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BillingConfig {
+    /// Time zone in which due dates, `charge_time`, `period_days` and `max_date` are read.
+    pub timezone: Tz,
+    /// Local time of day at which a period's charge becomes due.
+    pub charge_time: NaiveTime,
+    /// What to do with periods missed while the daemon was not running.
+    pub catch_up: CatchUp,
+    /// How long after its due instant a period still counts as on time, not missed.
+    pub grace_hours: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseFormat {
+    /// `Format=3`.
+    Xml,
+    /// `Format=5`.
+    Json,
+}
+
+/// Catch-up policy after downtime (see the README's billing rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// Charge only the most recent missed period; report older ones as skipped.
+    Latest,
+    /// Skip missed periods; resume at the next period that is still on time.
+    None,
+}
+
+impl CatchUp {
+    pub fn parse(text: &str) -> Option<CatchUp> {
+        match text {
+            "latest" => Some(CatchUp::Latest),
+            "none" => Some(CatchUp::None),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CatchUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CatchUp::Latest => "latest",
+            CatchUp::None => "none",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A configuration problem: one readable message that names the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+// The raw shape of the file. Every section and key is listed; anything else is an error.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    schedules: RawSchedules,
+    gateway: RawGateway,
+    #[serde(default)]
+    billing: RawBilling,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    #[serde(default = "default_database_path")]
+    path: PathBuf,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        RawDatabase {
+            path: default_database_path(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedules {
+    #[serde(default = "default_schedules_dir")]
+    dir: PathBuf,
+}
+
+impl Default for RawSchedules {
+    fn default() -> Self {
+        RawSchedules {
+            dir: default_schedules_dir(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    url: String,
+    #[serde(deserialize_with = "string_or_integer")]
+    merchant_id: String,
+    #[serde(deserialize_with = "string_or_integer")]
+    login: String,
+    password_file: Option<PathBuf>,
+    salt_file: Option<PathBuf>,
+    private_key_file: Option<PathBuf>,
+    #[serde(default)]
+    test_mode: bool,
+    #[serde(default)]
+    sign_requests: bool,
+    #[serde(default = "default_format")]
+    format: ResponseFormat,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_secs: u64,
+    #[serde(default = "default_timeout")]
+    timeout_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBilling {
+    #[serde(default = "default_timezone")]
+    timezone: String,
+    #[serde(default = "default_charge_time")]
+    charge_time: String,
+    #[serde(default = "default_catch_up")]
+    catch_up: CatchUp,
+    #[serde(default = "default_grace_hours")]
+    grace_hours: u32,
+}
+
+impl Default for RawBilling {
+    fn default() -> Self {
+        RawBilling {
+            timezone: default_timezone(),
+            charge_time: default_charge_time(),
+            catch_up: default_catch_up(),
+            grace_hours: default_grace_hours(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_log_format")]
+    format: LogFormat,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: default_log_format(),
+        }
+    }
+}
+
+fn default_database_path() -> PathBuf {
+    match std::env::var_os("STATE_DIRECTORY") {
+        // systemd may pass several directories separated by ':'; the first is ours.
+        Some(dirs) => {
+            let first = dirs
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            PathBuf::from(first).join("recurrentd.db")
+        }
+        None => PathBuf::from("recurrentd.db"),
+    }
+}
+fn default_schedules_dir() -> PathBuf {
+    PathBuf::from("schedules")
+}
+fn default_format() -> ResponseFormat {
+    ResponseFormat::Xml
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_timeout() -> u64 {
+    60
+}
+fn default_timezone() -> String {
+    "Europe/Moscow".to_string()
+}
+fn default_charge_time() -> String {
+    "10:00".to_string()
+}
+fn default_catch_up() -> CatchUp {
+    CatchUp::Latest
+}
+fn default_grace_hours() -> u32 {
+    24
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+
+/// Accepts `"987654"` and `987654` alike for identifier keys: an environment override such as
+/// `RECURRENTD_GATEWAY__MERCHANT_ID=987654` reaches figment as an integer.
+fn string_or_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum StringOrInteger {
+        String(String),
+        Integer(u64),
+    }
+    Ok(match StringOrInteger::deserialize(deserializer)? {
+        StringOrInteger::String(text) => text,
+        StringOrInteger::Integer(number) => number.to_string(),
+    })
+}
+
+/// Where the config file is looked for when `--config` is not given.
+pub fn default_config_path() -> PathBuf {
+    match std::env::var_os("CONFIGURATION_DIRECTORY") {
+        Some(dirs) => {
+            let first = dirs
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            PathBuf::from(first).join("config.toml")
+        }
+        None => PathBuf::from("config.toml"),
+    }
+}
+
+/// Keys that would hold a secret inline; refused with a pointer to the right place.
+const INLINE_SECRET_KEYS: &[(&str, &str)] = &[
+    ("gateway.password", "gateway.password_file"),
+    ("gateway.salt", "gateway.salt_file"),
+    ("gateway.checkvalue_salt", "gateway.salt_file"),
+    ("gateway.private_key", "gateway.private_key_file"),
+];
+
+impl Config {
+    /// Reads and checks the config file at `path`, with environment overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, Env::prefixed(ENV_PREFIX))
+    }
+
+    fn load_with_env(path: &Path, env: Env) -> Result<Config, ConfigError> {
+        let shown = path.display();
+        // figment silently ignores a missing file; we do not.
+        let meta = std::fs::metadata(path)
+            .map_err(|e| err(format!("config file {shown}: cannot read it: {e}")))?;
+        if !meta.is_file() {
+            return Err(err(format!("config file {shown}: not a regular file")));
+        }
+        // file_exact: a relative path must not be searched for in parent folders.
+        let figment = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(env.ignore(NON_CONFIG_ENV).split("__"));
+        for (inline, instead) in INLINE_SECRET_KEYS {
+            if figment.find_value(inline).is_ok() {
+                return Err(err(format!(
+                    "config file {shown}: `{inline}` must not be set: secrets are never inline; \
+                     name a file with `{instead}`, or use $CREDENTIALS_DIRECTORY or the \
+                     environment (see the README)"
+                )));
+            }
+        }
+        let raw: RawConfig = figment.extract().map_err(|e| {
+            // figment may hold several errors; each names its key and its source. None of them
+            // can quote a secret, since secrets are not read through figment.
+            let all: Vec<String> = e.into_iter().map(|one| one.to_string()).collect();
+            err(format!("config file {shown}: {}", all.join("; ")))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::check(raw, path, base)
+    }
+
+    fn check(raw: RawConfig, source: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let shown = source.display();
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        let url = raw.gateway.url.trim().to_string();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(err(format!(
+                "config file {shown}: gateway.url: must start with https:// (http:// only for \
+                 a loopback test server), got {url:?}"
+            )));
+        }
+        if raw.gateway.merchant_id.is_empty()
+            || !raw.gateway.merchant_id.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(err(format!(
+                "config file {shown}: gateway.merchant_id: must be Assist's numeric merchant id, \
+                 written as a string, got {:?}",
+                raw.gateway.merchant_id
+            )));
+        }
+        if raw.gateway.login.is_empty() {
+            return Err(err(format!("config file {shown}: gateway.login: is empty")));
+        }
+        if raw.gateway.connect_timeout_secs == 0 || raw.gateway.timeout_secs == 0 {
+            return Err(err(format!(
+                "config file {shown}: gateway.connect_timeout_secs and gateway.timeout_secs \
+                 must be at least 1"
+            )));
+        }
+        let timezone: Tz = raw.billing.timezone.parse().map_err(|_| {
+            err(format!(
+                "config file {shown}: billing.timezone: unknown IANA time zone {:?} \
+                 (for example \"Europe/Moscow\")",
+                raw.billing.timezone
+            ))
+        })?;
+        let charge_time = parse_charge_time(&raw.billing.charge_time).ok_or_else(|| {
+            err(format!(
+                "config file {shown}: billing.charge_time: must be \"HH:MM\" (24-hour), got {:?}",
+                raw.billing.charge_time
+            ))
+        })?;
+        if raw.billing.grace_hours == 0 || raw.billing.grace_hours > 24 * 31 {
+            return Err(err(format!(
+                "config file {shown}: billing.grace_hours: must be 1..=744, got {}",
+                raw.billing.grace_hours
+            )));
+        }
+        Ok(Config {
+            source: source.to_path_buf(),
+            database: DatabaseConfig {
+                path: resolve(raw.database.path),
+            },
+            schedules: SchedulesConfig {
+                dir: resolve(raw.schedules.dir),
+            },
+            gateway: GatewayConfig {
+                url,
+                merchant_id: raw.gateway.merchant_id,
+                login: raw.gateway.login,
+                password_file: raw.gateway.password_file.map(resolve),
+                salt_file: raw.gateway.salt_file.map(resolve),
+                private_key_file: raw.gateway.private_key_file.map(resolve),
+                test_mode: raw.gateway.test_mode,
+                sign_requests: raw.gateway.sign_requests,
+                format: raw.gateway.format,
+                connect_timeout_secs: raw.gateway.connect_timeout_secs,
+                timeout_secs: raw.gateway.timeout_secs,
+            },
+            billing: BillingConfig {
+                timezone,
+                charge_time,
+                catch_up: raw.billing.catch_up,
+                grace_hours: raw.billing.grace_hours,
+            },
+            log: LogConfig {
+                format: raw.log.format,
+            },
+        })
+    }
+}
+
+/// `"HH:MM"`, 24-hour, two digits each.
+fn parse_charge_time(text: &str) -> Option<NaiveTime> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 5 || bytes[2] != b':' {
+        return None;
+    }
+    NaiveTime::parse_from_str(text, "%H:%M").ok()
+}
+
+/// The secrets recurrentd can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretName {
+    /// The web-service password sent with every request.
+    Password,
+    /// The merchant's checkvalue salt, used to verify results.
+    Salt,
+    /// The RSA private key (PEM) for request signatures.
+    PrivateKey,
+}
+
+impl SecretName {
+    pub const ALL: [SecretName; 3] = [
+        SecretName::Password,
+        SecretName::Salt,
+        SecretName::PrivateKey,
+    ];
+
+    /// The file name under `$CREDENTIALS_DIRECTORY` (the `LoadCredential=` id).
+    pub fn credential(self) -> &'static str {
+        match self {
+            SecretName::Password => "assist-password",
+            SecretName::Salt => "assist-salt",
+            SecretName::PrivateKey => "assist-private-key",
+        }
+    }
+
+    /// The environment variable holding the value itself, for local use.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            SecretName::Password => "RECURRENTD_SECRET_PASSWORD",
+            SecretName::Salt => "RECURRENTD_SECRET_SALT",
+            SecretName::PrivateKey => "RECURRENTD_SECRET_PRIVATE_KEY",
+        }
+    }
+
+    /// The config key naming a file that holds it.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            SecretName::Password => "gateway.password_file",
+            SecretName::Salt => "gateway.salt_file",
+            SecretName::PrivateKey => "gateway.private_key_file",
+        }
+    }
+
+    fn configured_file(self, gateway: &GatewayConfig) -> Option<&Path> {
+        match self {
+            SecretName::Password => gateway.password_file.as_deref(),
+            SecretName::Salt => gateway.salt_file.as_deref(),
+            SecretName::PrivateKey => gateway.private_key_file.as_deref(),
+        }
+    }
+}
+
+impl fmt::Display for SecretName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SecretName::Password => "gateway password",
+            SecretName::Salt => "checkvalue salt",
+            SecretName::PrivateKey => "RSA private key",
+        })
+    }
+}
+
+/// Finds a secret: the file named in config first, then `$CREDENTIALS_DIRECTORY/<credential>`,
+/// then the environment variable. `Ok(None)` when none of them is set. One trailing newline
+/// (`\n` or `\r\n`) of a file is removed. Errors name the file and the problem, never the value.
+pub fn load_secret(
+    gateway: &GatewayConfig,
+    name: SecretName,
+) -> Result<Option<SecretString>, ConfigError> {
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let env_value = std::env::var(name.env_var()).ok();
+    load_secret_from(gateway, name, credentials.as_deref(), env_value)
+}
+
+fn load_secret_from(
+    gateway: &GatewayConfig,
+    name: SecretName,
+    credentials_dir: Option<&Path>,
+    env_value: Option<String>,
+) -> Result<Option<SecretString>, ConfigError> {
+    if let Some(file) = name.configured_file(gateway) {
+        return read_secret_file(file, name, name.config_key()).map(Some);
+    }
+    if let Some(dir) = credentials_dir {
+        let file = dir.join(name.credential());
+        if file.exists() {
+            return read_secret_file(&file, name, "$CREDENTIALS_DIRECTORY").map(Some);
+        }
+    }
+    match env_value {
+        Some(value) if !value.is_empty() => Ok(Some(SecretString::from(value))),
+        _ => Ok(None),
+    }
+}
+
+/// Like [`load_secret`], but a missing secret is an error that says where it was looked for.
+pub fn require_secret(
+    gateway: &GatewayConfig,
+    name: SecretName,
+) -> Result<SecretString, ConfigError> {
+    load_secret(gateway, name)?.ok_or_else(|| {
+        err(format!(
+            "the {name} is not configured: set {}, or provide $CREDENTIALS_DIRECTORY/{}, or (for \
+             local use) the environment variable {}",
+            name.config_key(),
+            name.credential(),
+            name.env_var()
+        ))
+    })
+}
+
+fn read_secret_file(
+    file: &Path,
+    name: SecretName,
+    origin: &str,
+) -> Result<SecretString, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = file.display();
+    let meta = std::fs::metadata(file).map_err(|e| {
+        err(format!(
+            "{name} file {shown} (from {origin}): cannot read it: {e}"
+        ))
+    })?;
+    if !meta.is_file() {
+        return Err(err(format!(
+            "{name} file {shown} (from {origin}): not a regular file"
+        )));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(err(format!(
+            "{name} file {shown} (from {origin}): group or others may access it (mode {:o}); \
+             run `chmod 600 {shown}`",
+            mode & 0o777
+        )));
+    }
+    const MAX_SECRET_BYTES: u64 = 64 * 1024;
+    if meta.len() > MAX_SECRET_BYTES {
+        return Err(err(format!(
+            "{name} file {shown} (from {origin}): larger than {MAX_SECRET_BYTES} bytes"
+        )));
+    }
+    let bytes = std::fs::read(file).map_err(|e| {
+        err(format!(
+            "{name} file {shown} (from {origin}): cannot read it: {e}"
+        ))
+    })?;
+    let mut text = String::from_utf8(bytes).map_err(|_| {
+        err(format!(
+            "{name} file {shown} (from {origin}): not UTF-8 text"
+        ))
+    })?;
+    if text.ends_with("\r\n") {
+        text.truncate(text.len() - 2);
+    } else if text.ends_with('\n') {
+        text.truncate(text.len() - 1);
+    }
+    if text.is_empty() {
+        return Err(err(format!(
+            "{name} file {shown} (from {origin}): is empty"
+        )));
+    }
+    Ok(SecretString::from(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::os::unix::fs::PermissionsExt;
+
+    const GOOD: &str = r#"
+[database]
+path = "state/recurrentd.db"
+
+[schedules]
+dir = "schedules"
+
+[gateway]
+url = "https://payments.demo.paysecure.ru"
+merchant_id = "987654"
+login = "billing_ws"
+password_file = "secrets/password"
+salt_file = "secrets/salt"
+test_mode = true
+
+[billing]
+timezone = "Europe/Berlin"
+charge_time = "09:30"
+catch_up = "none"
+"#;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn secret_file(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        let path = write(dir, name, text);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    /// Loads with no environment overrides, so tests do not see the developer's variables.
+    fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, Env::prefixed("RECURRENTD_TEST_NOTHING_"))
+    }
+
+    #[test]
+    fn loads_and_resolves_paths_against_the_config_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "config.toml", GOOD);
+        let config = load(&path).unwrap();
+        assert_eq!(config.database.path, dir.path().join("state/recurrentd.db"));
+        assert_eq!(config.schedules.dir, dir.path().join("schedules"));
+        assert_eq!(config.gateway.merchant_id, "987654");
+        assert_eq!(config.billing.timezone, chrono_tz::Europe::Berlin);
+        assert_eq!(
+            config.billing.charge_time,
+            NaiveTime::from_hms_opt(9, 30, 0).unwrap()
+        );
+        assert_eq!(config.billing.catch_up, CatchUp::None);
+        assert!(config.gateway.test_mode);
+        assert!(!config.gateway.sign_requests);
+        assert_eq!(config.gateway.format, ResponseFormat::Xml);
+    }
+
+    #[test]
+    fn defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "config.toml",
+            "[gateway]\nurl = \"https://x.test\"\nmerchant_id = \"1\"\nlogin = \"l\"\n",
+        );
+        let config = load(&path).unwrap();
+        assert_eq!(config.billing.timezone, chrono_tz::Europe::Moscow);
+        assert_eq!(config.billing.catch_up, CatchUp::Latest);
+        assert_eq!(config.billing.grace_hours, 24);
+        assert!(!config.gateway.test_mode);
+        assert!(!config.gateway.sign_requests);
+        assert_eq!(config.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn environment_overrides_and_numeric_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "config.toml", GOOD);
+        // figment reads the environment through a provider; give it a private prefix.
+        let vars = [
+            ("RDTEST1_GATEWAY__MERCHANT_ID", "123456"),
+            ("RDTEST1_BILLING__CHARGE_TIME", "\"07:05\""),
+        ];
+        let env = Env::prefixed("RDTEST1_");
+        // SAFETY: these variable names are used by this test only.
+        for (k, v) in vars {
+            unsafe { std::env::set_var(k, v) };
+        }
+        let config = Config::load_with_env(&path, env).unwrap();
+        for (k, _) in vars {
+            unsafe { std::env::remove_var(k) };
+        }
+        assert_eq!(config.gateway.merchant_id, "123456");
+        assert_eq!(
+            config.billing.charge_time,
+            NaiveTime::from_hms_opt(7, 5, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_not_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let message = load(&dir.path().join("nope.toml")).unwrap_err().to_string();
+        assert!(
+            message.contains("nope.toml") && message.contains("cannot read"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (replace, with, expect) in [
+            (
+                "timezone = \"Europe/Berlin\"",
+                "timezone = \"Mars/Base\"",
+                "billing.timezone",
+            ),
+            (
+                "charge_time = \"09:30\"",
+                "charge_time = \"9:30\"",
+                "billing.charge_time",
+            ),
+            ("catch_up = \"none\"", "catch_up = \"all\"", "catch_up"),
+            (
+                "test_mode = true",
+                "test_mode = true\ntimeuot_secs = 3",
+                "timeuot_secs",
+            ),
+            ("url = \"https://", "url = \"ftp://", "gateway.url"),
+            (
+                "merchant_id = \"987654\"",
+                "merchant_id = \"98x\"",
+                "gateway.merchant_id",
+            ),
+            ("[billing]", "[billing\n", "TOML"),
+        ] {
+            let text = GOOD.replace(replace, with);
+            assert_ne!(text, GOOD);
+            let path = write(dir.path(), "config.toml", &text);
+            let message = load(&path).unwrap_err().to_string();
+            assert!(message.contains(expect), "{expect}: {message}");
+            assert!(message.contains("config.toml"), "{message}");
+            assert!(
+                !message.contains('\n') || expect == "TOML",
+                "one line: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn inline_secrets_are_refused_without_echoing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD.replace(
+            "test_mode = true",
+            "test_mode = true\npassword = \"hunter2-xyz\"",
+        );
+        let path = write(dir.path(), "config.toml", &text);
+        let message = load(&path).unwrap_err().to_string();
+        assert!(message.contains("gateway.password_file"), "{message}");
+        assert!(!message.contains("hunter2-xyz"), "{message}");
+    }
+
+    #[test]
+    fn secrets_come_from_files_credentials_or_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "config.toml", GOOD);
+        let config = load(&path).unwrap();
+        secret_file(dir.path(), "secrets/password", "pa55word-file\n", 0o600);
+        let password = load_secret_from(&config.gateway, SecretName::Password, None, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(password.expose_secret(), "pa55word-file");
+
+        // Not named in config: credentials directory, then the environment.
+        let creds = dir.path().join("creds");
+        secret_file(&creds, "assist-private-key", "KEY\r\n", 0o400);
+        let key = load_secret_from(&config.gateway, SecretName::PrivateKey, Some(&creds), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(key.expose_secret(), "KEY");
+        let mut gateway = config.gateway.clone();
+        gateway.salt_file = None;
+        let salt = load_secret_from(
+            &gateway,
+            SecretName::Salt,
+            Some(&creds),
+            Some("s-env".into()),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(salt.expose_secret(), "s-env");
+        assert!(
+            load_secret_from(&gateway, SecretName::Salt, None, None)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn readable_secret_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "config.toml", GOOD);
+        let config = load(&path).unwrap();
+        secret_file(dir.path(), "secrets/salt", "very-secret-salt", 0o644);
+        let message = load_secret_from(&config.gateway, SecretName::Salt, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("chmod 600") && message.contains("secrets/salt"),
+            "{message}"
+        );
+        assert!(!message.contains("very-secret-salt"));
+    }
+
+    #[test]
+    fn debug_of_config_and_secrets_shows_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "config.toml", GOOD);
+        let config = load(&path).unwrap();
+        secret_file(dir.path(), "secrets/password", "P4ssw0rd-visible?", 0o600);
+        secret_file(dir.path(), "secrets/salt", "S4lt-visible?", 0o600);
+        let password = load_secret_from(&config.gateway, SecretName::Password, None, None).unwrap();
+        let salt = load_secret_from(&config.gateway, SecretName::Salt, None, None).unwrap();
+        let shown = format!("{config:?} {config:#?} {password:?} {salt:?} {password:#?}");
+        assert!(!shown.contains("P4ssw0rd"), "{shown}");
+        assert!(!shown.contains("S4lt"), "{shown}");
+        assert!(shown.contains("REDACTED"));
+    }
+}
