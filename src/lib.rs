@@ -1,4 +1,19 @@
 //! recurrentd: merchant-initiated recurring card charges (MIT COF) through IPS Assist.
+//!
+//! # Layout
+//!
+//! - [`money`]: the amount and currency types and Assist's formats. No `f64` anywhere.
+//! - [`config`]: `config.toml`, environment overrides and secrets.
+//! - [`schedule`]: schedule files → validated subscriptions, with every problem located.
+//! - [`billing`]: the pure recurrence core: due dates, due instants, limit verdicts, catch-up.
+//! - [`forecast`]: upcoming charges, computed by the same decisions the engine makes.
+//! - [`cli`]: the operator commands behind `main.rs`.
+//!
+//! See ARCHITECTURE.md for the data's path and the invariants.
 
+pub mod billing;
+pub mod cli;
 pub mod config;
+pub mod forecast;
 pub mod money;
+pub mod schedule;

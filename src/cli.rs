@@ -1,0 +1,265 @@
+//! The operator commands. `main.rs` parses [`Cli`] and calls [`run`]; everything else is here.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Duration, Utc};
+use clap::{Args, Parser, Subcommand};
+
+use crate::billing::Calendar;
+use crate::config::{self, Config, SecretName};
+use crate::forecast::{self, Status};
+use crate::schedule::{self, DirReport};
+
+/// Exit codes, sysexits-style where one fits.
+pub mod exit {
+    /// Everything is fine.
+    pub const OK: u8 = 0;
+    /// The command ran and found problems (invalid schedule files).
+    pub const PROBLEMS: u8 = 1;
+    /// The command line is wrong (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The configuration is missing or invalid (EX_CONFIG); systemd must not restart on it.
+    pub const CONFIG: u8 = 78;
+    /// An unexpected failure (EX_SOFTWARE).
+    pub const INTERNAL: u8 = 70;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 ok, 1 problems found (e.g. an invalid schedule file), 2 bad command line,
+78 configuration error, 70 internal error.
+
+The config file is --config, else $RECURRENTD_CONFIG, else $CONFIGURATION_DIRECTORY/config.toml
+(under systemd), else ./config.toml. Keys can be overridden with RECURRENTD_SECTION__KEY.";
+
+/// recurrentd charges subscriptions by merchant-initiated recurring card payments (MIT COF)
+/// through the IPS Assist gateway, within the limits each customer agreed to.
+#[derive(Debug, Parser)]
+#[command(name = "recurrentd", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The config file.
+    #[arg(long, global = true, env = "RECURRENTD_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config and every schedule file.
+    ///
+    /// Reports every problem as `path:line:column: field: message` on stderr, warns about missing
+    /// limits and secrets, and exits 0 only when everything is valid.
+    ///
+    /// Example:
+    ///   recurrentd --config /etc/recurrentd/config.toml check
+    #[command(verbatim_doc_comment)]
+    Check,
+
+    /// List the upcoming charges of every subscription.
+    ///
+    /// Shows each charge's date and instant, amount and currency, marks those the agreed limits
+    /// would block or skip with the reason, and totals the charges per currency. Files with errors
+    /// are left out (and reported on stderr, with exit code 1).
+    ///
+    /// Examples:
+    ///   recurrentd forecast --days 90
+    ///   recurrentd forecast --json | jq '.totals'
+    #[command(verbatim_doc_comment)]
+    Forecast(ForecastArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ForecastArgs {
+    /// How many days ahead to look.
+    #[arg(long, default_value_t = 31, value_parser = clap::value_parser!(u32).range(1..=3660))]
+    pub days: u32,
+
+    /// Start from this instant instead of now (RFC 3339, e.g. 2027-01-01T00:00:00Z).
+    #[arg(long, value_name = "RFC3339")]
+    pub from: Option<DateTime<Utc>>,
+
+    /// Print JSON for scripts instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let config_path = cli.config.unwrap_or_else(config::default_config_path);
+    let config = match Config::load(&config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("recurrentd: configuration error: {error}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let code = match cli.command {
+        Command::Check => check(&config),
+        Command::Forecast(args) => forecast(&config, &args),
+    };
+    ExitCode::from(code)
+}
+
+fn load_schedules(config: &Config) -> Result<DirReport, u8> {
+    schedule::load_dir(&config.schedules.dir).map_err(|error| {
+        eprintln!("recurrentd: {error}");
+        exit::PROBLEMS
+    })
+}
+
+fn check(config: &Config) -> u8 {
+    let mut code = exit::OK;
+    let mut secret_warnings = 0;
+    for name in SecretName::ALL {
+        if name == SecretName::PrivateKey && !config.gateway.sign_requests {
+            continue;
+        }
+        match config::load_secret(&config.gateway, name) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                secret_warnings += 1;
+                eprintln!(
+                    "{}: warning: the {name} is not configured ({}, $CREDENTIALS_DIRECTORY/{} or \
+                     {}); commands that talk to the gateway will refuse to start",
+                    config.source.display(),
+                    name.config_key(),
+                    name.credential(),
+                    name.env_var()
+                );
+            }
+            Err(error) => {
+                eprintln!("{}: {error}", config.source.display());
+                code = exit::PROBLEMS;
+            }
+        }
+    }
+    let report = match load_schedules(config) {
+        Ok(report) => report,
+        Err(code) => return code,
+    };
+    for diagnostic in report.diagnostics() {
+        eprintln!("{diagnostic}");
+    }
+    let subscriptions = report.subscriptions().count();
+    let errors = report.error_count();
+    let warnings = report.warning_count() + secret_warnings;
+    let bad_files = report.files.iter().filter(|f| f.has_errors()).count();
+    println!(
+        "{} file(s), {subscriptions} valid subscription(s), {errors} error(s) in {bad_files} file(s), {warnings} warning(s)",
+        report.files.len()
+    );
+    if errors > 0 { exit::PROBLEMS } else { code }
+}
+
+fn forecast(config: &Config, args: &ForecastArgs) -> u8 {
+    let report = match load_schedules(config) {
+        Ok(report) => report,
+        Err(code) => return code,
+    };
+    for diagnostic in report.diagnostics() {
+        eprintln!("{diagnostic}");
+    }
+    let calendar = Calendar::from(&config.billing);
+    let from = args.from.unwrap_or_else(Utc::now);
+    let until = from + Duration::days(i64::from(args.days));
+    let forecast = forecast::forecast(report.subscriptions(), &calendar, from, until);
+    let printed = if args.json {
+        print_json(&forecast)
+    } else {
+        print_table(&forecast, &calendar)
+    };
+    if let Err(error) = printed {
+        // A closed pipe (`| head`) is not worth a complaint; anything else is.
+        if error.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("recurrentd: cannot write the forecast: {error}");
+            return exit::INTERNAL;
+        }
+    }
+    if report.error_count() > 0 {
+        exit::PROBLEMS
+    } else {
+        exit::OK
+    }
+}
+
+fn print_json(forecast: &forecast::Forecast) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, forecast)?;
+    writeln!(out)
+}
+
+fn print_table(forecast: &forecast::Forecast, calendar: &Calendar) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Forecast {} → {} (times in {})",
+        forecast
+            .from
+            .with_timezone(&calendar.timezone)
+            .format("%Y-%m-%d %H:%M"),
+        forecast
+            .until
+            .with_timezone(&calendar.timezone)
+            .format("%Y-%m-%d %H:%M"),
+        forecast.timezone
+    )?;
+    if forecast.entries.is_empty() {
+        writeln!(out, "No charges in this period.")?;
+        return Ok(());
+    }
+    let id_width = forecast
+        .entries
+        .iter()
+        .map(|e| e.subscription.len())
+        .max()
+        .unwrap_or(12)
+        .max(12);
+    writeln!(
+        out,
+        "{:<16}  {:<20}  {:<id_width$}  {:>6}  {:>14}  {:<3}  {:<7}  NOTE",
+        "LOCAL TIME", "INSTANT (UTC)", "SUBSCRIPTION", "PERIOD", "AMOUNT", "CUR", "STATUS"
+    )?;
+    for entry in &forecast.entries {
+        let status = match entry.status {
+            Status::Charge => "charge",
+            Status::Blocked => "BLOCKED",
+            Status::Skipped => "skipped",
+        };
+        writeln!(
+            out,
+            "{:<16}  {:<20}  {:<id_width$}  {:>6}  {:>14}  {:<3}  {:<7}  {}",
+            entry
+                .at
+                .with_timezone(&calendar.timezone)
+                .format("%Y-%m-%d %H:%M"),
+            entry.at.format("%Y-%m-%dT%H:%M:%SZ"),
+            entry.subscription,
+            format!("#{}", entry.period),
+            entry.amount.to_string(),
+            entry.currency.to_string(),
+            status,
+            entry.reason.as_deref().unwrap_or(""),
+        )?;
+    }
+    let charges = forecast
+        .entries
+        .iter()
+        .filter(|e| e.status == Status::Charge)
+        .count();
+    let blocked = forecast
+        .entries
+        .iter()
+        .filter(|e| e.status != Status::Charge)
+        .count();
+    writeln!(
+        out,
+        "\n{charges} charge(s), {blocked} blocked or skipped. Totals:"
+    )?;
+    for (currency, total) in &forecast.totals {
+        writeln!(out, "  {currency} {total}")?;
+    }
+    Ok(())
+}
