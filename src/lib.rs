@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! - [`money`]: the amount and currency types and Assist's formats. No `f64` anywhere.
+//! - [`money`]: the amount and currency types and Assist's formats; amounts are never floating point.
 //! - [`config`]: `config.toml`, environment overrides and secrets.
 //! - [`schedule`]: schedule files → validated subscriptions, with every problem located.
 //! - [`billing`]: the pure recurrence core: due dates, due instants, limit verdicts, catch-up.
