@@ -715,31 +715,6 @@ catch_up = "none"
     }
 
     #[test]
-    fn environment_overrides_and_numeric_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write(dir.path(), "config.toml", GOOD);
-        // figment reads the environment through a provider; give it a private prefix.
-        let vars = [
-            ("RDTEST1_GATEWAY__MERCHANT_ID", "123456"),
-            ("RDTEST1_BILLING__CHARGE_TIME", "\"07:05\""),
-        ];
-        let env = Env::prefixed("RDTEST1_");
-        // SAFETY: these variable names are used by this test only.
-        for (k, v) in vars {
-            unsafe { std::env::set_var(k, v) };
-        }
-        let config = Config::load_with_env(&path, env).unwrap();
-        for (k, _) in vars {
-            unsafe { std::env::remove_var(k) };
-        }
-        assert_eq!(config.gateway.merchant_id, "123456");
-        assert_eq!(
-            config.billing.charge_time,
-            NaiveTime::from_hms_opt(7, 5, 0).unwrap()
-        );
-    }
-
-    #[test]
     fn a_missing_file_is_an_error_not_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let message = load(&dir.path().join("nope.toml")).unwrap_err().to_string();

@@ -1,6 +1,6 @@
 //! Schedule files → validated subscriptions.
 //!
-//! Only regular `*.toml` files directly in the schedules folder are read; symbolic links,
+//! Only regular `*.toml` files directly in the schedules folder are read (hidden ones are ignored); symbolic links,
 //! anything resolving outside the folder and files over [`MAX_FILE_BYTES`] are refused. Each file
 //! is parsed with toml's spanned document API and walked by hand, so that **every** problem in a
 //! file is reported as `path:line:column: field: message`, not only the first. A file with any
@@ -161,7 +161,9 @@ pub fn load_dir(dir: &Path) -> Result<DirReport, DirError> {
     for entry in entries {
         let entry = entry.map_err(|e| dir_error(format!("cannot list it: {e}")))?;
         let path = entry.path();
-        if path.extension().is_some_and(|ext| ext == "toml") {
+        // Hidden files are editors' (an Emacs lock file `.#plan.toml` is a dangling link).
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if !hidden && path.extension().is_some_and(|ext| ext == "toml") {
             paths.push(path);
         }
     }
@@ -597,7 +599,7 @@ impl Walker<'_> {
                     }
                 },
             });
-        let limits = self.limits(get("limits"), &span);
+        let limits = self.limits(get("limits"));
 
         let (
             Some(id),
@@ -694,7 +696,7 @@ impl Walker<'_> {
         })
     }
 
-    fn limits(&mut self, value: Entry<'_, '_>, _span: &Range<usize>) -> Option<Limits> {
+    fn limits(&mut self, value: Entry<'_, '_>) -> Option<Limits> {
         let Some(value) = value else {
             return Some(Limits::default());
         };

@@ -144,6 +144,38 @@ fn a_broken_config_is_one_line_and_exit_78() {
 }
 
 #[test]
+fn environment_overrides_config_keys_even_numeric_ids() {
+    let (_dir, config) = setup(&[]);
+    let run = |vars: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_recurrentd"));
+        command
+            .arg("--config")
+            .arg(&config)
+            .args(["forecast", "--json"]);
+        for (key, value) in vars {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    };
+    // A bare number for a string id is accepted (figment reads it as an integer).
+    let out = run(&[
+        ("RECURRENTD_GATEWAY__MERCHANT_ID", "987654"),
+        ("RECURRENTD_BILLING__TIMEZONE", "Europe/Berlin"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["timezone"], "Europe/Berlin");
+    // An override with a typo in the key is an error, not silently ignored.
+    let out = run(&[("RECURRENTD_BILLING__TIMEZNE", "Europe/Berlin")]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        text(&out.stderr).contains("timezne"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn help_teaches_and_usage_errors_exit_2() {
     let out = Command::new(env!("CARGO_BIN_EXE_recurrentd"))
         .args(["forecast", "--help"])

@@ -232,6 +232,7 @@ mod folder {
         let big = format!("# {}\n", "x".repeat(MAX_FILE_BYTES as usize));
         write(&dir, "big.toml", &big);
         std::fs::write(dir.join("latin1.toml"), b"# caf\xe9\n[[subscription]]\n").unwrap();
+        symlink(dir.join("gone.toml"), dir.join(".#a.toml")).unwrap();
 
         let report = load_dir(&dir).unwrap();
         let names: Vec<String> = report
