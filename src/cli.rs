@@ -27,6 +27,10 @@ pub mod exit {
 }
 
 const AFTER_HELP: &str = "\
+Examples:
+  recurrentd check                       validate config.toml and schedules/
+  recurrentd forecast --days 60          what will be charged in the next 60 days
+
 Exit codes: 0 ok, 1 problems found (e.g. an invalid schedule file), 2 bad command line,
 78 configuration error, 70 internal error.
 
