@@ -7,6 +7,7 @@
 //! - [`schedule`]: schedule files → validated subscriptions, with every problem located.
 //! - [`billing`]: the pure recurrence core: due dates, due instants, limit verdicts, catch-up.
 //! - [`forecast`]: upcoming charges, computed by the same decisions the engine makes.
+//! - [`gateway`]: Assist's wire format: check values and request signatures.
 //! - [`cli`]: the operator commands behind `main.rs`.
 //!
 //! See ARCHITECTURE.md for the data's path and the invariants.
@@ -15,5 +16,6 @@ pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod forecast;
+pub mod gateway;
 pub mod money;
 pub mod schedule;
