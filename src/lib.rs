@@ -7,7 +7,8 @@
 //! - [`schedule`]: schedule files → validated subscriptions, with every problem located.
 //! - [`billing`]: the pure recurrence core: due dates, due instants, limit verdicts, catch-up.
 //! - [`forecast`]: upcoming charges, computed by the same decisions the engine makes.
-//! - [`gateway`]: the IPS Assist wire format: outcome classification (the client comes next).
+//! - [`gateway`]: the IPS Assist wire format: check values, request signatures, outcome
+//!   classification (the HTTP client comes next).
 //! - [`cli`]: the operator commands behind `main.rs`.
 //!
 //! See ARCHITECTURE.md for the data's path and the invariants.
