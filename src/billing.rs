@@ -467,12 +467,10 @@ pub fn decide(
         let latest_date = due_date(terms, latest).unwrap_or(date);
         let latest_due_at = calendar.due_instant(latest_date);
         let on_time = now - latest_due_at <= calendar.grace;
-        let target = match catch_up {
-            CatchUp::Latest => Some(latest),
-            CatchUp::None if on_time => Some(latest),
-            CatchUp::None => None,
-        };
-        for older in period..target.unwrap_or(latest + 1) {
+        // Only ever the latest due period is charged; "none" drops it too once it is late.
+        let charge_latest = catch_up == CatchUp::Latest || on_time;
+        let first_kept = if charge_latest { latest } else { latest + 1 };
+        for older in period..first_kept {
             let older_date = due_date(terms, older).unwrap_or(date);
             let reason = match catch_up {
                 CatchUp::Latest => SkipReason::Superseded { by_period: latest },
@@ -486,10 +484,11 @@ pub fn decide(
                 outcome: SettledOutcome::Skipped(reason),
             });
         }
-        let Some(target) = target else {
+        if !charge_latest {
             period = latest + 1;
             continue;
-        };
+        }
+        let target = latest;
 
         match verdict(terms, calendar, charges, terms.amount, now) {
             Ok(()) => {
