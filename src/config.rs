@@ -380,11 +380,14 @@ impl Config {
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
         let url = raw.gateway.url.trim().to_string();
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(err(format!(
-                "config file {shown}: gateway.url: must start with https:// (http:// only for \
-                 a loopback test server), got {url:?}"
-            )));
+        if let Err(why) = crate::gateway::client::check_base_url(&url) {
+            // A URL with user info may hold a password: it is not echoed.
+            let got = if url.contains('@') {
+                String::new()
+            } else {
+                format!(", got {url:?}")
+            };
+            return Err(err(format!("config file {shown}: gateway.url: {why}{got}")));
         }
         if raw.gateway.merchant_id.is_empty()
             || !raw.gateway.merchant_id.bytes().all(|b| b.is_ascii_digit())

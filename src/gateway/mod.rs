@@ -14,8 +14,11 @@
 use crate::money::{Currency, Money};
 
 pub mod checkvalue;
+pub mod client;
 pub mod outcome;
+pub mod reply;
 pub mod signature;
+pub mod wire;
 
 /// The request string `Merchant_ID;OrderNumber;OrderAmount;OrderCurrency` (assist-api.md §5.1,
 /// §6.1), hashed for the request check value and signed for the request `Signature`.

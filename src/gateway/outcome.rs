@@ -32,6 +32,10 @@ pub enum Outcome {
     Rejected(String),
     /// The answer failed verification (checkvalue, another order, wrong amount or mode).
     IntegrityFailure(String),
+    /// A status query found no order with our number in its window. Soon after a send this
+    /// proves nothing (the gateway may not have filed it yet); only repeated answers after the
+    /// settle window mean the charge was never made.
+    NotFound,
 }
 
 /// Whether retrying a decline can ever succeed.
@@ -70,6 +74,7 @@ impl fmt::Display for Outcome {
             Outcome::NotSent(why) => write!(f, "not sent ({why})"),
             Outcome::Rejected(why) => write!(f, "rejected ({why})"),
             Outcome::IntegrityFailure(why) => write!(f, "integrity failure ({why})"),
+            Outcome::NotFound => write!(f, "not found"),
         }
     }
 }

@@ -1,0 +1,553 @@
+//! What a parsed reply means for one of our orders: the "paid" rule and the checks that go with it.
+//!
+//! - An rp.cfm reply is a **claim**: it carries no check value, so even "AS000, Approved" only
+//!   says the charge was probably made. Money is booked on a verified status answer.
+//! - A status answer (orderstate/orderresult) is **verified**: each order in it must carry a
+//!   check value that verifies with our salt and merchant id, name our order number, amount and
+//!   currency, and (when it says) our test mode. Any failure is an integrity failure: never paid,
+//!   never declined.
+
+use secrecy::SecretString;
+
+use super::checkvalue::{self, ResultFields};
+use super::outcome::{self, CodeClass, Decline, DeclineKind, Outcome, StateClass};
+use super::wire::{OrderRecord, Reply};
+use crate::money::{Currency, Money};
+
+/// The order a reply should be about.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    pub merchant_id: &'a str,
+    pub order_number: &'a str,
+    pub amount: Money,
+    pub currency: Currency,
+    /// `gateway.test_mode`.
+    pub test_mode: bool,
+}
+
+/// What an order-status reply says, after verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub outcome: Outcome,
+    /// The order's `testmode`, when the reply carried one.
+    pub test_mode: Option<bool>,
+    /// The response code of the order (orderresult, or an operation's), when carried.
+    pub response_code: Option<String>,
+    /// Assist's billnumber for the order, when carried.
+    pub bill_number: Option<String>,
+    /// How many orders with our number the gateway says were approved (more than one means the
+    /// gateway charged the same order number twice: an operator must look).
+    pub approved_orders: usize,
+    /// Whether every order's check value verified (`false` only with an integrity failure).
+    pub checkvalue_verified: bool,
+}
+
+/// A `testmode` value: `1`/`0` (also `true`/`false`, `yes`/`no`).
+fn parse_test_mode(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Some(true),
+        "0" | "false" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// Checks that a record names our order, amount and currency (`orderamount`/`ordercurrency`,
+/// or the operation's `amount`/`currency` when the order fields are absent).
+fn check_identity(record: &OrderRecord, expected: &Expected<'_>) -> Result<(), String> {
+    let number = record.text("ordernumber");
+    if number != expected.order_number {
+        return Err(format!(
+            "reply is about order {:?}, not ours ({:?})",
+            super::wire::excerpt(number),
+            expected.order_number
+        ));
+    }
+    let amount = record
+        .get("orderamount")
+        .or_else(|| record.get("amount"))
+        .unwrap_or("");
+    match Money::parse(amount) {
+        Ok(m) if m == expected.amount => {}
+        _ => {
+            return Err(format!(
+                "reply amount {:?} is not our {}",
+                super::wire::excerpt(amount),
+                expected.amount
+            ));
+        }
+    }
+    let currency = record
+        .get("ordercurrency")
+        .or_else(|| record.get("currency"))
+        .unwrap_or("");
+    if currency != expected.currency.as_str() {
+        return Err(format!(
+            "reply currency {:?} is not our {}",
+            super::wire::excerpt(currency),
+            expected.currency
+        ));
+    }
+    Ok(())
+}
+
+fn check_test_mode(record: &OrderRecord, expected: &Expected<'_>) -> Result<Option<bool>, String> {
+    match record.get("testmode").filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(text) => match parse_test_mode(text) {
+            Some(mode) if mode == expected.test_mode => Ok(Some(mode)),
+            Some(mode) => Err(format!(
+                "order is in {} mode but gateway.test_mode is {}",
+                if mode { "test" } else { "live" },
+                expected.test_mode
+            )),
+            None => Err(format!(
+                "unreadable testmode {:?}",
+                super::wire::excerpt(text)
+            )),
+        },
+    }
+}
+
+/// Classifies the reply to a recurring charge request (rp.cfm) as a claim.
+///
+/// `Approved` here means only "the gateway says it charged"; the caller confirms it with
+/// [`status`] before booking money.
+pub fn charge_claim(reply: &Reply, expected: &Expected<'_>) -> (Outcome, Option<String>) {
+    let orders = match reply {
+        Reply::Fault {
+            firstcode,
+            secondcode,
+            ..
+        } => {
+            let outcome = outcome::request_error(*firstcode, *secondcode)
+                .unwrap_or_else(|| Outcome::Unknown("fault with codes 0/0".into()));
+            return (outcome, None);
+        }
+        Reply::Orders(orders) => orders,
+    };
+    let [record] = orders.as_slice() else {
+        return (
+            Outcome::Unknown(format!(
+                "charge reply carries {} orders, expected one",
+                orders.len()
+            )),
+            None,
+        );
+    };
+    let code = record.get("responsecode").map(str::to_string);
+    if let Err(why) = check_identity(record, expected)
+        .and_then(|()| check_test_mode(record, expected).map(|_| ()))
+    {
+        return (Outcome::IntegrityFailure(why), code);
+    }
+    let state = record.get("orderstate").unwrap_or("");
+    let state_class = outcome::order_state(state);
+    let outcome = match code.as_deref().map(outcome::response_code) {
+        Some(CodeClass::Success) => match state_class {
+            StateClass::Paid => Outcome::Approved,
+            StateClass::Unrecognised if state.is_empty() => Outcome::Approved,
+            StateClass::InProgress => Outcome::Pending,
+            _ => Outcome::Unknown(format!(
+                "response code says success but order state is {:?}",
+                super::wire::excerpt(state)
+            )),
+        },
+        Some(CodeClass::Decline(kind, reason)) => {
+            if state_class == StateClass::Paid {
+                Outcome::Unknown("response code says declined but order state is Approved".into())
+            } else {
+                Outcome::Declined(Decline {
+                    kind,
+                    code: code.clone().unwrap_or_default(),
+                    reason,
+                })
+            }
+        }
+        Some(CodeClass::Pending) => Outcome::Pending,
+        Some(CodeClass::Unknown(why)) => Outcome::Unknown(why.to_string()),
+        // No response code: the state alone, unverified, as a claim.
+        None => match state_class {
+            StateClass::Paid => Outcome::Approved,
+            StateClass::InProgress => Outcome::Pending,
+            StateClass::Failed => Outcome::Declined(Decline {
+                kind: DeclineKind::Soft,
+                code: state.to_string(),
+                reason: "order closed without payment",
+            }),
+            _ => Outcome::Unknown(format!(
+                "charge reply without a response code, order state {:?}",
+                super::wire::excerpt(state)
+            )),
+        },
+    };
+    (outcome, code)
+}
+
+/// Verifies and classifies an order-status reply (orderstate.cfm or orderresult.cfm).
+///
+/// Not found (no orders, or `firstcode 10`) is [`Outcome::NotFound`]. A failed query (any
+/// other fault) is `Unknown`, `RateLimited` or `Rejected`: it says nothing about the order.
+pub fn status(reply: &Reply, expected: &Expected<'_>, salt: &SecretString) -> Verified {
+    let failed = |outcome: Outcome| Verified {
+        outcome,
+        test_mode: None,
+        response_code: None,
+        bill_number: None,
+        approved_orders: 0,
+        checkvalue_verified: false,
+    };
+    let orders = match reply {
+        Reply::Fault { firstcode: 10, .. } => return failed(Outcome::NotFound),
+        Reply::Fault {
+            firstcode,
+            secondcode,
+            ..
+        } => {
+            return failed(match outcome::request_error(*firstcode, *secondcode) {
+                Some(o @ (Outcome::RateLimited | Outcome::Rejected(_))) => o,
+                _ => Outcome::Unknown(format!(
+                    "status query failed: firstcode {firstcode}/secondcode {secondcode}"
+                )),
+            });
+        }
+        Reply::Orders(orders) if orders.is_empty() => return failed(Outcome::NotFound),
+        Reply::Orders(orders) => orders,
+    };
+
+    let mut outcomes = Vec::with_capacity(orders.len());
+    let mut test_mode = None;
+    let mut response_code = None;
+    let mut bill_number = None;
+    for record in orders {
+        let checked = check_identity(record, expected)
+            .and_then(|()| verify_checkvalue(record, expected, salt))
+            .and_then(|()| check_test_mode(record, expected));
+        let mode = match checked {
+            Ok(mode) => mode,
+            Err(why) => {
+                let mut v = failed(Outcome::IntegrityFailure(why));
+                v.response_code = record.get("responsecode").map(str::to_string);
+                return v;
+            }
+        };
+        test_mode = test_mode.or(mode);
+        let code = record
+            .get("responsecode")
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .or_else(|| last_operation_code(record));
+        let outcome = outcome::verified_order(record.text("orderstate"), code.as_deref());
+        if code.is_some() {
+            response_code = code;
+        }
+        bill_number = record.get("billnumber").map(str::to_string).or(bill_number);
+        outcomes.push(outcome);
+    }
+    let approved_orders = outcomes.iter().filter(|o| **o == Outcome::Approved).count();
+    // Several orders with our number: paid if any is paid; otherwise still running if any is;
+    // otherwise the most recent answer.
+    let outcome = if approved_orders > 0 {
+        Outcome::Approved
+    } else if let Some(pending) = outcomes.iter().find(|o| **o == Outcome::Pending) {
+        pending.clone()
+    } else if let Some(unknown) = outcomes.iter().find(|o| matches!(o, Outcome::Unknown(_))) {
+        unknown.clone()
+    } else {
+        outcomes.pop().unwrap_or(Outcome::NotFound)
+    };
+    Verified {
+        outcome,
+        test_mode,
+        response_code,
+        bill_number,
+        approved_orders,
+        checkvalue_verified: true,
+    }
+}
+
+fn verify_checkvalue(
+    record: &OrderRecord,
+    expected: &Expected<'_>,
+    salt: &SecretString,
+) -> Result<(), String> {
+    let received = record.get("checkvalue").unwrap_or("");
+    if received.is_empty() {
+        return Err(
+            "reply carries no checkvalue (the merchant account must sign results \
+                    with MD5, not PGP)"
+                .into(),
+        );
+    }
+    let fields = ResultFields {
+        merchant_id: expected.merchant_id,
+        order_number: record.text("ordernumber"),
+        order_amount: record.text("orderamount"),
+        order_currency: record.text("ordercurrency"),
+        order_state: record.text("orderstate"),
+    };
+    if checkvalue::verify_result(salt, &fields, received) {
+        Ok(())
+    } else {
+        Err("checkvalue mismatch".into())
+    }
+}
+
+fn last_operation_code(record: &OrderRecord) -> Option<String> {
+    record
+        .operations
+        .iter()
+        .rev()
+        .find_map(|op| op.get("responsecode").filter(|c| !c.is_empty()).cloned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::checkvalue::result_checkvalue;
+
+    fn salt() -> SecretString {
+        SecretString::from("secret")
+    }
+
+    fn expected() -> Expected<'static> {
+        Expected {
+            merchant_id: "123456",
+            order_number: "A1_R1",
+            amount: Money::parse("100.00").unwrap(),
+            currency: Currency::parse("RUB").unwrap(),
+            test_mode: true,
+        }
+    }
+
+    fn status_order(state: &str, checkvalue: Option<&str>) -> OrderRecord {
+        let computed = result_checkvalue(
+            &salt(),
+            &ResultFields {
+                merchant_id: "123456",
+                order_number: "A1_R1",
+                order_amount: "100.00",
+                order_currency: "RUB",
+                order_state: state,
+            },
+        );
+        OrderRecord::from_pairs(&[
+            ("ordernumber", "A1_R1"),
+            ("orderamount", "100.00"),
+            ("ordercurrency", "RUB"),
+            ("orderstate", state),
+            ("checkvalue", checkvalue.unwrap_or(&computed)),
+        ])
+    }
+
+    #[test]
+    fn a_verified_approved_order_is_paid() {
+        let v = status(
+            &Reply::Orders(vec![status_order("Approved", None)]),
+            &expected(),
+            &salt(),
+        );
+        assert_eq!(v.outcome, Outcome::Approved);
+        assert!(v.checkvalue_verified);
+        // The §5.4 V2 vector is what the order above carries.
+        assert_eq!(
+            status_order("Approved", None).text("checkvalue"),
+            "71B6B0CF622FC0272366E81326CB32CD"
+        );
+    }
+
+    #[test]
+    fn a_wrong_or_missing_checkvalue_is_an_integrity_failure() {
+        for bad in [Some("78F82578B8FBA636DF073B7C305FD3CC"), Some("")] {
+            let v = status(
+                &Reply::Orders(vec![status_order("Approved", bad)]),
+                &expected(),
+                &salt(),
+            );
+            assert!(matches!(v.outcome, Outcome::IntegrityFailure(_)), "{bad:?}");
+        }
+        // Right check value but for another merchant (orderstate does not echo ours).
+        let mut e = expected();
+        e.merchant_id = "654321";
+        let v = status(
+            &Reply::Orders(vec![status_order("Approved", None)]),
+            &e,
+            &salt(),
+        );
+        assert!(matches!(v.outcome, Outcome::IntegrityFailure(_)));
+    }
+
+    #[test]
+    fn another_amount_currency_order_or_mode_is_an_integrity_failure() {
+        let mut e = expected();
+        e.amount = Money::parse("100.01").unwrap();
+        let reply = Reply::Orders(vec![status_order("Approved", None)]);
+        assert!(matches!(
+            status(&reply, &e, &salt()).outcome,
+            Outcome::IntegrityFailure(m) if m.contains("amount")
+        ));
+        let mut e = expected();
+        e.currency = Currency::parse("USD").unwrap();
+        assert!(matches!(
+            status(&reply, &e, &salt()).outcome,
+            Outcome::IntegrityFailure(m) if m.contains("currency")
+        ));
+        let mut e = expected();
+        e.order_number = "A1_R2";
+        assert!(matches!(
+            status(&reply, &e, &salt()).outcome,
+            Outcome::IntegrityFailure(m) if m.contains("not ours")
+        ));
+        let mut live = status_order("Approved", None);
+        live.insert("testmode", "0".into()).unwrap();
+        assert!(matches!(
+            status(&Reply::Orders(vec![live]), &expected(), &salt()).outcome,
+            Outcome::IntegrityFailure(m) if m.contains("test_mode")
+        ));
+    }
+
+    #[test]
+    fn not_found_and_failed_queries_say_nothing_about_the_order() {
+        assert_eq!(
+            status(&Reply::Orders(vec![]), &expected(), &salt()).outcome,
+            Outcome::NotFound
+        );
+        let fault = |firstcode, secondcode| Reply::Fault {
+            firstcode,
+            secondcode,
+            detail: None,
+        };
+        assert_eq!(
+            status(&fault(10, 100), &expected(), &salt()).outcome,
+            Outcome::NotFound
+        );
+        assert_eq!(
+            status(&fault(1, 3), &expected(), &salt()).outcome,
+            Outcome::RateLimited
+        );
+        assert!(matches!(
+            status(&fault(7, 141), &expected(), &salt()).outcome,
+            Outcome::Rejected(_)
+        ));
+        // A status query never produces a decline, whatever fault it gets.
+        for (f, s) in [(17, 211), (18, 203), (2, 0), (16, 0)] {
+            assert!(matches!(
+                status(&fault(f, s), &expected(), &salt()).outcome,
+                Outcome::Unknown(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn several_orders_with_our_number() {
+        let reply = Reply::Orders(vec![
+            status_order("Declined", None),
+            status_order("Approved", None),
+        ]);
+        let v = status(&reply, &expected(), &salt());
+        assert_eq!((v.outcome, v.approved_orders), (Outcome::Approved, 1));
+        let reply = Reply::Orders(vec![
+            status_order("Approved", None),
+            status_order("Approved", None),
+        ]);
+        assert_eq!(status(&reply, &expected(), &salt()).approved_orders, 2);
+        let reply = Reply::Orders(vec![
+            status_order("Declined", None),
+            status_order("In Process", None),
+        ]);
+        assert_eq!(
+            status(&reply, &expected(), &salt()).outcome,
+            Outcome::Pending
+        );
+        // One forged order among good ones spoils the answer.
+        let reply = Reply::Orders(vec![
+            status_order("Declined", None),
+            status_order("Approved", Some("00000000000000000000000000000000")),
+        ]);
+        assert!(matches!(
+            status(&reply, &expected(), &salt()).outcome,
+            Outcome::IntegrityFailure(_)
+        ));
+    }
+
+    #[test]
+    fn a_declined_order_takes_its_kind_from_the_operation_code() {
+        let mut record = status_order("Declined", None);
+        record.operations.push(
+            [("responsecode".to_string(), "AS104".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        let v = status(&Reply::Orders(vec![record]), &expected(), &salt());
+        assert!(matches!(
+            v.outcome,
+            Outcome::Declined(Decline {
+                kind: DeclineKind::Hard,
+                ..
+            })
+        ));
+        assert_eq!(v.response_code.as_deref(), Some("AS104"));
+    }
+
+    fn rp(code: &str, state: &str) -> Reply {
+        Reply::Orders(vec![OrderRecord::from_pairs(&[
+            ("ordernumber", "A1_R1"),
+            ("orderamount", "100.00"),
+            ("ordercurrency", "RUB"),
+            ("orderstate", state),
+            ("responsecode", code),
+            ("testmode", "1"),
+        ])])
+    }
+
+    #[test]
+    fn charge_claims() {
+        let e = expected();
+        assert_eq!(
+            charge_claim(&rp("AS000", "Approved"), &e).0,
+            Outcome::Approved
+        );
+        assert_eq!(
+            charge_claim(&rp("AS300", "In Process"), &e).0,
+            Outcome::Pending
+        );
+        assert!(matches!(
+            charge_claim(&rp("AS102", "Declined"), &e).0,
+            Outcome::Declined(Decline {
+                kind: DeclineKind::Soft,
+                ..
+            })
+        ));
+        assert!(matches!(
+            charge_claim(&rp("AS110", "Declined"), &e).0,
+            Outcome::Declined(Decline {
+                kind: DeclineKind::Hard,
+                ..
+            })
+        ));
+        for (code, state) in [
+            ("AS998", "In Process"),
+            ("AS000", "Declined"),
+            ("AS102", "Approved"),
+            ("ASXYZ", "Approved"),
+        ] {
+            assert!(
+                matches!(charge_claim(&rp(code, state), &e).0, Outcome::Unknown(_)),
+                "{code} {state}"
+            );
+        }
+        let mut other = e;
+        other.order_number = "someone-else";
+        assert!(matches!(
+            charge_claim(&rp("AS000", "Approved"), &other).0,
+            Outcome::IntegrityFailure(_)
+        ));
+        let two = Reply::Orders(vec![OrderRecord::default(), OrderRecord::default()]);
+        assert!(matches!(charge_claim(&two, &e).0, Outcome::Unknown(_)));
+        let fault = Reply::Fault {
+            firstcode: 11,
+            secondcode: 201,
+            detail: None,
+        };
+        assert!(matches!(charge_claim(&fault, &e).0, Outcome::Unknown(_)));
+    }
+}
