@@ -15,6 +15,7 @@ use crate::money::{Currency, Money};
 
 pub mod checkvalue;
 pub mod outcome;
+pub mod sandbox;
 pub mod signature;
 
 /// The request string `Merchant_ID;OrderNumber;OrderAmount;OrderCurrency` (assist-api.md §5.1,
