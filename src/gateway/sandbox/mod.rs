@@ -38,6 +38,9 @@ pub mod book;
 mod service;
 pub mod wire;
 
+#[cfg(test)]
+mod tests;
+
 pub use behaviour::{Behaviour, DeclineCode};
 pub use book::{
     Agreement, BookSnapshot, Card, DuplicatePolicy, OrderRecord, OrderState, Refusal, RpOutcome,
