@@ -8,8 +8,16 @@
 //!   recurrentd verifies) and the request form of the same value.
 //! - [`signature`]: the RSA-MD5 request `Signature`, for services that define one (Token Pay).
 //! - [`outcome`]: what a reply means, as exactly one classified outcome.
+//! - [`wire`]: reading XML and JSON replies into one neutral shape (faults or order records).
+//! - [`reply`]: what a parsed reply means for one of our orders: charge claims, and the "paid"
+//!   rule for status answers (checkvalue, order number, amount, currency, test mode).
+//! - [`client`]: the HTTP client and its transport rules (no retry, no redirect, timeouts, size
+//!   cap, https unless loopback); the only code that talks to Assist.
+//! - [`sandbox`]: an Assist emulator on loopback with deterministic faults, for tests, demos and
+//!   rehearsals. It writes the wire format by hand, independently of the parser.
 //!
-//! None of them does I/O; secrets come in as [`secrecy::SecretString`] and stay inside them.
+//! Only `client` and `sandbox` do I/O; secrets come in as [`secrecy::SecretString`] and stay
+//! inside them.
 
 use crate::money::{Currency, Money};
 
@@ -17,6 +25,7 @@ pub mod checkvalue;
 pub mod client;
 pub mod outcome;
 pub mod reply;
+pub mod sandbox;
 pub mod signature;
 pub mod wire;
 
