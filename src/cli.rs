@@ -12,6 +12,12 @@ use crate::config::{self, Config, SecretName};
 use crate::forecast::{self, Status};
 use crate::schedule::{self, DirReport};
 
+mod sandbox;
+mod tokens;
+
+pub use sandbox::SandboxArgs;
+pub use tokens::TokensCommand;
+
 /// Exit codes, sysexits-style where one fits.
 pub mod exit {
     /// Everything is fine.
@@ -22,6 +28,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// The configuration is missing or invalid (EX_CONFIG); systemd must not restart on it.
     pub const CONFIG: u8 = 78;
+    /// The gateway could not be reached or did not give a usable answer (EX_UNAVAILABLE).
+    pub const UNAVAILABLE: u8 = 69;
     /// An unexpected failure (EX_SOFTWARE).
     pub const INTERNAL: u8 = 70;
 }
@@ -31,8 +39,10 @@ Examples:
   recurrentd check                       validate config.toml and schedules/
   recurrentd forecast --days 60          what will be charged in the next 60 days
 
+  recurrentd tokens list --customer 1234 a customer's saved cards at the gateway
+
 Exit codes: 0 ok, 1 problems found (e.g. an invalid schedule file), 2 bad command line,
-78 configuration error, 70 internal error.
+69 gateway unavailable or no usable answer, 78 configuration error, 70 internal error.
 
 The config file is --config, else $RECURRENTD_CONFIG, else $CONFIGURATION_DIRECTORY/config.toml
 (under systemd), else ./config.toml. Keys can be overridden with RECURRENTD_SECTION__KEY.";
@@ -73,6 +83,25 @@ pub enum Command {
     ///   recurrentd forecast --json | jq '.totals'
     #[command(verbatim_doc_comment)]
     Forecast(ForecastArgs),
+
+    /// Customers' saved cards at the gateway (One Click tokens): list or remove.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+
+    /// Run the built-in Assist sandbox on loopback, for demos and rehearsals.
+    ///
+    /// It speaks Assist's wire formats (rp.cfm, orderstate.cfm, orderresult.cfm, the token
+    /// services; XML and JSON), computes real check values, keeps its own book of orders and
+    /// produces faults on request: bill numbers starting with 999 choose a behaviour by their
+    /// last three digits (102 soft decline, 101 hard decline, 300 In Process, 408 timeout after
+    /// the charge, 500 HTTP 500, 666 garbage, 777 wrong checkvalue, 999 a mix; see the README).
+    /// It uses the configured merchant id, login, test mode and secrets, or its own password and
+    /// salt when none are configured (and prints them, with the lines to point recurrentd at it).
+    ///
+    /// Example:
+    ///   recurrentd sandbox --listen 127.0.0.1:8089 --latency-ms 200
+    #[command(verbatim_doc_comment)]
+    Sandbox(SandboxArgs),
 }
 
 #[derive(Debug, Args)]
@@ -103,8 +132,21 @@ pub fn run(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Check => check(&config),
         Command::Forecast(args) => forecast(&config, &args),
+        Command::Tokens(command) => tokens::run(&config, &command),
+        Command::Sandbox(args) => sandbox::run(&config, &args),
     };
     ExitCode::from(code)
+}
+
+/// A small runtime for commands that make a few gateway calls and exit.
+fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("recurrentd: cannot start the async runtime: {error}");
+            exit::INTERNAL
+        })
 }
 
 fn load_schedules(config: &Config) -> Result<DirReport, u8> {
