@@ -9,6 +9,8 @@
 //! - [`forecast`]: upcoming charges, computed by the same decisions the engine makes.
 //! - [`gateway`]: the IPS Assist wire format: check values, request signatures, outcome
 //!   classification (the HTTP client comes next).
+//! - [`store`]: the SQLite database (the only module that knows SQL): open modes and the daemon
+//!   lock, checked pragmas, migrations, the append-only ledger, and schedule sync.
 //! - [`cli`]: the operator commands behind `main.rs`.
 //!
 //! See ARCHITECTURE.md for the data's path and the invariants.
@@ -20,3 +22,4 @@ pub mod forecast;
 pub mod gateway;
 pub mod money;
 pub mod schedule;
+pub mod store;

@@ -1,0 +1,644 @@
+//! The store: the SQLite database, and the only module that knows SQL.
+//!
+//! [`Store::open`] opens the database in one of three [`Access`] modes, sets the pragmas the
+//! ledger's guarantees rest on (`journal_mode=WAL`, `synchronous=FULL`, `foreign_keys=ON`, a 5 s
+//! busy timeout), **reads each back and refuses to run if it is not what was asked**, and applies
+//! the [`schema`] migrations (daemon only). Every write is a `BEGIN IMMEDIATE` transaction.
+//!
+//! One daemon per database: [`Access::Daemon`] holds an exclusive OS lock (`flock`) on the sidecar
+//! file `<db>.lock` for the store's whole life. The OS drops the lock when the process ends, however
+//! it ends, so a killed daemon never leaves a stale lock behind.
+//!
+//! The store is synchronous and never async: the engine calls it from a dedicated thread or
+//! `spawn_blocking`. [`Store`] is `Send` (not `Sync`).
+//!
+//! The ledger is append-only (triggers refuse UPDATE and DELETE); state tables are changed in the
+//! same transaction as the ledger event that explains the change.
+
+mod schema;
+mod sync;
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use crate::billing::{Cadence, Limits, SubscriptionState, Terms};
+use crate::config::CatchUp;
+use crate::money::{Currency, Money};
+
+pub use sync::{Changes, FileOutcome, FileSync, SyncSummary};
+
+/// How long a statement waits for another connection's write lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema version this binary writes and reads.
+pub const SCHEMA_VERSION: u32 = schema::MIGRATIONS.len() as u32;
+
+/// Characters of the order-number prefix (Crockford base32: no I, L, O, U).
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+/// Length of the order-number prefix: 8 characters, 40 random bits.
+pub const ORDER_PREFIX_LEN: usize = 8;
+
+/// How a process uses the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The daemon: read-write, creates and migrates the database, and holds the exclusive
+    /// `<db>.lock` so that a second daemon on the same database refuses to start.
+    Daemon,
+    /// An operator command that must write: the database must exist and be migrated; no daemon
+    /// lock (it runs beside the daemon), writes wait up to [`BUSY_TIMEOUT`] for the write lock.
+    Write,
+    /// Operator commands that only read (`SQLITE_OPEN_READ_ONLY`).
+    ReadOnly,
+}
+
+/// Why the store could not do what was asked. Every message names the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "database {path}: another recurrentd holds its lock {lock}; only one daemon may run per \
+         database (stop the other one first)"
+    )]
+    Locked { path: PathBuf, lock: PathBuf },
+    #[error("database {path}: lock file {lock}: {source}")]
+    LockFile {
+        path: PathBuf,
+        lock: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no database at {path}; has the daemon ever run?")]
+    Missing { path: PathBuf },
+    #[error("database {path}: PRAGMA {pragma} reads back {got:?}, expected {wanted:?}{hint}")]
+    Pragma {
+        path: PathBuf,
+        pragma: &'static str,
+        wanted: String,
+        got: String,
+        hint: &'static str,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than version {known} that this \
+         recurrentd knows; run the newer recurrentd that wrote it"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error(
+        "database {path} has schema version {found}, this recurrentd needs {known}; start the \
+         daemon once so it migrates the database"
+    )]
+    NotMigrated {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error("database {path} is open read-only; {what} needs write access")]
+    ReadOnly { path: PathBuf, what: &'static str },
+    #[error("database {path}: {what}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        what: String,
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: {what}: stored value {value:?} is not valid")]
+    Corrupt {
+        path: PathBuf,
+        what: String,
+        value: String,
+    },
+    #[error("database {path}: no OS randomness for the order-number prefix: {message}")]
+    Random { path: PathBuf, message: String },
+}
+
+/// Adds the database path and what was being done to a rusqlite error.
+trait Context<T> {
+    fn ctx(self, path: &Path, what: &str) -> Result<T, StoreError>;
+}
+
+impl<T> Context<T> for rusqlite::Result<T> {
+    fn ctx(self, path: &Path, what: &str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+            source,
+        })
+    }
+}
+
+/// The database. Fields drop in order: the connection closes before the lock is released.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    access: Access,
+    _lock: Option<File>,
+}
+
+/// A subscription as the store holds it: the last accepted definition, active or removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSubscription {
+    pub id: String,
+    /// Name of the schedule file (inside the schedules folder) that last defined it.
+    pub file: String,
+    pub line: usize,
+    pub customer: Option<String>,
+    pub bill_number: String,
+    pub currency: Currency,
+    pub terms: Terms,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Set once it is no longer defined by any file; its id stays reserved.
+    pub removed_at: Option<DateTime<Utc>>,
+}
+
+impl StoredSubscription {
+    pub fn is_active(&self) -> bool {
+        self.removed_at.is_none()
+    }
+}
+
+/// What the store knows of one schedule file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    pub file: String,
+    /// Digest of the version in force (see `sync`); `None` if none was ever accepted or the file
+    /// must be looked at again.
+    pub digest: Option<String>,
+    pub accepted_at: Option<DateTime<Utc>>,
+    /// Why the file's current content is refused; `None` when the current content is in force.
+    pub last_error: Option<String>,
+}
+
+/// One ledger event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerEntry {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub subscription_id: Option<String>,
+    pub charge_id: Option<i64>,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
+/// Ledger event kinds written by the store.
+pub mod kind {
+    pub const SUBSCRIPTION_ADDED: &str = "subscription_added";
+    pub const SUBSCRIPTION_UPDATED: &str = "subscription_updated";
+    pub const SUBSCRIPTION_REMOVED: &str = "subscription_removed";
+    pub const SCHEDULE_REFUSED: &str = "schedule_refused";
+}
+
+impl Store {
+    /// Opens (the daemon: creates) the database at `path`. See [`Access`].
+    pub fn open(path: &Path, access: Access) -> Result<Store, StoreError> {
+        let lock = match access {
+            Access::Daemon => Some(take_daemon_lock(path)?),
+            Access::Write | Access::ReadOnly => {
+                if !path.exists() {
+                    return Err(StoreError::Missing {
+                        path: path.to_path_buf(),
+                    });
+                }
+                None
+            }
+        };
+        let flags = match access {
+            Access::Daemon => {
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            }
+            Access::Write => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        };
+        let conn = Connection::open_with_flags(path, flags).ctx(path, "cannot open it")?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+            access,
+            _lock: lock,
+        };
+        store.set_pragmas()?;
+        let version = store.schema_version()?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: store.path,
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if access == Access::Daemon {
+            store.migrate(version)?;
+            store.ensure_meta()?;
+        } else if version < SCHEMA_VERSION {
+            return Err(StoreError::NotMigrated {
+                path: store.path,
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// Sets the pragmas, then reads every one back: a database that does not give us what we
+    /// asked for (WAL refused by the filesystem, say) is refused.
+    fn set_pragmas(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let conn = &self.conn;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .ctx(&path, "setting busy_timeout")?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .ctx(&path, "setting foreign_keys")?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .ctx(&path, "setting synchronous")?;
+        // WAL is a property of the file: the daemon sets it, the others only check it.
+        if self.access != Access::ReadOnly {
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .ctx(&path, "setting journal_mode")?;
+        }
+        let check = |pragma: &'static str, wanted: &str, hint: &'static str| {
+            let got: String = conn
+                .query_row(&format!("PRAGMA {pragma}"), [], |row| {
+                    let value: rusqlite::types::Value = row.get(0)?;
+                    Ok(match value {
+                        rusqlite::types::Value::Integer(n) => n.to_string(),
+                        rusqlite::types::Value::Text(text) => text,
+                        other => format!("{other:?}"),
+                    })
+                })
+                .ctx(&path, &format!("reading PRAGMA {pragma}"))?;
+            if got.eq_ignore_ascii_case(wanted) {
+                Ok(())
+            } else {
+                Err(StoreError::Pragma {
+                    path: path.clone(),
+                    pragma,
+                    wanted: wanted.to_string(),
+                    got,
+                    hint,
+                })
+            }
+        };
+        check(
+            "journal_mode",
+            "wal",
+            "; the database must be on a local filesystem that supports WAL",
+        )?;
+        // 2 = FULL: every commit is synced, so a committed intent survives a power cut.
+        check("synchronous", "2", "")?;
+        check("foreign_keys", "1", "")?;
+        check("busy_timeout", &BUSY_TIMEOUT.as_millis().to_string(), "")?;
+        Ok(())
+    }
+
+    /// The schema version (`PRAGMA user_version`).
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .ctx(&self.path, "reading user_version")?;
+        u32::try_from(version).map_err(|_| StoreError::Corrupt {
+            path: self.path.clone(),
+            what: "PRAGMA user_version".to_string(),
+            value: version.to_string(),
+        })
+    }
+
+    /// Applies the migrations after `from`, each in its own transaction with its version bump.
+    fn migrate(&mut self, from: u32) -> Result<(), StoreError> {
+        for (index, sql) in schema::MIGRATIONS.iter().enumerate().skip(from as usize) {
+            let version = index + 1;
+            let what = format!("migrating to schema version {version}");
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .ctx(&self.path, &what)?;
+            tx.execute_batch(sql).ctx(&self.path, &what)?;
+            tx.pragma_update(None, "user_version", version as i64)
+                .ctx(&self.path, &what)?;
+            tx.commit().ctx(&self.path, &what)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the order-number prefix and the creation time once, when the database is new.
+    fn ensure_meta(&mut self) -> Result<(), StoreError> {
+        let what = "initialising meta";
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(&self.path, what)?;
+        let exists: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'order_prefix')",
+                [],
+                |row| row.get(0),
+            )
+            .ctx(&self.path, what)?;
+        if !exists {
+            let prefix = random_order_prefix().map_err(|message| StoreError::Random {
+                path: self.path.clone(),
+                message,
+            })?;
+            // When the file was created, in real time: metadata for operators, not billing time.
+            let created_at = timestamp(Utc::now());
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('order_prefix', ?1), ('created_at', ?2)",
+                params![prefix, created_at],
+            )
+            .ctx(&self.path, what)?;
+        }
+        tx.commit().ctx(&self.path, what)
+    }
+
+    fn require_write(&self, what: &'static str) -> Result<(), StoreError> {
+        match self.access {
+            Access::ReadOnly => Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+                what,
+            }),
+            Access::Daemon | Access::Write => Ok(()),
+        }
+    }
+
+    /// The random prefix of every OrderNumber made from this database, fixed at its creation.
+    pub fn order_prefix(&self) -> Result<String, StoreError> {
+        self.meta("order_prefix")
+    }
+
+    /// When the database was created.
+    pub fn created_at(&self) -> Result<DateTime<Utc>, StoreError> {
+        let text = self.meta("created_at")?;
+        parse_timestamp(&self.path, "meta.created_at", &text)
+    }
+
+    fn meta(&self, key: &str) -> Result<String, StoreError> {
+        let what = format!("reading meta.{key}");
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()
+            .ctx(&self.path, &what)?
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                what,
+                value: String::new(),
+            })
+    }
+
+    /// Every subscription the store knows, active and removed, by id.
+    pub fn subscriptions(&self) -> Result<Vec<StoredSubscription>, StoreError> {
+        self.query_subscriptions("", [])
+    }
+
+    /// One subscription by id, active or removed.
+    pub fn subscription(&self, id: &str) -> Result<Option<StoredSubscription>, StoreError> {
+        Ok(self
+            .query_subscriptions("WHERE id = ?1", [id])?
+            .into_iter()
+            .next())
+    }
+
+    fn query_subscriptions<P: rusqlite::Params>(
+        &self,
+        filter: &str,
+        params: P,
+    ) -> Result<Vec<StoredSubscription>, StoreError> {
+        let what = "reading subscriptions";
+        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions {filter} ORDER BY id");
+        let mut statement = self.conn.prepare(&sql).ctx(&self.path, what)?;
+        let rows = statement
+            .query_map(params, sync::SubRow::from_row)
+            .ctx(&self.path, what)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let row = row.ctx(&self.path, what)?;
+            out.push(row.decode(&self.path)?);
+        }
+        Ok(out)
+    }
+
+    /// What the store knows of every schedule file, by name.
+    pub fn schedule_files(&self) -> Result<Vec<StoredFile>, StoreError> {
+        let what = "reading schedule_files";
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT file, digest, accepted_at, last_error FROM schedule_files ORDER BY file",
+            )
+            .ctx(&self.path, what)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Option<String>>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .ctx(&self.path, what)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (file, digest, accepted_at, last_error) = row.ctx(&self.path, what)?;
+            let accepted_at = accepted_at
+                .map(|t| parse_timestamp(&self.path, "schedule_files.accepted_at", &t))
+                .transpose()?;
+            out.push(StoredFile {
+                file,
+                digest,
+                accepted_at,
+                last_error,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The ledger in order, optionally only one subscription's events.
+    pub fn ledger(&self, subscription_id: Option<&str>) -> Result<Vec<LedgerEntry>, StoreError> {
+        let what = "reading the ledger";
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT seq, at, subscription_id, charge_id, kind, detail FROM ledger \
+                 WHERE ?1 IS NULL OR subscription_id = ?1 ORDER BY seq",
+            )
+            .ctx(&self.path, what)?;
+        let rows = statement
+            .query_map([subscription_id], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, Option<i64>>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                ))
+            })
+            .ctx(&self.path, what)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, at, subscription_id, charge_id, kind, detail) = row.ctx(&self.path, what)?;
+            let detail = serde_json::from_str(&detail).map_err(|_| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: format!("ledger {seq} detail"),
+                value: detail.clone(),
+            })?;
+            out.push(LedgerEntry {
+                seq,
+                at: parse_timestamp(&self.path, "ledger.at", &at)?,
+                subscription_id,
+                charge_id,
+                kind,
+                detail,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether a subscription has any charges row.
+    pub fn has_charges(&self, subscription_id: &str) -> Result<bool, StoreError> {
+        sync::has_charges(&self.conn, subscription_id).ctx(&self.path, "reading charges")
+    }
+}
+
+/// The columns `sync::SubRow::from_row` reads, in its order.
+const SUBSCRIPTION_COLUMNS: &str = "id, file, line, customer, bill_number, currency, \
+    amount_cents, cadence, start_date, state, catch_up, min_cents, max_cents, period_days, \
+    max_date, created_at, updated_at, removed_at";
+
+/// Takes the daemon's exclusive lock on `<db>.lock`, creating the file if needed. The lock is an
+/// OS lock (`flock`): it is released when the file is closed or the process dies, so it is never
+/// stale; the file itself may stay behind and means nothing when no one holds it.
+fn take_daemon_lock(path: &Path) -> Result<File, StoreError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|source| StoreError::LockFile {
+            path: path.to_path_buf(),
+            lock: lock_path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: path.to_path_buf(),
+            lock: lock_path,
+        }),
+        Err(TryLockError::Error(source)) => Err(StoreError::LockFile {
+            path: path.to_path_buf(),
+            lock: lock_path,
+            source,
+        }),
+    }
+}
+
+/// 8 characters of Crockford base32 from 40 bits of OS randomness.
+fn random_order_prefix() -> Result<String, String> {
+    let mut bytes = [0u8; 5];
+    getrandom::getrandom(&mut bytes).map_err(|e| e.to_string())?;
+    let bits = bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    Ok(crockford(bits, ORDER_PREFIX_LEN))
+}
+
+/// The low `5 × len` bits of `bits` in Crockford base32, most significant first.
+fn crockford(bits: u64, len: usize) -> String {
+    (0..len)
+        .rev()
+        .map(|i| char::from(CROCKFORD[((bits >> (5 * i)) & 31) as usize]))
+        .collect()
+}
+
+/// An instant as stored: RFC 3339 UTC with microseconds, which sorts as it reads.
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_timestamp(path: &Path, what: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+            value: text.to_string(),
+        })
+}
+
+fn date_text(date: NaiveDate) -> String {
+    date.format("%Y-%m-%d").to_string()
+}
+
+fn parse_date(path: &Path, what: &str, text: &str) -> Result<NaiveDate, StoreError> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+        value: text.to_string(),
+    })
+}
+
+/// Decodes the stored columns of a subscription into the domain types.
+#[allow(clippy::too_many_arguments)]
+fn decode_terms(
+    path: &Path,
+    id: &str,
+    amount_cents: i64,
+    cadence: &str,
+    start: &str,
+    state: &str,
+    catch_up: Option<&str>,
+    min_cents: Option<i64>,
+    max_cents: Option<i64>,
+    period_days: Option<i64>,
+    max_date: Option<&str>,
+) -> Result<Terms, StoreError> {
+    let corrupt = |field: &str, value: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        what: format!("subscription {id} {field}"),
+        value,
+    };
+    let money = |field: &str, cents: i64| {
+        Money::from_cents(cents).ok_or_else(|| corrupt(field, cents.to_string()))
+    };
+    Ok(Terms {
+        amount: money("amount_cents", amount_cents)?,
+        every: Cadence::parse(cadence).map_err(|_| corrupt("cadence", cadence.to_string()))?,
+        start: parse_date(path, &format!("subscription {id} start_date"), start)?,
+        state: SubscriptionState::parse(state)
+            .ok_or_else(|| corrupt("state", state.to_string()))?,
+        catch_up: catch_up
+            .map(|c| CatchUp::parse(c).ok_or_else(|| corrupt("catch_up", c.to_string())))
+            .transpose()?,
+        limits: Limits {
+            min_amount: min_cents.map(|c| money("min_cents", c)).transpose()?,
+            max_amount: max_cents.map(|c| money("max_cents", c)).transpose()?,
+            period_days: period_days
+                .map(|d| u32::try_from(d).map_err(|_| corrupt("period_days", d.to_string())))
+                .transpose()?,
+            max_date: max_date
+                .map(|d| parse_date(path, &format!("subscription {id} max_date"), d))
+                .transpose()?,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;

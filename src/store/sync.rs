@@ -1,0 +1,865 @@
+//! Schedule sync: the schedule files are the operator's desired state; the store holds what was
+//! last accepted from each file.
+//!
+//! Each file is applied in its own `BEGIN IMMEDIATE` transaction, together with the ledger events
+//! that explain the change:
+//!
+//! - a file with errors keeps its last accepted version in force; `last_error` records why;
+//! - a valid file replaces its subscriptions: new ids are added, changed ones updated, ids no
+//!   longer in it removed (the row stays, `removed_at` set, and the id is reserved for ever);
+//! - a file that is gone removes its subscriptions;
+//! - the whole file is refused (last accepted version kept) if it defines a removed id, changes
+//!   the agreed terms (bill number, currency, limits) of a subscription that has charges, takes a
+//!   bill number whose charges belong to another subscription, or takes an id that a file with
+//!   errors still defines in its last accepted version.
+//!
+//! An id may move between files: a valid file takes over an id whose old file no longer defines
+//! it (or is gone). An id dropped by one file and defined by another valid file is handed over,
+//! not removed; if that other file is refused, the id stays in force where it was and its old
+//! file is looked at again at the next sync.
+//!
+//! Files are keyed by their name inside the schedules folder, so moving the folder or naming it
+//! differently in the config changes nothing. Unchanged files are skipped by digest: the digest is
+//! over the validated content (not the bytes), and only a file whose current content is the
+//! version in force is skipped, so a refused file is re-examined at every sync.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use md5::{Digest, Md5};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use serde_json::{Map, Value, json};
+
+use super::{
+    Context, SUBSCRIPTION_COLUMNS, Store, StoreError, StoredSubscription, date_text, decode_terms,
+    kind, parse_timestamp, timestamp,
+};
+use crate::money::{Currency, Money};
+use crate::schedule::{Diagnostic, DirReport, FileReport, Severity, Subscription};
+
+/// The fields of a subscription that are the customer's agreement: fixed once it has charges.
+const AGREED: &[&str] = &[
+    "bill_number",
+    "currency",
+    "limits.min_amount",
+    "limits.max_amount",
+    "limits.period_days",
+    "limits.max_date",
+];
+
+/// What one sync did, file by file (files of the folder in name order, then gone files).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncSummary {
+    pub files: Vec<FileSync>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSync {
+    /// The file's name inside the schedules folder.
+    pub file: String,
+    pub outcome: FileOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileOutcome {
+    /// Same content as the version in force: nothing was done.
+    Unchanged,
+    /// The file is now the version in force (the changes may be empty).
+    Applied(Changes),
+    /// The file's current content is refused; its last accepted version stays in force. Every
+    /// error is a `path:line:column: field: message` diagnostic.
+    Refused { diagnostics: Vec<Diagnostic> },
+    /// The file is no longer in the folder; its subscriptions were removed.
+    Gone(Changes),
+}
+
+/// Subscription ids touched by a file.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub updated: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl SyncSummary {
+    /// The outcome for one file name.
+    pub fn outcome(&self, file: &str) -> Option<&FileOutcome> {
+        self.files
+            .iter()
+            .find(|f| f.file == file)
+            .map(|f| &f.outcome)
+    }
+
+    /// Every error of every refused file.
+    pub fn diagnostics(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.files.iter().flat_map(|f| match &f.outcome {
+            FileOutcome::Refused { diagnostics } => diagnostics.as_slice(),
+            _ => &[],
+        })
+    }
+}
+
+/// A subscription's definition as stored, in comparable form (file and line excluded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Def {
+    id: String,
+    customer: Option<String>,
+    bill_number: String,
+    currency: String,
+    amount_cents: i64,
+    cadence: String,
+    start_date: String,
+    state: String,
+    catch_up: Option<String>,
+    min_cents: Option<i64>,
+    max_cents: Option<i64>,
+    period_days: Option<i64>,
+    max_date: Option<String>,
+}
+
+impl Def {
+    fn from_subscription(sub: &Subscription) -> Def {
+        let terms = &sub.terms;
+        Def {
+            id: sub.id.clone(),
+            customer: sub.customer.clone(),
+            bill_number: sub.bill_number.clone(),
+            currency: sub.currency.as_str().to_string(),
+            amount_cents: terms.amount.cents(),
+            cadence: terms.every.to_string(),
+            start_date: date_text(terms.start),
+            state: terms.state.to_string(),
+            catch_up: terms.catch_up.map(|c| c.to_string()),
+            min_cents: terms.limits.min_amount.map(Money::cents),
+            max_cents: terms.limits.max_amount.map(Money::cents),
+            period_days: terms.limits.period_days.map(i64::from),
+            max_date: terms.limits.max_date.map(date_text),
+        }
+    }
+
+    /// Every field by its schedule-file name, as an operator would write it.
+    fn fields(&self) -> [(&'static str, Option<String>); 12] {
+        let money = |cents: i64| {
+            Money::from_cents(cents).map_or_else(|| format!("{cents} kopecks"), |m| m.to_string())
+        };
+        [
+            ("customer", self.customer.clone()),
+            ("bill_number", Some(self.bill_number.clone())),
+            ("currency", Some(self.currency.clone())),
+            ("amount", Some(money(self.amount_cents))),
+            ("every", Some(self.cadence.clone())),
+            ("start", Some(self.start_date.clone())),
+            ("state", Some(self.state.clone())),
+            ("catch_up", self.catch_up.clone()),
+            ("limits.min_amount", self.min_cents.map(money)),
+            ("limits.max_amount", self.max_cents.map(money)),
+            (
+                "limits.period_days",
+                self.period_days.map(|d| d.to_string()),
+            ),
+            ("limits.max_date", self.max_date.clone()),
+        ]
+    }
+
+    /// The fields that differ: (field, before, after).
+    fn diff(&self, new: &Def) -> Vec<(&'static str, Option<String>, Option<String>)> {
+        self.fields()
+            .into_iter()
+            .zip(new.fields())
+            .filter(|((_, old), (_, new))| old != new)
+            .map(|((field, old), (_, new))| (field, old, new))
+            .collect()
+    }
+
+    fn json(&self) -> Value {
+        let mut map = Map::new();
+        for (field, value) in self.fields() {
+            if let Some(value) = value {
+                map.insert(field.to_string(), Value::String(value));
+            }
+        }
+        Value::Object(map)
+    }
+}
+
+/// A `subscriptions` row.
+pub(super) struct SubRow {
+    def: Def,
+    file: String,
+    line: i64,
+    created_at: String,
+    updated_at: String,
+    removed_at: Option<String>,
+}
+
+impl SubRow {
+    /// Reads the columns of [`SUBSCRIPTION_COLUMNS`].
+    pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<SubRow> {
+        Ok(SubRow {
+            def: Def {
+                id: row.get(0)?,
+                customer: row.get(3)?,
+                bill_number: row.get(4)?,
+                currency: row.get(5)?,
+                amount_cents: row.get(6)?,
+                cadence: row.get(7)?,
+                start_date: row.get(8)?,
+                state: row.get(9)?,
+                catch_up: row.get(10)?,
+                min_cents: row.get(11)?,
+                max_cents: row.get(12)?,
+                period_days: row.get(13)?,
+                max_date: row.get(14)?,
+            },
+            file: row.get(1)?,
+            line: row.get(2)?,
+            created_at: row.get(15)?,
+            updated_at: row.get(16)?,
+            removed_at: row.get(17)?,
+        })
+    }
+
+    pub(super) fn decode(self, path: &Path) -> Result<StoredSubscription, StoreError> {
+        let def = &self.def;
+        let id = def.id.as_str();
+        let corrupt = |what: &str, value: String| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            what: format!("subscription {id} {what}"),
+            value,
+        };
+        let terms = decode_terms(
+            path,
+            id,
+            def.amount_cents,
+            &def.cadence,
+            &def.start_date,
+            &def.state,
+            def.catch_up.as_deref(),
+            def.min_cents,
+            def.max_cents,
+            def.period_days,
+            def.max_date.as_deref(),
+        )?;
+        Ok(StoredSubscription {
+            id: def.id.clone(),
+            file: self.file.clone(),
+            line: usize::try_from(self.line).map_err(|_| corrupt("line", self.line.to_string()))?,
+            customer: def.customer.clone(),
+            bill_number: def.bill_number.clone(),
+            currency: Currency::parse(&def.currency)
+                .map_err(|_| corrupt("currency", def.currency.clone()))?,
+            terms,
+            created_at: parse_timestamp(path, "subscriptions.created_at", &self.created_at)?,
+            updated_at: parse_timestamp(path, "subscriptions.updated_at", &self.updated_at)?,
+            removed_at: self
+                .removed_at
+                .as_deref()
+                .map(|t| parse_timestamp(path, "subscriptions.removed_at", t))
+                .transpose()?,
+        })
+    }
+}
+
+/// One change a valid file asks for.
+enum Step<'r> {
+    Add(&'r Subscription, Def),
+    Update {
+        sub: &'r Subscription,
+        new: Def,
+        changes: Vec<(&'static str, Option<String>, Option<String>)>,
+        moved_from: Option<String>,
+    },
+    /// Only the line moved: no event, the definition is the same.
+    Line(&'r Subscription),
+    Remove(String),
+}
+
+/// What each file of the report wants: its ids if it is valid, `None` if it has errors.
+type Wanted<'r> = HashMap<&'r str, Option<HashSet<&'r str>>>;
+
+impl Store {
+    /// Brings the subscriptions in line with the schedule folder as `report` read it; `now` is
+    /// the time written in the rows and ledger events. A storage error stops the sync (files
+    /// already applied stay applied: each file is its own transaction).
+    pub fn sync_schedules(
+        &mut self,
+        report: &DirReport,
+        now: DateTime<Utc>,
+    ) -> Result<SyncSummary, StoreError> {
+        self.require_write("schedule sync")?;
+        let at = timestamp(now);
+        let mut wanted: Wanted<'_> = HashMap::new();
+        let mut files: Vec<(Option<&str>, &FileReport)> = Vec::new();
+        for file in &report.files {
+            match file.path.file_name().and_then(|n| n.to_str()) {
+                Some(name) if !wanted.contains_key(name) => {
+                    let ids = (!file.has_errors())
+                        .then(|| file.subscriptions.iter().map(|s| s.id.as_str()).collect());
+                    wanted.insert(name, ids);
+                    files.push((Some(name), file));
+                }
+                _ => files.push((None, file)),
+            }
+        }
+
+        let mut summary = SyncSummary::default();
+        for (name, file) in files {
+            let (name, outcome) = match name {
+                None => (
+                    file.path.display().to_string(),
+                    FileOutcome::Refused {
+                        diagnostics: vec![error_at(
+                            &file.path,
+                            1,
+                            "file",
+                            "the file name is not UTF-8 or is listed twice; refused".to_string(),
+                        )],
+                    },
+                ),
+                Some(name) if file.has_errors() => {
+                    let errors: Vec<Diagnostic> = file
+                        .diagnostics
+                        .iter()
+                        .filter(|d| d.severity == Severity::Error)
+                        .cloned()
+                        .collect();
+                    let path = self.path.clone();
+                    let tx = self.write_tx("recording a refused schedule file")?;
+                    refuse(&tx, &path, name, &errors, &at)?;
+                    tx.commit()
+                        .ctx(&path, "recording a refused schedule file")?;
+                    (
+                        name.to_string(),
+                        FileOutcome::Refused {
+                            diagnostics: errors,
+                        },
+                    )
+                }
+                Some(name) => (name.to_string(), self.sync_file(name, file, &wanted, &at)?),
+            };
+            summary.files.push(FileSync {
+                file: name,
+                outcome,
+            });
+        }
+
+        for name in self.known_files()? {
+            if !wanted.contains_key(name.as_str()) {
+                let outcome = self.sync_gone(&name, &wanted, &at)?;
+                summary.files.push(FileSync {
+                    file: name,
+                    outcome,
+                });
+            }
+        }
+        Ok(summary)
+    }
+
+    fn write_tx(&mut self, what: &str) -> Result<Transaction<'_>, StoreError> {
+        self.conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(&self.path, what)
+    }
+
+    fn known_files(&self) -> Result<Vec<String>, StoreError> {
+        let what = "reading schedule_files";
+        let mut statement = self
+            .conn
+            .prepare("SELECT file FROM schedule_files ORDER BY file")
+            .ctx(&self.path, what)?;
+        let names = statement
+            .query_map([], |row| row.get(0))
+            .ctx(&self.path, what)?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .ctx(&self.path, what)?;
+        Ok(names)
+    }
+
+    /// Applies one valid file, or refuses it whole.
+    fn sync_file(
+        &mut self,
+        name: &str,
+        file: &FileReport,
+        wanted: &Wanted<'_>,
+        at: &str,
+    ) -> Result<FileOutcome, StoreError> {
+        let path = self.path.clone();
+        let what = format!("syncing schedule file {name}");
+        let what = what.as_str();
+        let digest = digest(file);
+        let tx = self.write_tx(what)?;
+        let stored: Option<(Option<String>, Option<String>)> = tx
+            .query_row(
+                "SELECT digest, last_error FROM schedule_files WHERE file = ?1",
+                [name],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .ctx(&path, what)?;
+        if let Some((Some(stored_digest), None)) = &stored
+            && *stored_digest == digest
+        {
+            return Ok(FileOutcome::Unchanged);
+        }
+
+        let mut errors = Vec::new();
+        let mut steps = Vec::new();
+        for sub in &file.subscriptions {
+            let new = Def::from_subscription(sub);
+            let old = load_row(&tx, &sub.id).ctx(&path, what)?;
+            let Some(old) = old else {
+                check_bill_number(&tx, sub, &mut errors).ctx(&path, what)?;
+                steps.push(Step::Add(sub, new));
+                continue;
+            };
+            if let Some(removed_at) = &old.removed_at {
+                errors.push(error_at(
+                    &sub.origin.path,
+                    sub.origin.line,
+                    "id",
+                    format!(
+                        "{:?} belonged to a subscription removed at {removed_at}; ids are never \
+                         reused, give this subscription a new id",
+                        sub.id
+                    ),
+                ));
+                continue;
+            }
+            let moved_from = if old.file == name {
+                None
+            } else {
+                match wanted.get(old.file.as_str()) {
+                    // Its old file is gone, or valid and no longer defines it: a move.
+                    None => Some(old.file.clone()),
+                    Some(Some(ids)) if !ids.contains(sub.id.as_str()) => Some(old.file.clone()),
+                    Some(None) => {
+                        errors.push(error_at(
+                            &sub.origin.path,
+                            sub.origin.line,
+                            "id",
+                            format!(
+                                "{:?} is still defined by the version in force of {}, which \
+                                 has errors now; fix that file first",
+                                sub.id, old.file
+                            ),
+                        ));
+                        continue;
+                    }
+                    Some(Some(_)) => {
+                        errors.push(error_at(
+                            &sub.origin.path,
+                            sub.origin.line,
+                            "id",
+                            format!("{:?} is also defined in {}", sub.id, old.file),
+                        ));
+                        continue;
+                    }
+                }
+            };
+            let changes = old.def.diff(&new);
+            let agreed: Vec<_> = changes
+                .iter()
+                .filter(|(field, _, _)| AGREED.contains(field))
+                .collect();
+            if !agreed.is_empty() && has_charges(&tx, &sub.id).ctx(&path, what)? {
+                for (field, before, after) in agreed {
+                    errors.push(error_at(
+                        &sub.origin.path,
+                        sub.origin.line,
+                        field,
+                        format!(
+                            "subscription {} has charges, so the terms the customer agreed to \
+                             cannot change ({field} was {}, the file now says {}); a new \
+                             agreement needs a new subscription id",
+                            sub.id,
+                            shown(before),
+                            shown(after)
+                        ),
+                    ));
+                }
+                continue;
+            }
+            if old.def.bill_number != new.bill_number {
+                check_bill_number(&tx, sub, &mut errors).ctx(&path, what)?;
+            }
+            let line_moved = usize::try_from(old.line).ok() != Some(sub.origin.line);
+            if !changes.is_empty() || moved_from.is_some() {
+                steps.push(Step::Update {
+                    sub,
+                    new,
+                    changes,
+                    moved_from,
+                });
+            } else if line_moved {
+                steps.push(Step::Line(sub));
+            }
+        }
+
+        // Ids of this file that it no longer defines: removed, unless another valid file of this
+        // sync takes them over.
+        let mine: HashSet<&str> = file.subscriptions.iter().map(|s| s.id.as_str()).collect();
+        let mut handover_pending = false;
+        for id in active_ids_of(&tx, name).ctx(&path, what)? {
+            if mine.contains(id.as_str()) {
+                continue;
+            }
+            if claimed_elsewhere(wanted, name, &id) {
+                handover_pending = true;
+            } else {
+                steps.push(Step::Remove(id));
+            }
+        }
+
+        if !errors.is_empty() {
+            refuse(&tx, &path, name, &errors, at)?;
+            tx.commit().ctx(&path, what)?;
+            return Ok(FileOutcome::Refused {
+                diagnostics: errors,
+            });
+        }
+
+        let mut changes = Changes::default();
+        for step in steps {
+            apply(&tx, name, step, at, &mut changes).ctx(&path, what)?;
+        }
+        let digest_changed = stored.as_ref().and_then(|(d, _)| d.as_deref()) != Some(&digest);
+        // A pending hand-over leaves an id here that this file no longer defines: look again next
+        // time (a NULL digest never matches).
+        let new_digest = (!handover_pending).then_some(digest);
+        tx.execute(
+            "INSERT INTO schedule_files (file, digest, accepted_at, last_error) \
+             VALUES (?1, ?2, ?3, NULL) \
+             ON CONFLICT (file) DO UPDATE SET digest = excluded.digest, last_error = NULL, \
+             accepted_at = CASE WHEN ?4 OR accepted_at IS NULL THEN excluded.accepted_at \
+                           ELSE accepted_at END",
+            params![name, new_digest, at, digest_changed],
+        )
+        .ctx(&path, what)?;
+        tx.commit().ctx(&path, what)?;
+        Ok(FileOutcome::Applied(changes))
+    }
+
+    /// A file the store knows that is no longer in the folder: its subscriptions are removed
+    /// (except those a valid file of this sync defines, which it takes over or, if refused,
+    /// leaves here until the next sync).
+    fn sync_gone(
+        &mut self,
+        name: &str,
+        wanted: &Wanted<'_>,
+        at: &str,
+    ) -> Result<FileOutcome, StoreError> {
+        let path = self.path.clone();
+        let what = format!("removing the subscriptions of the gone schedule file {name}");
+        let what = what.as_str();
+        let tx = self.write_tx(what)?;
+        let mut changes = Changes::default();
+        let mut pending = false;
+        for id in active_ids_of(&tx, name).ctx(&path, what)? {
+            if claimed_elsewhere(wanted, name, &id) {
+                pending = true;
+                continue;
+            }
+            remove(&tx, name, &id, "its schedule file is gone", at).ctx(&path, what)?;
+            changes.removed.push(id);
+        }
+        if pending {
+            tx.execute(
+                "UPDATE schedule_files SET digest = NULL, \
+                 last_error = 'the file is no longer in the schedules folder' WHERE file = ?1",
+                [name],
+            )
+            .ctx(&path, what)?;
+        } else {
+            tx.execute("DELETE FROM schedule_files WHERE file = ?1", [name])
+                .ctx(&path, what)?;
+        }
+        tx.commit().ctx(&path, what)?;
+        Ok(FileOutcome::Gone(changes))
+    }
+}
+
+/// Records a refusal: `last_error`, and a ledger event when the reason is new (a file that stays
+/// broken does not add an event at every sync).
+fn refuse(
+    tx: &Transaction<'_>,
+    path: &Path,
+    name: &str,
+    errors: &[Diagnostic],
+    at: &str,
+) -> Result<(), StoreError> {
+    let what = format!("recording why schedule file {name} is refused");
+    let text = errors
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let previous: Option<Option<String>> = tx
+        .query_row(
+            "SELECT last_error FROM schedule_files WHERE file = ?1",
+            [name],
+            |row| row.get(0),
+        )
+        .optional()
+        .ctx(path, &what)?;
+    if previous.flatten().as_deref() == Some(text.as_str()) {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO schedule_files (file, last_error) VALUES (?1, ?2) \
+         ON CONFLICT (file) DO UPDATE SET last_error = excluded.last_error",
+        params![name, text],
+    )
+    .ctx(path, &what)?;
+    let errors: Vec<String> = errors.iter().map(|d| d.to_string()).collect();
+    append(
+        tx,
+        at,
+        None,
+        kind::SCHEDULE_REFUSED,
+        json!({ "file": name, "errors": errors }),
+    )
+    .ctx(path, &what)
+}
+
+fn apply(
+    tx: &Transaction<'_>,
+    file: &str,
+    step: Step<'_>,
+    at: &str,
+    changes: &mut Changes,
+) -> rusqlite::Result<()> {
+    match step {
+        Step::Add(sub, def) => {
+            tx.execute(
+                &format!(
+                    "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, \
+                     NULL)"
+                ),
+                params![
+                    def.id,
+                    file,
+                    line(sub),
+                    def.customer,
+                    def.bill_number,
+                    def.currency,
+                    def.amount_cents,
+                    def.cadence,
+                    def.start_date,
+                    def.state,
+                    def.catch_up,
+                    def.min_cents,
+                    def.max_cents,
+                    def.period_days,
+                    def.max_date,
+                    at,
+                ],
+            )?;
+            append(
+                tx,
+                at,
+                Some(&def.id),
+                kind::SUBSCRIPTION_ADDED,
+                json!({ "file": file, "line": sub.origin.line, "subscription": def.json() }),
+            )?;
+            changes.added.push(def.id);
+        }
+        Step::Update {
+            sub,
+            new,
+            changes: fields,
+            moved_from,
+        } => {
+            tx.execute(
+                "UPDATE subscriptions SET file = ?2, line = ?3, customer = ?4, bill_number = ?5, \
+                 currency = ?6, amount_cents = ?7, cadence = ?8, start_date = ?9, state = ?10, \
+                 catch_up = ?11, min_cents = ?12, max_cents = ?13, period_days = ?14, \
+                 max_date = ?15, updated_at = ?16 WHERE id = ?1",
+                params![
+                    new.id,
+                    file,
+                    line(sub),
+                    new.customer,
+                    new.bill_number,
+                    new.currency,
+                    new.amount_cents,
+                    new.cadence,
+                    new.start_date,
+                    new.state,
+                    new.catch_up,
+                    new.min_cents,
+                    new.max_cents,
+                    new.period_days,
+                    new.max_date,
+                    at,
+                ],
+            )?;
+            let mut diff = Map::new();
+            for (field, before, after) in fields {
+                diff.insert(field.to_string(), json!({ "from": before, "to": after }));
+            }
+            let mut detail = json!({ "file": file, "line": sub.origin.line, "changes": diff });
+            if let (Some(from), Some(map)) = (moved_from, detail.as_object_mut()) {
+                map.insert("moved_from".to_string(), Value::String(from));
+            }
+            append(tx, at, Some(&new.id), kind::SUBSCRIPTION_UPDATED, detail)?;
+            changes.updated.push(new.id);
+        }
+        Step::Line(sub) => {
+            tx.execute(
+                "UPDATE subscriptions SET line = ?2 WHERE id = ?1",
+                params![sub.id, line(sub)],
+            )?;
+        }
+        Step::Remove(id) => {
+            remove(tx, file, &id, "no longer in its schedule file", at)?;
+            changes.removed.push(id);
+        }
+    }
+    Ok(())
+}
+
+fn remove(
+    tx: &Transaction<'_>,
+    file: &str,
+    id: &str,
+    reason: &str,
+    at: &str,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE subscriptions SET removed_at = ?2, updated_at = ?2 WHERE id = ?1",
+        params![id, at],
+    )?;
+    append(
+        tx,
+        at,
+        Some(id),
+        kind::SUBSCRIPTION_REMOVED,
+        json!({ "file": file, "reason": reason }),
+    )
+}
+
+/// Appends a ledger event.
+pub(super) fn append(
+    conn: &Connection,
+    at: &str,
+    subscription_id: Option<&str>,
+    kind: &str,
+    detail: Value,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO ledger (at, subscription_id, charge_id, kind, detail) \
+         VALUES (?1, ?2, NULL, ?3, ?4)",
+        params![at, subscription_id, kind, detail.to_string()],
+    )?;
+    Ok(())
+}
+
+pub(super) fn has_charges(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM charges WHERE subscription_id = ?1)",
+        [id],
+        |row| row.get(0),
+    )
+}
+
+fn load_row(conn: &Connection, id: &str) -> rusqlite::Result<Option<SubRow>> {
+    conn.query_row(
+        &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?1"),
+        [id],
+        SubRow::from_row,
+    )
+    .optional()
+}
+
+fn active_ids_of(conn: &Connection, file: &str) -> rusqlite::Result<Vec<String>> {
+    let mut statement = conn.prepare(
+        "SELECT id FROM subscriptions WHERE file = ?1 AND removed_at IS NULL ORDER BY id",
+    )?;
+    let ids = statement
+        .query_map([file], |row| row.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(ids)
+}
+
+/// A bill number whose charges belong to another subscription cannot be taken: the limits are
+/// checked against one subscription's charge history, which a new id would not see.
+fn check_bill_number(
+    conn: &Connection,
+    sub: &Subscription,
+    errors: &mut Vec<Diagnostic>,
+) -> rusqlite::Result<()> {
+    let other: Option<String> = conn
+        .query_row(
+            "SELECT s.id FROM subscriptions s WHERE s.bill_number = ?1 AND s.id <> ?2 \
+             AND EXISTS (SELECT 1 FROM charges c WHERE c.subscription_id = s.id) LIMIT 1",
+            params![sub.bill_number, sub.id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(other) = other {
+        errors.push(error_at(
+            &sub.origin.path,
+            sub.origin.line,
+            "bill_number",
+            format!(
+                "{} is the agreement of subscription {other}, which has charges; one initial \
+                 payment is one subscription, and its charge history stays with that id",
+                sub.bill_number
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a valid file of this sync other than `file` defines `id`.
+fn claimed_elsewhere(wanted: &Wanted<'_>, file: &str, id: &str) -> bool {
+    wanted
+        .iter()
+        .any(|(other, ids)| *other != file && ids.as_ref().is_some_and(|ids| ids.contains(id)))
+}
+
+fn line(sub: &Subscription) -> i64 {
+    i64::try_from(sub.origin.line).unwrap_or(i64::MAX)
+}
+
+fn shown(value: &Option<String>) -> String {
+    value
+        .as_deref()
+        .map_or_else(|| "not set".to_string(), |v| format!("{v:?}"))
+}
+
+fn error_at(path: &Path, line: usize, field: &str, message: String) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Error,
+        path: path.to_path_buf(),
+        line,
+        column: 1,
+        field: field.to_string(),
+        message,
+    }
+}
+
+/// Digest of a valid file's content as the store would hold it (subscriptions, their fields and
+/// lines). Change detection only, not a security property: equal digests mean "skip".
+fn digest(file: &FileReport) -> String {
+    let mut hasher = Md5::new();
+    for sub in &file.subscriptions {
+        let def = Def::from_subscription(sub);
+        hasher.update(def.id.as_bytes());
+        hasher.update(b"\x1f");
+        hasher.update(sub.origin.line.to_string().as_bytes());
+        for (_, value) in def.fields() {
+            match value {
+                Some(value) => {
+                    hasher.update(b"\x1f+");
+                    hasher.update(value.as_bytes());
+                }
+                None => hasher.update(b"\x1f-"),
+            }
+        }
+        hasher.update(b"\x1e");
+    }
+    format!("{:x}", hasher.finalize())
+}

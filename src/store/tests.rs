@@ -1,0 +1,892 @@
+use super::*;
+use crate::schedule::{DirReport, FileReport, parse_text};
+use chrono::TimeZone;
+
+fn db(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("recurrentd.db")
+}
+
+fn daemon(dir: &tempfile::TempDir) -> Store {
+    Store::open(&db(dir), Access::Daemon).unwrap()
+}
+
+fn at(day: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, day, 12, 0, 0).unwrap()
+}
+
+/// One subscription in schedule-file syntax; `extra` lines go in its table.
+fn sub(id: &str, bill: &str, amount: &str, extra: &str) -> String {
+    format!(
+        "[[subscription]]\nid = \"{id}\"\nbill_number = \"589911021{bill}\"\ncurrency = \"RUB\"\n\
+         amount = \"{amount}\"\nevery = \"1 month\"\nstart = 2026-12-01\n{extra}\n\
+         [subscription.limits]\nmin_amount = \"100.00\"\nmax_amount = \"1000.00\"\n\
+         period_days = 28\nmax_date = 2027-12-01\n\n"
+    )
+}
+
+fn file(name: &str, text: &str) -> FileReport {
+    parse_text(&Path::new("schedules").join(name), text)
+}
+
+fn report(files: Vec<FileReport>) -> DirReport {
+    DirReport { files }
+}
+
+fn active(store: &Store) -> Vec<(String, String)> {
+    store
+        .subscriptions()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.is_active())
+        .map(|s| (s.id, s.file))
+        .collect()
+}
+
+fn applied(summary: &SyncSummary, name: &str) -> Changes {
+    match summary.outcome(name) {
+        Some(FileOutcome::Applied(changes)) => changes.clone(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+fn refused(summary: &SyncSummary, name: &str) -> Vec<String> {
+    match summary.outcome(name) {
+        Some(FileOutcome::Refused { diagnostics }) => {
+            diagnostics.iter().map(|d| d.to_string()).collect()
+        }
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+fn add_charge(store: &Store, id: &str, period: i64) -> rusqlite::Result<usize> {
+    store.conn.execute(
+        "INSERT INTO charges (subscription_id, period, due_date, amount_cents, currency, state, \
+         created_at) VALUES (?1, ?2, '2026-12-01', 49900, 'RUB', 'approved', ?3)",
+        params![id, period, timestamp(at(1))],
+    )
+}
+
+fn pragma(store: &Store, name: &str) -> String {
+    store
+        .conn
+        .query_row(&format!("PRAGMA {name}"), [], |row| {
+            let value: rusqlite::types::Value = row.get(0)?;
+            Ok(format!("{value:?}"))
+        })
+        .unwrap()
+}
+
+// ---- open, pragmas, lock, migrations ----
+
+#[test]
+fn store_is_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Store>();
+}
+
+#[test]
+fn pragmas_read_back_in_every_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = daemon(&dir);
+    let write = Store::open(&db(&dir), Access::Write).unwrap();
+    let read = Store::open(&db(&dir), Access::ReadOnly).unwrap();
+    for store in [&first, &write, &read] {
+        assert_eq!(pragma(store, "journal_mode"), "Text(\"wal\")");
+        assert_eq!(pragma(store, "synchronous"), "Integer(2)");
+        assert_eq!(pragma(store, "foreign_keys"), "Integer(1)");
+        assert_eq!(pragma(store, "busy_timeout"), "Integer(5000)");
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    }
+}
+
+#[test]
+fn a_pragma_that_does_not_read_back_is_refused() {
+    // A read-only open does not set WAL, it only checks it: a rollback-journal database fails.
+    let dir = tempfile::tempdir().unwrap();
+    Connection::open(db(&dir))
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x INTEGER);")
+        .unwrap();
+    let message = Store::open(&db(&dir), Access::ReadOnly)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("journal_mode") && message.contains("\"delete\""),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_second_daemon_is_refused_until_the_first_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = daemon(&dir);
+    let error = Store::open(&db(&dir), Access::Daemon).unwrap_err();
+    assert!(matches!(error, StoreError::Locked { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("recurrentd.db.lock") && message.contains("another recurrentd"),
+        "{message}"
+    );
+    // Operator commands still work beside the daemon.
+    Store::open(&db(&dir), Access::Write).unwrap();
+    Store::open(&db(&dir), Access::ReadOnly).unwrap();
+    drop(first);
+    // The OS released the lock with the file; the lock file left behind means nothing.
+    assert!(dir.path().join("recurrentd.db.lock").exists());
+    let second = daemon(&dir);
+    drop(second);
+}
+
+/// Another process (util-linux `flock`, the same flock(2) lock) holds the lock and is then killed
+/// with SIGKILL (`--no-fork`: the killed process is the one holding it): the OS releases the lock
+/// and the next daemon starts.
+#[test]
+fn a_killed_holder_leaves_no_stale_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("recurrentd.db.lock");
+    let child = std::process::Command::new("flock")
+        .args(["--exclusive", "--no-fork"])
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("skipped: the flock command is not installed");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Store::open(&db(&dir), Access::Daemon) {
+            Err(StoreError::Locked { .. }) => break,
+            Ok(store) => drop(store),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flock never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    daemon(&dir);
+}
+
+#[test]
+fn a_left_over_lock_file_is_not_a_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("recurrentd.db.lock"), "").unwrap();
+    daemon(&dir);
+}
+
+#[test]
+fn the_order_prefix_is_made_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = daemon(&dir).order_prefix().unwrap();
+    assert_eq!(prefix.len(), ORDER_PREFIX_LEN);
+    assert!(prefix.bytes().all(|b| CROCKFORD.contains(&b)), "{prefix}");
+    let store = daemon(&dir);
+    assert_eq!(store.order_prefix().unwrap(), prefix);
+    store.created_at().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    // 40 random bits: two databases practically never share a prefix.
+    assert_ne!(daemon(&other).order_prefix().unwrap(), prefix);
+}
+
+#[test]
+fn crockford_encoding() {
+    assert_eq!(crockford(0, 8), "00000000");
+    assert_eq!(crockford((1 << 40) - 1, 8), "ZZZZZZZZ");
+    assert_eq!(crockford(0b00001_10010_11111, 3), "1JZ");
+}
+
+#[test]
+fn read_only_and_write_need_an_existing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    for access in [Access::ReadOnly, Access::Write] {
+        let message = Store::open(&db(&dir), access).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            format!(
+                "no database at {}; has the daemon ever run?",
+                db(&dir).display()
+            )
+        );
+    }
+    assert!(!db(&dir).exists(), "opening must not create it");
+}
+
+#[test]
+fn read_only_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(daemon(&dir));
+    let mut store = Store::open(&db(&dir), Access::ReadOnly).unwrap();
+    let error = store
+        .sync_schedules(&report(vec![]), at(1))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("read-only"), "{error}");
+    let error = store
+        .conn
+        .execute("INSERT INTO meta (key, value) VALUES ('x', 'y')", [])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("readonly"), "{error}");
+}
+
+#[test]
+fn migrates_from_version_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    // An empty SQLite file: version 0.
+    Connection::open(db(&dir))
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 0;")
+        .unwrap();
+    let store = daemon(&dir);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let tables: Vec<String> = store
+        .conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    for table in [
+        "charges",
+        "ledger",
+        "meta",
+        "schedule_files",
+        "subscriptions",
+    ] {
+        assert!(tables.iter().any(|t| t == table), "{table}: {tables:?}");
+    }
+    // Opening again applies nothing twice.
+    drop(store);
+    assert_eq!(daemon(&dir).schema_version().unwrap(), SCHEMA_VERSION);
+}
+
+#[test]
+fn a_newer_database_is_refused_and_an_older_one_needs_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(daemon(&dir));
+    Connection::open(db(&dir))
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 99;")
+        .unwrap();
+    for access in [Access::Daemon, Access::Write, Access::ReadOnly] {
+        let message = Store::open(&db(&dir), access).unwrap_err().to_string();
+        assert!(
+            message.contains("schema version 99") && message.contains("newer"),
+            "{message}"
+        );
+    }
+
+    let fresh = tempfile::tempdir().unwrap();
+    Connection::open(db(&fresh))
+        .unwrap()
+        .execute_batch("PRAGMA journal_mode = WAL;")
+        .unwrap();
+    let message = Store::open(&db(&fresh), Access::Write)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("schema version 0") && message.contains("start the daemon"),
+        "{message}"
+    );
+}
+
+// ---- schema guarantees ----
+
+#[test]
+fn the_ledger_is_append_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    store
+        .sync_schedules(
+            &report(vec![file("a.toml", &sub("s1", "1001", "499.00", ""))]),
+            at(1),
+        )
+        .unwrap();
+    let before = store.ledger(None).unwrap();
+    assert!(!before.is_empty());
+    for sql in [
+        "UPDATE ledger SET kind = 'forged'",
+        "DELETE FROM ledger",
+        "DELETE FROM ledger WHERE seq = 1",
+    ] {
+        let error = store.conn.execute(sql, []).unwrap_err().to_string();
+        assert!(error.contains("append-only"), "{sql}: {error}");
+    }
+    assert_eq!(store.ledger(None).unwrap(), before);
+}
+
+#[test]
+fn one_charge_per_subscription_and_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    store
+        .sync_schedules(
+            &report(vec![file("a.toml", &sub("s1", "1001", "499.00", ""))]),
+            at(1),
+        )
+        .unwrap();
+    add_charge(&store, "s1", 0).unwrap();
+    add_charge(&store, "s1", 1).unwrap();
+    let error = add_charge(&store, "s1", 0).unwrap_err().to_string();
+    assert!(error.contains("UNIQUE"), "{error}");
+    // Foreign keys are on: no charge for an unknown subscription.
+    let error = add_charge(&store, "nobody", 0).unwrap_err().to_string();
+    assert!(error.contains("FOREIGN KEY"), "{error}");
+}
+
+#[test]
+fn money_columns_refuse_floats() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    store
+        .sync_schedules(
+            &report(vec![file("a.toml", &sub("s1", "1001", "499.00", ""))]),
+            at(1),
+        )
+        .unwrap();
+    let error = store
+        .conn
+        .execute(
+            "INSERT INTO charges (subscription_id, period, due_date, amount_cents, currency, \
+             state, created_at) VALUES ('s1', 5, '2026-12-01', 499.5, 'RUB', 'x', 'now')",
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("cannot store REAL"), "{error}");
+}
+
+// ---- schedule sync ----
+
+#[test]
+fn sync_adds_updates_and_removes_with_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let text = sub("s1", "1001", "499.00", "") + &sub("s2", "1002", "199.00", "");
+    let summary = store
+        .sync_schedules(&report(vec![file("a.toml", &text)]), at(1))
+        .unwrap();
+    assert_eq!(applied(&summary, "a.toml").added, ["s1", "s2"]);
+    let s1 = store.subscription("s1").unwrap().unwrap();
+    assert_eq!(s1.file, "a.toml");
+    assert_eq!(s1.line, 1);
+    assert_eq!(s1.terms.amount.to_string(), "499.00");
+    assert_eq!(s1.terms.limits.max_amount.map(Money::cents), Some(100_000));
+    assert_eq!(s1.created_at, at(1));
+
+    // s1's amount and state change, s2 goes, s3 comes.
+    let text = sub("s1", "1001", "599.00", "state = \"paused\"") + &sub("s3", "1003", "300", "");
+    let summary = store
+        .sync_schedules(&report(vec![file("a.toml", &text)]), at(2))
+        .unwrap();
+    let changes = applied(&summary, "a.toml");
+    assert_eq!(changes.added, ["s3"]);
+    assert_eq!(changes.updated, ["s1"]);
+    assert_eq!(changes.removed, ["s2"]);
+    let s1 = store.subscription("s1").unwrap().unwrap();
+    assert_eq!(s1.terms.amount.to_string(), "599.00");
+    assert_eq!(s1.terms.state, SubscriptionState::Paused);
+    assert_eq!((s1.created_at, s1.updated_at), (at(1), at(2)));
+    let s2 = store.subscription("s2").unwrap().unwrap();
+    assert_eq!(s2.removed_at, Some(at(2)), "history kept, not deleted");
+    assert_eq!(
+        active(&store),
+        [
+            ("s1".into(), "a.toml".into()),
+            ("s3".into(), "a.toml".into())
+        ]
+    );
+
+    // The ledger explains it.
+    let kinds: Vec<_> = store
+        .ledger(Some("s1"))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [kind::SUBSCRIPTION_ADDED, kind::SUBSCRIPTION_UPDATED]
+    );
+    let update = &store.ledger(Some("s1")).unwrap()[1];
+    assert_eq!(update.detail["changes"]["amount"]["from"], "499.00");
+    assert_eq!(update.detail["changes"]["amount"]["to"], "599.00");
+    assert_eq!(update.detail["changes"]["state"]["to"], "paused");
+    let removal = store.ledger(Some("s2")).unwrap();
+    assert_eq!(removal[1].kind, kind::SUBSCRIPTION_REMOVED);
+    assert_eq!(removal[1].at, at(2));
+}
+
+#[test]
+fn an_unchanged_file_is_skipped_and_a_moved_line_is_not_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let text = sub("s1", "1001", "499.00", "");
+    store
+        .sync_schedules(&report(vec![file("a.toml", &text)]), at(1))
+        .unwrap();
+    let events = store.ledger(None).unwrap().len();
+    let summary = store
+        .sync_schedules(&report(vec![file("a.toml", &text)]), at(2))
+        .unwrap();
+    assert_eq!(summary.outcome("a.toml"), Some(&FileOutcome::Unchanged));
+    // Comments change the bytes, not the content: still unchanged.
+    let summary = store
+        .sync_schedules(
+            &report(vec![file("a.toml", &format!("{text}# a comment\n"))]),
+            at(3),
+        )
+        .unwrap();
+    assert_eq!(summary.outcome("a.toml"), Some(&FileOutcome::Unchanged));
+    // A blank line above moves the subscription: the line is updated, no event.
+    let summary = store
+        .sync_schedules(&report(vec![file("a.toml", &format!("\n\n{text}"))]), at(4))
+        .unwrap();
+    assert_eq!(applied(&summary, "a.toml"), Changes::default());
+    assert_eq!(store.subscription("s1").unwrap().unwrap().line, 3);
+    assert_eq!(store.ledger(None).unwrap().len(), events);
+    let files = store.schedule_files().unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].accepted_at, Some(at(4)));
+}
+
+#[test]
+fn a_broken_file_keeps_its_last_good_version_while_others_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let a = sub("s1", "1001", "499.00", "");
+    let b = sub("s2", "1002", "199.00", "");
+    store
+        .sync_schedules(&report(vec![file("a.toml", &a), file("b.toml", &b)]), at(1))
+        .unwrap();
+
+    // a.toml gets a bad amount (and would drop nothing); b.toml changes validly.
+    let broken = a.replace("499.00", "4.999") + &sub("s9", "1009", "150.00", "");
+    let b2 = b.replace("199.00", "299.00");
+    let summary = store
+        .sync_schedules(
+            &report(vec![file("a.toml", &broken), file("b.toml", &b2)]),
+            at(2),
+        )
+        .unwrap();
+    let errors = refused(&summary, "a.toml");
+    assert!(
+        errors[0].starts_with("schedules/a.toml:5:10: amount:"),
+        "{errors:?}"
+    );
+    assert_eq!(applied(&summary, "b.toml").updated, ["s2"]);
+    assert_eq!(summary.diagnostics().count(), errors.len());
+    // a.toml's last accepted version is still in force, untouched.
+    let s1 = store.subscription("s1").unwrap().unwrap();
+    assert_eq!(
+        (s1.terms.amount.to_string(), s1.updated_at),
+        ("499.00".into(), at(1))
+    );
+    assert!(store.subscription("s9").unwrap().is_none());
+    let files = store.schedule_files().unwrap();
+    assert!(files[0].last_error.as_deref().unwrap().contains("amount"));
+    assert!(files[0].digest.is_some() && files[0].accepted_at == Some(at(1)));
+
+    // Staying broken adds no second event; getting fixed clears the error.
+    let refusals = |store: &Store| {
+        store
+            .ledger(None)
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == kind::SCHEDULE_REFUSED)
+            .count()
+    };
+    assert_eq!(refusals(&store), 1);
+    store
+        .sync_schedules(
+            &report(vec![file("a.toml", &broken), file("b.toml", &b2)]),
+            at(3),
+        )
+        .unwrap();
+    assert_eq!(refusals(&store), 1);
+    let summary = store
+        .sync_schedules(
+            &report(vec![file("a.toml", &a), file("b.toml", &b2)]),
+            at(4),
+        )
+        .unwrap();
+    assert_eq!(applied(&summary, "a.toml"), Changes::default());
+    assert_eq!(store.schedule_files().unwrap()[0].last_error, None);
+}
+
+#[test]
+fn a_broken_file_that_never_applied_contributes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let summary = store
+        .sync_schedules(
+            &report(vec![file("a.toml", "[[subscription]]\nid = 1\n")]),
+            at(1),
+        )
+        .unwrap();
+    assert!(!refused(&summary, "a.toml").is_empty());
+    assert!(store.subscriptions().unwrap().is_empty());
+    let files = store.schedule_files().unwrap();
+    assert_eq!(
+        (files[0].digest.as_deref(), files[0].accepted_at),
+        (None, None)
+    );
+}
+
+#[test]
+fn a_removed_id_cannot_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let both = sub("s1", "1001", "499.00", "") + &sub("s2", "1002", "199.00", "");
+    store
+        .sync_schedules(&report(vec![file("a.toml", &both)]), at(1))
+        .unwrap();
+    let only_s1 = sub("s1", "1001", "499.00", "");
+    store
+        .sync_schedules(&report(vec![file("a.toml", &only_s1)]), at(2))
+        .unwrap();
+    // Back in the same file, and in another file: both refused.
+    for files in [
+        vec![file("a.toml", &both)],
+        vec![
+            file("a.toml", &only_s1),
+            file("b.toml", &sub("s2", "1002", "199.00", "")),
+        ],
+    ] {
+        let name = files
+            .last()
+            .unwrap()
+            .path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let summary = store.sync_schedules(&report(files), at(3)).unwrap();
+        let errors = refused(&summary, &name);
+        assert!(
+            errors[0].contains(": id: \"s2\" belonged to a subscription removed")
+                && errors[0].contains("never reused"),
+            "{errors:?}"
+        );
+        assert!(
+            store
+                .subscription("s2")
+                .unwrap()
+                .unwrap()
+                .removed_at
+                .is_some()
+        );
+    }
+    assert_eq!(active(&store), [("s1".into(), "a.toml".into())]);
+}
+
+#[test]
+fn agreed_terms_are_fixed_only_once_there_are_charges() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let original = sub("s1", "1001", "499.00", "");
+    store
+        .sync_schedules(&report(vec![file("a.toml", &original)]), at(1))
+        .unwrap();
+
+    // No charges yet: the limits may still change.
+    let wider = original.replace("max_amount = \"1000.00\"", "max_amount = \"2000.00\"");
+    let summary = store
+        .sync_schedules(&report(vec![file("a.toml", &wider)]), at(2))
+        .unwrap();
+    assert_eq!(applied(&summary, "a.toml").updated, ["s1"]);
+
+    add_charge(&store, "s1", 0).unwrap();
+    // With charges: amount, cadence and state may change...
+    let allowed = wider
+        .replace("\"499.00\"", "\"599.00\"")
+        .replace("\"1 month\"", "\"2 months\"")
+        .replace(
+            "start = 2026-12-01\n",
+            "start = 2026-12-01\nstate = \"paused\"\n",
+        );
+    let summary = store
+        .sync_schedules(
+            &report(vec![file(
+                "a.toml",
+                &(allowed.clone() + &sub("s2", "1002", "150.00", "")),
+            )]),
+            at(3),
+        )
+        .unwrap();
+    assert_eq!(applied(&summary, "a.toml").added, ["s2"]);
+    assert_eq!(applied(&summary, "a.toml").updated, ["s1"]);
+
+    // ...the agreement may not, and the whole file keeps its last good version.
+    for (from, to, field) in [
+        ("1001\"", "1099\"", "bill_number"),
+        ("\"RUB\"", "\"USD\"", "currency"),
+        ("\"100.00\"", "\"150.00\"", "limits.min_amount"),
+        ("\"2000.00\"", "\"3000.00\"", "limits.max_amount"),
+        ("period_days = 28", "period_days = 27", "limits.period_days"),
+        (
+            "max_date = 2027-12-01",
+            "max_date = 2028-12-01",
+            "limits.max_date",
+        ),
+    ] {
+        let edited = allowed.replace(from, to) + &sub("s3", "1003", "150.00", "");
+        assert_ne!(edited, allowed);
+        let summary = store
+            .sync_schedules(&report(vec![file("a.toml", &edited)]), at(4))
+            .unwrap();
+        let errors = refused(&summary, "a.toml");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(&format!(
+                "schedules/a.toml:1:1: {field}: subscription s1 has charges"
+            )) && errors[0].contains("new agreement needs a new subscription id"),
+            "{errors:?}"
+        );
+        // s2 (dropped by the edit) and s1 are untouched, s3 not added.
+        assert_eq!(
+            active(&store),
+            [
+                ("s1".into(), "a.toml".into()),
+                ("s2".into(), "a.toml".into())
+            ]
+        );
+        let s1 = store.subscription("s1").unwrap().unwrap();
+        assert_eq!(s1.bill_number, "5899110211001");
+        assert_eq!(s1.terms.limits.max_amount.map(Money::cents), Some(200_000));
+    }
+}
+
+#[test]
+fn a_bill_number_with_charges_stays_with_its_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    store
+        .sync_schedules(
+            &report(vec![file("a.toml", &sub("s1", "1001", "499.00", ""))]),
+            at(1),
+        )
+        .unwrap();
+    add_charge(&store, "s1", 0).unwrap();
+    // Renaming the id keeps the agreement but would lose its charge history: refused.
+    let summary = store
+        .sync_schedules(
+            &report(vec![file("a.toml", &sub("s1-new", "1001", "499.00", ""))]),
+            at(2),
+        )
+        .unwrap();
+    let errors = refused(&summary, "a.toml");
+    assert!(
+        errors[0].contains("bill_number: 5899110211001 is the agreement of subscription s1"),
+        "{errors:?}"
+    );
+    assert_eq!(active(&store), [("s1".into(), "a.toml".into())]);
+}
+
+#[test]
+fn an_id_may_move_between_files_in_one_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let s1 = sub("s1", "1001", "499.00", "");
+    let s2 = sub("s2", "1002", "199.00", "");
+    store
+        .sync_schedules(
+            &report(vec![
+                file("a.toml", &(s1.clone() + &s2)),
+                file("z.toml", ""),
+            ]),
+            at(1),
+        )
+        .unwrap();
+    add_charge(&store, "s2", 0).unwrap();
+    // s2 moves to the later file z.toml (a.toml is processed first and must not remove it).
+    let summary = store
+        .sync_schedules(
+            &report(vec![
+                file("a.toml", &s1),
+                file("z.toml", &s2.replace("199.00", "249.00")),
+            ]),
+            at(2),
+        )
+        .unwrap();
+    assert_eq!(applied(&summary, "a.toml"), Changes::default());
+    assert_eq!(applied(&summary, "z.toml").updated, ["s2"]);
+    assert_eq!(
+        active(&store),
+        [
+            ("s1".into(), "a.toml".into()),
+            ("s2".into(), "z.toml".into())
+        ]
+    );
+    let event = store.ledger(Some("s2")).unwrap().pop().unwrap();
+    assert_eq!(event.detail["moved_from"], "a.toml");
+    assert_eq!(event.detail["changes"]["amount"]["to"], "249.00");
+
+    // And back to the earlier file, which is processed first this time.
+    let summary = store
+        .sync_schedules(
+            &report(vec![
+                file("a.toml", &(s1.clone() + &s2)),
+                file("z.toml", ""),
+            ]),
+            at(3),
+        )
+        .unwrap();
+    assert_eq!(applied(&summary, "a.toml").updated, ["s2"]);
+    assert_eq!(applied(&summary, "z.toml"), Changes::default());
+    assert_eq!(
+        active(&store),
+        [
+            ("s1".into(), "a.toml".into()),
+            ("s2".into(), "a.toml".into())
+        ]
+    );
+    assert!(
+        store
+            .ledger(None)
+            .unwrap()
+            .iter()
+            .all(|e| e.kind != kind::SUBSCRIPTION_REMOVED)
+    );
+}
+
+#[test]
+fn an_id_held_by_a_broken_file_cannot_be_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let s1 = sub("s1", "1001", "499.00", "");
+    store
+        .sync_schedules(&report(vec![file("a.toml", &s1)]), at(1))
+        .unwrap();
+    let summary = store
+        .sync_schedules(
+            &report(vec![file("a.toml", "not toml ["), file("b.toml", &s1)]),
+            at(2),
+        )
+        .unwrap();
+    refused(&summary, "a.toml");
+    let errors = refused(&summary, "b.toml");
+    assert!(
+        errors[0].contains("still defined by the version in force of a.toml"),
+        "{errors:?}"
+    );
+    assert_eq!(active(&store), [("s1".into(), "a.toml".into())]);
+}
+
+#[test]
+fn a_hand_over_to_a_refused_file_keeps_the_id_where_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let s1 = sub("s1", "1001", "499.00", "");
+    let old = sub("old", "1009", "150.00", "");
+    store
+        .sync_schedules(
+            &report(vec![file("a.toml", &s1), file("b.toml", &old)]),
+            at(1),
+        )
+        .unwrap();
+    store
+        .sync_schedules(
+            &report(vec![file("a.toml", &s1), file("b.toml", "")]),
+            at(2),
+        )
+        .unwrap();
+    // s1 moves from a.toml to b.toml, but b.toml also brings back the removed id "old".
+    let summary = store
+        .sync_schedules(
+            &report(vec![
+                file("a.toml", ""),
+                file("b.toml", &(s1.clone() + &old)),
+            ]),
+            at(3),
+        )
+        .unwrap();
+    assert_eq!(applied(&summary, "a.toml"), Changes::default());
+    refused(&summary, "b.toml");
+    assert_eq!(active(&store), [("s1".into(), "a.toml".into())]);
+    // The operator then deletes s1 from b.toml too: a.toml is looked at again and removes it.
+    let summary = store
+        .sync_schedules(&report(vec![file("a.toml", ""), file("b.toml", "")]), at(4))
+        .unwrap();
+    assert_eq!(applied(&summary, "a.toml").removed, ["s1"]);
+    assert!(active(&store).is_empty());
+}
+
+#[test]
+fn a_file_that_disappears_removes_its_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    store
+        .sync_schedules(
+            &report(vec![
+                file("a.toml", &sub("s1", "1001", "499.00", "")),
+                file("b.toml", &sub("s2", "1002", "199.00", "")),
+            ]),
+            at(1),
+        )
+        .unwrap();
+    let summary = store
+        .sync_schedules(
+            &report(vec![file("a.toml", &sub("s1", "1001", "499.00", ""))]),
+            at(2),
+        )
+        .unwrap();
+    assert_eq!(summary.outcome("a.toml"), Some(&FileOutcome::Unchanged));
+    match summary.outcome("b.toml") {
+        Some(FileOutcome::Gone(changes)) => assert_eq!(changes.removed, ["s2"]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(active(&store), [("s1".into(), "a.toml".into())]);
+    let event = store.ledger(Some("s2")).unwrap().pop().unwrap();
+    assert_eq!(event.detail["reason"], "its schedule file is gone");
+    let files: Vec<_> = store
+        .schedule_files()
+        .unwrap()
+        .into_iter()
+        .map(|f| f.file)
+        .collect();
+    assert_eq!(files, ["a.toml"]);
+    // A file moved to a new name keeps its ids: a move, not a removal.
+    let summary = store
+        .sync_schedules(
+            &report(vec![file("renamed.toml", &sub("s1", "1001", "499.00", ""))]),
+            at(3),
+        )
+        .unwrap();
+    assert_eq!(applied(&summary, "renamed.toml").updated, ["s1"]);
+    assert_eq!(active(&store), [("s1".into(), "renamed.toml".into())]);
+}
+
+#[test]
+fn sync_reads_back_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let text = sub(
+        "s1",
+        "1001",
+        "499.00",
+        "customer = \"c-1\"\ncatch_up = \"none\"",
+    );
+    let report = report(vec![file("a.toml", &text)]);
+    store.sync_schedules(&report, at(1)).unwrap();
+    let parsed = &report.files[0].subscriptions[0];
+    let stored = store.subscription("s1").unwrap().unwrap();
+    assert_eq!(stored.terms, parsed.terms);
+    assert_eq!(stored.customer, parsed.customer);
+    assert_eq!(stored.currency, parsed.currency);
+    assert_eq!(stored.bill_number, parsed.bill_number);
+    // The read-only view sees it too.
+    drop(store);
+    let read = Store::open(&db(&dir), Access::ReadOnly).unwrap();
+    assert_eq!(read.subscription("s1").unwrap().unwrap(), stored);
+}
