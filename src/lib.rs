@@ -7,8 +7,9 @@
 //! - [`schedule`]: schedule files → validated subscriptions, with every problem located.
 //! - [`billing`]: the pure recurrence core: due dates, due instants, limit verdicts, catch-up.
 //! - [`forecast`]: upcoming charges, computed by the same decisions the engine makes.
-//! - [`gateway`]: the IPS Assist wire format: check values, request signatures, outcome
-//!   classification (the HTTP client comes next).
+//! - [`gateway`]: the IPS Assist wire format and the only code that talks to Assist: check
+//!   values, request signatures, reply parsing and classification, the HTTP client, and the
+//!   built-in sandbox.
 //! - [`store`]: the SQLite database (the only module that knows SQL): open modes and the daemon
 //!   lock, checked pragmas, migrations, the append-only ledger, and schedule sync.
 //! - [`cli`]: the operator commands behind `main.rs`.
