@@ -10,6 +10,7 @@ use recurrentd::config::ResponseFormat;
 use recurrentd::gateway::client::{ChargeReply, ChargeRequest, Client, Settings, StatusQuery};
 use recurrentd::gateway::outcome::{Decline, DeclineKind, Outcome};
 use recurrentd::gateway::sandbox::{DuplicatePolicy, Sandbox, SandboxConfig};
+use recurrentd::gateway::signature::SigningKey;
 use recurrentd::money::{Currency, Money};
 use secrecy::SecretString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -415,7 +416,24 @@ fn secrets_never_reach_logs_errors_or_debug_output() {
         .with_ansi(false)
         .finish();
     let mut seen = String::new();
+    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024).unwrap();
+    let pem = {
+        use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+        key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
+    };
     tracing::subscriber::with_default(subscriber, || {
+        let signing = SigningKey::from_pem(&SecretString::from(pem.clone())).unwrap();
+        tracing::info!(?signing, "loaded the signing key");
+        seen.push_str(&format!("{signing:?}\n"));
+        let (amount, currency) = rub("10.00");
+        let signature = signing
+            .sign("123456", "leak-sign", amount, currency)
+            .unwrap();
+        seen.push_str(&format!("{signature}\n"));
+        let corrupted = SecretString::from(pem.replacen("MII", "MIJ", 1));
+        if let Err(error) = SigningKey::from_pem(&corrupted) {
+            seen.push_str(&format!("{error} {error:?}\n"));
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
