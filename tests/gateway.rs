@@ -2,7 +2,7 @@
 //! outcome class, the paid rule, the transport rules, and secrets that never leak.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -239,16 +239,19 @@ async fn every_outcome_class(format: ResponseFormat) {
 
 #[tokio::test]
 async fn every_outcome_class_in_xml() {
+    capture();
     every_outcome_class(ResponseFormat::Xml).await;
 }
 
 #[tokio::test]
 async fn every_outcome_class_in_json() {
+    capture();
     every_outcome_class(ResponseFormat::Json).await;
 }
 
 #[tokio::test]
 async fn a_refused_connection_is_not_sent() {
+    capture();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
@@ -261,6 +264,7 @@ async fn a_refused_connection_is_not_sent() {
 
 #[tokio::test]
 async fn a_reused_order_number_accepted_shows_two_orders() {
+    capture();
     let sandbox = start(SandboxConfig {
         duplicates: DuplicatePolicy::Accept,
         ..sandbox_config()
@@ -277,6 +281,7 @@ async fn a_reused_order_number_accepted_shows_two_orders() {
 
 #[tokio::test]
 async fn the_sandbox_rate_limit_is_reported_as_rate_limited() {
+    capture();
     let sandbox = start(SandboxConfig {
         requests_per_second: Some(2),
         ..sandbox_config()
@@ -299,6 +304,7 @@ async fn the_sandbox_rate_limit_is_reported_as_rate_limited() {
 
 #[tokio::test]
 async fn tokens_list_and_remove() {
+    capture();
     let sandbox = start(sandbox_config()).await;
     let client = Client::new(settings(&sandbox.url(), ResponseFormat::Json)).unwrap();
     let cards = client.tokens("1234").await.unwrap();
@@ -343,6 +349,7 @@ async fn canned(response: Vec<u8>) -> SocketAddr {
 
 #[tokio::test]
 async fn oversized_redirected_and_cut_replies_are_unknown() {
+    capture();
     let big = format!(
         "<result firstcode=\"0\" secondcode=\"0\" count=\"1\"><order><ordernumber>x</ordernumber><message>{}</message></order></result>",
         "A".repeat(2 * 1024 * 1024)
@@ -406,22 +413,33 @@ impl std::io::Write for Capture {
     }
 }
 
+/// Every test's logs, at every level, through one global subscriber: installed before any test
+/// logs anything, so no log call site is cached as uninteresting.
+fn capture() -> &'static Capture {
+    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        capture
+    })
+}
+
 #[test]
 fn secrets_never_reach_logs_errors_or_debug_output() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
+    let capture = capture();
     let mut seen = String::new();
     let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024).unwrap();
     let pem = {
         use rsa::pkcs8::{EncodePrivateKey, LineEnding};
         key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
     };
-    tracing::subscriber::with_default(subscriber, || {
+    {
         let signing = SigningKey::from_pem(&SecretString::from(pem.clone())).unwrap();
         tracing::info!(?signing, "loaded the signing key");
         seen.push_str(&format!("{signing:?}\n"));
@@ -466,7 +484,7 @@ fn secrets_never_reach_logs_errors_or_debug_output() {
                 seen.push_str(&format!("{:?}\n", wrong.tokens("1234").await));
             }
         });
-    });
+    }
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("rp.cfm"), "the capture saw no gateway logs");
     for secret in [PASSWORD, SALT] {

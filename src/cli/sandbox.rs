@@ -51,6 +51,13 @@ pub fn run(config: &Config, args: &SandboxArgs) -> u8 {
         );
         return exit::USAGE;
     }
+    if !config.gateway.test_mode {
+        eprintln!(
+            "recurrentd: the sandbox only runs in test mode: its orders are not money. Set \
+             gateway.test_mode = true (or RECURRENTD_GATEWAY__TEST_MODE=true) for a rehearsal"
+        );
+        return exit::CONFIG;
+    }
     // The configured secrets when there are any, so a rehearsal uses the real setup; the
     // sandbox's own otherwise.
     let secret = |name, builtin: &str| -> Result<(SecretString, bool), u8> {
@@ -77,7 +84,7 @@ pub fn run(config: &Config, args: &SandboxArgs) -> u8 {
         login: config.gateway.login.clone(),
         password,
         salt,
-        test_mode: config.gateway.test_mode,
+        test_mode: true,
         latency: Duration::from_millis(args.latency_ms),
         requests_per_second: args.requests_per_second,
         duplicates: match args.duplicates {

@@ -30,10 +30,13 @@ use crate::money::{Currency, Money};
 /// Longest OrderNumber Assist accepts.
 pub const MAX_ORDER_NUMBER_LEN: usize = 128;
 
-/// How far before our recorded send time a status search starts, and how far past "now" it
-/// ends: tolerance for the gateway's clock differing from ours. The gateway files an order by
-/// its own clock, and a window that misses it would read as "not found".
-pub const STATUS_WINDOW_MARGIN_MINUTES: i64 = 15;
+/// How far before our recorded send time a status search starts. The gateway files an order by
+/// its own clock; a window that missed it would read as "not found", so the margin is generous
+/// (the search is by our unique OrderNumber: a wide window costs nothing).
+pub const STATUS_WINDOW_BEFORE_HOURS: i64 = 24;
+/// How far past our "now" a status search ends: tolerance for our clock running behind the
+/// gateway's.
+pub const STATUS_WINDOW_AFTER_HOURS: i64 = 2;
 
 /// Where and how to reach the gateway.
 pub struct Settings {
@@ -259,8 +262,9 @@ impl Client {
     /// Sends a recurring (MIT COF) charge: `POST /recurrent/rp.cfm`. Never retried here.
     pub async fn charge(&self, request: &ChargeRequest<'_>) -> ChargeReply {
         if let Err(why) = check_order_number(request.order_number) {
+            // Never "not sent": that would invite sending the same invalid request forever.
             return ChargeReply {
-                claim: Outcome::NotSent(why),
+                claim: Outcome::Rejected(why),
                 response_code: None,
                 test_mode: None,
                 retry_after: None,
@@ -318,16 +322,13 @@ impl Client {
         match wire::parse_reply(&body) {
             Ok(reply) => {
                 let (claim, response_code) = reply::charge_claim(&reply, &expected);
-                let test_mode = match &reply {
-                    Reply::Orders(orders) => orders
+                // The reply's test mode is worth keeping only if the reply is about our order.
+                let test_mode = match (&reply, &claim) {
+                    (_, Outcome::IntegrityFailure(_)) | (Reply::Fault { .. }, _) => None,
+                    (Reply::Orders(orders), _) => orders
                         .first()
                         .and_then(|o| o.get("testmode"))
-                        .and_then(|t| match t {
-                            "1" => Some(true),
-                            "0" => Some(false),
-                            _ => None,
-                        }),
-                    Reply::Fault { .. } => None,
+                        .and_then(reply::parse_test_mode),
                 };
                 ChargeReply {
                     claim,
@@ -366,19 +367,31 @@ impl Client {
             o if std::mem::discriminant(o) == std::mem::discriminant(first.outcome()) => {
                 self.settle_test_mode(second, query)
             }
-            // It disagrees (the order moved on) or failed: the more careful answer wins.
             Outcome::IntegrityFailure(_) => second,
-            _ if needs_mode => StatusAnswer {
-                verified: Verified {
-                    outcome: Outcome::Unknown(format!(
-                        "paid, but its test mode could not be confirmed ({})",
-                        second.outcome()
-                    )),
-                    ..first.verified
-                },
-                raw: first.raw,
-            },
-            _ => first,
+            // It failed, or the two services disagree (the order moved on between them): the
+            // outcome is not known yet; ask again later.
+            other => {
+                let why = if matches!(
+                    other,
+                    Outcome::Approved | Outcome::Declined(_) | Outcome::Pending | Outcome::NotFound
+                ) {
+                    format!(
+                        "orderstate says {} but orderresult says {other}",
+                        first.outcome()
+                    )
+                } else if needs_mode {
+                    format!("paid, but its test mode could not be confirmed ({other})")
+                } else {
+                    format!("declined, but the decline code could not be read ({other})")
+                };
+                StatusAnswer {
+                    verified: Verified {
+                        outcome: Outcome::Unknown(why),
+                        ..first.verified
+                    },
+                    raw: first.raw,
+                }
+            }
         }
     }
 
@@ -572,7 +585,9 @@ impl Client {
         let mut text = String::from_utf8_lossy(&body[..end]).into_owned();
         for secret in [self.password.expose_secret(), self.salt.expose_secret()] {
             if !secret.is_empty() {
-                text = text.replace(secret, "***");
+                let encoded: String =
+                    url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+                text = text.replace(secret, "***").replace(&encoded, "***");
             }
         }
         text
@@ -652,12 +667,13 @@ async fn read_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, Outcom
     }
 }
 
-/// The GMT Start*/End* fields of a status query: from `margin` before the send to `margin`
-/// after now (minute precision; the start rounded down, the end rounded up).
+/// The GMT Start*/End* fields of a status query: from a day before the send to two hours after
+/// now (minute precision; the end rounded up).
 pub fn status_window(sent_at: DateTime<Utc>, now: DateTime<Utc>) -> Vec<(&'static str, String)> {
-    let margin = ChronoDuration::minutes(STATUS_WINDOW_MARGIN_MINUTES);
-    let start = sent_at.min(now) - margin;
-    let end = now.max(sent_at) + margin + ChronoDuration::minutes(1);
+    let start = sent_at.min(now) - ChronoDuration::hours(STATUS_WINDOW_BEFORE_HOURS);
+    let end = now.max(sent_at)
+        + ChronoDuration::hours(STATUS_WINDOW_AFTER_HOURS)
+        + ChronoDuration::minutes(1);
     let fields = |prefix: &'static str, t: DateTime<Utc>| {
         let names: [&'static str; 5] = match prefix {
             "Start" => [
@@ -776,7 +792,7 @@ mod tests {
                 get("StartHour"),
                 get("StartMin")
             ),
-            ("2026", "3", "1", "23", "44")
+            ("2026", "2", "28", "23", "59")
         );
         assert_eq!(
             (
@@ -786,7 +802,7 @@ mod tests {
                 get("EndHour"),
                 get("EndMin")
             ),
-            ("2026", "3", "4", "10", "16")
+            ("2026", "3", "4", "12", "1")
         );
     }
 

@@ -171,6 +171,9 @@ pub enum StateClass {
     InProgress,
     /// Partial states recurrentd never asks for: an operator must look.
     Anomalous,
+    /// Cancelled at the gateway, which includes "refunded after approval": neither paid nor a
+    /// decline to retry; an operator must look.
+    Reversed,
     Unrecognised,
 }
 
@@ -180,7 +183,7 @@ const ORDER_STATES: &[(&str, StateClass)] = &[
     ("Delayed", StateClass::InProgress),
     ("Declined", StateClass::Failed),
     ("Timeout", StateClass::Failed),
-    ("Canceled", StateClass::Failed),
+    ("Canceled", StateClass::Reversed),
     ("PartialApproved", StateClass::Anomalous),
     ("PartialDelayed", StateClass::Anomalous),
     ("PartialCanceled", StateClass::Anomalous),
@@ -292,6 +295,11 @@ pub fn verified_order(state: &str, response_code_text: Option<&str>) -> Outcome 
                 reason,
             })
         }
+        StateClass::Reversed => Outcome::Unknown(
+            "the order was cancelled at the gateway (possibly refunded after approval); an \
+             operator must check it before the period is charged again"
+                .into(),
+        ),
         StateClass::Anomalous => Outcome::Unknown(format!(
             "order state {:?} is partial; an operator must check it",
             state.trim()

@@ -43,7 +43,7 @@ pub struct Verified {
 }
 
 /// A `testmode` value: `1`/`0` (also `true`/`false`, `yes`/`no`).
-fn parse_test_mode(text: &str) -> Option<bool> {
+pub(crate) fn parse_test_mode(text: &str) -> Option<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" => Some(true),
         "0" | "false" | "no" => Some(false),
@@ -53,7 +53,11 @@ fn parse_test_mode(text: &str) -> Option<bool> {
 
 /// Checks that a record names our order, amount and currency (`orderamount`/`ordercurrency`,
 /// or the operation's `amount`/`currency` when the order fields are absent).
-fn check_identity(record: &OrderRecord, expected: &Expected<'_>) -> Result<(), String> {
+fn check_identity(
+    record: &OrderRecord,
+    expected: &Expected<'_>,
+    order_fields_only: bool,
+) -> Result<(), String> {
     let number = record.text("ordernumber");
     if number != expected.order_number {
         return Err(format!(
@@ -62,9 +66,10 @@ fn check_identity(record: &OrderRecord, expected: &Expected<'_>) -> Result<(), S
             expected.order_number
         ));
     }
+    // A status answer's check value covers `orderamount`/`ordercurrency`: only those count there.
     let amount = record
         .get("orderamount")
-        .or_else(|| record.get("amount"))
+        .or_else(|| (!order_fields_only).then(|| record.get("amount")).flatten())
         .unwrap_or("");
     match Money::parse(amount) {
         Ok(m) if m == expected.amount => {}
@@ -78,7 +83,11 @@ fn check_identity(record: &OrderRecord, expected: &Expected<'_>) -> Result<(), S
     }
     let currency = record
         .get("ordercurrency")
-        .or_else(|| record.get("currency"))
+        .or_else(|| {
+            (!order_fields_only)
+                .then(|| record.get("currency"))
+                .flatten()
+        })
         .unwrap_or("");
     if currency != expected.currency.as_str() {
         return Err(format!(
@@ -112,7 +121,7 @@ fn check_test_mode(record: &OrderRecord, expected: &Expected<'_>) -> Result<Opti
 ///
 /// `Approved` here means only "the gateway says it charged"; the caller confirms it with
 /// [`status`] before booking money.
-pub fn charge_claim(reply: &Reply, expected: &Expected<'_>) -> (Outcome, Option<String>) {
+pub(crate) fn charge_claim(reply: &Reply, expected: &Expected<'_>) -> (Outcome, Option<String>) {
     let orders = match reply {
         Reply::Fault {
             firstcode,
@@ -135,7 +144,7 @@ pub fn charge_claim(reply: &Reply, expected: &Expected<'_>) -> (Outcome, Option<
         );
     };
     let code = record.get("responsecode").map(str::to_string);
-    if let Err(why) = check_identity(record, expected)
+    if let Err(why) = check_identity(record, expected, false)
         .and_then(|()| check_test_mode(record, expected).map(|_| ()))
     {
         return (Outcome::IntegrityFailure(why), code);
@@ -187,7 +196,7 @@ pub fn charge_claim(reply: &Reply, expected: &Expected<'_>) -> (Outcome, Option<
 ///
 /// Not found (no orders, or `firstcode 10`) is [`Outcome::NotFound`]. A failed query (any
 /// other fault) is `Unknown`, `RateLimited` or `Rejected`: it says nothing about the order.
-pub fn status(reply: &Reply, expected: &Expected<'_>, salt: &SecretString) -> Verified {
+pub(crate) fn status(reply: &Reply, expected: &Expected<'_>, salt: &SecretString) -> Verified {
     let failed = |outcome: Outcome| Verified {
         outcome,
         test_mode: None,
@@ -215,11 +224,11 @@ pub fn status(reply: &Reply, expected: &Expected<'_>, salt: &SecretString) -> Ve
     };
 
     let mut outcomes = Vec::with_capacity(orders.len());
-    let mut test_mode = None;
+    let mut modes = Vec::with_capacity(orders.len());
     let mut response_code = None;
     let mut bill_number = None;
     for record in orders {
-        let checked = check_identity(record, expected)
+        let checked = check_identity(record, expected, true)
             .and_then(|()| verify_checkvalue(record, expected, salt))
             .and_then(|()| check_test_mode(record, expected));
         let mode = match checked {
@@ -230,13 +239,13 @@ pub fn status(reply: &Reply, expected: &Expected<'_>, salt: &SecretString) -> Ve
                 return v;
             }
         };
-        test_mode = test_mode.or(mode);
         let code = record
             .get("responsecode")
             .filter(|c| !c.is_empty())
             .map(str::to_string)
             .or_else(|| last_operation_code(record));
         let outcome = outcome::verified_order(record.text("orderstate"), code.as_deref());
+        modes.push(mode);
         if code.is_some() {
             response_code = code;
         }
@@ -244,6 +253,12 @@ pub fn status(reply: &Reply, expected: &Expected<'_>, salt: &SecretString) -> Ve
         outcomes.push(outcome);
     }
     let approved_orders = outcomes.iter().filter(|o| **o == Outcome::Approved).count();
+    // The test mode that matters for a payment is the paid order's own: another order's says
+    // nothing about it.
+    let test_mode = match outcomes.iter().position(|o| *o == Outcome::Approved) {
+        Some(paid) => modes[paid],
+        None => modes.iter().flatten().next().copied(),
+    };
     // Several orders with our number: paid if any is paid; otherwise still running if any is;
     // otherwise the most recent answer.
     let outcome = if approved_orders > 0 {

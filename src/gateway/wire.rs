@@ -102,7 +102,10 @@ fn bad(message: impl Into<String>) -> ParseError {
 /// The format is taken from the body itself (`<` is XML, `{` is JSON), not from what was asked:
 /// a gateway that answers an error page in another format is still understood.
 pub fn parse_reply(body: &[u8]) -> Result<Reply, ParseError> {
-    let text = std::str::from_utf8(body).map_err(|_| bad("reply is not UTF-8"))?;
+    // Assist answers in UTF-8; a body in another charset (windows-1251 names in orderresult)
+    // is read lossily: every field recurrentd relies on is ASCII, and the check value covers
+    // them, so a mangled name cannot make a forged order pass.
+    let text = String::from_utf8_lossy(body);
     let trimmed = text.trim_start_matches('\u{feff}').trim();
     match trimmed.as_bytes().first() {
         Some(b'<') => parse_xml(trimmed),
@@ -165,7 +168,10 @@ fn parse_xml(text: &str) -> Result<Reply, ParseError> {
     }
     let mut orders = Vec::new();
     collect_xml_orders(root, &mut orders)?;
-    check_count(attribute("count"), orders.len())?;
+    let explicit_empty = root
+        .children()
+        .any(|n| is_element(&n, "orders") && !n.children().any(|c| c.is_element()));
+    check_count(attribute("count"), orders.len(), explicit_empty)?;
     Ok(Reply::Orders(orders))
 }
 
@@ -227,16 +233,23 @@ fn xml_order(node: roxmltree::Node<'_, '_>) -> Result<OrderRecord, ParseError> {
     Ok(record)
 }
 
-fn check_count(count: Option<&str>, found: usize) -> Result<(), ParseError> {
-    if let Some(count) = count {
-        let count = parse_code("count", count)?;
-        if count as usize != found {
-            return Err(bad(format!(
-                "reply says count={count} but carries {found} order(s)"
-            )));
-        }
+/// What the reply's `count` and the orders found say together. An empty list is taken as
+/// "not found" only on explicit evidence (`count` of 0, or an explicitly empty order list): a
+/// reply of an unfamiliar shape must never read as "not found", which after the settle window
+/// lets a new attempt start.
+fn check_count(count: Option<&str>, found: usize, explicit_empty: bool) -> Result<(), ParseError> {
+    let count = count.map(|c| parse_code("count", c)).transpose()?;
+    match (count, found) {
+        (Some(0), 0) => Ok(()),
+        (None, 0) if explicit_empty => Ok(()),
+        (_, 0) => Err(bad(
+            "reply carries no order and does not say that none was found (count=0)",
+        )),
+        (Some(0), n) => Err(bad(format!("reply says count=0 but carries {n} order(s)"))),
+        // A positive count that differs (orderresult may count operations) is not held against
+        // an otherwise well-formed reply; every order in it is verified on its own.
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 // --- JSON ------------------------------------------------------------------------------------
@@ -279,8 +292,13 @@ pub(crate) fn json_fault(value: &Value) -> Option<Result<Reply, ParseError>> {
     };
     let result = (|| {
         let firstcode = code("faultcode")?;
-        let secondcode = code("faultstring")?;
-        let detail = json_get(fault, "detail").and_then(json_scalar);
+        // `faultstring` is the second code in Assist's JSON faults, but SOAP-style faults put
+        // text there: then it is detail, and the second code is unknown (0).
+        let (secondcode, text) = match code("faultstring") {
+            Ok(code) => (code, None),
+            Err(_) => (0, json_get(fault, "faultstring").and_then(json_scalar)),
+        };
+        let detail = json_get(fault, "detail").and_then(json_scalar).or(text);
         if firstcode == 0 && secondcode == 0 {
             return Err(bad("JSON fault with codes 0/0"));
         }
@@ -302,23 +320,36 @@ fn parse_json(text: &str) -> Result<Reply, ParseError> {
     let Value::Object(top) = value else {
         return Err(bad("JSON reply is not an object"));
     };
-    // The order service's own wrapper (`rp`, `orderstate`, `orderresult`, `result`, ...): a single
-    // key holding an object.
-    let body = match top.iter().next() {
-        Some((_, Value::Object(inner))) if top.len() == 1 => inner,
-        _ => &top,
-    };
+    // The order service's own wrappers (`rp`, `orderstate`, `result`, ...): descend while the
+    // object holds exactly one object (beside scalar codes) and nothing that is order data.
+    let mut body = &top;
+    let mut codes: Vec<&serde_json::Map<String, Value>> = vec![&top];
+    for _ in 0..4 {
+        let is_data = ["ordernumber", "order", "orders", "count"]
+            .iter()
+            .any(|k| json_get(body, k).is_some());
+        let objects: Vec<&serde_json::Map<String, Value>> =
+            body.values().filter_map(Value::as_object).collect();
+        match objects.as_slice() {
+            [inner] if !is_data => {
+                body = inner;
+                codes.push(inner);
+            }
+            _ => break,
+        }
+    }
     if let Some(fault) = json_fault(&Value::Object(body.clone())) {
         return fault;
     }
     let scalar_code = |name: &str| -> Result<u32, ParseError> {
-        match json_get(body, name) {
-            None => Ok(0),
-            Some(v) => parse_code(
-                name,
-                &json_scalar(v).ok_or_else(|| bad(format!("{name} is not a scalar")))?,
-            ),
+        let mut code = 0;
+        for level in &codes {
+            if let Some(v) = json_get(level, name) {
+                let text = json_scalar(v).ok_or_else(|| bad(format!("{name} is not a scalar")))?;
+                code = code.max(parse_code(name, &text)?);
+            }
         }
+        Ok(code)
     };
     let firstcode = scalar_code("firstcode")?;
     let secondcode = scalar_code("secondcode")?;
@@ -330,14 +361,20 @@ fn parse_json(text: &str) -> Result<Reply, ParseError> {
         });
     }
     let mut orders = Vec::new();
+    let mut explicit_empty = false;
     if json_get(body, "ordernumber").is_some() {
         orders.push(json_order(body)?);
     } else {
         let list = json_get(body, "orders").or_else(|| json_get(body, "order"));
+        explicit_empty = match list {
+            Some(Value::Null) => true,
+            Some(Value::Array(items)) => items.is_empty(),
+            _ => false,
+        };
         collect_json_orders(list, &mut orders, 0)?;
     }
     let count = json_get(body, "count").and_then(json_scalar);
-    check_count(count.as_deref(), orders.len())?;
+    check_count(count.as_deref(), orders.len(), explicit_empty)?;
     Ok(Reply::Orders(orders))
 }
 
