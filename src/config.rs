@@ -41,7 +41,40 @@ pub struct Config {
     pub schedules: SchedulesConfig,
     pub gateway: GatewayConfig,
     pub billing: BillingConfig,
+    pub engine: EngineConfig,
     pub log: LogConfig,
+}
+
+/// How the charge engine retries, waits and gives up (see the README's "Charge lifecycle").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// How long after a send a "not found" answer proves nothing yet (the gateway may not have
+    /// filed the order); after it, two not-found answers mean the charge was never made.
+    pub settle_minutes: u32,
+    /// An attempt whose outcome is still unknown after this long is parked for an operator.
+    pub park_after_hours: u32,
+    /// Days after a soft decline at which the period is tried again (one retry per entry), never
+    /// past the next period or the agreement's end date.
+    pub dunning_days: Vec<u32>,
+    /// Most attempts (all periods) per subscription in any 30 days (card-scheme rules).
+    pub max_attempts_per_30_days: u32,
+    /// Integrity failures (wrong checkvalue, a reply about another order) within
+    /// `breaker_window_minutes` that stop all new charges until an operator clears it.
+    pub breaker_failures: u32,
+    pub breaker_window_minutes: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            settle_minutes: 30,
+            park_after_hours: 72,
+            dunning_days: vec![1, 3, 7],
+            max_attempts_per_30_days: 8,
+            breaker_failures: 5,
+            breaker_window_minutes: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +108,10 @@ pub struct GatewayConfig {
     pub format: ResponseFormat,
     pub connect_timeout_secs: u64,
     pub timeout_secs: u64,
+    /// Most requests to the gateway at once.
+    pub max_in_flight: u32,
+    /// Most requests to the gateway per second.
+    pub requests_per_second: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -161,7 +198,34 @@ struct RawConfig {
     #[serde(default)]
     billing: RawBilling,
     #[serde(default)]
+    engine: RawEngine,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEngine {
+    settle_minutes: u32,
+    park_after_hours: u32,
+    dunning_days: Vec<u32>,
+    max_attempts_per_30_days: u32,
+    breaker_failures: u32,
+    breaker_window_minutes: u32,
+}
+
+impl Default for RawEngine {
+    fn default() -> Self {
+        let d = EngineConfig::default();
+        RawEngine {
+            settle_minutes: d.settle_minutes,
+            park_after_hours: d.park_after_hours,
+            dunning_days: d.dunning_days,
+            max_attempts_per_30_days: d.max_attempts_per_30_days,
+            breaker_failures: d.breaker_failures,
+            breaker_window_minutes: d.breaker_window_minutes,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -215,6 +279,10 @@ struct RawGateway {
     connect_timeout_secs: u64,
     #[serde(default = "default_timeout")]
     timeout_secs: u64,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight: u32,
+    #[serde(default = "default_requests_per_second")]
+    requests_per_second: u32,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +350,12 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_timeout() -> u64 {
     60
+}
+fn default_max_in_flight() -> u32 {
+    4
+}
+fn default_requests_per_second() -> u32 {
+    5
 }
 fn default_timezone() -> String {
     "Europe/Moscow".to_string()
@@ -380,14 +454,18 @@ impl Config {
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
         let url = raw.gateway.url.trim().to_string();
-        if let Err(why) = crate::gateway::client::check_base_url(&url) {
-            // A URL with user info may hold a password: it is not echoed.
-            let got = if url.contains('@') {
-                String::new()
-            } else {
-                format!(", got {url:?}")
-            };
-            return Err(err(format!("config file {shown}: gateway.url: {why}{got}")));
+        // The URL is not echoed: a mistyped one may carry a password in its user info or query.
+        match crate::gateway::client::check_base_url(&url) {
+            Err(why) => {
+                return Err(err(format!("config file {shown}: gateway.url: {why}")));
+            }
+            Ok(parsed) if parsed.scheme() == "http" && !raw.gateway.test_mode => {
+                return Err(err(format!(
+                    "config file {shown}: gateway.url: http:// (a loopback test server) is \
+                     allowed only with gateway.test_mode = true"
+                )));
+            }
+            Ok(_) => {}
         }
         if raw.gateway.merchant_id.is_empty()
             || !raw.gateway.merchant_id.bytes().all(|b| b.is_ascii_digit())
@@ -420,13 +498,25 @@ impl Config {
                 raw.billing.charge_time
             ))
         })?;
+        if !(1..=256).contains(&raw.gateway.max_in_flight)
+            || !(1..=1000).contains(&raw.gateway.requests_per_second)
+        {
+            return Err(err(format!(
+                "config file {shown}: gateway.max_in_flight must be 1..=256 and \
+                 gateway.requests_per_second 1..=1000, got {} and {}",
+                raw.gateway.max_in_flight, raw.gateway.requests_per_second
+            )));
+        }
         if raw.billing.grace_hours == 0 || raw.billing.grace_hours > 24 * 31 {
             return Err(err(format!(
                 "config file {shown}: billing.grace_hours: must be 1..=744, got {}",
                 raw.billing.grace_hours
             )));
         }
+        let engine =
+            check_engine(raw.engine).map_err(|e| err(format!("config file {shown}: {e}")))?;
         Ok(Config {
+            engine,
             source: source.to_path_buf(),
             database: DatabaseConfig {
                 path: resolve(raw.database.path),
@@ -446,6 +536,8 @@ impl Config {
                 format: raw.gateway.format,
                 connect_timeout_secs: raw.gateway.connect_timeout_secs,
                 timeout_secs: raw.gateway.timeout_secs,
+                max_in_flight: raw.gateway.max_in_flight,
+                requests_per_second: raw.gateway.requests_per_second,
             },
             billing: BillingConfig {
                 timezone,
@@ -458,6 +550,48 @@ impl Config {
             },
         })
     }
+}
+
+fn check_engine(raw: RawEngine) -> Result<EngineConfig, String> {
+    let range = |key: &str, value: u32, low: u32, high: u32| {
+        if (low..=high).contains(&value) {
+            Ok(value)
+        } else {
+            Err(format!("engine.{key}: must be {low}..={high}, got {value}"))
+        }
+    };
+    range("settle_minutes", raw.settle_minutes, 1, 7 * 24 * 60)?;
+    range("park_after_hours", raw.park_after_hours, 1, 24 * 90)?;
+    range(
+        "max_attempts_per_30_days",
+        raw.max_attempts_per_30_days,
+        1,
+        15,
+    )?;
+    range("breaker_failures", raw.breaker_failures, 1, 1000)?;
+    range(
+        "breaker_window_minutes",
+        raw.breaker_window_minutes,
+        1,
+        7 * 24 * 60,
+    )?;
+    if raw.dunning_days.len() > 10 || raw.dunning_days.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(format!(
+            "engine.dunning_days: at most 10 strictly increasing day counts, got {:?}",
+            raw.dunning_days
+        ));
+    }
+    for day in &raw.dunning_days {
+        range("dunning_days", *day, 1, 366)?;
+    }
+    Ok(EngineConfig {
+        settle_minutes: raw.settle_minutes,
+        park_after_hours: raw.park_after_hours,
+        dunning_days: raw.dunning_days,
+        max_attempts_per_30_days: raw.max_attempts_per_30_days,
+        breaker_failures: raw.breaker_failures,
+        breaker_window_minutes: raw.breaker_window_minutes,
+    })
 }
 
 /// `"HH:MM"`, 24-hour, two digits each.

@@ -12,13 +12,18 @@
 //!   built-in sandbox.
 //! - [`store`]: the SQLite database (the only module that knows SQL): open modes and the daemon
 //!   lock, checked pragmas, migrations, the append-only ledger, and schedule sync.
+//! - [`engine`]: the charge lifecycle: due sweep → intent → gateway → verified outcome → ledger,
+//!   with reconciliation, retries, dunning, parking, the circuit breaker and pacing.
+//! - [`clock`]: the engine's time source (the system clock, or a manual one in tests).
 //! - [`cli`]: the operator commands behind `main.rs`.
 //!
 //! See ARCHITECTURE.md for the data's path and the invariants.
 
 pub mod billing;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod engine;
 pub mod forecast;
 pub mod gateway;
 pub mod money;

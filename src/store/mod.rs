@@ -15,6 +15,7 @@
 //! The ledger is append-only (triggers refuse UPDATE and DELETE); state tables are changed in the
 //! same transaction as the ledger event that explains the change.
 
+mod charges;
 mod schema;
 mod sync;
 
@@ -29,6 +30,10 @@ use crate::billing::{Cadence, Limits, SubscriptionState, Terms};
 use crate::config::CatchUp;
 use crate::money::{Currency, Money};
 
+pub use charges::{
+    AttemptChange, AttemptState, ChargeChange, ChargeState, Event, History, Job, OpenCharge,
+    PeriodRow, PlanTx, event,
+};
 pub use sync::{Changes, FileOutcome, FileSync, SyncSummary};
 
 /// How long a statement waits for another connection's write lock before failing.
@@ -418,18 +423,7 @@ impl Store {
         filter: &str,
         params: P,
     ) -> Result<Vec<StoredSubscription>, StoreError> {
-        let what = "reading subscriptions";
-        let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions {filter} ORDER BY id");
-        let mut statement = self.conn.prepare(&sql).ctx(&self.path, what)?;
-        let rows = statement
-            .query_map(params, sync::SubRow::from_row)
-            .ctx(&self.path, what)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let row = row.ctx(&self.path, what)?;
-            out.push(row.decode(&self.path)?);
-        }
-        Ok(out)
+        query_subscriptions(&self.conn, &self.path, filter, params)
     }
 
     /// What the store knows of every schedule file, by name.
@@ -513,6 +507,37 @@ impl Store {
     pub fn has_charges(&self, subscription_id: &str) -> Result<bool, StoreError> {
         sync::has_charges(&self.conn, subscription_id).ctx(&self.path, "reading charges")
     }
+}
+
+fn query_subscriptions<P: rusqlite::Params>(
+    conn: &Connection,
+    path: &Path,
+    filter: &str,
+    params: P,
+) -> Result<Vec<StoredSubscription>, StoreError> {
+    let what = "reading subscriptions";
+    let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions {filter} ORDER BY id");
+    let mut statement = conn.prepare_cached(&sql).ctx(path, what)?;
+    let rows = statement
+        .query_map(params, sync::SubRow::from_row)
+        .ctx(path, what)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let row = row.ctx(path, what)?;
+        out.push(row.decode(path)?);
+    }
+    Ok(out)
+}
+
+/// One subscription by id, through any connection or transaction.
+fn read_subscription(
+    conn: &Connection,
+    path: &Path,
+    id: &str,
+) -> Result<Option<StoredSubscription>, StoreError> {
+    Ok(query_subscriptions(conn, path, "WHERE id = ?1", [id])?
+        .into_iter()
+        .next())
 }
 
 /// The columns `sync::SubRow::from_row` reads, in its order.

@@ -53,6 +53,11 @@ CREATE INDEX subscriptions_by_file ON subscriptions (file) WHERE removed_at IS N
 CREATE INDEX subscriptions_by_bill ON subscriptions (bill_number);
 
 -- One row per (subscription, billing period): a second charge for a period cannot exist.
+-- state: open (being charged: an attempt is live, or a retry is scheduled at next_attempt_at),
+-- paid, failed (declined for good, or its retry window closed), blocked / skipped (settled
+-- without a charge, reason says why), quarantined (an answer failed verification).
+-- bill_number, amount and currency are copied from the subscription when the row is made:
+-- every request for the period is rebuilt from this row, never from the live schedule file.
 CREATE TABLE charges (
     id              INTEGER PRIMARY KEY,
     subscription_id TEXT NOT NULL REFERENCES subscriptions (id),
@@ -60,9 +65,62 @@ CREATE TABLE charges (
     due_date        TEXT NOT NULL,
     amount_cents    INTEGER NOT NULL CHECK (amount_cents > 0),
     currency        TEXT NOT NULL CHECK (length(currency) = 3),
-    state           TEXT NOT NULL,
+    bill_number     TEXT NOT NULL DEFAULT '',
+    state           TEXT NOT NULL CHECK (state IN
+                        ('open', 'paid', 'failed', 'blocked', 'skipped', 'quarantined')),
+    reason          TEXT,
+    next_attempt_at TEXT,
     created_at      TEXT NOT NULL,
+    updated_at      TEXT,
     UNIQUE (subscription_id, period)
+) STRICT;
+
+CREATE INDEX charges_retry ON charges (next_attempt_at) WHERE state = 'open';
+
+-- One row per attempt to charge a period, each with its own OrderNumber, committed before any
+-- request leaves. state: pending (intent committed, no answer yet), not_sent (provably never
+-- left; sent again under the same OrderNumber), unknown (may or may not have charged: resolved
+-- only by status queries), parked (unknown for too long: an operator must look), approved,
+-- declined, not_received (the gateway never filed it: proven by repeated not-found answers after
+-- the settle window), rejected (a request-level error: not processed), quarantined (an answer
+-- failed verification).
+-- created_at is the engine's clock (limits are reckoned from it), sent_at the engine's clock at
+-- the latest send (the settle window runs from it); wall_at is the real time of the intent or the
+-- latest send, from which the gateway's order search window is built.
+CREATE TABLE attempts (
+    id            INTEGER PRIMARY KEY,
+    charge_id     INTEGER NOT NULL REFERENCES charges (id),
+    attempt       INTEGER NOT NULL CHECK (attempt >= 1),
+    order_number  TEXT NOT NULL UNIQUE CHECK (length(order_number) BETWEEN 1 AND 128),
+    state         TEXT NOT NULL CHECK (state IN ('pending', 'not_sent', 'unknown', 'parked',
+                      'approved', 'declined', 'not_received', 'rejected', 'quarantined')),
+    created_at    TEXT NOT NULL,
+    wall_at       TEXT NOT NULL,
+    sent          INTEGER NOT NULL DEFAULT 0 CHECK (sent IN (0, 1)),
+    sent_at       TEXT,
+    next_check_at TEXT,
+    checks        INTEGER NOT NULL DEFAULT 0,
+    not_found     INTEGER NOT NULL DEFAULT 0,
+    test_mode     INTEGER CHECK (test_mode IN (0, 1)),
+    response_code TEXT,
+    checkvalue    TEXT CHECK (checkvalue IN ('verified', 'mismatch', 'absent')),
+    detail        TEXT,
+    updated_at    TEXT NOT NULL,
+    UNIQUE (charge_id, attempt)
+) STRICT;
+
+-- At most one attempt per period that has charged or may have: a new attempt can only start
+-- once the previous one is known not to have charged.
+CREATE UNIQUE INDEX attempts_one_live ON attempts (charge_id)
+    WHERE state IN ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined');
+CREATE INDEX attempts_unresolved ON attempts (next_check_at)
+    WHERE state IN ('pending', 'not_sent', 'unknown', 'parked');
+
+-- Why a subscription needs an operator before it is charged again (a hard decline), if it does.
+CREATE TABLE attention (
+    subscription_id TEXT PRIMARY KEY NOT NULL REFERENCES subscriptions (id),
+    reason          TEXT NOT NULL,
+    since           TEXT NOT NULL
 ) STRICT;
 
 -- Append-only history: every change of state is explained by an event inserted in the same

@@ -61,7 +61,7 @@ fn refused(summary: &SyncSummary, name: &str) -> Vec<String> {
 fn add_charge(store: &Store, id: &str, period: i64) -> rusqlite::Result<usize> {
     store.conn.execute(
         "INSERT INTO charges (subscription_id, period, due_date, amount_cents, currency, state, \
-         created_at) VALUES (?1, ?2, '2026-12-01', 49900, 'RUB', 'approved', ?3)",
+         created_at) VALUES (?1, ?2, '2026-12-01', 49900, 'RUB', 'paid', ?3)",
         params![id, period, timestamp(at(1))],
     )
 }
@@ -357,7 +357,7 @@ fn money_columns_refuse_floats() {
         .conn
         .execute(
             "INSERT INTO charges (subscription_id, period, due_date, amount_cents, currency, \
-             state, created_at) VALUES ('s1', 5, '2026-12-01', 499.5, 'RUB', 'x', 'now')",
+             state, created_at) VALUES ('s1', 5, '2026-12-01', 499.5, 'RUB', 'open', 'now')",
             [],
         )
         .unwrap_err()

@@ -1,0 +1,1027 @@
+//! The charge engine: due sweep → charge intent → gateway → verified outcome → ledger.
+//!
+//! One [`Engine::tick`] at the engine's clock's "now":
+//! 1. **Reconcile and resend.** Attempts whose next check is due are worked on: unknown ones (and
+//!    intents found without an answer, e.g. after a crash) are looked up with a status query,
+//!    never sent again; not-sent ones are sent again under their own OrderNumber.
+//! 2. **Plan.** Unless the circuit breaker is open, every subscription without an unresolved
+//!    attempt or an operator flag is planned in its own write transaction: periods `billing::decide`
+//!    settles are recorded (skipped / blocked, with the reason), and at most one new intent is
+//!    committed — its limits checked against the ledger inside that transaction.
+//! 3. **Send.** Each new intent is checked against the limits again just before it leaves (a
+//!    queued intent that has become too early is held), sent, and its claim confirmed by a status
+//!    query; the verified outcome is committed with its ledger event.
+//!
+//! The rules that keep a customer from being charged twice: an OrderNumber is committed before
+//! its request leaves; a request is sent again only after it provably never left; a new attempt
+//! (new OrderNumber) starts only after the previous one is known not to have charged — an
+//! explicit, verified decline, or "not found" repeated after the settle window; anything else is
+//! resolved by asking the gateway. No network call happens inside a database transaction, and
+//! the database is only touched from blocking threads.
+
+mod pacer;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+
+use crate::billing::{self, BlockReason, Calendar, Next, SettledOutcome};
+use crate::clock::Clock;
+use crate::config::EngineConfig;
+use crate::gateway::client::{ChargeRequest, Client, StatusAnswer, StatusQuery};
+use crate::gateway::outcome::{DeclineKind, Outcome};
+use crate::store::{
+    AttemptChange, AttemptState, ChargeChange, ChargeState, Event, Job, Store, StoreError, event,
+};
+
+pub use pacer::Pacer;
+
+/// Why a tick could not finish. Gateway trouble is never an error here: it is an outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("a database task failed: {0}")]
+    Task(String),
+}
+
+/// What one tick did, for the periodic summary line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    pub intents: u32,
+    pub approved: u32,
+    pub declined: u32,
+    pub unknown: u32,
+    pub not_sent: u32,
+    pub quarantined: u32,
+    pub settled: u32,
+    pub checked: u32,
+    pub held: u32,
+    pub breaker_open: bool,
+}
+
+impl TickReport {
+    fn add(&mut self, step: Step) {
+        match step {
+            Step::Approved => self.approved += 1,
+            Step::Declined => self.declined += 1,
+            Step::Unknown => self.unknown += 1,
+            Step::NotSent => self.not_sent += 1,
+            Step::Quarantined => self.quarantined += 1,
+            Step::Held => self.held += 1,
+            Step::Other => {}
+        }
+    }
+}
+
+/// What one piece of work ended in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Approved,
+    Declined,
+    Unknown,
+    NotSent,
+    Quarantined,
+    Held,
+    Other,
+}
+
+/// Retry and wait policy (from `[engine]` config).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub settle: Duration,
+    pub park_after: Duration,
+    pub dunning_days: Vec<u32>,
+    pub max_attempts_per_30_days: u32,
+    pub breaker_failures: u32,
+    pub breaker_window: Duration,
+}
+
+impl From<&EngineConfig> for Policy {
+    fn from(c: &EngineConfig) -> Policy {
+        Policy {
+            settle: Duration::minutes(i64::from(c.settle_minutes)),
+            park_after: Duration::hours(i64::from(c.park_after_hours)),
+            dunning_days: c.dunning_days.clone(),
+            max_attempts_per_30_days: c.max_attempts_per_30_days,
+            breaker_failures: c.breaker_failures,
+            breaker_window: Duration::minutes(i64::from(c.breaker_window_minutes)),
+        }
+    }
+}
+
+/// The engine. One tick at a time; the work inside a tick runs concurrently.
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// The engine's shared parts, held by every task it spawns.
+struct Inner {
+    store: Arc<Mutex<Store>>,
+    client: Client,
+    clock: Arc<dyn Clock>,
+    calendar: Calendar,
+    policy: Policy,
+    pacer: Pacer,
+    prefix: String,
+    /// Attempts some task is working on right now (one task per attempt).
+    busy: Mutex<HashSet<i64>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The OrderNumber of an attempt: the database's random prefix, the subscription, the period and
+/// the attempt. ASCII, at most 8 + 1 + 40 + 1 + 10 + 1 + 10 characters.
+pub fn order_number(prefix: &str, subscription: &str, period: u32, attempt: u32) -> String {
+    format!("{prefix}-{subscription}-{period}-{attempt}")
+}
+
+/// A stable number in 0..1000 from a string and a counter: jitter without a random source, so a
+/// replayed scenario behaves the same.
+fn per_mille(key: &str, n: u32) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes().chain(n.to_le_bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % 1000) as i64
+}
+
+/// `base × 2^n`, capped, then jittered to 80–120 %.
+fn backoff(base: Duration, cap: Duration, n: u32, key: &str) -> Duration {
+    let factor = 1i32 << n.min(20);
+    let raw = base.checked_mul(factor).unwrap_or(cap).min(cap);
+    Duration::milliseconds(raw.num_milliseconds() * (800 + per_mille(key, n) * 400 / 1000) / 1000)
+}
+
+const STATUS_BASE: Duration = Duration::minutes(1);
+const STATUS_CAP: Duration = Duration::hours(1);
+const PARKED_EVERY: Duration = Duration::hours(6);
+const RESEND_BASE: Duration = Duration::minutes(5);
+const RESEND_CAP: Duration = Duration::hours(6);
+/// How long all sends pause after a rate-limit answer without `Retry-After`.
+const RATE_PAUSE: StdDuration = StdDuration::from_secs(30);
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        client: Client,
+        clock: Arc<dyn Clock>,
+        calendar: Calendar,
+        policy: Policy,
+        pacer: Pacer,
+    ) -> Result<Engine, EngineError> {
+        let prefix = store.order_prefix()?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                store: Arc::new(Mutex::new(store)),
+                client,
+                clock,
+                calendar,
+                policy,
+                pacer,
+                prefix,
+                busy: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// Runs `f` with the store on a blocking thread, for callers (the daemon, tests) that need
+    /// it between ticks.
+    pub async fn with_store<T, F>(&self, f: F) -> Result<T, EngineError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.db(f).await
+    }
+
+    /// Looks up every unresolved attempt now, whenever its next check was due. Run at start,
+    /// before the first tick creates anything.
+    pub async fn reconcile(&self) -> Result<TickReport, EngineError> {
+        let jobs = self.inner.db(|s| s.unresolved_attempts()).await?;
+        let checks: Vec<Job> = jobs
+            .into_iter()
+            .filter(|job| job.state != AttemptState::NotSent)
+            .collect();
+        let mut report = TickReport {
+            checked: checks.len() as u32,
+            ..TickReport::default()
+        };
+        for step in Arc::clone(&self.inner).run_all(checks, false).await? {
+            report.add(step);
+        }
+        Ok(report)
+    }
+
+    /// One sweep at the clock's now (see the module documentation).
+    pub async fn tick(&self) -> Result<TickReport, EngineError> {
+        let inner = &self.inner;
+        let mut report = TickReport::default();
+        let now = inner.clock.now();
+
+        // 1. Reconcile and resend.
+        let due = inner.db(move |s| s.due_attempts(now)).await?;
+        report.checked = due.len() as u32;
+        for step in Arc::clone(inner).run_all(due, false).await? {
+            report.add(step);
+        }
+
+        // 2. Plan.
+        if let Some(reason) = inner.db(|s| s.breaker()).await? {
+            report.breaker_open = true;
+            tracing::warn!(%reason, "circuit breaker open: no new charges until an operator clears it");
+            return Ok(report);
+        }
+        let now = inner.clock.now();
+        let calendar = inner.calendar;
+        let policy = inner.policy.clone();
+        let prefix = inner.prefix.clone();
+        let (jobs, settled) = inner
+            .db(move |s| plan_all(s, now, &calendar, &policy, &prefix))
+            .await?;
+        report.intents = jobs.len() as u32;
+        report.settled = settled;
+
+        // 3. Send.
+        for step in Arc::clone(inner).run_all(jobs, true).await? {
+            report.add(step);
+        }
+        Ok(report)
+    }
+}
+
+impl Inner {
+    /// Runs `f` on the store on a blocking thread: the database never blocks the runtime.
+    async fn db<T, F>(&self, f: F) -> Result<T, EngineError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&mut lock(&store)))
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?
+            .map_err(EngineError::from)
+    }
+
+    /// Works on jobs concurrently (bounded by the pacer), one task per attempt.
+    async fn run_all(
+        self: Arc<Self>,
+        jobs: Vec<Job>,
+        fresh: bool,
+    ) -> Result<Vec<Step>, EngineError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for job in jobs {
+            if !lock(&self.busy).insert(job.attempt_id) {
+                continue;
+            }
+            let inner = Arc::clone(&self);
+            tasks.spawn(async move {
+                let id = job.attempt_id;
+                let result = inner.work(job, fresh).await;
+                lock(&inner.busy).remove(&id);
+                result
+            });
+        }
+        let mut steps = Vec::new();
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(step)) => steps.push(step),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "charge work failed; it will be picked up again");
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(EngineError::Task(e.to_string()));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(steps),
+        }
+    }
+
+    /// One attempt, one step: send it (a fresh intent, or one that provably never left) or ask
+    /// the gateway about it.
+    async fn work(&self, job: Job, fresh: bool) -> Result<Step, EngineError> {
+        match job.state {
+            AttemptState::Pending if fresh => self.send(job).await,
+            AttemptState::NotSent => self.send(job).await,
+            AttemptState::Pending | AttemptState::Unknown | AttemptState::Parked => {
+                self.check(job).await
+            }
+            _ => Ok(Step::Other),
+        }
+    }
+
+    /// Sends a charge: limits checked once more, then rp.cfm, then a status query to confirm the
+    /// claim, then the verified outcome committed.
+    async fn send(&self, job: Job) -> Result<Step, EngineError> {
+        let now = self.clock.now();
+        let id = job.subscription_id.clone();
+        let attempt_id = job.attempt_id;
+        let (subscription, charged) = self
+            .db(move |s| {
+                Ok((
+                    s.subscription(&id)?,
+                    s.charged_instants(&id, Some(attempt_id))?,
+                ))
+            })
+            .await?;
+        let blocked = match &subscription {
+            None => Some("the subscription is not in the database".to_string()),
+            Some(sub) if sub.removed_at.is_some() => {
+                Some("the subscription was removed from the schedule files".to_string())
+            }
+            Some(sub) => {
+                match billing::verdict(&sub.terms, &self.calendar, &charged, job.amount, now) {
+                    Ok(()) => None,
+                    Err(BlockReason::TooSoon { earliest, .. }) => {
+                        // Too early now (the clock moved back, or a retry came early): held.
+                        let until = self.calendar.due_instant(earliest);
+                        let mut change = AttemptChange::to(AttemptState::NotSent);
+                        change.next_check_at = Some(until);
+                        change.event = Some(Event {
+                            kind: event::HELD,
+                            detail: json!({
+                                "order_number": job.order_number,
+                                "until": until.to_rfc3339(),
+                            }),
+                        });
+                        self.apply(&job, change).await?;
+                        tracing::info!(
+                            subscription = %job.subscription_id,
+                            order_number = %job.order_number,
+                            until = %until.to_rfc3339(),
+                            "charge held: too early for the agreed period"
+                        );
+                        return Ok(Step::Held);
+                    }
+                    Err(reason) => Some(reason.to_string()),
+                }
+            }
+        };
+        if let Some(reason) = blocked {
+            let mut change = AttemptChange::to(AttemptState::Rejected);
+            change.detail = Some(format!("refused before sending: {reason}"));
+            change.charge = Some(ChargeChange {
+                state: ChargeState::Blocked,
+                reason: Some(reason.clone()),
+                next_attempt_at: None,
+            });
+            change.event = Some(Event {
+                kind: event::PERIOD_BLOCKED,
+                detail: json!({ "order_number": job.order_number, "reason": reason }),
+            });
+            self.apply(&job, change).await?;
+            tracing::warn!(
+                subscription = %job.subscription_id,
+                period = job.period,
+                order_number = %job.order_number,
+                %reason,
+                "charge blocked before sending"
+            );
+            return Ok(Step::Other);
+        }
+
+        let permit = self.pacer.acquire().await;
+        let wall = Utc::now();
+        let reply = self
+            .client
+            .charge(&ChargeRequest {
+                bill_number: &job.bill_number,
+                order_number: &job.order_number,
+                amount: job.amount,
+                currency: job.currency,
+                comment: None,
+            })
+            .await;
+        drop(permit);
+        let now = self.clock.now();
+        match &reply.claim {
+            Outcome::NotSent(why) => {
+                let mut change = AttemptChange::to(AttemptState::NotSent);
+                change.checked = true;
+                change.next_check_at =
+                    Some(now + backoff(RESEND_BASE, RESEND_CAP, job.checks, &job.order_number));
+                change.detail = Some(why.clone());
+                if job.state != AttemptState::NotSent {
+                    change.event =
+                        Some(self.outcome_event(event::NOT_SENT, &job, &reply.claim, None));
+                }
+                self.apply(&job, change).await?;
+                self.log_outcome(&job, "not_sent", &reply.claim, None, "absent");
+                Ok(Step::NotSent)
+            }
+            Outcome::Rejected(why) => {
+                let mut change = AttemptChange::to(AttemptState::Rejected);
+                change.sent = true;
+                change.wall_at = Some(wall);
+                change.detail = Some(why.clone());
+                change.charge = Some(ChargeChange {
+                    state: ChargeState::Open,
+                    reason: Some(format!("the gateway rejected the request: {why}")),
+                    next_attempt_at: Some(
+                        now + backoff(RESEND_BASE, RESEND_CAP, job.attempt, &job.order_number),
+                    ),
+                });
+                change.event = Some(self.outcome_event(event::REJECTED, &job, &reply.claim, None));
+                self.apply(&job, change).await?;
+                tracing::error!(
+                    subscription = %job.subscription_id,
+                    order_number = %job.order_number,
+                    reason = %why,
+                    "the gateway rejected a charge request: check the configuration"
+                );
+                Ok(Step::Other)
+            }
+            Outcome::IntegrityFailure(why) => {
+                self.quarantine(&job, why, reply.raw.as_deref(), Some(wall))
+                    .await
+            }
+            _ => {
+                if reply.claim == Outcome::RateLimited {
+                    self.pacer.pause(reply.retry_after.unwrap_or(RATE_PAUSE));
+                }
+                // Whatever the claim, the money is booked only on a verified status answer.
+                let permit = self.pacer.acquire().await;
+                let answer = self
+                    .client
+                    .order_status(&StatusQuery {
+                        order_number: &job.order_number,
+                        amount: job.amount,
+                        currency: job.currency,
+                        sent_at: wall,
+                        known_test_mode: reply.test_mode,
+                    })
+                    .await;
+                drop(permit);
+                let claim = Claim {
+                    outcome: reply.claim.clone(),
+                    response_code: reply.response_code.clone(),
+                    test_mode: reply.test_mode,
+                    wall,
+                };
+                self.conclude(job, answer, Some(claim)).await
+            }
+        }
+    }
+
+    /// Asks the gateway what became of an attempt whose outcome is not known.
+    async fn check(&self, job: Job) -> Result<Step, EngineError> {
+        let permit = self.pacer.acquire().await;
+        let answer = self
+            .client
+            .order_status(&StatusQuery {
+                order_number: &job.order_number,
+                amount: job.amount,
+                currency: job.currency,
+                sent_at: job.wall_at,
+                known_test_mode: job.test_mode,
+            })
+            .await;
+        drop(permit);
+        self.conclude(job, answer, None).await
+    }
+
+    /// Commits what a status answer says about an attempt (`claim`: the charge reply it follows,
+    /// when it was just sent).
+    async fn conclude(
+        &self,
+        job: Job,
+        answer: StatusAnswer,
+        claim: Option<Claim>,
+    ) -> Result<Step, EngineError> {
+        let now = self.clock.now();
+        let verified = &answer.verified;
+        let response_code = verified
+            .response_code
+            .clone()
+            .or_else(|| claim.as_ref().and_then(|c| c.response_code.clone()));
+        let test_mode = verified
+            .test_mode
+            .or(claim.as_ref().and_then(|c| c.test_mode));
+        let sent_now = claim.is_some();
+        let base = |state| {
+            let mut change = AttemptChange::to(state);
+            change.checked = !sent_now;
+            change.sent = sent_now;
+            change.wall_at = claim.as_ref().map(|c| c.wall);
+            change.test_mode = test_mode;
+            change.response_code = response_code.clone();
+            change
+        };
+        match &verified.outcome {
+            Outcome::Approved => {
+                let mut change = base(AttemptState::Approved);
+                change.checkvalue = Some("verified");
+                change.charge = Some(ChargeChange {
+                    state: ChargeState::Paid,
+                    reason: None,
+                    next_attempt_at: None,
+                });
+                change.event = Some(self.outcome_event(
+                    event::APPROVED,
+                    &job,
+                    &verified.outcome,
+                    response_code.as_deref(),
+                ));
+                self.apply(&job, change).await?;
+                if verified.approved_orders > 1 {
+                    tracing::error!(
+                        subscription = %job.subscription_id,
+                        order_number = %job.order_number,
+                        approved_orders = verified.approved_orders,
+                        "the gateway shows more than one approved order with this OrderNumber: \
+                         the customer may have been charged twice; refund per the runbook"
+                    );
+                }
+                self.log_outcome(
+                    &job,
+                    "approved",
+                    &verified.outcome,
+                    response_code.as_deref(),
+                    "verified",
+                );
+                Ok(Step::Approved)
+            }
+            Outcome::Declined(decline) => {
+                let mut change = base(AttemptState::Declined);
+                change.checkvalue = Some("verified");
+                let reason = format!("declined ({}): {}", decline.code, decline.reason);
+                let id = job.subscription_id.clone();
+                let subscription = self.db(move |s| s.subscription(&id)).await?;
+                let retry_at = match decline.kind {
+                    DeclineKind::Hard => None,
+                    DeclineKind::Soft => subscription
+                        .as_ref()
+                        .and_then(|sub| self.dunning_retry(sub, &job, now)),
+                };
+                change.charge = Some(match retry_at {
+                    Some(at) => ChargeChange {
+                        state: ChargeState::Open,
+                        reason: Some(reason.clone()),
+                        next_attempt_at: Some(at),
+                    },
+                    None => ChargeState::Failed.with(&reason),
+                });
+                if decline.kind == DeclineKind::Hard {
+                    change.attention = Some(format!(
+                        "hard decline {} ({}); resume once the customer has fixed the card",
+                        decline.code, decline.reason
+                    ));
+                }
+                change.event = Some(self.outcome_event(
+                    event::DECLINED,
+                    &job,
+                    &verified.outcome,
+                    response_code.as_deref(),
+                ));
+                self.apply(&job, change).await?;
+                self.log_outcome(
+                    &job,
+                    "declined",
+                    &verified.outcome,
+                    response_code.as_deref(),
+                    "verified",
+                );
+                Ok(Step::Declined)
+            }
+            Outcome::IntegrityFailure(why) => {
+                self.quarantine(&job, why, answer.raw.as_deref(), claim.map(|c| c.wall))
+                    .await
+            }
+            Outcome::NotFound => {
+                let not_found = job.not_found.saturating_add(1);
+                let since = job.sent_at.unwrap_or(job.created_at);
+                if !sent_now && now - since >= self.policy.settle && not_found >= 2 {
+                    let mut change = base(AttemptState::NotReceived);
+                    change.not_found = Some(not_found);
+                    change.charge = Some(ChargeChange {
+                        state: ChargeState::Open,
+                        reason: Some("the gateway never received the previous attempt".into()),
+                        next_attempt_at: Some(
+                            now + backoff(RESEND_BASE, RESEND_CAP, job.attempt, &job.order_number),
+                        ),
+                    });
+                    change.event = Some(self.outcome_event(
+                        event::NOT_RECEIVED,
+                        &job,
+                        &verified.outcome,
+                        None,
+                    ));
+                    self.apply(&job, change).await?;
+                    self.log_outcome(&job, "not_received", &verified.outcome, None, "absent");
+                    return Ok(Step::Other);
+                }
+                let mut change = self.still_unknown(&job, base, now);
+                change.not_found = Some(not_found);
+                self.apply(&job, change).await?;
+                Ok(Step::Unknown)
+            }
+            other => {
+                if *other == Outcome::RateLimited {
+                    self.pacer.pause(RATE_PAUSE);
+                }
+                let change = self.still_unknown(&job, base, now);
+                self.apply(&job, change).await?;
+                if let Some(c) = &claim {
+                    self.log_outcome(
+                        &job,
+                        "unknown",
+                        &c.outcome,
+                        response_code.as_deref(),
+                        "absent",
+                    );
+                }
+                Ok(Step::Unknown)
+            }
+        }
+    }
+
+    /// The outcome is still open: look again later with backoff; park it for an operator once
+    /// it has been open too long. A failed status query changes nothing else.
+    fn still_unknown(
+        &self,
+        job: &Job,
+        base: impl Fn(AttemptState) -> AttemptChange,
+        now: DateTime<Utc>,
+    ) -> AttemptChange {
+        let parked = now - job.created_at > self.policy.park_after;
+        let state = if parked {
+            AttemptState::Parked
+        } else {
+            AttemptState::Unknown
+        };
+        let mut change = base(state);
+        change.next_check_at = Some(
+            now + if parked {
+                PARKED_EVERY
+            } else {
+                backoff(STATUS_BASE, STATUS_CAP, job.checks, &job.order_number)
+            },
+        );
+        if state != job.state {
+            let kind = if parked {
+                event::PARKED
+            } else {
+                event::UNKNOWN
+            };
+            change.event = Some(self.outcome_event(kind, job, &Outcome::Pending, None));
+            if parked {
+                tracing::warn!(
+                    subscription = %job.subscription_id,
+                    order_number = %job.order_number,
+                    "charge outcome still unknown after {} hours: parked for an operator",
+                    self.policy.park_after.num_hours()
+                );
+            }
+        }
+        change
+    }
+
+    /// When a soft-declined period is tried again: the next dunning day, if it comes before the
+    /// next period is due, within the agreement's end date and the 30-day attempt budget.
+    fn dunning_retry(
+        &self,
+        subscription: &crate::store::StoredSubscription,
+        job: &Job,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let index = usize::try_from(job.attempt.saturating_sub(1)).ok()?;
+        let days = *self.policy.dunning_days.get(index)?;
+        let at = now + Duration::days(i64::from(days));
+        let terms = &subscription.terms;
+        let next_due =
+            billing::due_date(terms, job.period + 1).map(|date| self.calendar.due_instant(date));
+        if next_due.is_some_and(|next| at >= next) {
+            return None;
+        }
+        if terms
+            .limits
+            .max_date
+            .is_some_and(|max| self.calendar.local_date(at) > max)
+        {
+            return None;
+        }
+        Some(at)
+    }
+
+    /// An answer failed verification: the attempt blocks its period, nothing is booked, the raw
+    /// reply is kept (masked), and enough of these open the circuit breaker.
+    async fn quarantine(
+        &self,
+        job: &Job,
+        why: &str,
+        raw: Option<&str>,
+        wall: Option<DateTime<Utc>>,
+    ) -> Result<Step, EngineError> {
+        let now = self.clock.now();
+        let mut change = AttemptChange::to(AttemptState::Quarantined);
+        change.sent = wall.is_some();
+        change.wall_at = wall;
+        change.checked = wall.is_none();
+        change.checkvalue = if why.contains("no checkvalue") {
+            Some("absent")
+        } else if why.contains("checkvalue") {
+            Some("mismatch")
+        } else {
+            None
+        };
+        change.detail = Some(why.to_string());
+        change.charge = Some(ChargeState::Quarantined.with(why));
+        let mut detail = self.event_detail(job, &Outcome::IntegrityFailure(why.into()), None);
+        detail["raw"] = json!(raw);
+        change.event = Some(Event {
+            kind: event::QUARANTINED,
+            detail,
+        });
+        self.apply(job, change).await?;
+        tracing::error!(
+            subscription = %job.subscription_id,
+            period = job.period,
+            order_number = %job.order_number,
+            reason = %why,
+            "charge quarantined: a gateway answer failed verification; nothing is booked"
+        );
+        let window = now - self.policy.breaker_window;
+        let failures = self.policy.breaker_failures;
+        let opened = self
+            .db(move |s| {
+                let count = s.quarantines_since(window)?;
+                if count >= failures {
+                    s.open_breaker(
+                        &format!(
+                            "{count} gateway answers failed verification within the window; \
+                             check the salt, the gateway URL and the merchant id"
+                        ),
+                        now,
+                    )?;
+                    return Ok(true);
+                }
+                Ok(false)
+            })
+            .await?;
+        if opened {
+            tracing::error!("circuit breaker opened: no new charges until an operator clears it");
+        }
+        Ok(Step::Quarantined)
+    }
+
+    async fn apply(&self, job: &Job, change: AttemptChange) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let id = job.attempt_id;
+        self.db(move |s| s.apply(id, &change, now)).await
+    }
+
+    fn event_detail(&self, job: &Job, outcome: &Outcome, code: Option<&str>) -> serde_json::Value {
+        json!({
+            "order_number": job.order_number,
+            "period": job.period,
+            "attempt": job.attempt,
+            "amount": job.amount.to_string(),
+            "currency": job.currency.as_str(),
+            "outcome": outcome.to_string(),
+            "response_code": code,
+        })
+    }
+
+    fn outcome_event(
+        &self,
+        kind: &'static str,
+        job: &Job,
+        outcome: &Outcome,
+        code: Option<&str>,
+    ) -> Event {
+        Event {
+            kind,
+            detail: self.event_detail(job, outcome, code),
+        }
+    }
+
+    /// The one log line per charge outcome.
+    fn log_outcome(
+        &self,
+        job: &Job,
+        outcome: &str,
+        detail: &Outcome,
+        code: Option<&str>,
+        checkvalue: &str,
+    ) {
+        tracing::info!(
+            subscription = %job.subscription_id,
+            period = job.period,
+            order_number = %job.order_number,
+            amount = %job.amount,
+            currency = %job.currency,
+            outcome,
+            response_code = code.unwrap_or(""),
+            checkvalue,
+            detail = %detail,
+            "charge outcome"
+        );
+    }
+}
+
+/// The charge reply a status answer confirms.
+struct Claim {
+    outcome: Outcome,
+    response_code: Option<String>,
+    test_mode: Option<bool>,
+    wall: DateTime<Utc>,
+}
+
+impl ChargeState {
+    fn with(self, reason: &str) -> ChargeChange {
+        ChargeChange {
+            state: self,
+            reason: Some(reason.to_string()),
+            next_attempt_at: None,
+        }
+    }
+}
+
+/// Plans every plannable subscription at `now`, each in its own transaction; returns the new
+/// intents (committed) and how many periods were settled without a charge.
+fn plan_all(
+    store: &mut Store,
+    now: DateTime<Utc>,
+    calendar: &Calendar,
+    policy: &Policy,
+    prefix: &str,
+) -> Result<(Vec<Job>, u32), StoreError> {
+    let mut jobs = Vec::new();
+    let mut settled = 0;
+    for id in store.plannable()? {
+        let (job, n) = plan_one(store, &id, now, calendar, policy, prefix)?;
+        jobs.extend(job);
+        settled += n;
+    }
+    Ok((jobs, settled))
+}
+
+/// Plans one subscription inside one write transaction: settles what `billing::decide` settles
+/// and commits at most one new intent, with the limits checked on the history read in it.
+fn plan_one(
+    store: &mut Store,
+    id: &str,
+    now: DateTime<Utc>,
+    calendar: &Calendar,
+    policy: &Policy,
+    prefix: &str,
+) -> Result<(Option<Job>, u32), StoreError> {
+    let tx = store.plan(now)?;
+    let Some(history) = tx.history(id)? else {
+        return Ok((None, 0));
+    };
+    if history.attention.is_some() || history.unresolved {
+        return Ok((None, 0));
+    }
+    let sub = &history.subscription;
+    let terms = &sub.terms;
+    let mut settled = 0;
+
+    // A period still open (a retry is scheduled): retry it, or close it when its window ended.
+    if let Some(open) = &history.open {
+        if open.live_attempt {
+            return Ok((None, 0));
+        }
+        let next_due = billing::due_date(terms, open.period + 1).map(|d| calendar.due_instant(d));
+        let window_over = next_due.is_some_and(|next| next <= now);
+        if !window_over {
+            if open.next_attempt_at.is_some_and(|at| at > now) {
+                return Ok((None, 0));
+            }
+            if history.attempts_last_30_days >= policy.max_attempts_per_30_days {
+                tx.close_period(
+                    id,
+                    open.id,
+                    ChargeState::Failed,
+                    "no attempts left in the 30-day budget",
+                    Event {
+                        kind: event::PERIOD_FAILED,
+                        detail: json!({ "period": open.period, "reason": "attempt budget" }),
+                    },
+                )?;
+                tx.commit()?;
+                return Ok((None, 1));
+            }
+            return match billing::verdict(terms, calendar, &history.charged, open.amount, now) {
+                Ok(()) => {
+                    let number = order_number(prefix, id, open.period, open.attempts + 1);
+                    let job = tx.new_attempt(
+                        id,
+                        open,
+                        &number,
+                        Utc::now(),
+                        intent_event(
+                            &number,
+                            open.period,
+                            open.attempts + 1,
+                            open.amount,
+                            open.currency,
+                        ),
+                    )?;
+                    tx.commit()?;
+                    Ok((Some(job), 0))
+                }
+                Err(reason) => {
+                    tx.close_period(
+                        id,
+                        open.id,
+                        ChargeState::Blocked,
+                        &reason.to_string(),
+                        Event {
+                            kind: event::PERIOD_BLOCKED,
+                            detail: json!({ "period": open.period, "reason": reason.to_string() }),
+                        },
+                    )?;
+                    tx.commit()?;
+                    Ok((None, 1))
+                }
+            };
+        }
+        let reason = "its retry window ended: the next period is due";
+        tx.close_period(
+            id,
+            open.id,
+            ChargeState::Failed,
+            reason,
+            Event {
+                kind: event::PERIOD_FAILED,
+                detail: json!({ "period": open.period, "reason": reason }),
+            },
+        )?;
+        settled += 1;
+    }
+
+    let plan = billing::decide(terms, calendar, history.next_period, &history.charged, now);
+    for s in &plan.settled {
+        let (state, kind, reason) = match &s.outcome {
+            SettledOutcome::Skipped(r) => {
+                (ChargeState::Skipped, event::PERIOD_SKIPPED, r.to_string())
+            }
+            SettledOutcome::Blocked(r) => {
+                (ChargeState::Blocked, event::PERIOD_BLOCKED, r.to_string())
+            }
+        };
+        tx.settle(
+            sub,
+            s.period,
+            s.due_date,
+            state,
+            &reason,
+            Event {
+                kind,
+                detail: json!({ "period": s.period, "due_date": s.due_date.to_string(), "reason": reason }),
+            },
+        )?;
+        tracing::info!(subscription = %id, period = s.period, %reason, "period {}", state.as_str());
+        settled += 1;
+    }
+    let job = match plan.next {
+        Next::Charge { period, due_date } => {
+            let open = tx.open_period(sub, period, due_date)?;
+            let number = order_number(prefix, id, period, 1);
+            Some(tx.new_attempt(
+                id,
+                &open,
+                &number,
+                Utc::now(),
+                intent_event(&number, period, 1, open.amount, open.currency),
+            )?)
+        }
+        Next::Defer { .. } | Next::Wait { .. } | Next::Ended(_) => None,
+    };
+    tx.commit()?;
+    Ok((job, settled))
+}
+
+fn intent_event(
+    order_number: &str,
+    period: u32,
+    attempt: u32,
+    amount: crate::money::Money,
+    currency: crate::money::Currency,
+) -> Event {
+    Event {
+        kind: event::INTENT,
+        detail: json!({
+            "order_number": order_number,
+            "period": period,
+            "attempt": attempt,
+            "amount": amount.to_string(),
+            "currency": currency.as_str(),
+        }),
+    }
+}

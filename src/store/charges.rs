@@ -1,0 +1,1076 @@
+//! The charge lifecycle's tables: periods (`charges`), attempts and the events that explain them.
+//!
+//! The engine decides; this module only reads what a decision needs and writes what was
+//! decided, each write in one `BEGIN IMMEDIATE` transaction together with its ledger event. Limits
+//! are checked inside the transaction that creates an intent: [`PlanTx`] holds the write lock
+//! from the moment the history is read until the intent is committed.
+
+use std::fmt;
+use std::path::Path;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use serde_json::{Value, json};
+
+use super::{
+    Context, Store, StoreError, StoredSubscription, date_text, parse_date, parse_timestamp,
+    timestamp,
+};
+use crate::money::{Currency, Money};
+
+/// Where an attempt stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttemptState {
+    /// Intent committed, no answer yet. Found at start, it is treated as unknown.
+    Pending,
+    /// Provably never left: sent again under the same OrderNumber.
+    NotSent,
+    /// May or may not have charged: resolved only by status queries.
+    Unknown,
+    /// Unknown for too long: an operator must look. Still queried, rarely.
+    Parked,
+    Approved,
+    Declined,
+    /// The gateway never filed it (repeated not-found after the settle window).
+    NotReceived,
+    /// A request-level error: the gateway did not process it.
+    Rejected,
+    /// An answer about it failed verification.
+    Quarantined,
+}
+
+impl AttemptState {
+    pub const ALL: [AttemptState; 9] = [
+        AttemptState::Pending,
+        AttemptState::NotSent,
+        AttemptState::Unknown,
+        AttemptState::Parked,
+        AttemptState::Approved,
+        AttemptState::Declined,
+        AttemptState::NotReceived,
+        AttemptState::Rejected,
+        AttemptState::Quarantined,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptState::Pending => "pending",
+            AttemptState::NotSent => "not_sent",
+            AttemptState::Unknown => "unknown",
+            AttemptState::Parked => "parked",
+            AttemptState::Approved => "approved",
+            AttemptState::Declined => "declined",
+            AttemptState::NotReceived => "not_received",
+            AttemptState::Rejected => "rejected",
+            AttemptState::Quarantined => "quarantined",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AttemptState> {
+        AttemptState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Has charged, or may have: counts as a charge for every limit.
+    pub fn may_have_charged(self) -> bool {
+        matches!(
+            self,
+            AttemptState::Pending
+                | AttemptState::NotSent
+                | AttemptState::Unknown
+                | AttemptState::Parked
+                | AttemptState::Approved
+                | AttemptState::Quarantined
+        )
+    }
+
+    /// Not settled yet: the reconciler or the sender still has work with it.
+    pub fn unresolved(self) -> bool {
+        matches!(
+            self,
+            AttemptState::Pending
+                | AttemptState::NotSent
+                | AttemptState::Unknown
+                | AttemptState::Parked
+        )
+    }
+}
+
+impl fmt::Display for AttemptState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a billing period stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeState {
+    Open,
+    Paid,
+    Failed,
+    Blocked,
+    Skipped,
+    Quarantined,
+}
+
+impl ChargeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChargeState::Open => "open",
+            ChargeState::Paid => "paid",
+            ChargeState::Failed => "failed",
+            ChargeState::Blocked => "blocked",
+            ChargeState::Skipped => "skipped",
+            ChargeState::Quarantined => "quarantined",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ChargeState> {
+        [
+            ChargeState::Open,
+            ChargeState::Paid,
+            ChargeState::Failed,
+            ChargeState::Blocked,
+            ChargeState::Skipped,
+            ChargeState::Quarantined,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// The period currently being charged (state `open`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenCharge {
+    pub id: i64,
+    pub period: u32,
+    pub due_date: NaiveDate,
+    pub amount: Money,
+    pub currency: Currency,
+    pub bill_number: String,
+    /// When the next attempt may start (a retry after a decline or a lost attempt).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Attempts made for it so far.
+    pub attempts: u32,
+    /// Whether one of its attempts is still live (pending, unknown, ...).
+    pub live_attempt: bool,
+}
+
+/// What the engine needs to decide about one subscription.
+#[derive(Debug, Clone)]
+pub struct History {
+    pub subscription: StoredSubscription,
+    /// The first period without a row.
+    pub next_period: u32,
+    /// Engine-clock instants of every attempt that charged or may have (for the limits).
+    pub charged: Vec<DateTime<Utc>>,
+    pub open: Option<OpenCharge>,
+    /// Any attempt of any period still unresolved.
+    pub unresolved: bool,
+    /// Why an operator must look before the next charge (a hard decline).
+    pub attention: Option<String>,
+    /// Attempts created in the 30 days before now.
+    pub attempts_last_30_days: u32,
+}
+
+/// Everything needed to send or look up one attempt: the request is rebuilt from here, never
+/// from the live schedule file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub attempt_id: i64,
+    pub charge_id: i64,
+    pub subscription_id: String,
+    pub period: u32,
+    pub attempt: u32,
+    pub order_number: String,
+    pub bill_number: String,
+    pub amount: Money,
+    pub currency: Currency,
+    pub state: AttemptState,
+    pub created_at: DateTime<Utc>,
+    pub wall_at: DateTime<Utc>,
+    /// Whether a request for it may have left (false only for intents never tried).
+    pub sent: bool,
+    pub checks: u32,
+    pub not_found: u32,
+    pub test_mode: Option<bool>,
+    pub response_code: Option<String>,
+    /// Engine-clock instant of the latest send, if one was made.
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// One billing period's row, for reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodRow {
+    pub subscription_id: String,
+    pub period: u32,
+    pub state: ChargeState,
+    pub reason: Option<String>,
+}
+
+/// A ledger event to append with a change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub kind: &'static str,
+    pub detail: Value,
+}
+
+/// What to change in one charge row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeChange {
+    pub state: ChargeState,
+    pub reason: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome of one step for an attempt, as the engine decided it; applied atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptChange {
+    pub state: AttemptState,
+    /// The request left (or may have) in this step.
+    pub sent: bool,
+    /// The real time of this send, when one was made.
+    pub wall_at: Option<DateTime<Utc>>,
+    pub next_check_at: Option<DateTime<Utc>>,
+    /// This step was a status query.
+    pub checked: bool,
+    pub not_found: Option<u32>,
+    pub test_mode: Option<bool>,
+    pub response_code: Option<String>,
+    pub checkvalue: Option<&'static str>,
+    pub detail: Option<String>,
+    pub charge: Option<ChargeChange>,
+    /// Flag the subscription for an operator.
+    pub attention: Option<String>,
+    pub event: Option<Event>,
+}
+
+impl AttemptChange {
+    /// A change to `state` and nothing else.
+    pub fn to(state: AttemptState) -> AttemptChange {
+        AttemptChange {
+            state,
+            sent: false,
+            wall_at: None,
+            next_check_at: None,
+            checked: false,
+            not_found: None,
+            test_mode: None,
+            response_code: None,
+            checkvalue: None,
+            detail: None,
+            charge: None,
+            attention: None,
+            event: None,
+        }
+    }
+}
+
+/// Ledger event kinds of the charge lifecycle.
+pub mod event {
+    pub const PERIOD_SKIPPED: &str = "period_skipped";
+    pub const PERIOD_BLOCKED: &str = "period_blocked";
+    pub const INTENT: &str = "charge_intent";
+    pub const APPROVED: &str = "charge_approved";
+    pub const DECLINED: &str = "charge_declined";
+    pub const UNKNOWN: &str = "charge_unknown";
+    pub const NOT_SENT: &str = "charge_not_sent";
+    pub const NOT_RECEIVED: &str = "charge_not_received";
+    pub const REJECTED: &str = "charge_rejected";
+    pub const QUARANTINED: &str = "charge_quarantined";
+    pub const PARKED: &str = "charge_parked";
+    pub const HELD: &str = "charge_held";
+    pub const PERIOD_FAILED: &str = "period_failed";
+    pub const BREAKER_OPENED: &str = "breaker_opened";
+    pub const BREAKER_CLEARED: &str = "breaker_cleared";
+    pub const ATTENTION_CLEARED: &str = "attention_cleared";
+}
+
+const JOB_COLUMNS: &str = "a.id, a.charge_id, c.subscription_id, c.period, a.attempt, \
+    a.order_number, c.bill_number, c.amount_cents, c.currency, a.state, a.created_at, a.wall_at, \
+    a.sent, a.checks, a.not_found, a.test_mode, a.response_code, a.sent_at";
+
+type JobRow = (
+    i64,
+    i64,
+    String,
+    i64,
+    i64,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+        row.get(9)?,
+        row.get(10)?,
+        row.get(11)?,
+        row.get(12)?,
+        row.get(13)?,
+        row.get(14)?,
+        row.get(15)?,
+        row.get(16)?,
+        row.get(17)?,
+    ))
+}
+
+fn corrupt(path: &Path, what: &str, value: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+        value: value.to_string(),
+    }
+}
+
+fn decode_job(path: &Path, r: JobRow) -> Result<Job, StoreError> {
+    let (
+        attempt_id,
+        charge_id,
+        subscription_id,
+        period,
+        attempt,
+        order_number,
+        bill_number,
+        amount_cents,
+        currency,
+        state,
+        created_at,
+        wall_at,
+        sent,
+        checks,
+        not_found,
+        test_mode,
+        response_code,
+        sent_at,
+    ) = r;
+    Ok(Job {
+        attempt_id,
+        charge_id,
+        subscription_id,
+        period: u32::try_from(period).map_err(|_| corrupt(path, "charges.period", period))?,
+        attempt: u32::try_from(attempt).map_err(|_| corrupt(path, "attempts.attempt", attempt))?,
+        order_number,
+        bill_number,
+        amount: Money::from_cents(amount_cents)
+            .ok_or_else(|| corrupt(path, "charges.amount_cents", amount_cents))?,
+        currency: Currency::parse(&currency)
+            .map_err(|_| corrupt(path, "charges.currency", &currency))?,
+        state: AttemptState::parse(&state)
+            .ok_or_else(|| corrupt(path, "attempts.state", &state))?,
+        created_at: parse_timestamp(path, "attempts.created_at", &created_at)?,
+        wall_at: parse_timestamp(path, "attempts.wall_at", &wall_at)?,
+        sent: sent != 0,
+        checks: u32::try_from(checks).unwrap_or(u32::MAX),
+        not_found: u32::try_from(not_found).unwrap_or(u32::MAX),
+        test_mode: test_mode.map(|t| t != 0),
+        response_code,
+        sent_at: sent_at
+            .map(|t| parse_timestamp(path, "attempts.sent_at", &t))
+            .transpose()?,
+    })
+}
+
+/// A write transaction for planning one subscription: read its history, record settled
+/// periods and at most one new intent, commit. The write lock is held throughout, so the limits
+/// checked on the history hold for the intent.
+pub struct PlanTx<'a> {
+    tx: Transaction<'a>,
+    path: &'a Path,
+    now: DateTime<Utc>,
+}
+
+impl Store {
+    /// Starts planning at `now` (engine clock).
+    pub fn plan(&mut self, now: DateTime<Utc>) -> Result<PlanTx<'_>, StoreError> {
+        self.require_write("planning charges")?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(&self.path, "starting a planning transaction")?;
+        Ok(PlanTx {
+            tx,
+            path: &self.path,
+            now,
+        })
+    }
+
+    /// Ids of subscriptions that may have something to do: defined by a file, not flagged for an
+    /// operator, without an unresolved attempt.
+    pub fn plannable(&self) -> Result<Vec<String>, StoreError> {
+        let what = "listing subscriptions to plan";
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT s.id FROM subscriptions s \
+                 WHERE s.removed_at IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM attention t WHERE t.subscription_id = s.id) \
+                 AND NOT EXISTS (SELECT 1 FROM charges c JOIN attempts a ON a.charge_id = c.id \
+                     WHERE c.subscription_id = s.id \
+                     AND a.state IN ('pending', 'not_sent', 'unknown', 'parked')) \
+                 ORDER BY s.id",
+            )
+            .ctx(&self.path, what)?;
+        let rows = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .ctx(&self.path, what)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx(&self.path, what)
+    }
+
+    /// Attempts due for work at `now`: never-answered intents and unknown ones to look up, and
+    /// not-sent ones to send again, oldest first.
+    pub fn due_attempts(&self, now: DateTime<Utc>) -> Result<Vec<Job>, StoreError> {
+        self.jobs(
+            "WHERE a.state IN ('pending', 'not_sent', 'unknown', 'parked') \
+             AND (a.next_check_at IS NULL OR a.next_check_at <= ?1) ORDER BY a.id",
+            params![timestamp(now)],
+        )
+    }
+
+    /// Every unresolved attempt, whenever its next check is due (reconciliation at start).
+    pub fn unresolved_attempts(&self) -> Result<Vec<Job>, StoreError> {
+        self.jobs(
+            "WHERE a.state IN ('pending', 'not_sent', 'unknown', 'parked') ORDER BY a.id",
+            [],
+        )
+    }
+
+    /// One attempt by id.
+    pub fn attempt(&self, attempt_id: i64) -> Result<Option<Job>, StoreError> {
+        Ok(self
+            .jobs("WHERE a.id = ?1", params![attempt_id])?
+            .into_iter()
+            .next())
+    }
+
+    /// Every attempt (for reports and tests), oldest first.
+    pub fn attempts(&self) -> Result<Vec<Job>, StoreError> {
+        self.jobs("ORDER BY a.id", [])
+    }
+
+    fn jobs<P: rusqlite::Params>(&self, filter: &str, params: P) -> Result<Vec<Job>, StoreError> {
+        let what = "reading attempts";
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM attempts a JOIN charges c ON c.id = a.charge_id {filter}"
+        );
+        let mut statement = self.conn.prepare_cached(&sql).ctx(&self.path, what)?;
+        let rows = statement.query_map(params, job_row).ctx(&self.path, what)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(decode_job(&self.path, row.ctx(&self.path, what)?)?);
+        }
+        Ok(out)
+    }
+
+    /// Engine-clock instants of the attempts of a subscription that charged or may have,
+    /// excluding one attempt (the one about to be sent).
+    pub fn charged_instants(
+        &self,
+        subscription_id: &str,
+        except_attempt: Option<i64>,
+    ) -> Result<Vec<DateTime<Utc>>, StoreError> {
+        charged_instants(&self.conn, &self.path, subscription_id, except_attempt)
+    }
+
+    /// Applies one step's outcome for an attempt, with its ledger event, in one transaction.
+    pub fn apply(
+        &mut self,
+        attempt_id: i64,
+        change: &AttemptChange,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.require_write("recording a charge outcome")?;
+        let what = "recording a charge outcome";
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(&path, what)?;
+        let (charge_id, subscription_id): (i64, String) = tx
+            .query_row(
+                "SELECT a.charge_id, c.subscription_id FROM attempts a \
+                 JOIN charges c ON c.id = a.charge_id WHERE a.id = ?1",
+                [attempt_id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .ctx(&path, what)?;
+        let at = timestamp(now);
+        tx.execute(
+            "UPDATE attempts SET state = ?2, \
+                 sent = MAX(sent, ?3), \
+                 sent_at = CASE WHEN ?3 = 1 THEN ?12 ELSE sent_at END, \
+                 wall_at = COALESCE(?4, wall_at), \
+                 next_check_at = ?5, \
+                 checks = checks + ?6, \
+                 not_found = COALESCE(?7, not_found), \
+                 test_mode = COALESCE(?8, test_mode), \
+                 response_code = COALESCE(?9, response_code), \
+                 checkvalue = COALESCE(?10, checkvalue), \
+                 detail = COALESCE(?11, detail), \
+                 updated_at = ?12 \
+             WHERE id = ?1",
+            params![
+                attempt_id,
+                change.state.as_str(),
+                i64::from(change.sent),
+                change.wall_at.map(timestamp),
+                change.next_check_at.map(timestamp),
+                i64::from(change.checked),
+                change.not_found.map(i64::from),
+                change.test_mode.map(i64::from),
+                change.response_code,
+                change.checkvalue,
+                change.detail,
+                at,
+            ],
+        )
+        .ctx(&path, what)?;
+        if let Some(charge) = &change.charge {
+            tx.execute(
+                "UPDATE charges SET state = ?2, reason = COALESCE(?3, reason), \
+                 next_attempt_at = ?4, updated_at = ?5 WHERE id = ?1",
+                params![
+                    charge_id,
+                    charge.state.as_str(),
+                    charge.reason,
+                    charge.next_attempt_at.map(timestamp),
+                    at
+                ],
+            )
+            .ctx(&path, what)?;
+        }
+        if let Some(reason) = &change.attention {
+            tx.execute(
+                "INSERT INTO attention (subscription_id, reason, since) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (subscription_id) DO NOTHING",
+                params![subscription_id, reason, at],
+            )
+            .ctx(&path, what)?;
+        }
+        if let Some(event) = &change.event {
+            append(
+                &tx,
+                &path,
+                &at,
+                Some(&subscription_id),
+                Some(charge_id),
+                event,
+            )?;
+        }
+        tx.commit().ctx(&path, what)
+    }
+
+    /// Integrity failures recorded since `since` (for the circuit breaker).
+    pub fn quarantines_since(&self, since: DateTime<Utc>) -> Result<u32, StoreError> {
+        let count: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM ledger WHERE kind = ?1 AND at >= ?2",
+                params![event::QUARANTINED, timestamp(since)],
+                |row| row.get(0),
+            )
+            .ctx(&self.path, "counting quarantines")?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    /// Why new charges are stopped, if the circuit breaker is open.
+    pub fn breaker(&self) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'breaker'", [], |row| {
+                row.get(0)
+            })
+            .optional()
+            .ctx(&self.path, "reading the circuit breaker")
+    }
+
+    /// Opens the circuit breaker (idempotent), with a ledger event.
+    pub fn open_breaker(&mut self, reason: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.require_write("opening the circuit breaker")?;
+        let what = "opening the circuit breaker";
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(&path, what)?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('breaker', ?1) ON CONFLICT (key) DO NOTHING",
+                [reason],
+            )
+            .ctx(&path, what)?;
+        if inserted > 0 {
+            let event = Event {
+                kind: event::BREAKER_OPENED,
+                detail: json!({ "reason": reason }),
+            };
+            append(&tx, &path, &timestamp(now), None, None, &event)?;
+        }
+        tx.commit().ctx(&path, what)
+    }
+
+    /// Closes the circuit breaker (an operator's decision), recording who and why.
+    pub fn clear_breaker(
+        &mut self,
+        by: &str,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.require_write("clearing the circuit breaker")?;
+        let what = "clearing the circuit breaker";
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(&path, what)?;
+        let removed = tx
+            .execute("DELETE FROM meta WHERE key = 'breaker'", [])
+            .ctx(&path, what)?;
+        if removed > 0 {
+            let event = Event {
+                kind: event::BREAKER_CLEARED,
+                detail: json!({ "by": by, "why": why }),
+            };
+            append(&tx, &path, &timestamp(now), None, None, &event)?;
+        }
+        tx.commit().ctx(&path, what)?;
+        Ok(removed > 0)
+    }
+
+    /// Why a subscription waits for an operator, if it does.
+    pub fn attention(&self, subscription_id: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT reason FROM attention WHERE subscription_id = ?1",
+                [subscription_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .ctx(&self.path, "reading attention")
+    }
+
+    /// Lets a flagged subscription be charged again (an operator's decision).
+    pub fn clear_attention(
+        &mut self,
+        subscription_id: &str,
+        by: &str,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.require_write("resuming a subscription")?;
+        let what = "resuming a subscription";
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(&path, what)?;
+        let removed = tx
+            .execute(
+                "DELETE FROM attention WHERE subscription_id = ?1",
+                [subscription_id],
+            )
+            .ctx(&path, what)?;
+        if removed > 0 {
+            let event = Event {
+                kind: event::ATTENTION_CLEARED,
+                detail: json!({ "by": by, "why": why }),
+            };
+            append(
+                &tx,
+                &path,
+                &timestamp(now),
+                Some(subscription_id),
+                None,
+                &event,
+            )?;
+        }
+        tx.commit().ctx(&path, what)?;
+        Ok(removed > 0)
+    }
+
+    /// Every period row of a subscription (or all), for reports and tests.
+    pub fn periods(&self, subscription_id: Option<&str>) -> Result<Vec<PeriodRow>, StoreError> {
+        let what = "reading charges";
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT subscription_id, period, state, reason FROM charges \
+                 WHERE ?1 IS NULL OR subscription_id = ?1 ORDER BY subscription_id, period",
+            )
+            .ctx(&self.path, what)?;
+        let rows = statement
+            .query_map([subscription_id], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .ctx(&self.path, what)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, period, state, reason) = row.ctx(&self.path, what)?;
+            out.push(PeriodRow {
+                subscription_id: id,
+                period: u32::try_from(period)
+                    .map_err(|_| corrupt(&self.path, "charges.period", period))?,
+                state: ChargeState::parse(&state)
+                    .ok_or_else(|| corrupt(&self.path, "charges.state", &state))?,
+                reason,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn charged_instants(
+    conn: &rusqlite::Connection,
+    path: &Path,
+    subscription_id: &str,
+    except_attempt: Option<i64>,
+) -> Result<Vec<DateTime<Utc>>, StoreError> {
+    let what = "reading charge instants";
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT a.created_at FROM attempts a JOIN charges c ON c.id = a.charge_id \
+             WHERE c.subscription_id = ?1 AND a.id IS NOT ?2 \
+             AND a.state IN ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined') \
+             ORDER BY a.created_at",
+        )
+        .ctx(path, what)?;
+    let rows = statement
+        .query_map(params![subscription_id, except_attempt], |row| {
+            row.get::<_, String>(0)
+        })
+        .ctx(path, what)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(parse_timestamp(
+            path,
+            "attempts.created_at",
+            &row.ctx(path, what)?,
+        )?);
+    }
+    Ok(out)
+}
+
+fn append(
+    tx: &Transaction<'_>,
+    path: &Path,
+    at: &str,
+    subscription_id: Option<&str>,
+    charge_id: Option<i64>,
+    event: &Event,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO ledger (at, subscription_id, charge_id, kind, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            at,
+            subscription_id,
+            charge_id,
+            event.kind,
+            event.detail.to_string()
+        ],
+    )
+    .ctx(path, "appending to the ledger")?;
+    Ok(())
+}
+
+impl PlanTx<'_> {
+    /// The subscription's history as of now; `None` if it is unknown or removed.
+    pub fn history(&self, subscription_id: &str) -> Result<Option<History>, StoreError> {
+        let what = "reading a subscription's history";
+        let path = self.path;
+        let tx = &self.tx;
+        let Some(subscription) = super::read_subscription(tx, path, subscription_id)? else {
+            return Ok(None);
+        };
+        if subscription.removed_at.is_some() {
+            return Ok(None);
+        }
+        let next_period: i64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(period) + 1, 0) FROM charges WHERE subscription_id = ?1",
+                [subscription_id],
+                |row| row.get(0),
+            )
+            .ctx(path, what)?;
+        let charged = charged_instants(tx, path, subscription_id, None)?;
+        let open = tx
+            .query_row(
+                "SELECT c.id, c.period, c.due_date, c.amount_cents, c.currency, c.bill_number, \
+                 c.next_attempt_at, \
+                 (SELECT count(*) FROM attempts a WHERE a.charge_id = c.id), \
+                 EXISTS (SELECT 1 FROM attempts a WHERE a.charge_id = c.id AND a.state IN \
+                     ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')) \
+                 FROM charges c WHERE c.subscription_id = ?1 AND c.state = 'open' \
+                 ORDER BY c.period DESC LIMIT 1",
+                [subscription_id],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
+                        row.get::<_, Option<String>>(6)?,
+                        row.get::<_, i64>(7)?,
+                        row.get::<_, bool>(8)?,
+                    ))
+                },
+            )
+            .optional()
+            .ctx(path, what)?
+            .map(
+                |(id, period, due, cents, currency, bill, next, attempts, live)| -> Result<OpenCharge, StoreError> {
+                    Ok(OpenCharge {
+                        id,
+                        period: u32::try_from(period)
+                            .map_err(|_| corrupt(path, "charges.period", period))?,
+                        due_date: parse_date(path, "charges.due_date", &due)?,
+                        amount: Money::from_cents(cents)
+                            .ok_or_else(|| corrupt(path, "charges.amount_cents", cents))?,
+                        currency: Currency::parse(&currency)
+                            .map_err(|_| corrupt(path, "charges.currency", &currency))?,
+                        bill_number: bill,
+                        next_attempt_at: next
+                            .map(|t| parse_timestamp(path, "charges.next_attempt_at", &t))
+                            .transpose()?,
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        live_attempt: live,
+                    })
+                },
+            )
+            .transpose()?;
+        let unresolved: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM attempts a JOIN charges c ON c.id = a.charge_id \
+                 WHERE c.subscription_id = ?1 AND a.state IN \
+                 ('pending', 'not_sent', 'unknown', 'parked'))",
+                [subscription_id],
+                |row| row.get(0),
+            )
+            .ctx(path, what)?;
+        let attention: Option<String> = tx
+            .query_row(
+                "SELECT reason FROM attention WHERE subscription_id = ?1",
+                [subscription_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .ctx(path, what)?;
+        let attempts_last_30_days: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM attempts a JOIN charges c ON c.id = a.charge_id \
+                 WHERE c.subscription_id = ?1 AND a.created_at > ?2",
+                params![subscription_id, timestamp(self.now - Duration::days(30))],
+                |row| row.get(0),
+            )
+            .ctx(path, what)?;
+        Ok(Some(History {
+            subscription,
+            next_period: u32::try_from(next_period)
+                .map_err(|_| corrupt(path, "charges.period", next_period))?,
+            charged,
+            open,
+            unresolved,
+            attention,
+            attempts_last_30_days: u32::try_from(attempts_last_30_days).unwrap_or(u32::MAX),
+        }))
+    }
+
+    /// Records a period settled without a charge (blocked or skipped), with its reason.
+    #[allow(clippy::too_many_arguments)]
+    pub fn settle(
+        &self,
+        subscription: &StoredSubscription,
+        period: u32,
+        due_date: NaiveDate,
+        state: ChargeState,
+        reason: &str,
+        event: Event,
+    ) -> Result<(), StoreError> {
+        let what = "recording a settled period";
+        let at = timestamp(self.now);
+        self.tx
+            .execute(
+                "INSERT INTO charges (subscription_id, period, due_date, amount_cents, currency, \
+                 bill_number, state, reason, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                params![
+                    subscription.id,
+                    i64::from(period),
+                    date_text(due_date),
+                    subscription.terms.amount.cents(),
+                    subscription.currency.as_str(),
+                    subscription.bill_number,
+                    state.as_str(),
+                    reason,
+                    at
+                ],
+            )
+            .ctx(self.path, what)?;
+        let charge_id = self.tx.last_insert_rowid();
+        append(
+            &self.tx,
+            self.path,
+            &at,
+            Some(&subscription.id),
+            Some(charge_id),
+            &event,
+        )
+    }
+
+    /// Opens a period for charging: its row, with the amount, currency and bill number copied
+    /// from the subscription as it is now.
+    pub fn open_period(
+        &self,
+        subscription: &StoredSubscription,
+        period: u32,
+        due_date: NaiveDate,
+    ) -> Result<OpenCharge, StoreError> {
+        let at = timestamp(self.now);
+        self.tx
+            .execute(
+                "INSERT INTO charges (subscription_id, period, due_date, amount_cents, currency, \
+                 bill_number, state, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?7)",
+                params![
+                    subscription.id,
+                    i64::from(period),
+                    date_text(due_date),
+                    subscription.terms.amount.cents(),
+                    subscription.currency.as_str(),
+                    subscription.bill_number,
+                    at
+                ],
+            )
+            .ctx(self.path, "opening a period")?;
+        Ok(OpenCharge {
+            id: self.tx.last_insert_rowid(),
+            period,
+            due_date,
+            amount: subscription.terms.amount,
+            currency: subscription.currency,
+            bill_number: subscription.bill_number.clone(),
+            next_attempt_at: None,
+            attempts: 0,
+            live_attempt: false,
+        })
+    }
+
+    /// Commits a new attempt for an open period: its OrderNumber is durable before anything is
+    /// sent. `wall_at` is the real time now.
+    pub fn new_attempt(
+        &self,
+        subscription_id: &str,
+        charge: &OpenCharge,
+        order_number: &str,
+        wall_at: DateTime<Utc>,
+        event: Event,
+    ) -> Result<Job, StoreError> {
+        let what = "recording a charge intent";
+        let at = timestamp(self.now);
+        let attempt = charge.attempts + 1;
+        self.tx
+            .execute(
+                "INSERT INTO attempts (charge_id, attempt, order_number, state, created_at, \
+                 wall_at, updated_at) VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?4)",
+                params![
+                    charge.id,
+                    i64::from(attempt),
+                    order_number,
+                    at,
+                    timestamp(wall_at)
+                ],
+            )
+            .ctx(self.path, what)?;
+        let attempt_id = self.tx.last_insert_rowid();
+        self.tx
+            .execute(
+                "UPDATE charges SET next_attempt_at = NULL, updated_at = ?2 WHERE id = ?1",
+                params![charge.id, at],
+            )
+            .ctx(self.path, what)?;
+        append(
+            &self.tx,
+            self.path,
+            &at,
+            Some(subscription_id),
+            Some(charge.id),
+            &event,
+        )?;
+        Ok(Job {
+            attempt_id,
+            charge_id: charge.id,
+            subscription_id: subscription_id.to_string(),
+            period: charge.period,
+            attempt,
+            order_number: order_number.to_string(),
+            bill_number: charge.bill_number.clone(),
+            amount: charge.amount,
+            currency: charge.currency,
+            state: AttemptState::Pending,
+            created_at: self.now,
+            wall_at,
+            sent: false,
+            checks: 0,
+            not_found: 0,
+            test_mode: None,
+            response_code: None,
+            sent_at: None,
+        })
+    }
+
+    /// Closes an open period that will not be charged (its retry window ended).
+    pub fn close_period(
+        &self,
+        subscription_id: &str,
+        charge_id: i64,
+        state: ChargeState,
+        reason: &str,
+        event: Event,
+    ) -> Result<(), StoreError> {
+        let at = timestamp(self.now);
+        self.tx
+            .execute(
+                "UPDATE charges SET state = ?2, reason = ?3, next_attempt_at = NULL, \
+                 updated_at = ?4 WHERE id = ?1",
+                params![charge_id, state.as_str(), reason, at],
+            )
+            .ctx(self.path, "closing a period")?;
+        append(
+            &self.tx,
+            self.path,
+            &at,
+            Some(subscription_id),
+            Some(charge_id),
+            &event,
+        )
+    }
+
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().ctx(self.path, "committing a plan")
+    }
+}

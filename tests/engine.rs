@@ -1,0 +1,557 @@
+//! The charge engine end to end against the in-process sandbox, with a controllable clock: a
+//! year of monthly billing for many subscriptions with random declines, timeouts, lost
+//! connections, pending orders, garbage, wrong checkvalues and restarts. After quiescing, the
+//! invariants that make the product trustworthy must hold.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use recurrentd::billing::Calendar;
+use recurrentd::clock::{Clock, ManualClock};
+use recurrentd::config::{BillingConfig, CatchUp, EngineConfig, ResponseFormat};
+use recurrentd::engine::{Engine, Pacer, Policy};
+use recurrentd::gateway::client::{Client, Settings};
+use recurrentd::gateway::sandbox::{DuplicatePolicy, Sandbox, SandboxConfig};
+use recurrentd::money::{Currency, Money};
+use recurrentd::schedule;
+use recurrentd::store::{Access, AttemptState, ChargeState, Store};
+use secrecy::SecretString;
+
+const PASSWORD: &str = "engine-test-password";
+const SALT: &str = "engine-test-salt";
+
+struct World {
+    dir: tempfile::TempDir,
+    sandbox: Sandbox,
+    clock: ManualClock,
+    calendar: Calendar,
+    policy: EngineConfig,
+    format: ResponseFormat,
+}
+
+impl World {
+    async fn new(
+        subscriptions: &str,
+        duplicates: DuplicatePolicy,
+        format: ResponseFormat,
+    ) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("schedules")).unwrap();
+        std::fs::write(dir.path().join("schedules/subs.toml"), subscriptions).unwrap();
+        let sandbox = Sandbox::start(
+            SandboxConfig {
+                password: SecretString::from(PASSWORD),
+                salt: SecretString::from(SALT),
+                hang: StdDuration::from_millis(1500),
+                duplicates,
+                ..SandboxConfig::builtin()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let calendar = Calendar::from(&BillingConfig {
+            timezone: "Europe/Moscow".parse().unwrap(),
+            charge_time: chrono::NaiveTime::from_hms_opt(10, 0, 0).unwrap(),
+            catch_up: CatchUp::Latest,
+            grace_hours: 24,
+        });
+        World {
+            dir,
+            sandbox,
+            clock: ManualClock::new("2027-01-01T00:00:00Z".parse().unwrap()),
+            calendar,
+            policy: EngineConfig {
+                // Integrity failures are part of the scenario; the breaker has its own test.
+                breaker_failures: 1000,
+                ..EngineConfig::default()
+            },
+            format,
+        }
+    }
+
+    fn db(&self) -> std::path::PathBuf {
+        self.dir.path().join("recurrentd.db")
+    }
+
+    /// Starts (or restarts) the daemon's engine: open the store, sync the files, reconcile.
+    async fn start(&self) -> Engine {
+        let mut store = Store::open(&self.db(), Access::Daemon).unwrap();
+        let report = schedule::load_dir(&self.dir.path().join("schedules")).unwrap();
+        assert_eq!(
+            report.error_count(),
+            0,
+            "{:?}",
+            report.diagnostics().collect::<Vec<_>>()
+        );
+        store.sync_schedules(&report, self.clock.now()).unwrap();
+        let client = Client::new(Settings {
+            url: self.sandbox.url(),
+            merchant_id: "123456".into(),
+            login: "sandbox".into(),
+            password: SecretString::from(PASSWORD),
+            salt: SecretString::from(SALT),
+            test_mode: true,
+            format: self.format,
+            connect_timeout: StdDuration::from_secs(2),
+            timeout: StdDuration::from_secs(1),
+        })
+        .unwrap();
+        let engine = Engine::new(
+            store,
+            client,
+            Arc::new(self.clock.clone()) as Arc<dyn Clock>,
+            self.calendar,
+            Policy::from(&self.policy),
+            Pacer::new(8, 1000),
+        )
+        .unwrap();
+        engine.reconcile().await.unwrap();
+        engine
+    }
+}
+
+fn subscription(id: &str, bill: &str, amount: &str, start: &str) -> String {
+    format!(
+        "[[subscription]]\nid = \"{id}\"\nbill_number = \"{bill}\"\ncurrency = \"RUB\"\n\
+         amount = \"{amount}\"\nevery = \"1 month\"\nstart = {start}\n\n\
+         [subscription.limits]\nmin_amount = \"50.00\"\nmax_amount = \"150.00\"\n\
+         period_days = 28\nmax_date = 2027-12-31\n\n"
+    )
+}
+
+/// The subscription and period an OrderNumber names (`PREFIX-SUB-PERIOD-ATTEMPT`).
+fn parse_order(order: &str) -> (String, u32) {
+    let mut parts = order.rsplitn(3, '-');
+    let _attempt = parts.next().unwrap();
+    let period: u32 = parts.next().unwrap().parse().unwrap();
+    let rest = parts.next().unwrap();
+    let sub = rest.split_once('-').unwrap().1.to_string();
+    (sub, period)
+}
+
+/// Runs the clock forward in `step`s until `until`, ticking at each, restarting the engine
+/// every `restart_every` ticks.
+async fn run(
+    world: &World,
+    mut engine: Engine,
+    until: DateTime<Utc>,
+    step: Duration,
+    restart_every: usize,
+) -> Engine {
+    let mut ticks = 0;
+    while world.clock.now() < until {
+        world.clock.advance(step);
+        engine.tick().await.unwrap();
+        ticks += 1;
+        if restart_every > 0 && ticks % restart_every == 0 {
+            drop(engine);
+            engine = world.start().await;
+        }
+    }
+    engine
+}
+
+/// Ticks (an hour apart) until no attempt is unresolved.
+async fn quiesce(world: &World, engine: &Engine) {
+    for _ in 0..500 {
+        let unresolved = engine
+            .with_store(|s| s.unresolved_attempts())
+            .await
+            .unwrap();
+        if unresolved.is_empty() {
+            return;
+        }
+        world.clock.advance(Duration::hours(1));
+        engine.tick().await.unwrap();
+    }
+    panic!("attempts still unresolved after quiescing");
+}
+
+/// The invariants: at most one approved charge per (subscription, period) at the gateway;
+/// every approved charge at the gateway is paid (or quarantined for an operator) in the ledger
+/// and nothing is paid in the ledger that the gateway does not hold; every request the gateway
+/// received satisfied the limits when it was made.
+async fn check_invariants(world: &World, engine: &Engine) -> Summary {
+    let book = world.sandbox.book();
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    let by_order: HashMap<&str, _> = attempts
+        .iter()
+        .map(|a| (a.order_number.as_str(), a))
+        .collect();
+
+    let mut approved_per_period: HashMap<(String, u32), u32> = HashMap::new();
+    let mut book_approved = HashSet::new();
+    for order in &book.orders {
+        if order.state.as_str() == "Approved" {
+            *approved_per_period
+                .entry(parse_order(&order.order_number))
+                .or_default() += 1;
+            book_approved.insert(order.order_number.clone());
+        }
+    }
+    for (period, count) in &approved_per_period {
+        assert_eq!(*count, 1, "charged {count} times for {period:?}");
+    }
+    for order in &book_approved {
+        let attempt = by_order
+            .get(order.as_str())
+            .unwrap_or_else(|| panic!("the gateway holds {order}, unknown to the ledger"));
+        assert!(
+            matches!(
+                attempt.state,
+                AttemptState::Approved | AttemptState::Quarantined
+            ),
+            "{order} is approved at the gateway but {} in the ledger",
+            attempt.state
+        );
+    }
+    for attempt in &attempts {
+        if attempt.state == AttemptState::Approved {
+            assert!(
+                book_approved.contains(&attempt.order_number),
+                "{} is paid in the ledger but not at the gateway",
+                attempt.order_number
+            );
+        }
+        assert!(
+            !attempt.state.unresolved(),
+            "{} still {}",
+            attempt.order_number,
+            attempt.state
+        );
+    }
+
+    // Limits, checked independently of the engine: amounts within [min, max], dates within
+    // max_date, and approved charges at least period_days local days apart.
+    let min = Money::parse("50.00").unwrap();
+    let max = Money::parse("150.00").unwrap();
+    let max_date = NaiveDate::from_ymd_opt(2027, 12, 31).unwrap();
+    for request in &book.rp_requests {
+        let attempt = by_order
+            .get(request.order_number.as_str())
+            .unwrap_or_else(|| {
+                panic!(
+                    "the gateway got {}, unknown to the ledger",
+                    request.order_number
+                )
+            });
+        assert!(attempt.amount >= min && attempt.amount <= max);
+        assert!(world.calendar.local_date(attempt.created_at) <= max_date);
+        assert_eq!(attempt.currency, Currency::parse("RUB").unwrap());
+    }
+    let mut charged: BTreeMap<&str, Vec<DateTime<Utc>>> = BTreeMap::new();
+    for attempt in &attempts {
+        if book_approved.contains(&attempt.order_number) {
+            charged
+                .entry(attempt.subscription_id.as_str())
+                .or_default()
+                .push(attempt.created_at);
+        }
+    }
+    for (sub, mut instants) in charged {
+        instants.sort();
+        for pair in instants.windows(2) {
+            let gap = world.calendar.local_date(pair[1]) - world.calendar.local_date(pair[0]);
+            assert!(
+                gap.num_days() >= 28,
+                "{sub}: charges {} and {} are too close",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+
+    let periods = engine.with_store(|s| s.periods(None)).await.unwrap();
+    let mut summary = Summary::default();
+    for row in periods {
+        match row.state {
+            ChargeState::Paid => summary.paid += 1,
+            ChargeState::Failed => summary.failed += 1,
+            ChargeState::Quarantined => summary.quarantined += 1,
+            ChargeState::Blocked | ChargeState::Skipped => summary.settled += 1,
+            ChargeState::Open => summary.open += 1,
+        }
+    }
+    summary.requests = book.rp_requests.len();
+    summary
+}
+
+#[derive(Debug, Default)]
+struct Summary {
+    paid: u32,
+    failed: u32,
+    quarantined: u32,
+    settled: u32,
+    open: u32,
+    requests: usize,
+}
+
+fn scenario() -> String {
+    let mut text = String::new();
+    // Plain approvals, one per start day.
+    for i in 0..4 {
+        text += &subscription(
+            &format!("plain-{i}"),
+            &format!("51111110000{i:04}"),
+            "99.00",
+            &format!("2027-01-{:02}", 1 + i * 7),
+        );
+    }
+    // A gateway mix per OrderNumber: declines, timeouts, lost connections, pending, garbage,
+    // wrong checkvalues, 5xx.
+    for i in 0..16 {
+        text += &subscription(
+            &format!("chaos-{i}"),
+            &format!("999{i:09}999"),
+            "120.00",
+            &format!("2027-01-{:02}", 1 + (i % 28)),
+        );
+    }
+    // Always soft-declined (dunning, then the period fails), and a hard decline (stops and flags).
+    text += &subscription("soft", "999000000001102", "60.00", "2027-01-10");
+    text += &subscription("hard", "999000000001104", "60.00", "2027-01-10");
+    // In Process that settles later.
+    text += &subscription("slow", "999000000001300", "75.00", "2027-01-15");
+    text
+}
+
+async fn year_of_billing(duplicates: DuplicatePolicy, format: ResponseFormat) {
+    let world = World::new(&scenario(), duplicates, format).await;
+    let engine = world.start().await;
+    let until = "2028-01-15T00:00:00Z".parse().unwrap();
+    let engine = run(&world, engine, until, Duration::hours(6), 97).await;
+    quiesce(&world, &engine).await;
+    let summary = check_invariants(&world, &engine).await;
+    eprintln!("{duplicates:?}/{format:?}: {summary:?}");
+    // The scenario really exercised the paths.
+    assert!(summary.paid >= 100, "{summary:?}");
+    assert!(summary.failed >= 10, "{summary:?}");
+    assert!(summary.requests > summary.paid as usize, "{summary:?}");
+    let attention = engine.with_store(|s| s.attention("hard")).await.unwrap();
+    assert!(attention.is_some_and(|a| a.contains("AS104")));
+    let soft = engine
+        .with_store(|s| s.periods(Some("soft")))
+        .await
+        .unwrap();
+    assert!(
+        soft.iter().all(|p| p.state == ChargeState::Failed),
+        "{soft:?}"
+    );
+    // Dunning: each soft-declined period was tried more than once, within the period.
+    let soft_requests = world
+        .sandbox
+        .book()
+        .rp_requests
+        .iter()
+        .filter(|r| r.order_number.contains("-soft-"))
+        .count();
+    assert!(
+        soft_requests >= 2 * soft.len(),
+        "{soft_requests} for {} periods",
+        soft.len()
+    );
+    let slow = engine
+        .with_store(|s| s.periods(Some("slow")))
+        .await
+        .unwrap();
+    assert!(
+        slow.iter().filter(|p| p.state == ChargeState::Paid).count() >= 11,
+        "{slow:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_year_of_billing_keeps_the_invariants_xml_reused_numbers_refused() {
+    year_of_billing(DuplicatePolicy::Reject, ResponseFormat::Xml).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_year_of_billing_keeps_the_invariants_json_reused_numbers_accepted() {
+    year_of_billing(DuplicatePolicy::Accept, ResponseFormat::Json).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrity_failures_open_the_circuit_breaker() {
+    let mut text = String::new();
+    for i in 0..3 {
+        text += &subscription(
+            &format!("forged-{i}"),
+            &format!("999{i:09}777"),
+            "100.00",
+            "2027-01-05",
+        );
+    }
+    text += &subscription("innocent", "511111100000777", "100.00", "2027-02-05");
+    let mut world = World::new(&text, DuplicatePolicy::Reject, ResponseFormat::Xml).await;
+    world.policy.breaker_failures = 3;
+    let engine = world.start().await;
+    let engine = run(
+        &world,
+        engine,
+        "2027-01-06T00:00:00Z".parse().unwrap(),
+        Duration::hours(6),
+        0,
+    )
+    .await;
+    let breaker = engine.with_store(|s| s.breaker()).await.unwrap();
+    assert!(
+        breaker.is_some(),
+        "three quarantines should open the breaker"
+    );
+    // No new charge while it is open, even when due.
+    let engine = run(
+        &world,
+        engine,
+        "2027-02-10T00:00:00Z".parse().unwrap(),
+        Duration::hours(6),
+        0,
+    )
+    .await;
+    let innocent = engine
+        .with_store(|s| s.periods(Some("innocent")))
+        .await
+        .unwrap();
+    assert!(innocent.is_empty(), "{innocent:?}");
+    // An operator clears it; charging resumes.
+    let now = world.clock.now();
+    engine
+        .with_store(move |s| s.clear_breaker("ops", "salt rotated", now))
+        .await
+        .unwrap();
+    let engine = run(
+        &world,
+        engine,
+        "2027-02-11T00:00:00Z".parse().unwrap(),
+        Duration::hours(6),
+        0,
+    )
+    .await;
+    let innocent = engine
+        .with_store(|s| s.periods(Some("innocent")))
+        .await
+        .unwrap();
+    assert_eq!(innocent.len(), 1);
+    assert_eq!(innocent[0].state, ChargeState::Paid);
+    let forged = engine
+        .with_store(|s| s.periods(Some("forged-0")))
+        .await
+        .unwrap();
+    assert_eq!(forged[0].state, ChargeState::Quarantined);
+    let ledger = engine
+        .with_store(|s| s.ledger(Some("forged-0")))
+        .await
+        .unwrap();
+    let raw = ledger
+        .iter()
+        .find(|e| e.kind == "charge_quarantined")
+        .and_then(|e| e.detail["raw"].as_str().map(str::to_string))
+        .expect("the raw reply is kept");
+    assert!(!raw.contains(PASSWORD) && !raw.contains(SALT));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_is_down_gets_the_same_order_number_again_and_nothing_is_charged_twice() {
+    let text = subscription("down", "511111100000042", "100.00", "2027-01-05");
+    let world = World::new(&text, DuplicatePolicy::Reject, ResponseFormat::Xml).await;
+    // Point the engine at a closed port first: every send is "not sent".
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let mut store = Store::open(&world.db(), Access::Daemon).unwrap();
+    let report = schedule::load_dir(&world.dir.path().join("schedules")).unwrap();
+    store.sync_schedules(&report, world.clock.now()).unwrap();
+    let client = Client::new(Settings {
+        url: dead,
+        merchant_id: "123456".into(),
+        login: "sandbox".into(),
+        password: SecretString::from(PASSWORD),
+        salt: SecretString::from(SALT),
+        test_mode: true,
+        format: ResponseFormat::Xml,
+        connect_timeout: StdDuration::from_secs(1),
+        timeout: StdDuration::from_secs(1),
+    })
+    .unwrap();
+    let engine = Engine::new(
+        store,
+        client,
+        Arc::new(world.clock.clone()) as Arc<dyn Clock>,
+        world.calendar,
+        Policy::from(&world.policy),
+        Pacer::new(4, 1000),
+    )
+    .unwrap();
+    let engine = run(
+        &world,
+        engine,
+        "2027-01-06T00:00:00Z".parse().unwrap(),
+        Duration::hours(1),
+        0,
+    )
+    .await;
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].state, AttemptState::NotSent);
+    let order = attempts[0].order_number.clone();
+    drop(engine);
+    // The gateway is back: the same OrderNumber is sent, once, and paid.
+    let engine = world.start().await;
+    let engine = run(
+        &world,
+        engine,
+        "2027-01-07T00:00:00Z".parse().unwrap(),
+        Duration::hours(1),
+        0,
+    )
+    .await;
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].order_number, order);
+    assert_eq!(attempts[0].state, AttemptState::Approved);
+    assert_eq!(world.sandbox.book().rp_requests.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_the_gateway_never_filed_gets_a_new_attempt_only_after_the_settle_window() {
+    // 503: the gateway applies nothing. The engine must ask, wait out the settle window, ask
+    // again, and only then try a new OrderNumber.
+    let text = subscription("lost", "999000000042503", "100.00", "2027-01-05");
+    let world = World::new(&text, DuplicatePolicy::Reject, ResponseFormat::Xml).await;
+    let engine = world.start().await;
+    // Due at 10:00 Moscow = 07:00 UTC; the settle window is 30 minutes.
+    let engine = run(
+        &world,
+        engine,
+        "2027-01-05T07:25:00Z".parse().unwrap(),
+        Duration::minutes(5),
+        0,
+    )
+    .await;
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    assert_eq!(
+        attempts.len(),
+        1,
+        "no second attempt before the settle window"
+    );
+    assert_eq!(attempts[0].state, AttemptState::Unknown);
+    assert!(
+        attempts[0].not_found >= 2,
+        "not-found answers inside the window prove nothing"
+    );
+    let _engine = run(
+        &world,
+        engine,
+        "2027-01-05T12:00:00Z".parse().unwrap(),
+        Duration::minutes(10),
+        0,
+    )
+    .await;
+    let db = Store::open(&world.db(), Access::ReadOnly).unwrap();
+    let attempts = db.attempts().unwrap();
+    assert!(attempts.len() >= 2, "{attempts:?}");
+    assert_eq!(attempts[0].state, AttemptState::NotReceived);
+    assert!(attempts[0].not_found >= 2);
+}
