@@ -116,6 +116,8 @@ impl From<&EngineConfig> for Policy {
 /// The engine. One tick at a time; the work inside a tick runs concurrently.
 pub struct Engine {
     inner: Arc<Inner>,
+    /// Ticks, reconciliation and draining never overlap.
+    gate: tokio::sync::Mutex<()>,
 }
 
 /// The engine's shared parts, held by every task it spawns.
@@ -168,6 +170,8 @@ const RESEND_BASE: Duration = Duration::minutes(5);
 const RESEND_CAP: Duration = Duration::hours(6);
 /// How long all sends pause after a rate-limit answer without `Retry-After`.
 const RATE_PAUSE: StdDuration = StdDuration::from_secs(30);
+/// The longest pause a gateway's `Retry-After` can impose.
+const MAX_PAUSE: StdDuration = StdDuration::from_secs(600);
 
 impl Engine {
     pub fn new(
@@ -190,6 +194,7 @@ impl Engine {
                 prefix,
                 busy: Mutex::new(HashSet::new()),
             }),
+            gate: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -206,6 +211,7 @@ impl Engine {
     /// Looks up every unresolved attempt now, whenever its next check was due. Run at start,
     /// before the first tick creates anything.
     pub async fn reconcile(&self) -> Result<TickReport, EngineError> {
+        let _gate = self.gate.lock().await;
         let jobs = self.inner.db(|s| s.unresolved_attempts()).await?;
         let checks: Vec<Job> = jobs
             .into_iter()
@@ -221,18 +227,36 @@ impl Engine {
         Ok(report)
     }
 
-    /// One sweep at the clock's now (see the module documentation).
-    pub async fn tick(&self) -> Result<TickReport, EngineError> {
+    /// Works on the attempts that are due (status queries, resends) without creating any new
+    /// intent: what a stopping daemon does with what is outstanding.
+    pub async fn work_due(&self) -> Result<TickReport, EngineError> {
+        let _gate = self.gate.lock().await;
+        self.work_due_unlocked().await
+    }
+
+    async fn work_due_unlocked(&self) -> Result<TickReport, EngineError> {
         let inner = &self.inner;
         let mut report = TickReport::default();
         let now = inner.clock.now();
-
-        // 1. Reconcile and resend.
         let due = inner.db(move |s| s.due_attempts(now)).await?;
         report.checked = due.len() as u32;
         for step in Arc::clone(inner).run_all(due, false).await? {
             report.add(step);
         }
+        Ok(report)
+    }
+
+    /// How many attempts are still unresolved.
+    pub async fn outstanding(&self) -> Result<usize, EngineError> {
+        Ok(self.inner.db(|s| s.unresolved_attempts()).await?.len())
+    }
+
+    /// One sweep at the clock's now (see the module documentation).
+    pub async fn tick(&self) -> Result<TickReport, EngineError> {
+        let _gate = self.gate.lock().await;
+        let inner = &self.inner;
+        // 1. Reconcile and resend.
+        let mut report = self.work_due_unlocked().await?;
 
         // 2. Plan.
         if let Some(reason) = inner.db(|s| s.breaker()).await? {
@@ -272,7 +296,8 @@ impl Inner {
             .map_err(EngineError::from)
     }
 
-    /// Works on jobs concurrently (bounded by the pacer), one task per attempt.
+    /// Works on jobs concurrently (bounded by the pacer), one task per attempt. A failed task is
+    /// logged and its attempt is picked up again later; the others go on.
     async fn run_all(
         self: Arc<Self>,
         jobs: Vec<Job>,
@@ -283,32 +308,30 @@ impl Inner {
             if !lock(&self.busy).insert(job.attempt_id) {
                 continue;
             }
-            let inner = Arc::clone(&self);
+            let guard = BusyGuard {
+                inner: Arc::clone(&self),
+                attempt_id: job.attempt_id,
+            };
             tasks.spawn(async move {
-                let id = job.attempt_id;
-                let result = inner.work(job, fresh).await;
-                lock(&inner.busy).remove(&id);
-                result
+                let order_number = job.order_number.clone();
+                let result = guard.inner.work(job, fresh).await;
+                drop(guard);
+                result.map_err(|e| (order_number, e))
             });
         }
         let mut steps = Vec::new();
-        let mut first_error = None;
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(Ok(step)) => steps.push(step),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "charge work failed; it will be picked up again");
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(EngineError::Task(e.to_string()));
-                }
+                Ok(Err((order_number, e))) => tracing::error!(
+                    %order_number,
+                    error = %e,
+                    "charge work failed; the attempt is picked up again at a later tick"
+                ),
+                Err(e) => tracing::error!(error = %e, "a charge task failed"),
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(steps),
-        }
+        Ok(steps)
     }
 
     /// One attempt, one step: send it (a fresh intent, or one that provably never left) or ask
@@ -324,20 +347,35 @@ impl Inner {
         }
     }
 
-    /// Sends a charge: limits checked once more, then rp.cfm, then a status query to confirm the
-    /// claim, then the verified outcome committed.
-    async fn send(&self, job: Job) -> Result<Step, EngineError> {
+    /// Sends a charge: a slot from the pacer, the limits and the breaker checked once more, the
+    /// send made durable (for a resend), then rp.cfm, then a status query to confirm the claim,
+    /// then the verified outcome committed.
+    async fn send(&self, mut job: Job) -> Result<Step, EngineError> {
+        if job.state == AttemptState::Pending {
+            crate::failpoint::hit(crate::failpoint::INTENT_COMMITTED);
+        }
+        // The slot first: the checks below must hold at the moment the request leaves, not
+        // before a wait for the rate limit.
+        let permit = self.pacer.acquire().await;
         let now = self.clock.now();
         let id = job.subscription_id.clone();
         let attempt_id = job.attempt_id;
-        let (subscription, charged) = self
+        let (subscription, charged, breaker) = self
             .db(move |s| {
                 Ok((
                     s.subscription(&id)?,
                     s.charged_instants(&id, Some(attempt_id))?,
+                    s.breaker()?,
                 ))
             })
             .await?;
+        if breaker.is_some() {
+            // Never left: it waits, as not sent, until an operator clears the breaker.
+            let mut change = AttemptChange::to(AttemptState::NotSent);
+            change.next_check_at = Some(now + RESEND_BASE);
+            self.apply(&job, change).await?;
+            return Ok(Step::Held);
+        }
         let blocked = match &subscription {
             None => Some("the subscription is not in the database".to_string()),
             Some(sub) if sub.removed_at.is_some() => {
@@ -347,25 +385,18 @@ impl Inner {
                 match billing::verdict(&sub.terms, &self.calendar, &charged, job.amount, now) {
                     Ok(()) => None,
                     Err(BlockReason::TooSoon { earliest, .. }) => {
-                        // Too early now (the clock moved back, or a retry came early): held.
                         let until = self.calendar.due_instant(earliest);
-                        let mut change = AttemptChange::to(AttemptState::NotSent);
-                        change.next_check_at = Some(until);
-                        change.event = Some(Event {
-                            kind: event::HELD,
-                            detail: json!({
-                                "order_number": job.order_number,
-                                "until": until.to_rfc3339(),
-                            }),
-                        });
-                        self.apply(&job, change).await?;
-                        tracing::info!(
-                            subscription = %job.subscription_id,
-                            order_number = %job.order_number,
-                            until = %until.to_rfc3339(),
-                            "charge held: too early for the agreed period"
-                        );
-                        return Ok(Step::Held);
+                        let next_due = billing::due_date(&sub.terms, job.period + 1)
+                            .map(|d| self.calendar.due_instant(d));
+                        if next_due.is_some_and(|next| until >= next) {
+                            Some(format!(
+                                "too early until {}, when the next period is already due",
+                                until.to_rfc3339()
+                            ))
+                        } else {
+                            // Too early now (the clock moved back, or a retry came early): held.
+                            return self.hold(&job, until).await;
+                        }
                     }
                     Err(reason) => Some(reason.to_string()),
                 }
@@ -374,11 +405,7 @@ impl Inner {
         if let Some(reason) = blocked {
             let mut change = AttemptChange::to(AttemptState::Rejected);
             change.detail = Some(format!("refused before sending: {reason}"));
-            change.charge = Some(ChargeChange {
-                state: ChargeState::Blocked,
-                reason: Some(reason.clone()),
-                next_attempt_at: None,
-            });
+            change.charge = Some(ChargeState::Blocked.with(&reason));
             change.event = Some(Event {
                 kind: event::PERIOD_BLOCKED,
                 detail: json!({ "order_number": job.order_number, "reason": reason }),
@@ -394,8 +421,19 @@ impl Inner {
             return Ok(Step::Other);
         }
 
-        let permit = self.pacer.acquire().await;
         let wall = Utc::now();
+        if job.state == AttemptState::NotSent {
+            // A resend: recorded as sent before it leaves, so that a crash or a lost reply from
+            // here on leads to status queries, never to another blind resend.
+            let id = job.attempt_id;
+            let marked = self
+                .db(move |s| s.mark_sending(id, AttemptState::NotSent, now, wall))
+                .await?;
+            if !marked {
+                return Ok(Step::Other);
+            }
+            job.state = AttemptState::Pending;
+        }
         let reply = self
             .client
             .charge(&ChargeRequest {
@@ -407,6 +445,7 @@ impl Inner {
             })
             .await;
         drop(permit);
+        crate::failpoint::hit(crate::failpoint::REPLY_RECEIVED);
         let now = self.clock.now();
         match &reply.claim {
             Outcome::NotSent(why) => {
@@ -415,45 +454,32 @@ impl Inner {
                 change.next_check_at =
                     Some(now + backoff(RESEND_BASE, RESEND_CAP, job.checks, &job.order_number));
                 change.detail = Some(why.clone());
-                if job.state != AttemptState::NotSent {
-                    change.event =
-                        Some(self.outcome_event(event::NOT_SENT, &job, &reply.claim, None));
-                }
+                change.event = Some(self.outcome_event(event::NOT_SENT, &job, &reply.claim, None));
                 self.apply(&job, change).await?;
                 self.log_outcome(&job, "not_sent", &reply.claim, None, "absent");
                 Ok(Step::NotSent)
-            }
-            Outcome::Rejected(why) => {
-                let mut change = AttemptChange::to(AttemptState::Rejected);
-                change.sent = true;
-                change.wall_at = Some(wall);
-                change.detail = Some(why.clone());
-                change.charge = Some(ChargeChange {
-                    state: ChargeState::Open,
-                    reason: Some(format!("the gateway rejected the request: {why}")),
-                    next_attempt_at: Some(
-                        now + backoff(RESEND_BASE, RESEND_CAP, job.attempt, &job.order_number),
-                    ),
-                });
-                change.event = Some(self.outcome_event(event::REJECTED, &job, &reply.claim, None));
-                self.apply(&job, change).await?;
-                tracing::error!(
-                    subscription = %job.subscription_id,
-                    order_number = %job.order_number,
-                    reason = %why,
-                    "the gateway rejected a charge request: check the configuration"
-                );
-                Ok(Step::Other)
             }
             Outcome::IntegrityFailure(why) => {
                 self.quarantine(&job, why, reply.raw.as_deref(), Some(wall))
                     .await
             }
             _ => {
-                if reply.claim == Outcome::RateLimited {
-                    self.pacer.pause(reply.retry_after.unwrap_or(RATE_PAUSE));
+                match &reply.claim {
+                    Outcome::RateLimited => {
+                        self.pacer
+                            .pause(reply.retry_after.unwrap_or(RATE_PAUSE).min(MAX_PAUSE));
+                    }
+                    Outcome::Rejected(why) => tracing::error!(
+                        subscription = %job.subscription_id,
+                        order_number = %job.order_number,
+                        reason = %why,
+                        "the gateway rejected a charge request: check the configuration; \
+                         the order is looked up before anything else is tried"
+                    ),
+                    _ => {}
                 }
-                // Whatever the claim, the money is booked only on a verified status answer.
+                // Whatever the claim (even a rejection, which is unverified), the outcome is
+                // taken from a verified status answer.
                 let permit = self.pacer.acquire().await;
                 let answer = self
                     .client
@@ -475,6 +501,27 @@ impl Inner {
                 self.conclude(job, answer, Some(claim)).await
             }
         }
+    }
+
+    /// Keeps an attempt that is too early now (it never left) until `until`.
+    async fn hold(&self, job: &Job, until: DateTime<Utc>) -> Result<Step, EngineError> {
+        let mut change = AttemptChange::to(AttemptState::NotSent);
+        change.next_check_at = Some(until);
+        change.event = Some(Event {
+            kind: event::HELD,
+            detail: json!({
+                "order_number": job.order_number,
+                "until": until.to_rfc3339(),
+            }),
+        });
+        self.apply(job, change).await?;
+        tracing::info!(
+            subscription = %job.subscription_id,
+            order_number = %job.order_number,
+            until = %until.to_rfc3339(),
+            "charge held: too early for the agreed period"
+        );
+        Ok(Step::Held)
     }
 
     /// Asks the gateway what became of an attempt whose outcome is not known.
@@ -502,6 +549,7 @@ impl Inner {
         answer: StatusAnswer,
         claim: Option<Claim>,
     ) -> Result<Step, EngineError> {
+        crate::failpoint::hit(crate::failpoint::STATUS_RECEIVED);
         let now = self.clock.now();
         let verified = &answer.verified;
         let response_code = verified
@@ -602,9 +650,12 @@ impl Inner {
                     .await
             }
             Outcome::NotFound => {
-                let not_found = job.not_found.saturating_add(1);
+                // Only answers after the settle window count: before it, the gateway may simply
+                // not have filed the order yet.
                 let since = job.sent_at.unwrap_or(job.created_at);
-                if !sent_now && now - since >= self.policy.settle && not_found >= 2 {
+                let settled = !sent_now && now - since >= self.policy.settle;
+                let not_found = job.not_found.saturating_add(u32::from(settled));
+                if settled && not_found >= 2 {
                     let mut change = base(AttemptState::NotReceived);
                     change.not_found = Some(not_found);
                     change.charge = Some(ChargeChange {
@@ -778,10 +829,22 @@ impl Inner {
         Ok(Step::Quarantined)
     }
 
+    /// Commits a step's outcome, provided the attempt is still where this step found it.
     async fn apply(&self, job: &Job, change: AttemptChange) -> Result<(), EngineError> {
         let now = self.clock.now();
         let id = job.attempt_id;
-        self.db(move |s| s.apply(id, &change, now)).await
+        let expected = job.state;
+        let applied = self
+            .db(move |s| s.apply(id, expected, &change, now))
+            .await?;
+        if !applied {
+            tracing::warn!(
+                order_number = %job.order_number,
+                "attempt changed while this step ran; its result was not recorded"
+            );
+        }
+        crate::failpoint::hit(crate::failpoint::OUTCOME_COMMITTED);
+        Ok(())
     }
 
     fn event_detail(&self, job: &Job, outcome: &Outcome, code: Option<&str>) -> serde_json::Value {
@@ -830,6 +893,18 @@ impl Inner {
             detail = %detail,
             "charge outcome"
         );
+    }
+}
+
+/// Releases an attempt from the busy set however its task ends (a panic included).
+struct BusyGuard {
+    inner: Arc<Inner>,
+    attempt_id: i64,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        lock(&self.inner.busy).remove(&self.attempt_id);
     }
 }
 

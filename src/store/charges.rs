@@ -481,7 +481,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Engine-clock instants of the attempts of a subscription that charged or may have,
+    /// Engine-clock instants of the attempts of a subscription that charged or may have (the
+    /// later of the intent and the latest send: a resend days later moved the money later),
     /// excluding one attempt (the one about to be sent).
     pub fn charged_instants(
         &self,
@@ -491,13 +492,16 @@ impl Store {
         charged_instants(&self.conn, &self.path, subscription_id, except_attempt)
     }
 
-    /// Applies one step's outcome for an attempt, with its ledger event, in one transaction.
+    /// Applies one step's outcome for an attempt, with its ledger event, in one transaction —
+    /// only if the attempt is still in the state `expected` (the one the step started from).
+    /// Returns `false`, changing nothing, if it is not: someone else moved it meanwhile.
     pub fn apply(
         &mut self,
         attempt_id: i64,
+        expected: AttemptState,
         change: &AttemptChange,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.require_write("recording a charge outcome")?;
         let what = "recording a charge outcome";
         let path = self.path.clone();
@@ -514,8 +518,9 @@ impl Store {
             )
             .ctx(&path, what)?;
         let at = timestamp(now);
-        tx.execute(
-            "UPDATE attempts SET state = ?2, \
+        let changed = tx
+            .execute(
+                "UPDATE attempts SET state = ?2, \
                  sent = MAX(sent, ?3), \
                  sent_at = CASE WHEN ?3 = 1 THEN ?12 ELSE sent_at END, \
                  wall_at = COALESCE(?4, wall_at), \
@@ -527,23 +532,27 @@ impl Store {
                  checkvalue = COALESCE(?10, checkvalue), \
                  detail = COALESCE(?11, detail), \
                  updated_at = ?12 \
-             WHERE id = ?1",
-            params![
-                attempt_id,
-                change.state.as_str(),
-                i64::from(change.sent),
-                change.wall_at.map(timestamp),
-                change.next_check_at.map(timestamp),
-                i64::from(change.checked),
-                change.not_found.map(i64::from),
-                change.test_mode.map(i64::from),
-                change.response_code,
-                change.checkvalue,
-                change.detail,
-                at,
-            ],
-        )
-        .ctx(&path, what)?;
+             WHERE id = ?1 AND state = ?13",
+                params![
+                    attempt_id,
+                    change.state.as_str(),
+                    i64::from(change.sent),
+                    change.wall_at.map(timestamp),
+                    change.next_check_at.map(timestamp),
+                    i64::from(change.checked),
+                    change.not_found.map(i64::from),
+                    change.test_mode.map(i64::from),
+                    change.response_code,
+                    change.checkvalue,
+                    change.detail,
+                    at,
+                    expected.as_str(),
+                ],
+            )
+            .ctx(&path, what)?;
+        if changed == 0 {
+            return Ok(false);
+        }
         if let Some(charge) = &change.charge {
             tx.execute(
                 "UPDATE charges SET state = ?2, reason = COALESCE(?3, reason), \
@@ -576,7 +585,35 @@ impl Store {
                 event,
             )?;
         }
-        tx.commit().ctx(&path, what)
+        tx.commit().ctx(&path, what)?;
+        Ok(true)
+    }
+
+    /// Marks an attempt as (possibly) sent, durably, right before its request leaves: from here
+    /// on a crash or a lost reply leaves it `pending` with `sent = 1`, which is only ever looked
+    /// up, never sent again. `false` if it was no longer in `expected`.
+    pub fn mark_sending(
+        &mut self,
+        attempt_id: i64,
+        expected: AttemptState,
+        now: DateTime<Utc>,
+        wall: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.require_write("recording a send")?;
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE attempts SET state = 'pending', sent = 1, sent_at = ?2, wall_at = ?3, \
+                 updated_at = ?2 WHERE id = ?1 AND state = ?4",
+                params![
+                    attempt_id,
+                    timestamp(now),
+                    timestamp(wall),
+                    expected.as_str()
+                ],
+            )
+            .ctx(&self.path, "recording a send")?;
+        Ok(changed > 0)
     }
 
     /// Integrity failures recorded since `since` (for the circuit breaker).
@@ -751,10 +788,11 @@ fn charged_instants(
     let what = "reading charge instants";
     let mut statement = conn
         .prepare_cached(
-            "SELECT a.created_at FROM attempts a JOIN charges c ON c.id = a.charge_id \
+            "SELECT MAX(a.created_at, COALESCE(a.sent_at, a.created_at)) FROM attempts a \
+             JOIN charges c ON c.id = a.charge_id \
              WHERE c.subscription_id = ?1 AND a.id IS NOT ?2 \
              AND a.state IN ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined') \
-             ORDER BY a.created_at",
+             ORDER BY 1",
         )
         .ctx(path, what)?;
     let rows = statement
