@@ -12,9 +12,11 @@ use crate::config::{self, Config, SecretName};
 use crate::forecast::{self, Status};
 use crate::schedule::{self, DirReport};
 
+mod run;
 mod sandbox;
 mod tokens;
 
+pub use run::RunArgs;
 pub use sandbox::SandboxArgs;
 pub use tokens::TokensCommand;
 
@@ -36,6 +38,8 @@ pub mod exit {
 
 const AFTER_HELP: &str = "\
 Examples:
+  recurrentd run --sandbox               months of billing against the built-in sandbox, in a minute
+  recurrentd run                         the daemon (under systemd)
   recurrentd check                       validate config.toml and schedules/
   recurrentd forecast --days 60          what will be charged in the next 60 days
 
@@ -62,6 +66,23 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: charge every subscription when it falls due.
+    ///
+    /// Opens the database (one daemon per database), syncs the schedule files, reconciles every
+    /// charge whose outcome is not known yet, then sweeps for due charges every minute. SIGHUP
+    /// re-reads the schedule files; SIGTERM or Ctrl-C stops creating charges, settles what is
+    /// in flight, and exits 0.
+    ///
+    /// --sandbox runs it against the built-in Assist sandbox with demo secrets and a fresh
+    /// database, on a rehearsal clock where a month passes in about ten seconds.
+    ///
+    /// Examples:
+    ///   recurrentd run
+    ///   recurrentd run --sandbox
+    ///   recurrentd run --clock-start 2027-01-01T00:00:00Z --clock-speed 86400 --until 2028-01-01T00:00:00Z
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
+
     /// Validate the config and every schedule file.
     ///
     /// Reports every problem as `path:line:column: field: message` on stderr, warns about missing
@@ -130,6 +151,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     let code = match cli.command {
+        Command::Run(args) => run::run(&config, &args),
         Command::Check => check(&config),
         Command::Forecast(args) => forecast(&config, &args),
         Command::Tokens(command) => tokens::run(&config, &command),

@@ -48,3 +48,37 @@ impl Clock for ManualClock {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+/// The rehearsal clock: virtual now = `start` + `factor` × (real time since it was made). Every
+/// billing timer follows it; transport timers (HTTP timeouts, the rate limiter) stay real.
+#[derive(Debug, Clone, Copy)]
+pub struct RehearsalClock {
+    start: DateTime<Utc>,
+    real_start: std::time::Instant,
+    factor: u32,
+}
+
+impl RehearsalClock {
+    pub fn new(start: DateTime<Utc>, factor: u32) -> RehearsalClock {
+        RehearsalClock {
+            start,
+            real_start: std::time::Instant::now(),
+            factor: factor.max(1),
+        }
+    }
+
+    pub fn factor(&self) -> u32 {
+        self.factor
+    }
+}
+
+impl Clock for RehearsalClock {
+    fn now(&self) -> DateTime<Utc> {
+        let real = self.real_start.elapsed();
+        let virtual_micros = real
+            .as_micros()
+            .saturating_mul(u128::from(self.factor))
+            .min(i64::MAX as u128) as i64;
+        self.start + Duration::microseconds(virtual_micros)
+    }
+}

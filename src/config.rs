@@ -30,6 +30,8 @@ const NON_CONFIG_ENV: &[&str] = &[
     "SECRET_SALT",
     "SECRET_PRIVATE_KEY",
     "LOG",
+    // The crash tests' fail points (debug builds only; see `failpoint`).
+    "FAILPOINT",
 ];
 
 /// The whole checked configuration.

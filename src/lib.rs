@@ -15,6 +15,8 @@
 //! - [`engine`]: the charge lifecycle: due sweep → intent → gateway → verified outcome → ledger,
 //!   with reconciliation, retries, dunning, parking, the circuit breaker and pacing.
 //! - [`clock`]: the engine's time source (the system clock, or a manual one in tests).
+//! - [`daemon`]: `run`: the store, schedule sync, reconciliation and the tick loop, signals.
+//! - [`failpoint`]: named crash points for the crash tests (debug builds only).
 //! - [`cli`]: the operator commands behind `main.rs`.
 //!
 //! See ARCHITECTURE.md for the data's path and the invariants.
@@ -23,7 +25,9 @@ pub mod billing;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod engine;
+pub mod failpoint;
 pub mod forecast;
 pub mod gateway;
 pub mod money;

@@ -14,7 +14,7 @@ use recurrentd::config::{BillingConfig, CatchUp, EngineConfig, ResponseFormat};
 use recurrentd::engine::{Engine, Pacer, Policy};
 use recurrentd::gateway::client::{Client, Settings};
 use recurrentd::gateway::sandbox::{DuplicatePolicy, Sandbox, SandboxConfig};
-use recurrentd::money::{Currency, Money};
+use recurrentd::money::Money;
 use recurrentd::schedule;
 use recurrentd::store::{Access, AttemptState, ChargeState, Store};
 use secrecy::SecretString;
@@ -238,17 +238,30 @@ async fn check_invariants(world: &World, engine: &Engine) -> Summary {
                     request.order_number
                 )
             });
-        assert!(attempt.amount >= min && attempt.amount <= max);
+        // What the gateway received, not what the ledger says it sent.
+        let amount = Money::parse(&request.amount).expect("a well-formed amount on the wire");
+        assert!(
+            amount >= min && amount <= max,
+            "{} sent {amount}",
+            request.order_number
+        );
+        assert_eq!(amount, attempt.amount);
+        assert_eq!(request.currency, "RUB");
         assert!(world.calendar.local_date(attempt.created_at) <= max_date);
-        assert_eq!(attempt.currency, Currency::parse("RUB").unwrap());
+        assert!(
+            attempt
+                .sent_at
+                .is_some_and(|t| world.calendar.local_date(t) <= max_date)
+        );
     }
     let mut charged: BTreeMap<&str, Vec<DateTime<Utc>>> = BTreeMap::new();
     for attempt in &attempts {
         if book_approved.contains(&attempt.order_number) {
+            // When the money moved: the latest send (a resend may come days after the intent).
             charged
                 .entry(attempt.subscription_id.as_str())
                 .or_default()
-                .push(attempt.created_at);
+                .push(attempt.sent_at.unwrap_or(attempt.created_at));
         }
     }
     for (sub, mut instants) in charged {
@@ -538,7 +551,11 @@ async fn an_order_the_gateway_never_filed_gets_a_new_attempt_only_after_the_sett
     );
     assert_eq!(attempts[0].state, AttemptState::Unknown);
     assert!(
-        attempts[0].not_found >= 2,
+        attempts[0].checks >= 2,
+        "it was looked up inside the window"
+    );
+    assert_eq!(
+        attempts[0].not_found, 0,
         "not-found answers inside the window prove nothing"
     );
     let _engine = run(

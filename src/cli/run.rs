@@ -1,0 +1,211 @@
+//! `recurrentd run`: the daemon, on the real clock or a rehearsal clock, against the configured
+//! gateway or the built-in sandbox.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use clap::Args;
+use secrecy::SecretString;
+
+use super::exit;
+use crate::clock::{Clock, RehearsalClock, SystemClock};
+use crate::config::{self, Config, SecretName};
+use crate::daemon::{self, RunOptions};
+use crate::gateway::client::{Settings, check_base_url};
+use crate::gateway::sandbox::{self, Sandbox, SandboxConfig};
+use crate::store::{Access, ChargeState, Store};
+
+/// Rehearsal speed of `--sandbox` when `--clock-speed` is not given: a 30-day month in ten
+/// seconds.
+pub const SANDBOX_SPEED: u32 = 30 * 86_400 / 10;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run against the built-in sandbox (started on a free loopback port, with throwaway demo
+    /// secrets and a fresh database in the temporary folder) on a rehearsal clock: months of
+    /// billing in a minute.
+    #[arg(long)]
+    pub sandbox: bool,
+
+    /// Rehearsal clock: the virtual instant the run starts at (RFC 3339). Only against the
+    /// sandbox or a loopback gateway.
+    #[arg(long, value_name = "RFC3339")]
+    pub clock_start: Option<DateTime<Utc>>,
+
+    /// Rehearsal clock: virtual seconds per real second (86400 = a day per second).
+    #[arg(long, value_name = "FACTOR", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub clock_speed: Option<u32>,
+
+    /// Rehearsal clock: stop creating charges once the virtual clock passes this instant, settle
+    /// what is outstanding, and exit 0.
+    #[arg(long, value_name = "RFC3339")]
+    pub until: Option<DateTime<Utc>>,
+}
+
+pub fn run(config: &Config, args: &RunArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("recurrentd: cannot start the async runtime: {error}");
+            return exit::INTERNAL;
+        }
+    };
+    runtime.block_on(run_async(config, args))
+}
+
+async fn run_async(config: &Config, args: &RunArgs) -> u8 {
+    let rehearsal = args.sandbox || args.clock_start.is_some() || args.clock_speed.is_some();
+    let start = args.clock_start.unwrap_or_else(Utc::now);
+    let speed = args
+        .clock_speed
+        .unwrap_or(if args.sandbox { SANDBOX_SPEED } else { 1 });
+    let until = args
+        .until
+        .or_else(|| args.sandbox.then(|| start + Duration::days(182)));
+    let clock: Arc<dyn Clock> = if rehearsal {
+        Arc::new(RehearsalClock::new(start, speed))
+    } else {
+        if args.until.is_some() {
+            eprintln!("recurrentd: --until needs a rehearsal clock (--clock-start/--clock-speed)");
+            return exit::USAGE;
+        }
+        Arc::new(SystemClock)
+    };
+
+    // The gateway: the built-in sandbox, or the configured one with its secrets.
+    let mut sandbox_handle = None;
+    let (settings, database) = if args.sandbox {
+        let sandbox_config = SandboxConfig {
+            hang: StdDuration::from_secs(5),
+            ..SandboxConfig::builtin()
+        };
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let sandbox = match Sandbox::start(sandbox_config, loopback).await {
+            Ok(sandbox) => sandbox,
+            Err(error) => {
+                eprintln!("recurrentd: cannot start the sandbox: {error}");
+                return exit::UNAVAILABLE;
+            }
+        };
+        let settings = Settings {
+            url: sandbox.url(),
+            merchant_id: sandbox::BUILTIN_MERCHANT_ID.into(),
+            login: sandbox::BUILTIN_LOGIN.into(),
+            password: SecretString::from(sandbox::BUILTIN_PASSWORD),
+            salt: SecretString::from(sandbox::BUILTIN_SALT),
+            test_mode: true,
+            format: config.gateway.format,
+            connect_timeout: StdDuration::from_secs(2),
+            timeout: StdDuration::from_secs(3),
+        };
+        let database = std::env::temp_dir().join(format!(
+            "recurrentd-sandbox-{}.db",
+            Utc::now().format("%Y%m%dT%H%M%S%.3f")
+        ));
+        tracing::info!(
+            gateway = %sandbox.url(),
+            database = %database.display(),
+            speed,
+            "sandbox run: the built-in Assist sandbox, demo secrets, a fresh database"
+        );
+        sandbox_handle = Some(sandbox);
+        (settings, database)
+    } else {
+        if rehearsal {
+            let loopback = check_base_url(&config.gateway.url)
+                .ok()
+                .is_some_and(|url| url.scheme() == "http");
+            if !loopback || !config.gateway.test_mode {
+                eprintln!(
+                    "recurrentd: a rehearsal clock runs only against the sandbox or a loopback \
+                     gateway in test mode (gateway.url is {})",
+                    config.gateway.url
+                );
+                return exit::USAGE;
+            }
+        }
+        let secret = |name| {
+            config::require_secret(&config.gateway, name).map_err(|error| {
+                eprintln!("recurrentd: configuration error: {error}");
+                exit::CONFIG
+            })
+        };
+        let password = match secret(SecretName::Password) {
+            Ok(p) => p,
+            Err(code) => return code,
+        };
+        let salt = match secret(SecretName::Salt) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        (
+            Settings::from_config(&config.gateway, password, salt),
+            config.database.path.clone(),
+        )
+    };
+
+    let options = RunOptions {
+        clock: Arc::clone(&clock),
+        tick: if rehearsal {
+            StdDuration::from_millis(250)
+        } else {
+            StdDuration::from_secs(60)
+        },
+        until,
+        drain_deadline: StdDuration::from_secs(if rehearsal { 20 } else { 50 }),
+        summary_every: StdDuration::from_secs(if rehearsal { 5 } else { 600 }),
+        database: database.clone(),
+    };
+    let result = daemon::run(config, settings, options).await;
+    let code = match result {
+        Ok(()) => exit::OK,
+        Err(error) => {
+            eprintln!("recurrentd: {error}");
+            if error.is_permanent() {
+                exit::CONFIG
+            } else {
+                exit::UNAVAILABLE
+            }
+        }
+    };
+    if let Some(sandbox) = sandbox_handle {
+        print_sandbox_summary(&sandbox, &database);
+        sandbox.shutdown().await;
+    }
+    code
+}
+
+/// What a sandbox run did, checked against the sandbox's own book.
+fn print_sandbox_summary(sandbox: &Sandbox, database: &std::path::Path) {
+    let book = sandbox.book();
+    let approved_at_gateway = book
+        .orders
+        .iter()
+        .filter(|o| o.state.as_str() == "Approved")
+        .count();
+    let Ok(store) = Store::open(database, Access::ReadOnly) else {
+        return;
+    };
+    let Ok(periods) = store.periods(None) else {
+        return;
+    };
+    let count = |state| periods.iter().filter(|p| p.state == state).count();
+    println!(
+        "\nSandbox run finished: {} charge request(s) reached the sandbox; {} approved there.\n\
+         Ledger: {} period(s) paid, {} failed, {} blocked or skipped, {} quarantined, {} open.\n\
+         Database: {}",
+        book.rp_requests.len(),
+        approved_at_gateway,
+        count(ChargeState::Paid),
+        count(ChargeState::Failed),
+        count(ChargeState::Blocked) + count(ChargeState::Skipped),
+        count(ChargeState::Quarantined),
+        count(ChargeState::Open),
+        database.display()
+    );
+}

@@ -1,0 +1,237 @@
+//! `recurrentd run`: the long-running daemon around the engine.
+//!
+//! Start: open the store (the daemon lock), sync the schedule files, reconcile every unresolved
+//! attempt. Then tick: each tick syncs nothing and decides nothing by itself — due-ness comes
+//! from the database and the clock, so a missed or doubled tick can neither lose nor double a
+//! charge. SIGHUP re-reads the schedule files. SIGTERM/SIGINT, or the rehearsal clock passing
+//! `until`: stop creating intents, finish what is outstanding within a deadline, exit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::billing::Calendar;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::engine::{Engine, EngineError, Pacer, Policy, TickReport};
+use crate::gateway::client::{Client, Settings};
+use crate::schedule;
+use crate::store::{Access, Store, StoreError};
+
+/// How the daemon runs.
+pub struct RunOptions {
+    pub clock: Arc<dyn Clock>,
+    /// Real time between ticks.
+    pub tick: StdDuration,
+    /// Stop once the clock passes this instant (rehearsals).
+    pub until: Option<DateTime<Utc>>,
+    /// How long outstanding attempts may take to settle when stopping.
+    pub drain_deadline: StdDuration,
+    /// Real time between summary lines.
+    pub summary_every: StdDuration,
+    pub database: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error("schedules: {0}")]
+    Schedules(String),
+    #[error("gateway: {0}")]
+    Gateway(String),
+    #[error("signals: {0}")]
+    Signals(std::io::Error),
+}
+
+impl DaemonError {
+    /// A second daemon on the same database, or a configuration problem: not worth restarting.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            DaemonError::Store(StoreError::Locked { .. })
+                | DaemonError::Store(StoreError::TooNew { .. })
+                | DaemonError::Gateway(_)
+        )
+    }
+}
+
+/// Totals since the last summary line.
+#[derive(Debug, Default)]
+struct Totals {
+    ticks: u32,
+    report: TickReport,
+}
+
+impl Totals {
+    fn add(&mut self, r: &TickReport) {
+        self.ticks += 1;
+        let t = &mut self.report;
+        t.intents += r.intents;
+        t.approved += r.approved;
+        t.declined += r.declined;
+        t.unknown += r.unknown;
+        t.not_sent += r.not_sent;
+        t.quarantined += r.quarantined;
+        t.settled += r.settled;
+        t.held += r.held;
+        t.checked += r.checked;
+        t.breaker_open |= r.breaker_open;
+    }
+}
+
+/// Re-reads the schedule files into the store; problems are logged with their location and the
+/// last good version of a broken file stays in force.
+async fn sync(engine: &Engine, config: &Config, clock: &Arc<dyn Clock>) -> Result<(), DaemonError> {
+    let dir = config.schedules.dir.clone();
+    let report = tokio::task::spawn_blocking(move || schedule::load_dir(&dir))
+        .await
+        .map_err(|e| DaemonError::Schedules(e.to_string()))?
+        .map_err(|e| DaemonError::Schedules(e.to_string()))?;
+    for diagnostic in report.diagnostics() {
+        tracing::warn!("{diagnostic}");
+    }
+    let now = clock.now();
+    let summary = engine
+        .with_store(move |s| s.sync_schedules(&report, now))
+        .await?;
+    for diagnostic in summary.diagnostics() {
+        tracing::error!("{diagnostic} (the file's last accepted version stays in force)");
+    }
+    let subscriptions = engine
+        .with_store(|s| s.subscriptions())
+        .await?
+        .into_iter()
+        .filter(|s| s.is_active())
+        .count();
+    tracing::info!(subscriptions, "schedules synced");
+    Ok(())
+}
+
+/// Runs the daemon until a signal or `until`.
+pub async fn run(
+    config: &Config,
+    gateway: Settings,
+    options: RunOptions,
+) -> Result<(), DaemonError> {
+    let database = options.database.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&database, Access::Daemon))
+        .await
+        .map_err(|e| DaemonError::Schedules(e.to_string()))??;
+    let client = Client::new(gateway).map_err(DaemonError::Gateway)?;
+    let engine = Engine::new(
+        store,
+        client,
+        Arc::clone(&options.clock),
+        Calendar::from(&config.billing),
+        Policy::from(&config.engine),
+        Pacer::new(
+            config.gateway.max_in_flight,
+            config.gateway.requests_per_second,
+        ),
+    )?;
+    tracing::info!(database = %options.database.display(), "store open");
+    sync(&engine, config, &options.clock).await?;
+    let reconciled = engine.reconcile().await?;
+    tracing::info!(
+        checked = reconciled.checked,
+        approved = reconciled.approved,
+        declined = reconciled.declined,
+        still_unknown = reconciled.unknown,
+        "reconciled unresolved attempts before charging anything"
+    );
+
+    let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut interval = tokio::time::interval(options.tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut totals = Totals::default();
+    let mut last_summary = Instant::now();
+    tracing::info!("running");
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if options.until.is_some_and(|until| options.clock.now() >= until) {
+                    tracing::info!("the rehearsal clock reached its end");
+                    break;
+                }
+                match engine.tick().await {
+                    Ok(report) => totals.add(&report),
+                    // A database or task failure: logged, and the next tick tries again (the
+                    // state in the database is always consistent).
+                    Err(e) => tracing::error!(error = %e, "tick failed"),
+                }
+                if last_summary.elapsed() >= options.summary_every {
+                    log_summary(&totals, options.clock.now());
+                    totals = Totals::default();
+                    last_summary = Instant::now();
+                }
+            }
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: re-reading the schedule files");
+                if let Err(e) = sync(&engine, config, &options.clock).await {
+                    tracing::error!(error = %e, "schedule reload failed; the previous schedules stay in force");
+                }
+            }
+            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
+        }
+    }
+    log_summary(&totals, options.clock.now());
+    drain(&engine, &options).await;
+    Ok(())
+}
+
+/// Settles what is outstanding (status queries, resends) without creating intents, until
+/// nothing is left or the deadline passes; the reconciler picks up the rest at the next start.
+async fn drain(engine: &Engine, options: &RunOptions) {
+    let started = Instant::now();
+    loop {
+        let outstanding = match engine.outstanding().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read outstanding attempts");
+                return;
+            }
+        };
+        if outstanding == 0 {
+            tracing::info!("nothing outstanding; stopped");
+            return;
+        }
+        if started.elapsed() >= options.drain_deadline {
+            tracing::warn!(
+                outstanding,
+                "stopping with attempts unresolved; they are reconciled at the next start"
+            );
+            return;
+        }
+        if let Err(e) = engine.work_due().await {
+            tracing::error!(error = %e, "settling outstanding attempts failed");
+        }
+        tokio::time::sleep(options.tick).await;
+    }
+}
+
+fn log_summary(totals: &Totals, now: DateTime<Utc>) {
+    let r = &totals.report;
+    tracing::info!(
+        clock = %now.to_rfc3339(),
+        ticks = totals.ticks,
+        intents = r.intents,
+        approved = r.approved,
+        declined = r.declined,
+        unknown = r.unknown,
+        not_sent = r.not_sent,
+        quarantined = r.quarantined,
+        settled = r.settled,
+        held = r.held,
+        breaker_open = r.breaker_open,
+        "summary"
+    );
+}
