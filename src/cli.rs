@@ -12,10 +12,12 @@ use crate::config::{self, Config, SecretName};
 use crate::forecast::{self, Status};
 use crate::schedule::{self, DirReport};
 
+mod ops;
 mod run;
 mod sandbox;
 mod tokens;
 
+pub use ops::{BackupArgs, BreakerCommand, HistoryArgs, ResumeArgs, StatusArgs};
 pub use run::RunArgs;
 pub use sandbox::SandboxArgs;
 pub use tokens::TokensCommand;
@@ -82,6 +84,47 @@ pub enum Command {
     ///   recurrentd run --clock-start 2027-01-01T00:00:00Z --clock-speed 86400 --until 2028-01-01T00:00:00Z
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
+
+    /// Show the daemon's health: counts per state, the oldest unresolved charge, the circuit
+    /// breaker, and the subscriptions that need an operator.
+    ///
+    /// Safe while the daemon runs (the database is opened read-only). Exit 1 when something
+    /// needs attention.
+    ///
+    /// Example:
+    ///   recurrentd status --json | jq .needs_attention
+    #[command(verbatim_doc_comment)]
+    Status(StatusArgs),
+
+    /// The ledger: every attempt (and every period blocked or skipped), oldest first.
+    ///
+    /// Each entry: subscription, period (due date), attempt, order number, amount, currency,
+    /// state (pending, not_sent, unknown, approved, declined, quarantined, blocked, skipped,
+    /// parked), sent_at, response code, checkvalue (verified, mismatch, absent).
+    ///
+    /// Examples:
+    ///   recurrentd history acme-1001
+    ///   recurrentd history --since 2027-01-01T00:00:00Z --json
+    #[command(verbatim_doc_comment)]
+    History(HistoryArgs),
+
+    /// Charge a subscription again after a hard decline (the customer fixed the card).
+    ///
+    /// Example:
+    ///   recurrentd resume acme-1001 --reason "customer updated the card, ticket 4711"
+    #[command(verbatim_doc_comment)]
+    Resume(ResumeArgs),
+
+    /// The circuit breaker that stops new charges after repeated integrity failures.
+    #[command(subcommand)]
+    Breaker(BreakerCommand),
+
+    /// Write a consistent copy of the database (safe while the daemon runs).
+    ///
+    /// Example:
+    ///   recurrentd backup /var/backups/recurrentd-$(date +%F).db
+    #[command(verbatim_doc_comment)]
+    Backup(BackupArgs),
 
     /// Validate the config and every schedule file.
     ///
@@ -153,6 +196,11 @@ pub fn run(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Run(args) => run::run(&config, &args),
         Command::Check => check(&config),
+        Command::Status(args) => ops::status(&config, &args),
+        Command::History(args) => ops::history(&config, &args),
+        Command::Resume(args) => ops::resume(&config, &args),
+        Command::Breaker(command) => ops::breaker(&config, &command),
+        Command::Backup(args) => ops::backup(&config, &args),
         Command::Forecast(args) => forecast(&config, &args),
         Command::Tokens(command) => tokens::run(&config, &command),
         Command::Sandbox(args) => sandbox::run(&config, &args),

@@ -234,6 +234,87 @@ fn check_invariants(sandbox: &Sandbox, db: &Path) {
     );
 }
 
+/// `history --json` and `status --json` on the database the runs left behind.
+fn check_operator_views(rig: &Rig) {
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_recurrentd"))
+            .arg("--config")
+            .arg(rig.dir.path().join("config.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8(output.stdout).unwrap(),
+        )
+    };
+    let (code, history) = run(&["history", "--json"]);
+    assert_eq!(code, Some(0));
+    let history: serde_json::Value = serde_json::from_str(&history).unwrap();
+    let entries = history.as_array().unwrap();
+    assert!(!entries.is_empty());
+    let states = [
+        "pending",
+        "not_sent",
+        "unknown",
+        "approved",
+        "declined",
+        "quarantined",
+        "blocked",
+        "skipped",
+        "parked",
+    ];
+    for entry in entries {
+        for key in [
+            "subscription",
+            "period",
+            "attempt",
+            "order_number",
+            "amount",
+            "currency",
+            "state",
+            "sent_at",
+            "response_code",
+            "checkvalue",
+        ] {
+            assert!(entry.get(key).is_some(), "{key} missing in {entry}");
+        }
+        assert!(
+            states.contains(&entry["state"].as_str().unwrap()),
+            "{entry}"
+        );
+        assert!(
+            ["verified", "mismatch", "absent"].contains(&entry["checkvalue"].as_str().unwrap())
+        );
+        if entry["state"] == "approved" {
+            assert_eq!(entry["checkvalue"], "verified");
+            assert!(entry["sent_at"].is_string());
+        }
+    }
+    let (_, one) = run(&["history", "plain-0", "--json"]);
+    let one: serde_json::Value = serde_json::from_str(&one).unwrap();
+    assert!(
+        one.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["subscription"] == "plain-0")
+    );
+    let (code, status) = run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["daemon_running"], false);
+    assert!(status["attempts"]["approved"].as_u64().unwrap() >= 15);
+    assert_eq!(
+        code,
+        Some(
+            if status["needs_attention"].as_array().unwrap().is_empty() {
+                0
+            } else {
+                1
+            }
+        )
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_every_step_and_at_random_the_invariants_hold() {
     let sandbox = Sandbox::start(
@@ -286,6 +367,7 @@ async fn killed_at_every_step_and_at_random_the_invariants_hold() {
     let status = wait(&mut child, StdDuration::from_secs(120)).await;
     assert!(status.success(), "{status:?}\n{}", rig.log(rig.runs));
     check_invariants(&sandbox, &rig.db());
+    check_operator_views(&rig);
     // A second daemon on the same database is refused while one runs.
     let (mut first, _) = rig.spawn(end + Duration::days(400), None);
     tokio::time::sleep(StdDuration::from_millis(700)).await;

@@ -422,6 +422,7 @@ impl Inner {
         }
 
         let wall = Utc::now();
+        let sent_at = now;
         if job.state == AttemptState::NotSent {
             // A resend: recorded as sent before it leaves, so that a crash or a lost reply from
             // here on leads to status queries, never to another blind resend.
@@ -497,6 +498,7 @@ impl Inner {
                     response_code: reply.response_code.clone(),
                     test_mode: reply.test_mode,
                     wall,
+                    sent_at,
                 };
                 self.conclude(job, answer, Some(claim)).await
             }
@@ -560,10 +562,21 @@ impl Inner {
             .test_mode
             .or(claim.as_ref().and_then(|c| c.test_mode));
         let sent_now = claim.is_some();
+        // The gateway has the order: it was sent, even if this process never saw it leave (an
+        // intent recovered after a crash). Its send instant is then the intent's.
+        let found = matches!(
+            verified.outcome,
+            Outcome::Approved | Outcome::Declined(_) | Outcome::Pending
+        ) || (verified.checkvalue_verified && verified.outcome != Outcome::NotFound);
+        let sent_at = claim
+            .as_ref()
+            .map(|c| c.sent_at)
+            .or_else(|| (found && job.sent_at.is_none()).then_some(job.created_at));
         let base = |state| {
             let mut change = AttemptChange::to(state);
             change.checked = !sent_now;
-            change.sent = sent_now;
+            change.sent = sent_now || found;
+            change.sent_at = sent_at;
             change.wall_at = claim.as_ref().map(|c| c.wall);
             change.test_mode = test_mode;
             change.response_code = response_code.clone();
@@ -780,6 +793,7 @@ impl Inner {
         let now = self.clock.now();
         let mut change = AttemptChange::to(AttemptState::Quarantined);
         change.sent = wall.is_some();
+        change.sent_at = wall.map(|_| now);
         change.wall_at = wall;
         change.checked = wall.is_none();
         change.checkvalue = if why.contains("no checkvalue") {
@@ -914,6 +928,8 @@ struct Claim {
     response_code: Option<String>,
     test_mode: Option<bool>,
     wall: DateTime<Utc>,
+    /// The engine's clock just before the request left.
+    sent_at: DateTime<Utc>,
 }
 
 impl ChargeState {

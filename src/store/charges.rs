@@ -226,8 +226,10 @@ pub struct ChargeChange {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptChange {
     pub state: AttemptState,
-    /// The request left (or may have) in this step.
+    /// The request left (or may have) in this step, or the gateway showed it had.
     pub sent: bool,
+    /// When it was sent (engine clock), when this step knows.
+    pub sent_at: Option<DateTime<Utc>>,
     /// The real time of this send, when one was made.
     pub wall_at: Option<DateTime<Utc>>,
     pub next_check_at: Option<DateTime<Utc>>,
@@ -250,6 +252,7 @@ impl AttemptChange {
         AttemptChange {
             state,
             sent: false,
+            sent_at: None,
             wall_at: None,
             next_check_at: None,
             checked: false,
@@ -522,7 +525,7 @@ impl Store {
             .execute(
                 "UPDATE attempts SET state = ?2, \
                  sent = MAX(sent, ?3), \
-                 sent_at = CASE WHEN ?3 = 1 THEN ?12 ELSE sent_at END, \
+                 sent_at = COALESCE(?14, sent_at), \
                  wall_at = COALESCE(?4, wall_at), \
                  next_check_at = ?5, \
                  checks = checks + ?6, \
@@ -547,6 +550,7 @@ impl Store {
                     change.detail,
                     at,
                     expected.as_str(),
+                    change.sent_at.map(timestamp),
                 ],
             )
             .ctx(&path, what)?;

@@ -16,6 +16,7 @@
 //! same transaction as the ledger event that explains the change.
 
 mod charges;
+mod report;
 mod schema;
 mod sync;
 
@@ -34,6 +35,7 @@ pub use charges::{
     AttemptChange, AttemptState, ChargeChange, ChargeState, Event, History, Job, OpenCharge,
     PeriodRow, PlanTx, event,
 };
+pub use report::{Attention, HistoryRow, StatusReport, daemon_running};
 pub use sync::{Changes, FileOutcome, FileSync, SyncSummary};
 
 /// How long a statement waits for another connection's write lock before failing.
@@ -563,7 +565,17 @@ fn take_daemon_lock(path: &Path) -> Result<File, StoreError> {
             lock: lock_path.clone(),
             source,
         })?;
-    match file.try_lock() {
+    // An operator command that peeks at the lock (`status`) holds it for an instant: a daemon
+    // starting at that moment tries again briefly before giving up.
+    let mut result = file.try_lock();
+    for _ in 0..20 {
+        if !matches!(result, Err(TryLockError::WouldBlock)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        result = file.try_lock();
+    }
+    match result {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
             path: path.to_path_buf(),

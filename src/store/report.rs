@@ -1,0 +1,304 @@
+//! Read-only views for operators: the history of every attempt, and the daemon's status.
+//! Aggregates are single SQL queries, so `status` stays fast on a million subscriptions.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{Context, Store, StoreError, parse_timestamp, timestamp};
+use crate::money::Money;
+
+/// One entry of `history`: an attempt, or a period settled without one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryRow {
+    pub subscription: String,
+    /// The billing period's due date (`YYYY-MM-DD`).
+    pub period: String,
+    /// The period's index (0 = the first due date).
+    pub period_index: u32,
+    /// 1, 2, ... for attempts; `null` for a period blocked or skipped before any attempt.
+    pub attempt: Option<u32>,
+    pub order_number: Option<String>,
+    pub amount: String,
+    pub currency: String,
+    /// pending, not_sent, unknown, approved, declined, quarantined, blocked, skipped, parked.
+    pub state: &'static str,
+    /// When the request was (last) sent, on the daemon's clock; `null` if never sent.
+    pub sent_at: Option<String>,
+    pub response_code: Option<String>,
+    /// verified, mismatch or absent.
+    pub checkvalue: &'static str,
+    /// Why a period was blocked or skipped, or what the last answer said.
+    pub reason: Option<String>,
+}
+
+/// The state an operator sees for an attempt (the history's vocabulary).
+fn shown_state(attempt_state: &str) -> &'static str {
+    match attempt_state {
+        "pending" => "pending",
+        "not_sent" => "not_sent",
+        "unknown" => "unknown",
+        "parked" => "parked",
+        "approved" => "approved",
+        "declined" => "declined",
+        "quarantined" => "quarantined",
+        // The gateway never received it (proven by lookups after the settle window).
+        "not_received" => "not_sent",
+        // Refused before it was sent (a limit, a removed subscription).
+        "rejected" => "blocked",
+        _ => "unknown",
+    }
+}
+
+/// What `status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub database: PathBuf,
+    /// Whether a daemon holds the database's lock right now.
+    pub daemon_running: bool,
+    pub subscriptions: BTreeMap<String, u64>,
+    pub attempts: BTreeMap<String, u64>,
+    pub periods: BTreeMap<String, u64>,
+    /// The oldest attempt whose outcome is not known yet (pending, not sent, unknown, parked).
+    pub oldest_unresolved: Option<String>,
+    /// Why new charges are stopped, if the circuit breaker is open.
+    pub breaker: Option<String>,
+    pub needs_attention: Vec<Attention>,
+}
+
+/// A subscription an operator must look at.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attention {
+    pub subscription: String,
+    /// hard_decline, parked or quarantined.
+    pub kind: &'static str,
+    pub since: String,
+    pub detail: String,
+    pub order_number: Option<String>,
+}
+
+impl Store {
+    /// Every attempt and every period settled without one, oldest first; optionally one
+    /// subscription's, optionally only from `since` (engine clock).
+    pub fn history(
+        &self,
+        subscription: Option<&str>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<HistoryRow>, StoreError> {
+        let what = "reading the history";
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT c.subscription_id, c.due_date, c.period, a.attempt, a.order_number, \
+                 c.amount_cents, c.currency, c.state, a.state, a.sent_at, a.sent, \
+                 a.response_code, a.checkvalue, COALESCE(a.detail, c.reason), \
+                 COALESCE(a.created_at, c.created_at) AS at \
+                 FROM charges c LEFT JOIN attempts a ON a.charge_id = c.id \
+                 WHERE (?1 IS NULL OR c.subscription_id = ?1) AND (?2 IS NULL OR at >= ?2) \
+                 AND (a.id IS NOT NULL OR c.state IN ('blocked', 'skipped', 'failed')) \
+                 ORDER BY at, c.subscription_id, c.period, a.attempt",
+            )
+            .ctx(&self.path, what)?;
+        let rows = statement
+            .query_map(params![subscription, since.map(timestamp)], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, Option<i64>>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, i64>(5)?,
+                    row.get::<_, String>(6)?,
+                    row.get::<_, String>(7)?,
+                    row.get::<_, Option<String>>(8)?,
+                    row.get::<_, Option<String>>(9)?,
+                    row.get::<_, Option<i64>>(10)?,
+                    row.get::<_, Option<String>>(11)?,
+                    row.get::<_, Option<String>>(12)?,
+                    row.get::<_, Option<String>>(13)?,
+                ))
+            })
+            .ctx(&self.path, what)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (
+                subscription,
+                due_date,
+                period,
+                attempt,
+                order_number,
+                cents,
+                currency,
+                charge_state,
+                attempt_state,
+                sent_at,
+                sent,
+                response_code,
+                checkvalue,
+                reason,
+            ) = row.ctx(&self.path, what)?;
+            let amount = Money::from_cents(cents).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: "charges.amount_cents".into(),
+                value: cents.to_string(),
+            })?;
+            let state = match &attempt_state {
+                Some(s) => shown_state(s),
+                None if charge_state == "skipped" => "skipped",
+                None => "blocked",
+            };
+            out.push(HistoryRow {
+                subscription,
+                period: due_date,
+                period_index: u32::try_from(period).unwrap_or(u32::MAX),
+                attempt: attempt.map(|a| u32::try_from(a).unwrap_or(u32::MAX)),
+                order_number,
+                amount: amount.to_string(),
+                currency,
+                state,
+                sent_at: sent_at.filter(|_| sent == Some(1)),
+                response_code,
+                checkvalue: match checkvalue.as_deref() {
+                    Some("verified") => "verified",
+                    Some("mismatch") => "mismatch",
+                    _ => "absent",
+                },
+                reason,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The daemon's status: counts per state, the oldest unresolved attempt, the breaker, and
+    /// what needs an operator.
+    pub fn status(&self, daemon_running: bool) -> Result<StatusReport, StoreError> {
+        let what = "reading the status";
+        let counts = |sql: &str| -> Result<BTreeMap<String, u64>, StoreError> {
+            let mut statement = self.conn.prepare(sql).ctx(&self.path, what)?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })
+                .ctx(&self.path, what)?;
+            let mut out = BTreeMap::new();
+            for row in rows {
+                let (key, n) = row.ctx(&self.path, what)?;
+                out.insert(key, u64::try_from(n).unwrap_or(0));
+            }
+            Ok(out)
+        };
+        let subscriptions = counts(
+            "SELECT CASE WHEN removed_at IS NOT NULL THEN 'removed' ELSE state END, count(*) \
+             FROM subscriptions GROUP BY 1",
+        )?;
+        let attempts = counts("SELECT state, count(*) FROM attempts GROUP BY state")?;
+        let periods = counts("SELECT state, count(*) FROM charges GROUP BY state")?;
+        let oldest_unresolved: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT min(created_at) FROM attempts \
+                 WHERE state IN ('pending', 'not_sent', 'unknown', 'parked')",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .ctx(&self.path, what)?
+            .flatten();
+        let breaker = self.breaker()?;
+        let mut needs_attention = Vec::new();
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT subscription_id, 'hard_decline', since, reason, NULL FROM attention \
+                 UNION ALL \
+                 SELECT c.subscription_id, a.state, a.updated_at, COALESCE(a.detail, ''), \
+                 a.order_number FROM attempts a JOIN charges c ON c.id = a.charge_id \
+                 WHERE a.state IN ('parked', 'quarantined') \
+                 ORDER BY 3",
+            )
+            .ctx(&self.path, what)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                ))
+            })
+            .ctx(&self.path, what)?;
+        for row in rows {
+            let (subscription, kind, since, detail, order_number) = row.ctx(&self.path, what)?;
+            needs_attention.push(Attention {
+                subscription,
+                kind: match kind.as_str() {
+                    "parked" => "parked",
+                    "quarantined" => "quarantined",
+                    _ => "hard_decline",
+                },
+                since,
+                detail,
+                order_number,
+            });
+        }
+        Ok(StatusReport {
+            database: self.path.clone(),
+            daemon_running,
+            subscriptions,
+            attempts,
+            periods,
+            oldest_unresolved,
+            breaker,
+            needs_attention,
+        })
+    }
+
+    /// A consistent copy of the database at `target` (`VACUUM INTO`), which must not exist.
+    pub fn backup_to(&self, target: &Path) -> Result<(), StoreError> {
+        if target.exists() {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                what: "backup target already exists".into(),
+                value: target.display().to_string(),
+            });
+        }
+        let text = target.to_string_lossy().into_owned();
+        self.conn
+            .execute("VACUUM INTO ?1", [text])
+            .ctx(&self.path, "writing the backup")?;
+        Ok(())
+    }
+
+    /// When the oldest unresolved attempt was created, as an instant.
+    pub fn oldest_unresolved(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT min(created_at) FROM attempts \
+                 WHERE state IN ('pending', 'not_sent', 'unknown', 'parked')",
+                [],
+                |row| row.get(0),
+            )
+            .ctx(&self.path, "reading the oldest unresolved attempt")?;
+        text.map(|t| parse_timestamp(&self.path, "attempts.created_at", &t))
+            .transpose()
+    }
+}
+
+/// Whether a daemon holds the lock of the database at `path` right now.
+pub fn daemon_running(path: &Path) -> bool {
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(PathBuf::from(lock))
+    {
+        Ok(file) => matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
