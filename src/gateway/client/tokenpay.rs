@@ -196,7 +196,7 @@ impl Client {
                     return early(TokenPayOutcome::NotSent(why));
                 }
                 return self
-                    .confirm(request, sent_at, outcome.to_string(), None, None, raw)
+                    .confirm(request, sent_at, reason(&outcome), None, None, raw)
                     .await;
             }
         };
@@ -261,7 +261,7 @@ impl Client {
                     other => {
                         let why = other.map_or_else(
                             || "fault with codes 0/0".to_string(),
-                            |o| format!("{o}{detail}"),
+                            |o| format!("{}{detail}", reason(&o)),
                         );
                         self.confirm(request, sent_at, why, None, None, raw.clone())
                             .await
@@ -310,7 +310,7 @@ impl Client {
             }
             other => {
                 let mode = verified.test_mode;
-                self.confirm(request, sent_at, other.to_string(), mode, code, raw)
+                self.confirm(request, sent_at, reason(&other), mode, code, raw)
                     .await
             }
         }
@@ -363,6 +363,15 @@ impl Client {
             confirmed_by_status: true,
             raw,
         }
+    }
+}
+
+/// An outcome as the reason a payment is not settled yet (without `unknown (...)` around it).
+fn reason(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Unknown(why) => why.clone(),
+        Outcome::Pending => "the order is In Process".to_string(),
+        other => other.to_string(),
     }
 }
 

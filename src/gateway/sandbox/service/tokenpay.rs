@@ -360,7 +360,7 @@ fn verify_signature(
         0,
         "Signature is missing (the merchant's signature check is on)",
     ))?;
-    let refused = Fault::new(9, 6, "Signature does not verify with the merchant's key");
+    let refused = Fault::new(9, 6, "Signature does not verify");
     let bytes = STANDARD.decode(signature).map_err(|_| refused.clone())?;
     let signed = format!(
         "{merchant_id};{order};{};{}",
