@@ -183,6 +183,13 @@ async fn the_signature_is_verified_with_the_merchants_public_key() {
     let reply = client.token_pay(&signed).await;
     enrolled(&reply);
     assert!(sandbox.book().token_payments[0].signed);
+    // No secret in what a caller might log: the request (with its key), the reply, the client.
+    let shown = format!("{signed:?} {reply:?} {client:?} {}", reply.outcome);
+    let key_text = pem(&merchant);
+    let key_line = key_text.lines().nth(1).unwrap();
+    for secret in [PASSWORD, SALT, key_line] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
 
     let wrong = signing_key(&intruder);
     let mut forged = request("enrol-forged", "1234", VISA_1234);
