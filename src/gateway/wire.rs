@@ -467,15 +467,19 @@ pub fn parse_token_pay(body: &[u8]) -> Result<TokenPayWire, ParseError> {
         let list = json_get(body, "orders").or_else(|| json_get(body, "order"));
         collect_json_orders(list, &mut orders, 0)?;
     }
-    let count = json_get(body, "count").and_then(json_scalar);
-    check_count(count.as_deref(), orders.len())?;
-    let reply = if orders.is_empty() && (firstcode != 0 || secondcode != 0) {
+    let reply = if orders.is_empty() {
+        if firstcode == 0 && secondcode == 0 {
+            // A payment reply always names its order; an empty one is not an answer.
+            return Err(bad("tokenpay reply carries neither an order nor a fault"));
+        }
         Reply::Fault {
             firstcode,
             secondcode,
             detail: None,
         }
     } else {
+        let count = json_get(body, "count").and_then(json_scalar);
+        check_count(count.as_deref(), orders.len(), false)?;
         Reply::Orders(orders)
     };
     Ok(TokenPayWire {
