@@ -12,11 +12,13 @@ use crate::config::{self, Config, SecretName};
 use crate::forecast::{self, Status};
 use crate::schedule::{self, DirReport};
 
+mod enroll;
 mod ops;
 mod run;
 mod sandbox;
 mod tokens;
 
+pub use enroll::{EnrollArgs, Enrolment};
 pub use ops::{BackupArgs, BreakerCommand, HistoryArgs, ResumeArgs, StatusArgs};
 pub use run::RunArgs;
 pub use sandbox::SandboxArgs;
@@ -166,6 +168,26 @@ pub enum Command {
     ///   recurrentd sandbox --listen 127.0.0.1:8089 --latency-ms 200
     #[command(verbatim_doc_comment)]
     Sandbox(SandboxArgs),
+
+    /// Start a subscription: make its initial recurring payment with a customer's saved card
+    /// (Token Pay), then append the subscription to a schedule file.
+    ///
+    /// Everything is checked first with the schedule-file rules (limits consistent with the
+    /// cadence and the amount, the id unused); the payment is verified (checkvalue, order,
+    /// amount, currency, test mode) or confirmed by an order-status query. Only an approved
+    /// payment writes the subscription (bill_number from the gateway, start one period from
+    /// today), atomically, to --schedule-file (default <schedules.dir>/enrolled-<id>.toml).
+    /// Asks for confirmation unless --yes. Exit 0 enrolled; 1 declined, the customer must act
+    /// (3-D Secure, CVC) or invalid input; 69 unknown outcome (do not retry: check the order at
+    /// the gateway); 78 configuration.
+    ///
+    /// Example:
+    ///   recurrentd enroll --id acme-2001 --customer 1234 \
+    ///     --token 49D902C6-1CCF-4605-9228-11D0E8115C77 --amount 499.00 --currency RUB \
+    ///     --every "1 month" --min-amount 100.00 --max-amount 1000.00 --period-days 28 \
+    ///     --max-date 2027-12-01
+    #[command(verbatim_doc_comment)]
+    Enroll(EnrollArgs),
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +226,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Forecast(args) => forecast(&config, &args),
         Command::Tokens(command) => tokens::run(&config, &command),
         Command::Sandbox(args) => sandbox::run(&config, &args),
+        Command::Enroll(args) => enroll::run(&config, &args),
     };
     ExitCode::from(code)
 }

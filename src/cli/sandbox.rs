@@ -9,6 +9,7 @@ use secrecy::SecretString;
 use super::exit;
 use crate::config::{self, Config, SecretName};
 use crate::gateway::sandbox::{self, DuplicatePolicy, Sandbox, SandboxConfig};
+use crate::gateway::signature::SigningKey;
 
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
@@ -79,6 +80,27 @@ pub fn run(config: &Config, args: &SandboxArgs) -> u8 {
         Ok(found) => found,
         Err(code) => return code,
     };
+    // With gateway.sign_requests, the sandbox checks Token Pay signatures with the public half of
+    // the configured key, as Assist does with the key uploaded to it.
+    let verify_key = if config.gateway.sign_requests {
+        match config::load_secret(&config.gateway, SecretName::PrivateKey) {
+            Ok(Some(pem)) => match SigningKey::from_pem(&pem) {
+                Ok(key) => Some(key.public_key()),
+                Err(error) => {
+                    eprintln!("recurrentd: configuration error: {error}");
+                    return exit::CONFIG;
+                }
+            },
+            Ok(None) => None,
+            Err(error) => {
+                eprintln!("recurrentd: configuration error: {error}");
+                return exit::CONFIG;
+            }
+        }
+    } else {
+        None
+    };
+    let signatures_checked = verify_key.is_some();
     let sandbox_config = SandboxConfig {
         merchant_id: config.gateway.merchant_id.clone(),
         login: config.gateway.login.clone(),
@@ -93,6 +115,7 @@ pub fn run(config: &Config, args: &SandboxArgs) -> u8 {
         },
         hang: Duration::from_secs(args.hang_secs),
         settle_after: args.settle_after,
+        verify_key,
         ..SandboxConfig::builtin()
     };
     let runtime = match super::runtime() {
@@ -133,6 +156,11 @@ pub fn run(config: &Config, args: &SandboxArgs) -> u8 {
             "Bill numbers starting with 999 choose a behaviour by their last three digits \
              (README, \"The sandbox\")."
         );
+        if signatures_checked {
+            println!(
+                "Token Pay signatures are checked with the public half of the configured key."
+            );
+        }
         let _ = tokio::signal::ctrl_c().await;
         sandbox.shutdown().await;
         Ok::<(), std::io::Error>(())

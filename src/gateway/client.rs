@@ -27,6 +27,10 @@ use super::wire::{self, MAX_REPLY_BYTES, Reply};
 use crate::config::{GatewayConfig, ResponseFormat};
 use crate::money::{Currency, Money};
 
+mod tokenpay;
+
+pub use tokenpay::{RecurringLimits, TokenPayOutcome, TokenPayReply, TokenPayRequest};
+
 /// Longest OrderNumber Assist accepts.
 pub const MAX_ORDER_NUMBER_LEN: usize = 128;
 

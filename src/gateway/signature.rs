@@ -86,6 +86,11 @@ impl SigningKey {
         Ok(key)
     }
 
+    /// The public half, which the merchant uploads to Assist (and the sandbox verifies with).
+    pub fn public_key(&self) -> rsa::RsaPublicKey {
+        self.key.to_public_key()
+    }
+
     /// The modulus size in bits.
     pub fn bits(&self) -> usize {
         self.key.n().bits()

@@ -97,7 +97,8 @@ fn bad(message: impl Into<String>) -> ParseError {
     ParseError(message.into())
 }
 
-/// Parses a reply of an order service (rp.cfm, orderstate.cfm, orderresult.cfm, tokenpay.cfm).
+/// Parses a reply of an order service (rp.cfm, orderstate.cfm, orderresult.cfm); tokenpay.cfm
+/// has [`parse_token_pay`].
 ///
 /// The format is taken from the body itself (`<` is XML, `{` is JSON), not from what was asked:
 /// a gateway that answers an error page in another format is still understood.
@@ -376,6 +377,117 @@ fn parse_json(text: &str) -> Result<Reply, ParseError> {
     let count = json_get(body, "count").and_then(json_scalar);
     check_count(count.as_deref(), orders.len(), explicit_empty)?;
     Ok(Reply::Orders(orders))
+}
+
+/// A tokenpay.cfm reply (seed 004). Unlike the other services, a non-zero
+/// `firstcode`/`secondcode` may come *with* an order: `3`/`115` (CVC required) carries the order
+/// and a `continueurl` where the customer must go on. So the codes, the orders and the URL are
+/// all kept, and a fault is a [`Reply::Fault`] only when no order came with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenPayWire {
+    pub reply: Reply,
+    /// The top-level codes (`0`/`0` when absent).
+    pub firstcode: u32,
+    pub secondcode: u32,
+    /// Where the customer completes 3-D Secure or enters the CVC, when the reply gives one.
+    pub continue_url: Option<String>,
+}
+
+/// Parses a tokenpay.cfm reply. A reply that is not JSON is read like any other service's (an
+/// XML fault page, say) and carries no continue URL.
+pub fn parse_token_pay(body: &[u8]) -> Result<TokenPayWire, ParseError> {
+    let text = std::str::from_utf8(body).map_err(|_| bad("reply is not UTF-8"))?;
+    let trimmed = text.trim_start_matches('\u{feff}').trim();
+    if !trimmed.starts_with('{') {
+        let reply = parse_reply(body)?;
+        let (firstcode, secondcode) = match &reply {
+            Reply::Fault {
+                firstcode,
+                secondcode,
+                ..
+            } => (*firstcode, *secondcode),
+            Reply::Orders(_) => (0, 0),
+        };
+        return Ok(TokenPayWire {
+            reply,
+            firstcode,
+            secondcode,
+            continue_url: None,
+        });
+    }
+    let value: Value =
+        serde_json::from_str(trimmed).map_err(|e| bad(format!("malformed JSON: {e}")))?;
+    let fault_wire = |reply: Reply| -> TokenPayWire {
+        let (firstcode, secondcode) = match &reply {
+            Reply::Fault {
+                firstcode,
+                secondcode,
+                ..
+            } => (*firstcode, *secondcode),
+            Reply::Orders(_) => (0, 0),
+        };
+        TokenPayWire {
+            reply,
+            firstcode,
+            secondcode,
+            continue_url: None,
+        }
+    };
+    if let Some(fault) = json_fault(&value) {
+        return fault.map(fault_wire);
+    }
+    let Value::Object(top) = value else {
+        return Err(bad("JSON reply is not an object"));
+    };
+    let body = match top.iter().next() {
+        Some((_, Value::Object(inner))) if top.len() == 1 => inner,
+        _ => &top,
+    };
+    if let Some(fault) = json_fault(&Value::Object(body.clone())) {
+        return fault.map(fault_wire);
+    }
+    let code = |name: &str| -> Result<u32, ParseError> {
+        match json_get(body, name) {
+            None => Ok(0),
+            Some(v) => parse_code(
+                name,
+                &json_scalar(v).ok_or_else(|| bad(format!("{name} is not a scalar")))?,
+            ),
+        }
+    };
+    let firstcode = code("firstcode")?;
+    let secondcode = code("secondcode")?;
+    let continue_url = json_get(body, "continueurl")
+        .and_then(json_scalar)
+        .filter(|url| !url.is_empty());
+    let mut orders = Vec::new();
+    if json_get(body, "ordernumber").is_some() {
+        orders.push(json_order(body)?);
+    } else {
+        let list = json_get(body, "orders").or_else(|| json_get(body, "order"));
+        collect_json_orders(list, &mut orders, 0)?;
+    }
+    let reply = if orders.is_empty() {
+        if firstcode == 0 && secondcode == 0 {
+            // A payment reply always names its order; an empty one is not an answer.
+            return Err(bad("tokenpay reply carries neither an order nor a fault"));
+        }
+        Reply::Fault {
+            firstcode,
+            secondcode,
+            detail: None,
+        }
+    } else {
+        let count = json_get(body, "count").and_then(json_scalar);
+        check_count(count.as_deref(), orders.len(), false)?;
+        Reply::Orders(orders)
+    };
+    Ok(TokenPayWire {
+        reply,
+        firstcode,
+        secondcode,
+        continue_url,
+    })
 }
 
 fn collect_json_orders(

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, NaiveDate, TimeDelta, Utc};
 
 use super::behaviour::{Behaviour, bill_base};
 use crate::money::{Currency, Money};
@@ -41,7 +41,7 @@ impl OrderState {
     }
 }
 
-/// One order the sandbox created (one rp.cfm charge that was applied).
+/// One order the sandbox created (one rp.cfm charge or tokenpay.cfm payment that was applied).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRecord {
     /// The merchant's OrderNumber, as received.
@@ -117,6 +117,12 @@ pub struct Agreement {
     pub currency: Option<Currency>,
     pub min: Option<Money>,
     pub max: Option<Money>,
+    /// RecurringPeriod of the initial payment (tokenpay.cfm). Recorded, not enforced: rehearsals
+    /// charge on a simulated clock, so real days between charges mean nothing here.
+    pub period_days: Option<u32>,
+    /// RecurringMaxDate of the initial payment (tokenpay.cfm): charges on a later (UTC) date are
+    /// Declined with AS100.
+    pub max_date: Option<NaiveDate>,
     /// Orders created against it so far (the k of the next `BASE.k` is this plus one).
     pub operations: u32,
 }
@@ -152,6 +158,50 @@ pub struct BookSnapshot {
     pub agreements: BTreeMap<String, Agreement>,
     /// Stored cards: (customer number, card).
     pub tokens: Vec<(String, Card)>,
+    /// Every tokenpay.cfm request that passed authentication, in arrival order.
+    pub token_payments: Vec<TokenPayment>,
+}
+
+/// The recurring parameters of an initial payment (tokenpay.cfm with `RecurringIndicator=1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recurring {
+    pub min: Money,
+    pub max: Money,
+    pub period_days: u32,
+    pub max_date: NaiveDate,
+}
+
+/// One tokenpay.cfm payment that passed auth and parameter checks.
+#[derive(Debug, Clone)]
+pub struct TokenPay<'a> {
+    pub order_number: &'a str,
+    pub customer: &'a str,
+    pub token: &'a str,
+    pub amount: Money,
+    pub currency: Currency,
+    pub recurring: Option<Recurring>,
+    /// Whether it carried a Signature (verified, when the sandbox has a public key).
+    pub signed: bool,
+    pub behaviour: Behaviour,
+}
+
+/// A tokenpay.cfm request the sandbox received and what it did with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenPayment {
+    pub time: DateTime<Utc>,
+    pub order_number: String,
+    /// The CustomerNumber inside PaymentToken (empty if the request did not get that far).
+    pub customer: String,
+    pub token: String,
+    /// `OrderAmount` as received.
+    pub amount: String,
+    /// `OrderCurrency` as received.
+    pub currency: String,
+    /// Whether a `Signature` was sent (and, when the sandbox has a public key, verified).
+    pub signed: bool,
+    /// The billnumber given to the order, when one was created.
+    pub bill_number: Option<String>,
+    pub outcome: RpOutcome,
 }
 
 /// The search window of a status query: creation instants truncated to the minute, inclusive.
@@ -197,6 +247,7 @@ pub struct Book {
     rate_limited: u64,
     agreements: BTreeMap<String, Agreement>,
     tokens: Vec<(String, Card)>,
+    token_payments: Vec<TokenPayment>,
     /// Arrival instants of the requests admitted in the last second.
     recent: VecDeque<Instant>,
 }
@@ -210,6 +261,7 @@ impl Book {
             rate_limited: self.rate_limited,
             agreements: self.agreements.clone(),
             tokens: self.tokens.clone(),
+            token_payments: self.token_payments.clone(),
         }
     }
 
@@ -251,6 +303,8 @@ impl Book {
                 currency: Some(currency),
                 min,
                 max,
+                period_days: None,
+                max_date: None,
                 operations,
             },
         );
@@ -344,12 +398,17 @@ impl Book {
                 currency: None,
                 min: None,
                 max: None,
+                period_days: None,
+                max_date: None,
                 operations: 0,
             });
         let currency_fixed = *agreement.currency.get_or_insert(charge.currency);
         let inside = currency_fixed == charge.currency
             && agreement.min.is_none_or(|min| charge.amount >= min)
-            && agreement.max.is_none_or(|max| charge.amount <= max);
+            && agreement.max.is_none_or(|max| charge.amount <= max)
+            && agreement
+                .max_date
+                .is_none_or(|max_date| now.date_naive() <= max_date);
         agreement.operations += 1;
         let bill_number = format!("{base}.{}", agreement.operations);
 
@@ -378,6 +437,145 @@ impl Book {
         };
         self.orders.push(order.clone());
         Ok(order)
+    }
+
+    /// Records a tokenpay.cfm request refused before reaching [`Book::token_pay`].
+    pub fn record_token_payment(&mut self, payment: TokenPayment) {
+        self.token_payments.push(payment);
+    }
+
+    /// Applies one tokenpay.cfm payment: refuses a reused order number (under `Reject`) and the
+    /// behaviours that apply nothing, else creates an order under a new, unique 16-digit
+    /// billnumber. An initial recurring payment that is (or will be) approved registers a new
+    /// agreement with its limits under that billnumber. Returns the order as created.
+    pub fn token_pay(
+        &mut self,
+        payment: &TokenPay<'_>,
+        policy: DuplicatePolicy,
+        test_mode: bool,
+        now: DateTime<Utc>,
+    ) -> Result<OrderRecord, Refusal> {
+        let result = self.apply_token_pay(payment, policy, test_mode, now);
+        let (outcome, bill_number) = match &result {
+            Ok(order) => (
+                RpOutcome::Applied {
+                    state: order.state,
+                    response_code: order.response_code.clone(),
+                },
+                Some(order.bill_base.clone()),
+            ),
+            Err(refusal) => (RpOutcome::Refused(refusal.clone()), None),
+        };
+        self.token_payments.push(TokenPayment {
+            time: now,
+            order_number: payment.order_number.to_string(),
+            customer: payment.customer.to_string(),
+            token: payment.token.to_string(),
+            amount: payment.amount.to_string(),
+            currency: payment.currency.to_string(),
+            signed: payment.signed,
+            bill_number,
+            outcome,
+        });
+        result
+    }
+
+    fn apply_token_pay(
+        &mut self,
+        payment: &TokenPay<'_>,
+        policy: DuplicatePolicy,
+        test_mode: bool,
+        now: DateTime<Utc>,
+    ) -> Result<OrderRecord, Refusal> {
+        if policy == DuplicatePolicy::Reject
+            && self
+                .orders
+                .iter()
+                .any(|order| order.order_number == payment.order_number)
+        {
+            return Err(Refusal::Fault {
+                firstcode: 11,
+                secondcode: 201,
+                detail: "order number already used".to_string(),
+            });
+        }
+        match payment.behaviour {
+            Behaviour::Unavailable => return Err(Refusal::Http(503)),
+            Behaviour::TooManyRequests => return Err(Refusal::Http(429)),
+            _ => {}
+        }
+        let base = self.new_bill_number();
+        let (state, code, message) = match payment.behaviour {
+            // Not final: the customer must complete 3-D Secure (or enter the CVC) on the
+            // continueurl page, which never happens in the sandbox.
+            Behaviour::Decline(super::behaviour::DeclineCode::ThreeDsRequired) => (
+                OrderState::InProcess,
+                "AS110",
+                "3-D Secure authorization required",
+            ),
+            other => first_result(other),
+        };
+        let will_be_approved = state == OrderState::Approved
+            || payment.behaviour
+                == (Behaviour::InProcess {
+                    then_approved: true,
+                });
+        if let (Some(recurring), true) = (payment.recurring, will_be_approved) {
+            self.agreements.insert(
+                base.clone(),
+                Agreement {
+                    base: base.clone(),
+                    currency: Some(payment.currency),
+                    min: Some(recurring.min),
+                    max: Some(recurring.max),
+                    period_days: Some(recurring.period_days),
+                    max_date: Some(recurring.max_date),
+                    // The initial payment is operation 1; recurring charges are .2, .3, ...
+                    operations: 1,
+                },
+            );
+        }
+        let order = OrderRecord {
+            order_number: payment.order_number.to_string(),
+            bill_base: base.clone(),
+            bill_number: format!("{base}.1"),
+            amount: payment.amount,
+            currency: payment.currency,
+            state,
+            response_code: code.to_string(),
+            message: message.to_string(),
+            created_at: now,
+            test_mode,
+            status_queries: 0,
+            behaviour: payment.behaviour,
+        };
+        self.orders.push(order.clone());
+        Ok(order)
+    }
+
+    /// A billnumber no order or agreement has: 16 digits starting with `58` (never a magic
+    /// `999`), the rest random, so sandboxes restarted between enrolments do not repeat one.
+    fn new_bill_number(&self) -> String {
+        let mut attempt: u64 = 0;
+        loop {
+            let mut bytes = [0u8; 8];
+            let random = match getrandom::getrandom(&mut bytes) {
+                Ok(()) => u64::from_le_bytes(bytes),
+                // No OS randomness: the clock and a counter still give distinct numbers.
+                Err(_) => Utc::now()
+                    .timestamp_nanos_opt()
+                    .unwrap_or_default()
+                    .unsigned_abs()
+                    .wrapping_add(attempt),
+            };
+            let candidate = format!("58{:014}", random % 100_000_000_000_000);
+            let taken = self.agreements.contains_key(&candidate)
+                || self.orders.iter().any(|o| o.bill_base == candidate);
+            if !taken {
+                return candidate;
+            }
+            attempt += 1;
+        }
     }
 
     /// The orders with this number created inside the window, as a status query sees them:

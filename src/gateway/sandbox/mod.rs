@@ -1,6 +1,6 @@
 //! The built-in Assist sandbox: an in-process HTTP/1 server that emulates the Assist services
-//! recurrentd uses (rp.cfm, orderstate.cfm, orderresult.cfm, token.cfm, rem_token.cfm), for
-//! tests, the README demo and operators' rehearsals.
+//! recurrentd uses (rp.cfm, orderstate.cfm, orderresult.cfm, token.cfm, rem_token.cfm,
+//! tokenpay.cfm), for tests, the README demo and operators' rehearsals.
 //!
 //! The wire shapes and behaviours follow the sandbox spec (notes/sandbox-spec.md). Charges
 //! against a bill number whose base starts with `999` behave as its last three digits say
@@ -40,11 +40,13 @@ pub mod wire;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tokenpay_tests;
 
 pub use behaviour::{Behaviour, DeclineCode};
 pub use book::{
-    Agreement, BookSnapshot, Card, DuplicatePolicy, OrderRecord, OrderState, Refusal, RpOutcome,
-    RpRequest,
+    Agreement, BookSnapshot, Card, DuplicatePolicy, OrderRecord, OrderState, Recurring, Refusal,
+    RpOutcome, RpRequest, TokenPayment,
 };
 
 /// The built-in sandbox's Merchant_ID.
@@ -88,6 +90,10 @@ pub struct SandboxConfig {
     pub settle_after: u32,
     /// Stored cards the sandbox starts with: (customer number, card).
     pub tokens: Vec<(String, Card)>,
+    /// The merchant's public key for request signatures (tokenpay.cfm). When set, a Signature
+    /// is required and must verify (RSASSA-PKCS1-v1_5, MD5 DigestInfo, over
+    /// `Merchant_ID;OrderNumber;OrderAmount;OrderCurrency`); when unset, one is not checked.
+    pub verify_key: Option<rsa::RsaPublicKey>,
 }
 
 impl SandboxConfig {
@@ -109,6 +115,7 @@ impl SandboxConfig {
             hang: BUILTIN_HANG,
             settle_after: BUILTIN_SETTLE_AFTER,
             tokens: builtin_tokens(),
+            verify_key: None,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! One request: routing, body, rate limit, format, auth and the five services.
+//! One request: routing, body, rate limit, format, auth and the six services.
 
 use std::fmt;
 use std::time::Instant;
@@ -19,6 +19,8 @@ use super::book::{
 use super::wire::{self, Fields, Format, StatusOrder};
 use crate::gateway::checkvalue::{ResultFields, result_checkvalue};
 use crate::money::{Currency, Money};
+
+mod tokenpay;
 
 /// Longest OrderNumber accepted.
 const MAX_ORDER_NUMBER: usize = 128;
@@ -53,6 +55,7 @@ enum Service {
     OrderResult,
     Token,
     RemToken,
+    TokenPay,
 }
 
 impl Service {
@@ -63,6 +66,7 @@ impl Service {
             "/orderresult/orderresult.cfm" => Some(Service::OrderResult),
             "/pay/oneclick/v1/token.cfm" => Some(Service::Token),
             "/pay/oneclick/v1/rem_token.cfm" => Some(Service::RemToken),
+            "/pay/tokenpay.cfm" => Some(Service::TokenPay),
             _ => None,
         }
     }
@@ -74,6 +78,7 @@ impl Service {
             Service::OrderResult => "orderresult",
             Service::Token => "token",
             Service::RemToken => "rem_token",
+            Service::TokenPay => "tokenpay",
         }
     }
 }
@@ -94,6 +99,13 @@ pub(super) async fn handle(
     if request.method() != Method::POST {
         return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "POST only"));
     }
+    // For the continueurl of tokenpay answers that need the customer.
+    let host = request
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_string();
     let body = match read_body(request).await {
         Ok(body) => body,
         Err(status) => return Ok(plain(status, "request body refused")),
@@ -137,6 +149,11 @@ pub(super) async fn handle(
         Service::Token | Service::RemToken => {
             let admitted = shared.book().admit(arrived, config.requests_per_second);
             Ok(token(shared, &body, service, admitted))
+        }
+        Service::TokenPay => {
+            let params = Params::from_form(&body);
+            let admitted = shared.book().admit(arrived, config.requests_per_second);
+            tokenpay::handle(shared, &params, admitted, &host).await
         }
     }
 }

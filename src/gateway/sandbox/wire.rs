@@ -192,3 +192,40 @@ pub fn error_page(status: u16, reason: &str) -> String {
 pub fn garbage() -> String {
     "<html><body>Service temporarily unavai".to_string()
 }
+
+/// tokenpay.cfm's reply (seed 004): `{"order": [{order fields..., "operations": [{...}]}],
+/// "packetdate": ...}`, plus `firstcode`, `secondcode` and `continueurl` when the customer must
+/// act (3-D Secure or CVC) before the payment can go on.
+pub fn token_pay(
+    order: &Fields,
+    operation: &Fields,
+    packet_date: &str,
+    continuation: Option<(u32, u32, &str)>,
+) -> String {
+    let mut object = json_fields(order);
+    object.insert(
+        "operations".to_string(),
+        Value::Array(vec![Value::Object(json_fields(operation))]),
+    );
+    let mut body = Map::new();
+    body.insert(
+        "order".to_string(),
+        Value::Array(vec![Value::Object(object)]),
+    );
+    body.insert(
+        "packetdate".to_string(),
+        Value::String(packet_date.to_string()),
+    );
+    if let Some((firstcode, secondcode, url)) = continuation {
+        body.insert(
+            "firstcode".to_string(),
+            Value::String(firstcode.to_string()),
+        );
+        body.insert(
+            "secondcode".to_string(),
+            Value::String(secondcode.to_string()),
+        );
+        body.insert("continueurl".to_string(), Value::String(url.to_string()));
+    }
+    Value::Object(body).to_string()
+}

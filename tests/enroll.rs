@@ -1,0 +1,513 @@
+//! Enrolment through Token Pay: the client against the in-process sandbox (every outcome, the
+//! signature, the agreement it leaves), and the real binary end to end (`enroll`, then `check`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use chrono::{Days, NaiveDate, Utc};
+use recurrentd::config::ResponseFormat;
+use recurrentd::gateway::client::{
+    ChargeRequest, Client, RecurringLimits, Settings, StatusQuery, TokenPayOutcome, TokenPayReply,
+    TokenPayRequest,
+};
+use recurrentd::gateway::outcome::{DeclineKind, Outcome};
+use recurrentd::gateway::sandbox::{Sandbox, SandboxConfig};
+use recurrentd::gateway::signature::SigningKey;
+use recurrentd::money::{Currency, Money};
+use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+use rsa::{RsaPrivateKey, RsaPublicKey};
+use secrecy::SecretString;
+
+const PASSWORD: &str = "pw-Enrol7#password";
+const SALT: &str = "salt-Enrol7!salt";
+const VISA_1234: &str = "49D902C6-1CCF-4605-9228-11D0E8115C77";
+
+fn magic(suffix: &str) -> String {
+    format!("99900000-0000-0000-0000-000000000{suffix}")
+}
+
+fn sandbox_config() -> SandboxConfig {
+    SandboxConfig {
+        password: SecretString::from(PASSWORD),
+        salt: SecretString::from(SALT),
+        hang: Duration::from_millis(2500),
+        ..SandboxConfig::builtin()
+    }
+}
+
+async fn start(config: SandboxConfig) -> Sandbox {
+    Sandbox::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+fn client(url: &str) -> Client {
+    Client::new(Settings {
+        url: url.to_string(),
+        merchant_id: "123456".into(),
+        login: "sandbox".into(),
+        password: SecretString::from(PASSWORD),
+        salt: SecretString::from(SALT),
+        test_mode: true,
+        format: ResponseFormat::Xml,
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(1),
+    })
+    .unwrap()
+}
+
+fn money(text: &str) -> Money {
+    Money::parse(text).unwrap()
+}
+
+fn max_date() -> NaiveDate {
+    Utc::now().date_naive() + Days::new(400)
+}
+
+fn request<'a>(order: &'a str, customer: &'a str, token: &'a str) -> TokenPayRequest<'a> {
+    TokenPayRequest {
+        order_number: order,
+        amount: money("499.00"),
+        currency: Currency::parse("RUB").unwrap(),
+        customer,
+        token,
+        limits: RecurringLimits {
+            min_amount: money("100.00"),
+            max_amount: money("1000.00"),
+            period_days: 28,
+            max_date: max_date(),
+        },
+        comment: Some("test enrolment"),
+        signing_key: None,
+    }
+}
+
+fn rsa_key() -> RsaPrivateKey {
+    RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024).unwrap()
+}
+
+fn pem(key: &RsaPrivateKey) -> String {
+    key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
+}
+
+fn signing_key(key: &RsaPrivateKey) -> SigningKey {
+    SigningKey::from_pem(&SecretString::from(pem(key))).unwrap()
+}
+
+fn enrolled(reply: &TokenPayReply) -> &str {
+    match &reply.outcome {
+        TokenPayOutcome::Enrolled { bill_number } => bill_number,
+        other => panic!("not enrolled: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn an_enrolment_leaves_an_agreement_that_recurring_charges_use() {
+    let sandbox = start(sandbox_config()).await;
+    let client = client(&sandbox.url());
+    let reply = client
+        .token_pay(&request("enrol-ok", "1234", VISA_1234))
+        .await;
+    let bill = enrolled(&reply).to_string();
+    assert!(
+        !reply.confirmed_by_status,
+        "the reply itself was conclusive"
+    );
+    assert_eq!(reply.response_code.as_deref(), Some("AS000"));
+    assert_eq!(bill.len(), 16);
+    let raw = reply.raw.as_deref().unwrap();
+    assert!(!raw.contains(PASSWORD) && !raw.contains(SALT));
+    let book = sandbox.book();
+    let agreement = &book.agreements[&bill];
+    assert_eq!(agreement.max, Some(money("1000.00")));
+    assert_eq!(agreement.max_date, Some(max_date()));
+    // The customer number went inside PaymentToken only (else 15/320), and it is recorded.
+    assert_eq!(book.token_payments[0].customer, "1234");
+
+    // A recurring charge against the new agreement, within its limits: approved, verified.
+    let rub = Currency::parse("RUB").unwrap();
+    let sent_at = Utc::now();
+    let charge = client
+        .charge(&ChargeRequest {
+            bill_number: &bill,
+            order_number: "enrol-ok-p1",
+            amount: money("499.00"),
+            currency: rub,
+            comment: None,
+        })
+        .await;
+    assert_eq!(charge.claim, Outcome::Approved);
+    let status = client
+        .order_status(&StatusQuery {
+            order_number: "enrol-ok-p1",
+            amount: money("499.00"),
+            currency: rub,
+            sent_at,
+            known_test_mode: charge.test_mode,
+        })
+        .await;
+    assert_eq!(*status.outcome(), Outcome::Approved);
+    // Above the agreed maximum: the gateway declines it too.
+    let over = client
+        .charge(&ChargeRequest {
+            bill_number: &bill,
+            order_number: "enrol-ok-p2",
+            amount: money("1000.01"),
+            currency: rub,
+            comment: None,
+        })
+        .await;
+    assert!(
+        matches!(over.claim, Outcome::Declined(_)),
+        "{:?}",
+        over.claim
+    );
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_signature_is_verified_with_the_merchants_public_key() {
+    let merchant = rsa_key();
+    let intruder = rsa_key();
+    let sandbox = start(SandboxConfig {
+        verify_key: Some(RsaPublicKey::from(&merchant)),
+        ..sandbox_config()
+    })
+    .await;
+    let client = client(&sandbox.url());
+
+    let right = signing_key(&merchant);
+    let mut signed = request("enrol-signed", "1234", VISA_1234);
+    signed.signing_key = Some(&right);
+    let reply = client.token_pay(&signed).await;
+    enrolled(&reply);
+    assert!(sandbox.book().token_payments[0].signed);
+    // No secret in what a caller might log: the request (with its key), the reply, the client.
+    let shown = format!("{signed:?} {reply:?} {client:?} {}", reply.outcome);
+    let key_text = pem(&merchant);
+    let key_line = key_text.lines().nth(1).unwrap();
+    for secret in [PASSWORD, SALT, key_line] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+
+    let wrong = signing_key(&intruder);
+    let mut forged = request("enrol-forged", "1234", VISA_1234);
+    forged.signing_key = Some(&wrong);
+    let reply = client.token_pay(&forged).await;
+    assert!(
+        matches!(&reply.outcome, TokenPayOutcome::Rejected { config: true, reason } if reason.contains("encryption")),
+        "{}",
+        reply.outcome
+    );
+    let reply = client
+        .token_pay(&request("enrol-unsigned", "1234", VISA_1234))
+        .await;
+    assert!(
+        matches!(reply.outcome, TokenPayOutcome::Rejected { .. }),
+        "{}",
+        reply.outcome
+    );
+    // Neither refused request created an order.
+    assert_eq!(sandbox.book().orders.len(), 1);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_way_an_enrolment_can_fail_is_classified() {
+    let sandbox = start(sandbox_config()).await;
+    let client = client(&sandbox.url());
+    let pay = |order: &'static str, token: String| {
+        let client = &client;
+        async move { client.token_pay(&request(order, "5555", &token)).await }
+    };
+
+    let reply = pay("f-3ds", magic("110")).await;
+    match &reply.outcome {
+        TokenPayOutcome::NeedsCustomer {
+            continue_url: Some(url),
+            reason,
+        } => {
+            assert!(url.contains("/pay/pay.cfm?CFSID="), "{url}");
+            assert!(reason.contains("3-D Secure"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+    let reply = pay("f-cvc", magic("115")).await;
+    assert!(
+        matches!(&reply.outcome, TokenPayOutcome::NeedsCustomer { continue_url: Some(_), reason } if reason.contains("CVC")),
+        "{}",
+        reply.outcome
+    );
+    let reply = pay("f-funds", magic("102")).await;
+    assert!(
+        matches!(&reply.outcome, TokenPayOutcome::Declined(d) if d.kind == DeclineKind::Soft && d.code == "AS102"),
+        "{}",
+        reply.outcome
+    );
+    let reply = pay("f-expired", magic("104")).await;
+    assert!(
+        matches!(&reply.outcome, TokenPayOutcome::Declined(d) if d.kind == DeclineKind::Hard),
+        "{}",
+        reply.outcome
+    );
+    // 503: nothing applied; the status query does not find it: unknown, never "declined".
+    let reply = pay("f-503", magic("503")).await;
+    assert!(
+        matches!(&reply.outcome, TokenPayOutcome::Unknown(why) if why.contains("503")),
+        "{}",
+        reply.outcome
+    );
+    assert!(reply.confirmed_by_status);
+    // 500 and 408: applied, the reply lost; the status query finds it paid (test mode through
+    // orderresult): enrolled all the same, with the agreement's billnumber.
+    for (order, suffix) in [("f-500", "500"), ("f-408", "408"), ("f-998", "998")] {
+        let reply = pay(order, magic(suffix)).await;
+        let bill = enrolled(&reply).to_string();
+        assert!(reply.confirmed_by_status, "{suffix}");
+        assert!(sandbox.book().agreements.contains_key(&bill), "{suffix}");
+    }
+    // 777 and 888: the answer fails verification.
+    for (order, suffix) in [("f-777", "777"), ("f-888", "888")] {
+        let reply = pay(order, magic(suffix)).await;
+        assert!(
+            matches!(reply.outcome, TokenPayOutcome::IntegrityFailure(_)),
+            "{suffix}: {}",
+            reply.outcome
+        );
+    }
+    // A token that is not the customer's: rejected, not a config problem.
+    let reply = client
+        .token_pay(&request("f-token", "1001", VISA_1234))
+        .await;
+    assert!(
+        matches!(
+            reply.outcome,
+            TokenPayOutcome::Rejected { config: false, .. }
+        ),
+        "{}",
+        reply.outcome
+    );
+    // Nothing listening: provably not sent.
+    let closed = self::client("http://127.0.0.1:9");
+    let reply = closed
+        .token_pay(&request("f-closed", "1234", VISA_1234))
+        .await;
+    assert!(
+        matches!(reply.outcome, TokenPayOutcome::NotSent(_)),
+        "{}",
+        reply.outcome
+    );
+    sandbox.shutdown().await;
+}
+
+// --- The real binary ------------------------------------------------------------------------
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    key_pem: String,
+}
+
+fn setup(url: &str, sign: bool, key: &RsaPrivateKey) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[schedules]\ndir = \"schedules\"\n\n[gateway]\nurl = \"{url}\"\nmerchant_id = \
+             \"123456\"\nlogin = \"sandbox\"\ntest_mode = true\nsign_requests = {sign}\n\
+             format = \"json\"\ntimeout_secs = 5\n\n[billing]\ntimezone = \"Europe/Moscow\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("schedules")).unwrap();
+    Setup {
+        dir,
+        config,
+        key_pem: pem(key),
+    }
+}
+
+async fn recurrentd(setup: &Setup, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_recurrentd"));
+    command
+        .arg("--config")
+        .arg(&setup.config)
+        .args(args)
+        .env_remove("RECURRENTD_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env("RECURRENTD_SECRET_PASSWORD", PASSWORD)
+        .env("RECURRENTD_SECRET_SALT", SALT)
+        .env("RECURRENTD_SECRET_PRIVATE_KEY", &setup.key_pem);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn enroll_args<'a>(id: &'a str, token: &'a str, max_date: &'a str) -> Vec<&'a str> {
+    vec![
+        "enroll",
+        "--id",
+        id,
+        "--customer",
+        "1234",
+        "--token",
+        token,
+        "--amount",
+        "499.00",
+        "--currency",
+        "RUB",
+        "--every",
+        "1 month",
+        "--min-amount",
+        "100.00",
+        "--max-amount",
+        "1000.00",
+        "--period-days",
+        "28",
+        "--max-date",
+        max_date,
+        "--yes",
+    ]
+}
+
+fn schedule_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("schedules"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_enrolls_signs_writes_a_valid_schedule_file_and_refuses_failures() {
+    let key = rsa_key();
+    let sandbox = start(SandboxConfig {
+        verify_key: Some(RsaPublicKey::from(&key)),
+        ..sandbox_config()
+    })
+    .await;
+    let setup = setup(&sandbox.url(), true, &key);
+    let max = max_date().to_string();
+
+    let out = recurrentd(&setup, &enroll_args("acme-2001", VISA_1234, &max)).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{stdout}",
+        text(&out.stderr)
+    );
+    let file = setup.dir.path().join("schedules/enrolled-acme-2001.toml");
+    let written = std::fs::read_to_string(&file).unwrap();
+    let bill = &sandbox.book().orders[0].bill_base;
+    assert!(
+        written.contains(&format!("bill_number = \"{bill}\"")),
+        "{written}"
+    );
+    let start = Utc::now()
+        .with_timezone(&chrono_tz::Europe::Moscow)
+        .date_naive()
+        .checked_add_months(chrono::Months::new(1))
+        .unwrap();
+    assert!(written.contains(&format!("start = {start}")), "{written}");
+    assert!(stdout.contains(&written[written.find("[[subscription]]").unwrap()..]));
+    assert!(sandbox.book().token_payments[0].signed);
+
+    let out = recurrentd(&setup, &["check"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 file(s), 1 valid subscription(s), 0 error(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A second enrolment appended to the same file, with --json.
+    let mut args = enroll_args("acme-2002", VISA_1234, &max);
+    args.extend(["--schedule-file", file.to_str().unwrap(), "--json"]);
+    let out = recurrentd(&setup, &args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["status"], "enrolled");
+    assert_eq!(json["enrolment"]["subscription"], "acme-2002");
+    assert_eq!(json["enrolment"]["amount"], "499.00");
+    let out = recurrentd(&setup, &["check"]).await;
+    assert!(
+        text(&out.stdout).contains("1 file(s), 2 valid subscription(s), 0 error(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Refused before anything is sent: a used id, limits that contradict the cadence.
+    let orders_before = sandbox.book().token_payments.len();
+    let out = recurrentd(&setup, &enroll_args("acme-2001", VISA_1234, &max)).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("already used"),
+        "{}",
+        text(&out.stderr)
+    );
+    let mut args = enroll_args("acme-2003", VISA_1234, &max);
+    let at = args.iter().position(|a| *a == "28").unwrap();
+    args[at] = "30";
+    let out = recurrentd(&setup, &args).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--every: every = \"1 month\" gives a"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(sandbox.book().token_payments.len(), orders_before);
+
+    // Failures at the gateway: exit code, what happened and what to do, and no file written.
+    let cases = [
+        (
+            "x-3ds",
+            magic("110"),
+            1,
+            "must complete it on the gateway's page http",
+        ),
+        ("x-declined", magic("102"), 1, "declined (AS102"),
+        ("x-unknown", magic("503"), 69, "Do not retry blindly"),
+        ("x-forged", magic("777"), 69, "failed verification"),
+    ];
+    for (id, token, code, says) in &cases {
+        let out = recurrentd(&setup, &enroll_args(id, token, &max)).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(*code), "{id}: {stderr}");
+        assert!(stderr.contains(says), "{id}: {stderr}");
+        assert!(
+            stderr.contains("no schedule file was written"),
+            "{id}: {stderr}"
+        );
+    }
+    assert_eq!(
+        schedule_files(setup.dir.path()),
+        ["enrolled-acme-2001.toml"]
+    );
+
+    // A key the gateway does not know: configuration (78), nothing written.
+    let other = setup_with_key(&setup, &rsa_key());
+    let out = recurrentd(&other, &enroll_args("acme-2004", VISA_1234, &max)).await;
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
+    assert_eq!(
+        schedule_files(setup.dir.path()),
+        ["enrolled-acme-2001.toml"]
+    );
+    sandbox.shutdown().await;
+}
+
+/// The same folder and config, another private key.
+fn setup_with_key(setup: &Setup, key: &RsaPrivateKey) -> Setup {
+    Setup {
+        dir: tempfile::tempdir().unwrap(),
+        config: setup.config.clone(),
+        key_pem: pem(key),
+    }
+}
