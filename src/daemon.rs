@@ -6,10 +6,10 @@
 //! charge. SIGHUP re-reads the schedule files. SIGTERM/SIGINT, or the rehearsal clock passing
 //! `until`: stop creating intents, finish what is outstanding within a deadline, exit.
 //!
-//! Under systemd (`Type=notify`), the [`Notifier`] tells the service manager READY=1 once the store is
-//! open, the schedules synced and the unresolved attempts reconciled; a STATUS= line after each
-//! tick; RELOADING=1/READY=1 around a SIGHUP reload; STOPPING=1 when stopping; and WATCHDOG=1 from
-//! the loop's health path (see [`run`]).
+//! Under systemd (`Type=notify`), the [`Notifier`] tells the service manager READY=1 once the
+//! store is open, the schedules synced and the unresolved attempts reconciled; a STATUS= line
+//! after each tick; RELOADING=1/READY=1 around a SIGHUP reload; STOPPING=1 when stopping; and
+//! WATCHDOG=1 from the loop's health path (see [`run`]).
 
 mod notify;
 
