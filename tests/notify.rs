@@ -2,7 +2,8 @@
 //! (`$CONFIGURATION_DIRECTORY`, `$STATE_DIRECTORY`, `$CREDENTIALS_DIRECTORY`), a datagram socket
 //! as `NOTIFY_SOCKET` and a watchdog (`WATCHDOG_USEC`), against the in-process sandbox on a
 //! rehearsal clock. READY=1 comes only once the store is open, the schedules synced and the
-//! unresolved attempts reconciled; WATCHDOG=1 keeps coming; SIGTERM gives STOPPING=1 and exit 0.
+//! unresolved attempts reconciled; WATCHDOG=1 keeps coming; SIGHUP gives RELOADING=1 then
+//! READY=1; SIGTERM gives STOPPING=1 and exit 0.
 //! And a broken config exits 78 (not restarted by the unit) with one line.
 
 use std::os::unix::fs::PermissionsExt;
@@ -174,6 +175,19 @@ async fn ready_watchdog_and_stopping_over_a_fake_notify_socket() {
     }
     assert!(pings >= 3, "only {pings} watchdog ping(s) in 3 s");
     assert!(tick_status, "no STATUS= after a tick");
+
+    // SIGHUP (systemctl reload): RELOADING=1, then READY=1 once the schedules are re-read.
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let reload = receive_until(&socket, "READY=1", Duration::from_secs(30), &log);
+    let reloading = reload
+        .iter()
+        .position(|m| m.lines().any(|l| l == "RELOADING=1"))
+        .unwrap_or_else(|| panic!("no RELOADING=1 before READY=1: {reload:?}"));
+    assert!(reload[reloading].contains("MONOTONIC_USEC="), "{reload:?}");
 
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
