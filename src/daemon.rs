@@ -5,6 +5,15 @@
 //! from the database and the clock, so a missed or doubled tick can neither lose nor double a
 //! charge. SIGHUP re-reads the schedule files. SIGTERM/SIGINT, or the rehearsal clock passing
 //! `until`: stop creating intents, finish what is outstanding within a deadline, exit.
+//!
+//! Under systemd (`Type=notify`), the [`Notifier`] tells the service manager READY=1 once the
+//! store is open, the schedules synced and the unresolved attempts reconciled; a STATUS= line
+//! after each tick; RELOADING=1/READY=1 around a SIGHUP reload; STOPPING=1 when stopping; and
+//! WATCHDOG=1 from the loop's health path (see [`run`]).
+
+mod notify;
+
+use notify::Notifier;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +21,7 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::Interval;
 
 use crate::billing::Calendar;
 use crate::clock::Clock;
@@ -86,8 +96,13 @@ impl Totals {
 }
 
 /// Re-reads the schedule files into the store; problems are logged with their location and the
-/// last good version of a broken file stays in force.
-async fn sync(engine: &Engine, config: &Config, clock: &Arc<dyn Clock>) -> Result<(), DaemonError> {
+/// last good version of a broken file stays in force. Returns the number of active
+/// subscriptions.
+async fn sync(
+    engine: &Engine,
+    config: &Config,
+    clock: &Arc<dyn Clock>,
+) -> Result<usize, DaemonError> {
     let dir = config.schedules.dir.clone();
     let report = tokio::task::spawn_blocking(move || schedule::load_dir(&dir))
         .await
@@ -110,15 +125,24 @@ async fn sync(engine: &Engine, config: &Config, clock: &Arc<dyn Clock>) -> Resul
         .filter(|s| s.is_active())
         .count();
     tracing::info!(subscriptions, "schedules synced");
-    Ok(())
+    Ok(subscriptions)
 }
 
 /// Runs the daemon until a signal or `until`.
+///
+/// The watchdog (when systemd set `WATCHDOG_USEC`): WATCHDOG=1 after every tick that succeeded,
+/// and from a timer at half the watchdog interval that runs inside the loop — also while a long
+/// tick is in progress — and pings only after a round-trip to the store succeeded. So a wedged
+/// runtime (the timer never fires), a wedged store (a held lock, a hung disk) or a loop that
+/// stopped turning all stop the pings, and systemd restarts the daemon; the charge path is
+/// crash-safe, so the restart reconciles whatever was in flight.
 pub async fn run(
     config: &Config,
     gateway: Settings,
     options: RunOptions,
 ) -> Result<(), DaemonError> {
+    let notifier = Notifier::from_env();
+    notifier.status("opening the store");
     let database = options.database.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&database, Access::Daemon))
         .await
@@ -136,7 +160,9 @@ pub async fn run(
         ),
     )?;
     tracing::info!(database = %options.database.display(), "store open");
-    sync(&engine, config, &options.clock).await?;
+    notifier.status("syncing the schedule files");
+    let mut subscriptions = sync(&engine, config, &options.clock).await?;
+    notifier.status("reconciling unresolved attempts with the gateway");
     let reconciled = engine.reconcile().await?;
     tracing::info!(
         checked = reconciled.checked,
@@ -151,18 +177,55 @@ pub async fn run(
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut interval = tokio::time::interval(options.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watchdog = notifier.watchdog_every().map(|every| {
+        let mut timer = tokio::time::interval(every);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    });
+    if let Some(every) = notifier.watchdog_every() {
+        tracing::info!(
+            ping_every_ms = every.as_millis() as u64,
+            "systemd watchdog enabled"
+        );
+    }
     let mut totals = Totals::default();
     let mut last_summary = Instant::now();
+    let mut last_tick: Option<(DateTime<Utc>, TickReport)> = None;
     tracing::info!("running");
-    loop {
+    notifier.ready(&status_line(subscriptions, last_tick.as_ref()));
+    let stop_reason = loop {
         tokio::select! {
             _ = interval.tick() => {
                 if options.until.is_some_and(|until| options.clock.now() >= until) {
                     tracing::info!("the rehearsal clock reached its end");
-                    break;
+                    break "the rehearsal clock reached its end";
                 }
-                match engine.tick().await {
-                    Ok(report) => totals.add(&report),
+                // The tick runs while the watchdog timer keeps being served, and a stop signal
+                // arriving meanwhile is acknowledged (STOPPING=1) at once; the tick itself is
+                // never cut short: its in-flight charges finish and record their outcomes.
+                let tick = engine.tick();
+                tokio::pin!(tick);
+                let mut stop = None;
+                let result = loop {
+                    tokio::select! {
+                        result = &mut tick => break result,
+                        _ = next_ping(&mut watchdog) => ping_if_healthy(&engine, &notifier).await,
+                        _ = terminate.recv(), if stop.is_none() => {
+                            stop = Some("SIGTERM");
+                            notifier.stopping("stopping (SIGTERM): finishing the current tick");
+                        }
+                        _ = interrupt.recv(), if stop.is_none() => {
+                            stop = Some("SIGINT");
+                            notifier.stopping("stopping (SIGINT): finishing the current tick");
+                        }
+                    }
+                };
+                match result {
+                    Ok(report) => {
+                        notifier.watchdog();
+                        totals.add(&report);
+                        last_tick = Some((options.clock.now(), report));
+                    }
                     // A database or task failure: logged, and the next tick tries again (the
                     // state in the database is always consistent).
                     Err(e) => tracing::error!(error = %e, "tick failed"),
@@ -172,20 +235,77 @@ pub async fn run(
                     totals = Totals::default();
                     last_summary = Instant::now();
                 }
+                if let Some(signal) = stop {
+                    tracing::info!("{signal}: stopping");
+                    break signal;
+                }
+                notifier.status(&status_line(subscriptions, last_tick.as_ref()));
             }
+            _ = next_ping(&mut watchdog) => ping_if_healthy(&engine, &notifier).await,
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: re-reading the schedule files");
-                if let Err(e) = sync(&engine, config, &options.clock).await {
-                    tracing::error!(error = %e, "schedule reload failed; the previous schedules stay in force");
+                notifier.reloading();
+                match sync(&engine, config, &options.clock).await {
+                    Ok(active) => subscriptions = active,
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "schedule reload failed; the previous schedules stay in force"
+                    ),
                 }
+                notifier.ready(&status_line(subscriptions, last_tick.as_ref()));
             }
-            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break "SIGTERM"; }
+            _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break "SIGINT"; }
         }
-    }
+    };
+    notifier.stopping(&format!(
+        "stopping ({stop_reason}): settling outstanding attempts (up to {} s)",
+        options.drain_deadline.as_secs()
+    ));
     log_summary(&totals, options.clock.now());
     drain(&engine, &options).await;
     Ok(())
+}
+
+/// Waits for the next watchdog ping, or forever when there is no watchdog.
+async fn next_ping(watchdog: &mut Option<Interval>) {
+    match watchdog {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// WATCHDOG=1, but only if the store answers: the health path goes through the same lock and
+/// blocking pool the engine uses.
+async fn ping_if_healthy(engine: &Engine, notifier: &Notifier) {
+    match engine.with_store(|s| s.schema_version()).await {
+        Ok(_) => notifier.watchdog(),
+        Err(error) => tracing::warn!(%error, "health check failed; no watchdog ping"),
+    }
+}
+
+/// The one-line STATUS= shown by `systemctl status`.
+fn status_line(subscriptions: usize, last_tick: Option<&(DateTime<Utc>, TickReport)>) -> String {
+    let mut line = format!("running: {subscriptions} active subscription(s)");
+    match last_tick {
+        None => line.push_str("; no tick yet"),
+        Some((at, r)) => {
+            line.push_str(&format!(
+                "; last tick {}: {} new charge(s), {} approved, {} declined, {} unknown",
+                at.format("%Y-%m-%d %H:%M UTC"),
+                r.intents,
+                r.approved,
+                r.declined,
+                r.unknown
+            ));
+            if r.breaker_open {
+                line.push_str("; CIRCUIT BREAKER OPEN");
+            }
+        }
+    }
+    line
 }
 
 /// Settles what is outstanding (status queries, resends) without creating intents, until
