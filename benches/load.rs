@@ -37,6 +37,9 @@ use recurrentd::schedule;
 use recurrentd::store::{Access, AttemptState, Store};
 use secrecy::SecretString;
 
+/// Whether this process is the scale part's child.
+static CHILD: AtomicBool = AtomicBool::new(false);
+
 /// The first (and, in the burst, only) due date of every subscription.
 const DUE: &str = "2027-01-01";
 
@@ -79,6 +82,10 @@ struct Figures(Vec<(String, f64, String)>);
 impl Figures {
     fn add(&mut self, name: &str, value: f64, unit: &str) {
         println!("{name}: {} {unit}", show(value));
+        if CHILD.load(Ordering::Relaxed) {
+            // The parent re-prints stdout at the end; this shows progress meanwhile.
+            eprintln!("  scale: {name}: {} {unit}", show(value));
+        }
         self.0.push((name.to_string(), value, unit.to_string()));
     }
 
@@ -673,6 +680,7 @@ fn ms(d: StdDuration) -> f64 {
 
 /// The scale measurements, in a process of their own (see `scale`).
 fn scale_child() -> Result<(), Fail> {
+    CHILD.store(true, Ordering::Relaxed);
     let dir = PathBuf::from(std::env::var("LOAD_SCALE_DIR")?);
     let schedules = dir.join("schedules");
     let db = dir.join("recurrentd.db");
