@@ -22,6 +22,8 @@ mod sync;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
@@ -143,6 +145,9 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     access: Access,
+    /// Write transactions committed on this connection (explicit and autocommit), counted by a
+    /// commit hook.
+    commits: Arc<AtomicU64>,
     _lock: Option<File>,
 }
 
@@ -224,10 +229,20 @@ impl Store {
             Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         };
         let conn = Connection::open_with_flags(path, flags).ctx(path, "cannot open it")?;
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&commits);
+        // SQLite calls the hook for every committed write transaction (never for a read), just
+        // before the commit; returning false lets the commit go ahead.
+        conn.commit_hook(Some(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            false
+        }))
+        .ctx(path, "installing the commit hook")?;
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
             access,
+            commits,
             _lock: lock,
         };
         store.set_pragmas()?;
@@ -258,6 +273,13 @@ impl Store {
 
     pub fn access(&self) -> Access {
         self.access
+    }
+
+    /// How many write transactions this store has committed since it was opened (each explicit
+    /// transaction and each autocommit write counts once; migrations included). For the load
+    /// benchmark's commits-per-charge figure.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// Sets the pragmas, then reads every one back: a database that does not give us what we

@@ -85,6 +85,21 @@ fn store_is_send() {
 }
 
 #[test]
+fn commits_counts_write_transactions_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let opened = store.commits();
+    assert!(opened >= 1, "migrations and meta are commits");
+    store.subscriptions().unwrap();
+    assert_eq!(store.commits(), opened, "a read is not a commit");
+    let text = sub("a", "0001", "499.00", "");
+    store
+        .sync_schedules(&report(vec![file("a.toml", &text)]), at(1))
+        .unwrap();
+    assert_eq!(store.commits(), opened + 1, "one file, one transaction");
+}
+
+#[test]
 fn pragmas_read_back_in_every_mode() {
     let dir = tempfile::tempdir().unwrap();
     let first = daemon(&dir);
