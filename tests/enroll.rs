@@ -511,3 +511,106 @@ fn setup_with_key(setup: &Setup, key: &RsaPrivateKey) -> Setup {
         key_pem: pem(key),
     }
 }
+
+/// Issue 7's end to end: an enrolment recorded in the ledger, then a rehearsal run of the real
+/// daemon that charges the new subscription on schedule, within its limits, counting the period
+/// from the initial payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolled_subscription_is_charged_on_schedule_by_a_rehearsal_run() {
+    let key = rsa_key();
+    let sandbox = start(sandbox_config()).await;
+    let setup = setup(&sandbox.url(), false, &key);
+    let now = Utc::now();
+    let start = now.to_rfc3339();
+    // A first, empty run creates the database.
+    let until = (now + chrono::Duration::hours(1)).to_rfc3339();
+    let out = recurrentd(
+        &setup,
+        &[
+            "run",
+            "--clock-start",
+            &start,
+            "--clock-speed",
+            "86400",
+            "--until",
+            &until,
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let max = max_date().to_string();
+    let out = recurrentd(&setup, &enroll_args("acme-3001", VISA_1234, &max)).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bill = sandbox
+        .book()
+        .orders
+        .last()
+        .map(|o| o.bill_base.clone())
+        .expect("the enrolment's order");
+
+    // A hundred virtual days at 30 days per second.
+    let until = (now + chrono::Duration::days(100)).to_rfc3339();
+    let out = recurrentd(
+        &setup,
+        &[
+            "run",
+            "--clock-start",
+            &start,
+            "--clock-speed",
+            "2592000",
+            "--until",
+            &until,
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let history = recurrentd(&setup, &["history", "acme-3001", "--json"]).await;
+    let entries: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let entries = entries.as_array().unwrap();
+    let approved: Vec<_> = entries
+        .iter()
+        .filter(|e| e["state"] == "approved")
+        .collect();
+    assert!(approved.len() >= 2, "{entries:#?}");
+    let moscow: chrono_tz::Tz = "Europe/Moscow".parse().unwrap();
+    let enrolled_on = now.with_timezone(&moscow).date_naive();
+    let mut previous = enrolled_on;
+    for entry in &approved {
+        assert_eq!(entry["amount"], "499.00");
+        let sent: chrono::DateTime<Utc> = entry["sent_at"].as_str().unwrap().parse().unwrap();
+        let day = sent.with_timezone(&moscow).date_naive();
+        assert!(
+            (day - previous).num_days() >= 28,
+            "charged on {day}, {} days after {previous}",
+            (day - previous).num_days()
+        );
+        previous = day;
+    }
+    // Every request for the new agreement reached the sandbox within its limits.
+    let requests: Vec<_> = sandbox
+        .book()
+        .rp_requests
+        .into_iter()
+        .filter(|r| r.bill_number.starts_with(&bill))
+        .collect();
+    assert_eq!(requests.len(), approved.len());
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.amount == "499.00" && r.currency == "RUB")
+    );
+    // The enrolment itself is in the ledger.
+    let store = recurrentd::store::Store::open(
+        &setup.dir.path().join("recurrentd.db"),
+        recurrentd::store::Access::ReadOnly,
+    )
+    .unwrap();
+    let ledger = store.ledger(None).unwrap();
+    assert!(
+        ledger
+            .iter()
+            .any(|e| e.kind == "enrolled" && e.detail["subscription"] == "acme-3001")
+    );
+}

@@ -8,8 +8,8 @@
 //!    with the new subscription appended must still be valid;
 //! 2. the operator confirms (unless `--yes`);
 //! 3. the gateway is asked (tokenpay.cfm), and its answer verified or confirmed by a status query;
-//! 4. only on a verified approval: the enrolment is handed to the ledger (not built yet: see
-//!    [`LEDGER`]) and the subscription is appended to the schedule file atomically.
+//! 4. only on a verified approval: the enrolment is recorded in the ledger (its instant counts for
+//!    the period limit) and the subscription is appended to the schedule file atomically.
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{BufRead, IsTerminal, Write};
@@ -30,9 +30,6 @@ use crate::gateway::outcome::DeclineKind;
 use crate::gateway::signature::SigningKey;
 use crate::money::{Currency, Money};
 use crate::schedule::{self, Diagnostic, Severity, Subscription};
-
-/// Where the ledger write of an enrolment goes, once the store has it (see [`run`]).
-pub const LEDGER: &str = "the enrolment is not recorded in the ledger yet (issue 7, ledger part)";
 
 /// A bill number that stands in for the real one while the new subscription is validated before
 /// the payment; it is never written.
@@ -177,15 +174,43 @@ pub fn run(config: &Config, args: &EnrollArgs) -> u8 {
         at: reply.sent_at,
     };
 
-    // ── LEDGER WRITE GOES HERE ────────────────────────────────────────────────────────────────
-    // The single call site for recording `enrolment` (the verified initial payment) in the
-    // ledger, so that the period limit counts from it. Not built here: the store is being
-    // changed (issue 7, ledger part). It belongs before the schedule file is written, because
-    // the money was taken whether or not the file can be written.
-    tracing::debug!(order_number = %enrolment.order_number, note = LEDGER, "enrolment verified");
-    // ──────────────────────────────────────────────────────────────────────────────────────────
+    // The initial payment goes into the ledger before the schedule file is written: the money
+    // was taken whether or not the file can be written, and the period limit counts from it.
+    record_in_ledger(config, &enrolment);
 
     write_and_print(args, &plan, &enrolment)
+}
+
+/// Records the enrolment in the database when there is one (the daemon creates it on its first
+/// start; before that, the first charge date alone keeps the period limit, since it is one
+/// cadence after the initial payment and the cadence was checked against the period).
+fn record_in_ledger(config: &Config, enrolment: &Enrolment) {
+    let path = &config.database.path;
+    if !path.exists() {
+        eprintln!(
+            "recurrentd: note: no database at {} yet; the enrolment is not in the ledger (the \
+             first charge is a full period after it anyway)",
+            path.display()
+        );
+        return;
+    }
+    let recorded =
+        crate::store::Store::open(path, crate::store::Access::Write).and_then(|mut store| {
+            store.record_enrolment(
+                &enrolment.subscription,
+                &enrolment.order_number,
+                &enrolment.bill_number,
+                enrolment.amount,
+                enrolment.currency,
+                enrolment.at,
+            )
+        });
+    if let Err(error) = recorded {
+        eprintln!(
+            "recurrentd: warning: the enrolment was paid but could not be recorded in the \
+             ledger: {error}"
+        );
+    }
 }
 
 /// Everything checked before the payment: values, id, the file with the subscription appended.

@@ -286,6 +286,7 @@ pub mod event {
     pub const BREAKER_OPENED: &str = "breaker_opened";
     pub const BREAKER_CLEARED: &str = "breaker_cleared";
     pub const ATTENTION_CLEARED: &str = "attention_cleared";
+    pub const ENROLLED: &str = "enrolled";
 }
 
 const JOB_COLUMNS: &str = "a.id, a.charge_id, c.subscription_id, c.period, a.attempt, \
@@ -796,6 +797,7 @@ fn charged_instants(
              JOIN charges c ON c.id = a.charge_id \
              WHERE c.subscription_id = ?1 AND a.id IS NOT ?2 \
              AND a.state IN ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined') \
+             UNION ALL SELECT at FROM enrolments WHERE subscription_id = ?1 \
              ORDER BY 1",
         )
         .ctx(path, what)?;
@@ -813,6 +815,53 @@ fn charged_instants(
         )?);
     }
     Ok(out)
+}
+
+impl Store {
+    /// Records an enrolment's verified initial payment, so that the agreement's period limit
+    /// counts from it, with a ledger event.
+    pub fn record_enrolment(
+        &mut self,
+        subscription_id: &str,
+        order_number: &str,
+        bill_number: &str,
+        amount: Money,
+        currency: Currency,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.require_write("recording an enrolment")?;
+        let what = "recording an enrolment";
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(&path, what)?;
+        tx.execute(
+            "INSERT INTO enrolments (subscription_id, order_number, bill_number, amount_cents, \
+             currency, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                subscription_id,
+                order_number,
+                bill_number,
+                amount.cents(),
+                currency.as_str(),
+                timestamp(at)
+            ],
+        )
+        .ctx(&path, what)?;
+        let event = Event {
+            kind: event::ENROLLED,
+            detail: json!({
+                "subscription": subscription_id,
+                "order_number": order_number,
+                "bill_number": bill_number,
+                "amount": amount.to_string(),
+                "currency": currency.as_str(),
+            }),
+        };
+        append(&tx, &path, &timestamp(at), None, None, &event)?;
+        tx.commit().ctx(&path, what)
+    }
 }
 
 fn append(

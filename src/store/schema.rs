@@ -8,7 +8,7 @@
 //! as it reads), dates are `YYYY-MM-DD`, money is INTEGER minor units (kopecks).
 
 /// The migrations, oldest first. Not released yet: migration 1 may still change.
-pub(super) const MIGRATIONS: &[&str] = &[MIGRATION_1];
+pub(super) const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
 
 const MIGRATION_1: &str = r#"
 CREATE TABLE meta (
@@ -145,4 +145,18 @@ CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
 BEGIN
     SELECT RAISE(ABORT, 'the ledger is append-only: DELETE refused');
 END;
+"#;
+
+/// Enrolments: the initial payment of a subscription made by `recurrentd enroll` (Token Pay). Its
+/// instant counts as a charge for the agreement's period limit. Keyed by subscription id without
+/// a foreign key: the subscription row appears when its schedule file is next synced.
+const MIGRATION_2: &str = r#"
+CREATE TABLE enrolments (
+    subscription_id TEXT PRIMARY KEY NOT NULL,
+    order_number    TEXT NOT NULL UNIQUE,
+    bill_number     TEXT NOT NULL,
+    amount_cents    INTEGER NOT NULL CHECK (amount_cents > 0),
+    currency        TEXT NOT NULL CHECK (length(currency) = 3),
+    at              TEXT NOT NULL
+) STRICT;
 "#;
