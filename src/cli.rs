@@ -215,6 +215,7 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
+    init_logging(config.log.format);
     let code = match cli.command {
         Command::Run(args) => run::run(&config, &args),
         Command::Check => check(&config),
@@ -229,6 +230,23 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Enroll(args) => enroll::run(&config, &args),
     };
     ExitCode::from(code)
+}
+
+/// Logs to stderr: human-readable text (colour only on a terminal, so journald gets plain
+/// lines), or one JSON object per line for log shippers. `RUST_LOG` overrides the level (info).
+fn init_logging(format: config::LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        config::LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .try_init(),
+    };
 }
 
 /// A small runtime for commands that make a few gateway calls and exit.

@@ -1,4 +1,4 @@
-//! The `recurrentd` binary: parse the command line, set up logging, hand over to the library.
+//! The `recurrentd` binary: parse the command line and hand over to the library.
 
 use std::process::ExitCode;
 
@@ -18,12 +18,6 @@ fn main() -> ExitCode {
             });
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Logging is set up by `cli::run` once the config (and its `log.format`) is read.
     cli::run(cli)
 }
