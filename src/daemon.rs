@@ -212,10 +212,12 @@ pub async fn run(
                         _ = next_ping(&mut watchdog) => ping_if_healthy(&engine, &notifier).await,
                         _ = terminate.recv(), if stop.is_none() => {
                             stop = Some("SIGTERM");
+                            engine.stop_creating();
                             notifier.stopping("stopping (SIGTERM): finishing the current tick");
                         }
                         _ = interrupt.recv(), if stop.is_none() => {
                             stop = Some("SIGINT");
+                            engine.stop_creating();
                             notifier.stopping("stopping (SIGINT): finishing the current tick");
                         }
                     }

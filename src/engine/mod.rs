@@ -131,6 +131,8 @@ struct Inner {
     prefix: String,
     /// Attempts some task is working on right now (one task per attempt).
     busy: Mutex<HashSet<i64>>,
+    /// Set when the daemon is stopping: no new intent is planned from then on.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -193,6 +195,7 @@ impl Engine {
                 pacer,
                 prefix,
                 busy: Mutex::new(HashSet::new()),
+                stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             }),
             gate: tokio::sync::Mutex::new(()),
         })
@@ -246,6 +249,14 @@ impl Engine {
         Ok(report)
     }
 
+    /// Stops planning new intents, also in the middle of a tick (a stop signal): what is already
+    /// committed or in flight finishes.
+    pub fn stop_creating(&self) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// How many attempts are still unresolved.
     pub async fn outstanding(&self) -> Result<usize, EngineError> {
         Ok(self.inner.db(|s| s.unresolved_attempts()).await?.len())
@@ -268,8 +279,9 @@ impl Engine {
         let calendar = inner.calendar;
         let policy = inner.policy.clone();
         let prefix = inner.prefix.clone();
+        let stopping = Arc::clone(&inner.stopping);
         let (jobs, settled) = inner
-            .db(move |s| plan_all(s, now, &calendar, &policy, &prefix))
+            .db(move |s| plan_all(s, now, &calendar, &policy, &prefix, &stopping))
             .await?;
         report.intents = jobs.len() as u32;
         report.settled = settled;
@@ -950,10 +962,14 @@ fn plan_all(
     calendar: &Calendar,
     policy: &Policy,
     prefix: &str,
+    stopping: &std::sync::atomic::AtomicBool,
 ) -> Result<(Vec<Job>, u32), StoreError> {
     let mut jobs = Vec::new();
     let mut settled = 0;
     for id in store.plannable()? {
+        if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
         let (job, n) = plan_one(store, &id, now, calendar, policy, prefix)?;
         jobs.extend(job);
         settled += n;
