@@ -251,6 +251,7 @@ fn parse_file(path: &Path, text: &str, report: &mut FileReport) {
     let mut walker = Walker {
         path,
         text,
+        lines: LineIndex::new(text),
         diagnostics: Vec::new(),
     };
     let (document, syntax_errors) = DeTable::parse_recoverable(text);
@@ -299,6 +300,9 @@ fn parse_file(path: &Path, text: &str, report: &mut FileReport) {
 struct Walker<'a> {
     path: &'a Path,
     text: &'a str,
+    /// Where each line starts: every location lookup is a binary search, not a scan from the
+    /// start of the file (which made big files quadratic).
+    lines: LineIndex,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -306,7 +310,7 @@ type Entry<'a, 'i> = Option<&'a Spanned<DeValue<'i>>>;
 
 impl Walker<'_> {
     fn push(&mut self, severity: Severity, span: Range<usize>, field: &str, message: String) {
-        let (line, column) = line_column(self.text, span.start);
+        let (line, column) = self.lines.line_column(self.text, span.start);
         self.diagnostics.push(Diagnostic {
             severity,
             path: self.path.to_path_buf(),
@@ -682,7 +686,7 @@ impl Walker<'_> {
         if self.error_count() > errors_before {
             return None;
         }
-        let (line, _) = line_column(self.text, span.start);
+        let (line, _) = self.lines.line_column(self.text, span.start);
         Some(Subscription {
             id,
             customer,
@@ -769,7 +773,7 @@ fn check_within_file(walker: &mut Walker<'_>, subscriptions: &[Subscription]) {
     let mut seen_ids: HashMap<&str, usize> = HashMap::new();
     let mut seen_bills: HashMap<&str, (&str, usize)> = HashMap::new();
     for sub in subscriptions {
-        let at = line_start(walker.text, sub.origin.line);
+        let at = walker.lines.line_start(walker.text, sub.origin.line);
         if let Some(line) = seen_ids.insert(&sub.id, sub.origin.line) {
             walker.error(
                 at..at,
@@ -843,23 +847,36 @@ fn check_across_files(report: &mut DirReport) {
 }
 
 /// 1-based line and column (in characters) of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    (line, column)
+/// Byte offsets at which the lines of a text start.
+struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex(starts)
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn line_column(&self, text: &str, offset: usize) -> (usize, usize) {
+        let offset = offset.min(text.len());
+        let line = self.0.partition_point(|&start| start <= offset).max(1);
+        let start = self.0[line - 1];
+        let column = text.get(start..offset).map_or(0, |s| s.chars().count()) + 1;
+        (line, column)
+    }
+
+    /// Byte offset at which a 1-based line starts (the end of the text past the last line).
+    fn line_start(&self, text: &str, line: usize) -> usize {
+        self.0
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(text.len())
+    }
 }
 
-/// Byte offset of the start of a 1-based line.
-fn line_start(text: &str, line: usize) -> usize {
-    if line <= 1 {
-        return 0;
-    }
-    text.match_indices('\n')
-        .nth(line - 2)
-        .map_or(text.len(), |(i, _)| i + 1)
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    LineIndex::new(text).line_column(text, offset)
 }
 
 #[cfg(test)]

@@ -309,3 +309,36 @@ proptest! {
         }
     }
 }
+
+/// The line index finds the same line and column as scanning the text from its start.
+#[test]
+fn line_index_agrees_with_a_scan() {
+    fn scan(text: &str, offset: usize) -> (usize, usize) {
+        let before = &text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[start..].chars().count() + 1)
+    }
+    for text in [
+        "",
+        "a",
+        "\n",
+        "ab\ncd\n",
+        "é\nñé\n\nx",
+        "[[subscription]]\nid = \"x\"\n",
+    ] {
+        let index = super::LineIndex::new(text);
+        for offset in (0..=text.len()).filter(|o| text.is_char_boundary(*o)) {
+            assert_eq!(
+                index.line_column(text, offset),
+                scan(text, offset),
+                "{text:?} at {offset}"
+            );
+        }
+        let lines = text.matches('\n').count() + 1;
+        for line in 1..=lines {
+            let start = index.line_start(text, line);
+            assert_eq!(scan(text, start), (line, 1), "{text:?} line {line}");
+        }
+    }
+}
