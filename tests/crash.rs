@@ -299,6 +299,30 @@ fn check_operator_views(rig: &Rig) {
             .iter()
             .all(|e| e["subscription"] == "plain-0")
     );
+    // A backup is a consistent, owner-only copy that opens as a database of its own.
+    let copy = rig.dir.path().join("backup.db");
+    let (code, _) = run(&["backup", copy.to_str().unwrap()]);
+    assert_eq!(code, Some(0));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // (A copy is in rollback-journal mode; a daemon started on it switches it to WAL.)
+    let copied = Store::open(&copy, Access::Daemon).unwrap();
+    assert_eq!(
+        copied.attempts().unwrap().len(),
+        Store::open(&rig.db(), Access::ReadOnly)
+            .unwrap()
+            .attempts()
+            .unwrap()
+            .len()
+    );
+    let (code, _) = run(&["backup", copy.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "an existing file is never overwritten");
+    // Nothing to resume or reset: said so, exit 1.
+    assert_eq!(run(&["resume", "plain-0", "--reason", "test"]).0, Some(1));
+    assert_eq!(run(&["breaker", "reset", "--reason", "test"]).0, Some(1));
     let (code, status) = run(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["daemon_running"], false);

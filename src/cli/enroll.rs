@@ -176,26 +176,21 @@ pub fn run(config: &Config, args: &EnrollArgs) -> u8 {
 
     // The initial payment goes into the ledger before the schedule file is written: the money
     // was taken whether or not the file can be written, and the period limit counts from it.
-    record_in_ledger(config, &enrolment);
-
-    write_and_print(args, &plan, &enrolment)
+    let recorded = record_in_ledger(config, &enrolment);
+    // The schedule file is written either way: the customer paid and agreed.
+    let code = write_and_print(args, &plan, &enrolment);
+    match recorded {
+        Err(failed) if code == exit::OK => failed,
+        _ => code,
+    }
 }
 
-/// Records the enrolment in the database when there is one (the daemon creates it on its first
-/// start; before that, the first charge date alone keeps the period limit, since it is one
-/// cadence after the initial payment and the cadence was checked against the period).
-fn record_in_ledger(config: &Config, enrolment: &Enrolment) {
-    let path = &config.database.path;
-    if !path.exists() {
-        eprintln!(
-            "recurrentd: note: no database at {} yet; the enrolment is not in the ledger (the \
-             first charge is a full period after it anyway)",
-            path.display()
-        );
-        return;
-    }
-    let recorded =
-        crate::store::Store::open(path, crate::store::Access::Write).and_then(|mut store| {
+/// Records the enrolment's initial payment in the ledger (the database was found before paying).
+/// A failure is reported and makes the command fail: the payment was taken, and the operator must
+/// know that the ledger does not show it.
+fn record_in_ledger(config: &Config, enrolment: &Enrolment) -> Result<(), Exit> {
+    crate::store::Store::open(&config.database.path, crate::store::Access::Write)
+        .and_then(|mut store| {
             store.record_enrolment(
                 &enrolment.subscription,
                 &enrolment.order_number,
@@ -204,13 +199,15 @@ fn record_in_ledger(config: &Config, enrolment: &Enrolment) {
                 enrolment.currency,
                 enrolment.at,
             )
-        });
-    if let Err(error) = recorded {
-        eprintln!(
-            "recurrentd: warning: the enrolment was paid but could not be recorded in the \
-             ledger: {error}"
-        );
-    }
+        })
+        .map_err(|error| {
+            eprintln!(
+                "recurrentd: the initial payment was APPROVED (order {}, bill number {}) but could \
+                 not be recorded in the ledger: {error}",
+                enrolment.order_number, enrolment.bill_number
+            );
+            exit::INTERNAL
+        })
 }
 
 /// Everything checked before the payment: values, id, the file with the subscription appended.
@@ -218,10 +215,14 @@ fn plan(config: &Config, args: &EnrollArgs, now: DateTime<Utc>) -> Result<Plan, 
     let today = now.with_timezone(&config.billing.timezone).date_naive();
     // The first scheduled charge is one period after the initial payment (today, local time).
     let start = first_charge_date(today, &args.every).unwrap_or(today);
+    // The default OrderNumber is stable per subscription id: running the same enrolment again
+    // (after an interruption or an unknown outcome) reuses it, so the gateway finds the first
+    // payment instead of taking a second one. A new attempt after a decline needs an explicit
+    // --order-number.
     let order_number = args
         .order_number
         .clone()
-        .unwrap_or_else(|| format!("enrol-{}-{}", args.id, now.format("%Y%m%dT%H%M%S%3fZ")));
+        .unwrap_or_else(|| format!("enrol-{}", args.id));
     let mut problems = Vec::new();
     if order_number.is_empty()
         || order_number.len() > MAX_ORDER_NUMBER_LEN
@@ -278,6 +279,36 @@ fn plan(config: &Config, args: &EnrollArgs, now: DateTime<Utc>) -> Result<Plan, 
         .schedule_file
         .clone()
         .unwrap_or_else(|| dir.join(format!("enrolled-{}.toml", args.id)));
+    // The database must exist (the daemon has run once): the payment is recorded there, and ids
+    // it has reserved (removed subscriptions, earlier enrolments) are never reused.
+    let path = &config.database.path;
+    let store =
+        crate::store::Store::open(path, crate::store::Access::ReadOnly).map_err(|error| {
+            eprintln!(
+                "recurrentd: {error}\nrecurrentd: enrolment needs the daemon's database (set \
+             database.path to it, e.g. /var/lib/recurrentd/recurrentd.db under systemd); not \
+             enrolled, nothing was sent"
+            );
+            exit::CONFIG
+        })?;
+    let reserved = store
+        .subscription(&args.id)
+        .map(|s| s.is_some())
+        .and_then(|used| Ok(used || store.enrolment_exists(&args.id)?))
+        .map_err(|error| {
+            eprintln!("recurrentd: {error}");
+            exit::UNAVAILABLE
+        })?;
+    if reserved {
+        eprintln!(
+            "recurrentd: --id: subscription id {:?} is already known to the database (a current \
+             or removed subscription, or an earlier enrolment); ids are never reused, choose \
+             another",
+            args.id
+        );
+        return Err(exit::PROBLEMS);
+    }
+    drop(store);
     if let Some(used) = report.subscriptions().find(|s| s.id == args.id) {
         eprintln!(
             "recurrentd: --id: subscription id {:?} is already used at {}; ids are never reused, \

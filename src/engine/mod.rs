@@ -369,6 +369,11 @@ impl Inner {
         // The slot first: the checks below must hold at the moment the request leaves, not
         // before a wait for the rate limit.
         let permit = self.pacer.acquire().await;
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            // Stopping: nothing new leaves. An intent stays pending (looked up, never sent
+            // blindly, at the next start); a not-sent attempt stays not sent.
+            return Ok(Step::Other);
+        }
         let now = self.clock.now();
         let id = job.subscription_id.clone();
         let attempt_id = job.attempt_id;

@@ -818,6 +818,17 @@ fn charged_instants(
 }
 
 impl Store {
+    /// Whether a subscription id was used by an enrolment.
+    pub fn enrolment_exists(&self, subscription_id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM enrolments WHERE subscription_id = ?1)",
+                [subscription_id],
+                |row| row.get(0),
+            )
+            .ctx(&self.path, "reading enrolments")
+    }
+
     /// Records an enrolment's verified initial payment, so that the agreement's period limit
     /// counts from it, with a ledger event.
     pub fn record_enrolment(

@@ -257,19 +257,34 @@ impl Store {
         })
     }
 
-    /// A consistent copy of the database at `target` (`VACUUM INTO`), which must not exist.
+    /// A consistent copy of the database at `target` (`VACUUM INTO`), which must not exist:
+    /// created owner-only (it holds the whole ledger), synced to disk with its folder.
     pub fn backup_to(&self, target: &Path) -> Result<(), StoreError> {
-        if target.exists() {
-            return Err(StoreError::Corrupt {
-                path: self.path.clone(),
-                what: "backup target already exists".into(),
-                value: target.display().to_string(),
-            });
-        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |what: &str, e: std::io::Error| StoreError::Corrupt {
+            path: self.path.clone(),
+            what: format!("backup {}: {what}", target.display()),
+            value: e.to_string(),
+        };
+        // An empty file, made here with mode 0600, is what VACUUM INTO fills.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(target)
+            .map_err(|e| io("cannot create it", e))?;
         let text = target.to_string_lossy().into_owned();
         self.conn
             .execute("VACUUM INTO ?1", [text])
             .ctx(&self.path, "writing the backup")?;
+        std::fs::File::open(target)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("cannot sync it", e))?;
+        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("cannot sync its folder", e))?;
+        }
         Ok(())
     }
 

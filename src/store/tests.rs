@@ -905,3 +905,46 @@ fn sync_reads_back_what_it_wrote() {
     let read = Store::open(&db(&dir), Access::ReadOnly).unwrap();
     assert_eq!(read.subscription("s1").unwrap().unwrap(), stored);
 }
+
+/// An enrolment's initial payment counts as a charge for the period limit of its subscription
+/// (and of no other), and its id is known to the database from then on.
+#[test]
+fn an_enrolment_counts_as_a_charge_for_its_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let amount = Money::parse("499.00").unwrap();
+    let rub = Currency::parse("RUB").unwrap();
+    store
+        .record_enrolment(
+            "new-1",
+            "enrol-new-1",
+            "5800000000000001",
+            amount,
+            rub,
+            at(3),
+        )
+        .unwrap();
+    assert_eq!(store.charged_instants("new-1", None).unwrap(), vec![at(3)]);
+    assert!(store.charged_instants("other", None).unwrap().is_empty());
+    assert!(store.enrolment_exists("new-1").unwrap());
+    assert!(!store.enrolment_exists("other").unwrap());
+    // The same id cannot be enrolled twice.
+    assert!(
+        store
+            .record_enrolment(
+                "new-1",
+                "enrol-new-1-b",
+                "5800000000000002",
+                amount,
+                rub,
+                at(4)
+            )
+            .is_err()
+    );
+    let ledger = store.ledger(None).unwrap();
+    assert!(
+        ledger
+            .iter()
+            .any(|e| e.kind == "enrolled" && e.detail["subscription"] == "new-1")
+    );
+}
