@@ -635,9 +635,13 @@ fn write_atomic(
             .write(true)
             .create_new(true)
             .open(&temporary)?;
-        if let Some(permissions) = permissions {
-            file.set_permissions(permissions)?;
-        }
+        // A new schedule file is world-readable (0644) whatever the umask: the daemon may run as
+        // another user (systemd's DynamicUser) and must read it. Schedule files hold no secrets.
+        let permissions = permissions.unwrap_or_else(|| {
+            use std::os::unix::fs::PermissionsExt;
+            Permissions::from_mode(0o644)
+        });
+        file.set_permissions(permissions)?;
         file.write_all(content.as_bytes())?;
         file.sync_all()?;
         drop(file);
