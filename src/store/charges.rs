@@ -644,29 +644,45 @@ impl Store {
             .ctx(&self.path, "reading the circuit breaker")
     }
 
-    /// Opens the circuit breaker (idempotent), with a ledger event.
-    pub fn open_breaker(&mut self, reason: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.require_write("opening the circuit breaker")?;
-        let what = "opening the circuit breaker";
+    /// Runs one statement in its own write transaction and, if it changed anything, appends
+    /// `event` in the same transaction. Returns whether anything changed.
+    fn change_with_event(
+        &mut self,
+        what: &'static str,
+        sql: &str,
+        params: impl rusqlite::Params,
+        subscription_id: Option<&str>,
+        event: Event,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.require_write(what)?;
         let path = self.path.clone();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx(&path, what)?;
-        let inserted = tx
-            .execute(
-                "INSERT INTO meta (key, value) VALUES ('breaker', ?1) ON CONFLICT (key) DO NOTHING",
-                [reason],
-            )
-            .ctx(&path, what)?;
-        if inserted > 0 {
-            let event = Event {
+        let changed = tx.execute(sql, params).ctx(&path, what)? > 0;
+        if changed {
+            append(&tx, &path, &timestamp(now), subscription_id, None, &event)?;
+        }
+        tx.commit().ctx(&path, what)?;
+        Ok(changed)
+    }
+
+    /// Opens the circuit breaker (idempotent), with a ledger event.
+    pub fn open_breaker(&mut self, reason: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.change_with_event(
+            "opening the circuit breaker",
+            "INSERT INTO meta (key, value) VALUES ('breaker', ?1) ON CONFLICT (key) DO NOTHING",
+            [reason],
+            None,
+            Event {
                 kind: event::BREAKER_OPENED,
                 detail: json!({ "reason": reason }),
-            };
-            append(&tx, &path, &timestamp(now), None, None, &event)?;
-        }
-        tx.commit().ctx(&path, what)
+            },
+            now,
+        )
+        .map(|_| ())
     }
 
     /// Closes the circuit breaker (an operator's decision), recording who and why.
@@ -676,25 +692,17 @@ impl Store {
         why: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.require_write("clearing the circuit breaker")?;
-        let what = "clearing the circuit breaker";
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .ctx(&path, what)?;
-        let removed = tx
-            .execute("DELETE FROM meta WHERE key = 'breaker'", [])
-            .ctx(&path, what)?;
-        if removed > 0 {
-            let event = Event {
+        self.change_with_event(
+            "clearing the circuit breaker",
+            "DELETE FROM meta WHERE key = 'breaker'",
+            [],
+            None,
+            Event {
                 kind: event::BREAKER_CLEARED,
                 detail: json!({ "by": by, "why": why }),
-            };
-            append(&tx, &path, &timestamp(now), None, None, &event)?;
-        }
-        tx.commit().ctx(&path, what)?;
-        Ok(removed > 0)
+            },
+            now,
+        )
     }
 
     /// Why a subscription waits for an operator, if it does.
@@ -717,35 +725,17 @@ impl Store {
         why: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.require_write("resuming a subscription")?;
-        let what = "resuming a subscription";
-        let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .ctx(&path, what)?;
-        let removed = tx
-            .execute(
-                "DELETE FROM attention WHERE subscription_id = ?1",
-                [subscription_id],
-            )
-            .ctx(&path, what)?;
-        if removed > 0 {
-            let event = Event {
+        self.change_with_event(
+            "resuming a subscription",
+            "DELETE FROM attention WHERE subscription_id = ?1",
+            [subscription_id],
+            Some(subscription_id),
+            Event {
                 kind: event::ATTENTION_CLEARED,
                 detail: json!({ "by": by, "why": why }),
-            };
-            append(
-                &tx,
-                &path,
-                &timestamp(now),
-                Some(subscription_id),
-                None,
-                &event,
-            )?;
-        }
-        tx.commit().ctx(&path, what)?;
-        Ok(removed > 0)
+            },
+            now,
+        )
     }
 
     /// Every period row of a subscription (or all), for reports and tests.
