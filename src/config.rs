@@ -44,7 +44,32 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub billing: BillingConfig,
     pub engine: EngineConfig,
+    pub daemon: DaemonConfig,
     pub log: LogConfig,
+}
+
+/// How `recurrentd run` paces itself (the `[daemon]` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// When the due sweep runs: a 6-field cron expression (seconds first), read in UTC. Only a
+    /// tick: what is due comes from the database and the clock, so a missed or extra tick can
+    /// neither lose nor double a charge.
+    pub sweep_cron: String,
+    /// Re-read the schedule files when one changes (polled, debounced), besides on SIGHUP.
+    pub watch_schedules: bool,
+    /// How long a stopping daemon lets outstanding charges settle before exiting (below
+    /// systemd's `TimeoutStopSec`).
+    pub shutdown_deadline_secs: u32,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            sweep_cron: "0 * * * * *".to_string(),
+            watch_schedules: true,
+            shutdown_deadline_secs: 50,
+        }
+    }
 }
 
 /// How the charge engine retries, waits and gives up (see the README's "Charge lifecycle").
@@ -202,7 +227,28 @@ struct RawConfig {
     #[serde(default)]
     engine: RawEngine,
     #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDaemon {
+    sweep_cron: String,
+    watch_schedules: bool,
+    shutdown_deadline_secs: u32,
+}
+
+impl Default for RawDaemon {
+    fn default() -> Self {
+        let d = DaemonConfig::default();
+        RawDaemon {
+            sweep_cron: d.sweep_cron,
+            watch_schedules: d.watch_schedules,
+            shutdown_deadline_secs: d.shutdown_deadline_secs,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -517,8 +563,11 @@ impl Config {
         }
         let engine =
             check_engine(raw.engine).map_err(|e| err(format!("config file {shown}: {e}")))?;
+        let daemon =
+            check_daemon(raw.daemon).map_err(|e| err(format!("config file {shown}: {e}")))?;
         Ok(Config {
             engine,
+            daemon,
             source: source.to_path_buf(),
             database: DatabaseConfig {
                 path: resolve(raw.database.path),
@@ -593,6 +642,31 @@ fn check_engine(raw: RawEngine) -> Result<EngineConfig, String> {
         max_attempts_per_30_days: raw.max_attempts_per_30_days,
         breaker_failures: raw.breaker_failures,
         breaker_window_minutes: raw.breaker_window_minutes,
+    })
+}
+
+fn check_daemon(raw: RawDaemon) -> Result<DaemonConfig, String> {
+    // The scheduler's own parser decides, so `check` accepts exactly what `run` will.
+    let expression = raw.sweep_cron.trim().to_string();
+    if tokio_cron_scheduler::Job::new_async(expression.as_str(), |_, _| Box::pin(async {})).is_err()
+    {
+        return Err(format!(
+            "daemon.sweep_cron: not a 6-field cron expression (seconds minutes hours \
+             day-of-month month day-of-week, in UTC; e.g. \"0 * * * * *\" for every minute), \
+             got {:?}",
+            raw.sweep_cron
+        ));
+    }
+    if !(5..=3600).contains(&raw.shutdown_deadline_secs) {
+        return Err(format!(
+            "daemon.shutdown_deadline_secs: must be 5..=3600, got {}",
+            raw.shutdown_deadline_secs
+        ));
+    }
+    Ok(DaemonConfig {
+        sweep_cron: expression,
+        watch_schedules: raw.watch_schedules,
+        shutdown_deadline_secs: raw.shutdown_deadline_secs,
     })
 }
 
@@ -851,6 +925,32 @@ catch_up = "none"
         assert!(!config.gateway.test_mode);
         assert!(!config.gateway.sign_requests);
         assert_eq!(config.log.format, LogFormat::Text);
+        assert_eq!(config.daemon, DaemonConfig::default());
+        assert_eq!(config.daemon.sweep_cron, "0 * * * * *");
+    }
+
+    #[test]
+    fn the_sweep_cron_is_checked_by_the_schedulers_own_parser() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = GOOD.to_string() + "\n[daemon]\nsweep_cron = \"*/15 * * * * *\"\n";
+        let config = load(&write(dir.path(), "config.toml", &good)).unwrap();
+        assert_eq!(config.daemon.sweep_cron, "*/15 * * * * *");
+        for (bad, key) in [
+            ("sweep_cron = \"0 3 * * *\"", "daemon.sweep_cron"),
+            ("sweep_cron = \"every minute\"", "daemon.sweep_cron"),
+            (
+                "shutdown_deadline_secs = 0",
+                "daemon.shutdown_deadline_secs",
+            ),
+            ("watch = true", "watch"),
+        ] {
+            let text = GOOD.to_string() + "\n[daemon]\n" + bad + "\n";
+            let message = load(&write(dir.path(), "config.toml", &text))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(key), "{bad}: {message}");
+            assert!(!message.contains('\n'), "one line: {message}");
+        }
     }
 
     #[test]

@@ -12,16 +12,19 @@
 //! WATCHDOG=1 from the loop's health path (see [`run`]).
 
 mod notify;
+mod watch;
 
 use notify::Notifier;
+use watch::{Fingerprint, Watch};
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Interval;
+use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::billing::Calendar;
 use crate::clock::Clock;
@@ -31,11 +34,23 @@ use crate::gateway::client::{Client, Settings};
 use crate::schedule;
 use crate::store::{Access, Store, StoreError};
 
+/// What wakes the due sweep.
+#[derive(Debug, Clone)]
+pub enum Sweep {
+    /// A 6-field cron expression in UTC, run by tokio-cron-scheduler (production).
+    Cron(String),
+    /// A fixed real-time interval (rehearsals: the virtual clock decides what is due, and a
+    /// virtual minute passes in a few real milliseconds).
+    Every(StdDuration),
+}
+
 /// How the daemon runs.
 pub struct RunOptions {
     pub clock: Arc<dyn Clock>,
-    /// Real time between ticks.
-    pub tick: StdDuration,
+    /// When ticks happen.
+    pub sweep: Sweep,
+    /// Re-read the schedule files when they change (besides SIGHUP).
+    pub watch_schedules: bool,
     /// Stop once the clock passes this instant (rehearsals).
     pub until: Option<DateTime<Utc>>,
     /// How long outstanding attempts may take to settle when stopping.
@@ -57,6 +72,8 @@ pub enum DaemonError {
     Gateway(String),
     #[error("signals: {0}")]
     Signals(std::io::Error),
+    #[error("the sweep scheduler: {0}")]
+    Scheduler(String),
 }
 
 impl DaemonError {
@@ -142,41 +159,22 @@ pub async fn run(
     options: RunOptions,
 ) -> Result<(), DaemonError> {
     let notifier = Notifier::from_env();
-    notifier.status("opening the store");
-    let database = options.database.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&database, Access::Daemon))
-        .await
-        .map_err(|e| DaemonError::Schedules(e.to_string()))??;
-    let client = Client::new(gateway).map_err(DaemonError::Gateway)?;
-    let engine = Engine::new(
-        store,
-        client,
-        Arc::clone(&options.clock),
-        Calendar::from(&config.billing),
-        Policy::from(&config.engine),
-        Pacer::new(
-            config.gateway.max_in_flight,
-            config.gateway.requests_per_second,
-        ),
-    )?;
-    tracing::info!(database = %options.database.display(), "store open");
-    notifier.status("syncing the schedule files");
-    let mut subscriptions = sync(&engine, config, &options.clock).await?;
-    notifier.status("reconciling unresolved attempts with the gateway");
-    let reconciled = engine.reconcile().await?;
-    tracing::info!(
-        checked = reconciled.checked,
-        approved = reconciled.approved,
-        declined = reconciled.declined,
-        still_unknown = reconciled.unknown,
-        "reconciled unresolved attempts before charging anything"
-    );
+    // The signal handlers first: a SIGTERM during start-up (a long reconciliation) stops the
+    // daemon cleanly instead of killing it with the default action.
+    let mut signals = Signals::install()?;
+    let startup = start(config, gateway, &options, &notifier);
+    let (engine, mut subscriptions, mut watch) = tokio::select! {
+        started = startup => started?,
+        signal = stopped(&mut signals.terminate, &mut signals.interrupt) => {
+            tracing::info!("{signal} during start-up: stopping before anything was charged");
+            notifier.stopping(&format!("stopping ({signal}) during start-up"));
+            return Ok(());
+        }
+    };
 
-    let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    let mut interval = tokio::time::interval(options.tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = Sweeper::start(&options.sweep).await?;
+    let mut watch_timer = tokio::time::interval(watch::POLL);
+    watch_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watchdog = notifier.watchdog_every().map(|every| {
         let mut timer = tokio::time::interval(every);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -191,11 +189,11 @@ pub async fn run(
     let mut totals = Totals::default();
     let mut last_summary = Instant::now();
     let mut last_tick: Option<(DateTime<Utc>, TickReport)> = None;
-    tracing::info!("running");
+    tracing::info!(sweep = %sweep.describe(), "running");
     notifier.ready(&status_line(subscriptions, last_tick.as_ref()));
     let stop_reason = loop {
         tokio::select! {
-            _ = interval.tick() => {
+            _ = sweep.next() => {
                 if options.until.is_some_and(|until| options.clock.now() >= until) {
                     tracing::info!("the rehearsal clock reached its end");
                     break "the rehearsal clock reached its end";
@@ -210,15 +208,10 @@ pub async fn run(
                     tokio::select! {
                         result = &mut tick => break result,
                         _ = next_ping(&mut watchdog) => ping_if_healthy(&engine, &notifier).await,
-                        _ = terminate.recv(), if stop.is_none() => {
-                            stop = Some("SIGTERM");
+                        signal = stopped(&mut signals.terminate, &mut signals.interrupt), if stop.is_none() => {
+                            stop = Some(signal);
                             engine.stop_creating();
-                            notifier.stopping("stopping (SIGTERM): finishing the current tick");
-                        }
-                        _ = interrupt.recv(), if stop.is_none() => {
-                            stop = Some("SIGINT");
-                            engine.stop_creating();
-                            notifier.stopping("stopping (SIGINT): finishing the current tick");
+                            notifier.stopping(&format!("stopping ({signal}): finishing the current tick"));
                         }
                     }
                 };
@@ -244,22 +237,24 @@ pub async fn run(
                 notifier.status(&status_line(subscriptions, last_tick.as_ref()));
             }
             _ = next_ping(&mut watchdog) => ping_if_healthy(&engine, &notifier).await,
-            _ = hangup.recv() => {
+            _ = signals.hangup.recv() => {
                 tracing::info!("SIGHUP: re-reading the schedule files");
-                notifier.reloading();
-                match sync(&engine, config, &options.clock).await {
-                    Ok(active) => subscriptions = active,
-                    Err(e) => tracing::error!(
-                        error = %e,
-                        "schedule reload failed; the previous schedules stay in force"
-                    ),
-                }
-                notifier.ready(&status_line(subscriptions, last_tick.as_ref()));
+                reload(&engine, config, &options, &notifier, &mut watch, &mut subscriptions, last_tick.as_ref()).await;
             }
-            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break "SIGTERM"; }
-            _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break "SIGINT"; }
+            _ = watch_timer.tick(), if options.watch_schedules => {
+                let dir = config.schedules.dir.clone();
+                let now = tokio::task::spawn_blocking(move || Fingerprint::of(&dir))
+                    .await
+                    .unwrap_or_default();
+                if watch.poll(now) {
+                    tracing::info!(dir = %config.schedules.dir.display(), "a schedule file changed: re-reading the schedule files");
+                    reload(&engine, config, &options, &notifier, &mut watch, &mut subscriptions, last_tick.as_ref()).await;
+                }
+            }
+            signal = stopped(&mut signals.terminate, &mut signals.interrupt) => { tracing::info!("{signal}: stopping"); break signal; }
         }
     };
+    sweep.shutdown().await;
     notifier.stopping(&format!(
         "stopping ({stop_reason}): settling outstanding attempts (up to {} s)",
         options.drain_deadline.as_secs()
@@ -267,6 +262,176 @@ pub async fn run(
     log_summary(&totals, options.clock.now());
     drain(&engine, &options).await;
     Ok(())
+}
+
+/// Start-up: open the store (the daemon lock), sync the schedule files, reconcile every
+/// unresolved attempt. Nothing is charged before this has finished.
+async fn start(
+    config: &Config,
+    gateway: Settings,
+    options: &RunOptions,
+    notifier: &Notifier,
+) -> Result<(Engine, usize, Watch), DaemonError> {
+    notifier.status("opening the store");
+    let database = options.database.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&database, Access::Daemon))
+        .await
+        .map_err(|e| DaemonError::Schedules(e.to_string()))??;
+    let client = Client::new(gateway).map_err(DaemonError::Gateway)?;
+    let engine = Engine::new(
+        store,
+        client,
+        Arc::clone(&options.clock),
+        Calendar::from(&config.billing),
+        Policy::from(&config.engine),
+        Pacer::new(
+            config.gateway.max_in_flight,
+            config.gateway.requests_per_second,
+        ),
+    )?;
+    tracing::info!(database = %options.database.display(), "store open");
+    notifier.status("syncing the schedule files");
+    let seen = fingerprint(config).await;
+    let subscriptions = sync(&engine, config, &options.clock).await?;
+    notifier.status("reconciling unresolved attempts with the gateway");
+    let reconciled = engine.reconcile().await?;
+    tracing::info!(
+        checked = reconciled.checked,
+        approved = reconciled.approved,
+        declined = reconciled.declined,
+        still_unknown = reconciled.unknown,
+        "reconciled unresolved attempts before charging anything"
+    );
+    Ok((engine, subscriptions, Watch::new(seen)))
+}
+
+/// The schedule folder as it looks now (taken before reading it: see [`Watch::reloaded`]).
+async fn fingerprint(config: &Config) -> Fingerprint {
+    let dir = config.schedules.dir.clone();
+    tokio::task::spawn_blocking(move || Fingerprint::of(&dir))
+        .await
+        .unwrap_or_default()
+}
+
+/// Re-reads the schedule files (SIGHUP or a change seen by the watcher), telling systemd.
+async fn reload(
+    engine: &Engine,
+    config: &Config,
+    options: &RunOptions,
+    notifier: &Notifier,
+    watch: &mut Watch,
+    subscriptions: &mut usize,
+    last_tick: Option<&(DateTime<Utc>, TickReport)>,
+) {
+    notifier.reloading();
+    let seen = fingerprint(config).await;
+    match sync(engine, config, &options.clock).await {
+        Ok(active) => *subscriptions = active,
+        Err(e) => tracing::error!(
+            error = %e,
+            "schedule reload failed; the previous schedules stay in force"
+        ),
+    }
+    watch.reloaded(seen);
+    notifier.ready(&status_line(*subscriptions, last_tick));
+}
+
+/// The signals the daemon acts on, installed once at start.
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, DaemonError> {
+        let install = |kind| signal(kind).map_err(DaemonError::Signals);
+        Ok(Signals {
+            hangup: install(SignalKind::hangup())?,
+            terminate: install(SignalKind::terminate())?,
+            interrupt: install(SignalKind::interrupt())?,
+        })
+    }
+}
+
+/// The next stop signal's name (the two signals passed apart from SIGHUP, so that a loop can
+/// wait for both kinds at once).
+async fn stopped(terminate: &mut Signal, interrupt: &mut Signal) -> &'static str {
+    tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    }
+}
+
+/// Wakes the due sweep: tokio-cron-scheduler in production, an interval in rehearsals.
+enum Sweeper {
+    Cron {
+        scheduler: JobScheduler,
+        wake: Arc<tokio::sync::Notify>,
+        expression: String,
+    },
+    Every(Interval, StdDuration),
+}
+
+impl Sweeper {
+    async fn start(sweep: &Sweep) -> Result<Sweeper, DaemonError> {
+        match sweep {
+            Sweep::Every(every) => {
+                let mut interval = tokio::time::interval(*every);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Ok(Sweeper::Every(interval, *every))
+            }
+            Sweep::Cron(expression) => {
+                let failed = |e: tokio_cron_scheduler::JobSchedulerError| {
+                    DaemonError::Scheduler(format!("{expression:?}: {e}"))
+                };
+                let scheduler = JobScheduler::new().await.map_err(failed)?;
+                let wake = Arc::new(tokio::sync::Notify::new());
+                let waker = Arc::clone(&wake);
+                // The job only wakes the loop: the sweep itself runs there, one at a time. A
+                // wake-up during a running sweep is kept (one permit) and runs right after it.
+                let job = Job::new_async(expression.as_str(), move |_, _| {
+                    let waker = Arc::clone(&waker);
+                    Box::pin(async move { waker.notify_one() })
+                })
+                .map_err(failed)?;
+                scheduler.add(job).await.map_err(failed)?;
+                scheduler.start().await.map_err(failed)?;
+                // The first sweep at once: what fell due while the daemon was down is not left
+                // waiting for the first cron occurrence.
+                wake.notify_one();
+                Ok(Sweeper::Cron {
+                    scheduler,
+                    wake,
+                    expression: expression.clone(),
+                })
+            }
+        }
+    }
+
+    async fn next(&mut self) {
+        match self {
+            Sweeper::Cron { wake, .. } => wake.notified().await,
+            Sweeper::Every(interval, _) => {
+                interval.tick().await;
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Sweeper::Cron { expression, .. } => format!("cron {expression:?} (UTC)"),
+            Sweeper::Every(_, every) => format!("every {} ms (rehearsal)", every.as_millis()),
+        }
+    }
+
+    async fn shutdown(self) {
+        if let Sweeper::Cron { mut scheduler, .. } = self
+            && let Err(error) = scheduler.shutdown().await
+        {
+            tracing::warn!(%error, "stopping the sweep scheduler");
+        }
+    }
 }
 
 /// Waits for the next watchdog ping, or forever when there is no watchdog.
@@ -310,6 +475,9 @@ fn status_line(subscriptions: usize, last_tick: Option<&(DateTime<Utc>, TickRepo
     line
 }
 
+/// Real time between looks at what is outstanding while stopping.
+const DRAIN_POLL: StdDuration = StdDuration::from_millis(250);
+
 /// Settles what is outstanding (status queries, resends) without creating intents, until
 /// nothing is left or the deadline passes; the reconciler picks up the rest at the next start.
 async fn drain(engine: &Engine, options: &RunOptions) {
@@ -336,7 +504,7 @@ async fn drain(engine: &Engine, options: &RunOptions) {
         if let Err(e) = engine.work_due().await {
             tracing::error!(error = %e, "settling outstanding attempts failed");
         }
-        tokio::time::sleep(options.tick).await;
+        tokio::time::sleep(DRAIN_POLL).await;
     }
 }
 

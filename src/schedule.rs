@@ -156,25 +156,34 @@ pub fn load_dir(dir: &Path) -> Result<DirReport, DirError> {
     let canonical_dir = dir
         .canonicalize()
         .map_err(|e| dir_error(format!("cannot open it: {e}")))?;
-    let entries = std::fs::read_dir(dir).map_err(|e| dir_error(format!("cannot list it: {e}")))?;
-    let mut paths = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| dir_error(format!("cannot list it: {e}")))?;
-        let path = entry.path();
-        // Hidden files are editors' (an Emacs lock file `.#plan.toml` is a dangling link).
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if !hidden && path.extension().is_some_and(|ext| ext == "toml") {
-            paths.push(path);
-        }
-    }
-    paths.sort();
-
+    let paths = list_dir(dir)?;
     let mut report = DirReport::default();
     for path in paths {
         report.files.push(load_file(&path, &canonical_dir));
     }
     check_across_files(&mut report);
     Ok(report)
+}
+
+/// The schedule files in `dir`, sorted: `*.toml` directly inside it, hidden files left out (an
+/// editor's: an Emacs lock file `.#plan.toml` is a dangling link).
+pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DirError> {
+    let dir_error = |message: String| DirError {
+        path: dir.to_path_buf(),
+        message,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| dir_error(format!("cannot list it: {e}")))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| dir_error(format!("cannot list it: {e}")))?;
+        let path = entry.path();
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if !hidden && path.extension().is_some_and(|ext| ext == "toml") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
 }
 
 /// Reads one schedule file, which must sit directly in `canonical_dir`.

@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use super::exit;
 use crate::clock::{Clock, RehearsalClock, SystemClock};
 use crate::config::{self, Config, SecretName};
-use crate::daemon::{self, RunOptions};
+use crate::daemon::{self, RunOptions, Sweep};
 use crate::gateway::client::{Settings, check_base_url};
 use crate::gateway::sandbox::{self, Sandbox, SandboxConfig};
 use crate::store::{Access, ChargeState, Store};
@@ -151,13 +151,20 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
 
     let options = RunOptions {
         clock: Arc::clone(&clock),
-        tick: if rehearsal {
-            StdDuration::from_millis(250)
+        // A rehearsal sweeps every 250 ms of real time (minutes to hours of virtual time): the
+        // cron expression reads the wall clock, which a rehearsal does not follow.
+        sweep: if rehearsal {
+            Sweep::Every(StdDuration::from_millis(250))
         } else {
-            StdDuration::from_secs(60)
+            Sweep::Cron(config.daemon.sweep_cron.clone())
         },
+        watch_schedules: config.daemon.watch_schedules && !args.sandbox,
         until,
-        drain_deadline: StdDuration::from_secs(if rehearsal { 20 } else { 50 }),
+        drain_deadline: StdDuration::from_secs(if rehearsal {
+            20
+        } else {
+            u64::from(config.daemon.shutdown_deadline_secs)
+        }),
         summary_every: StdDuration::from_secs(if rehearsal { 5 } else { 600 }),
         database: database.clone(),
     };
