@@ -12,12 +12,14 @@ use crate::config::{self, Config, SecretName};
 use crate::forecast::{self, Status};
 use crate::schedule::{self, DirReport};
 
+mod charge;
 mod enroll;
 mod ops;
 mod run;
 mod sandbox;
 mod tokens;
 
+pub use charge::ChargeArgs;
 pub use enroll::{EnrollArgs, Enrolment};
 pub use ops::{BackupArgs, BreakerCommand, HistoryArgs, ResumeArgs, StatusArgs};
 pub use run::RunArgs;
@@ -109,6 +111,22 @@ pub enum Command {
     ///   recurrentd history --since 2027-01-01T00:00:00Z --json
     #[command(verbatim_doc_comment)]
     History(HistoryArgs),
+
+    /// Queue an ad-hoc charge (a balance top-up, say) for the daemon to make.
+    ///
+    /// The MIT COF agreement lets the merchant charge any amount at any time, within the limits
+    /// the customer agreed to: they are checked now (a charge they forbid is refused at once with
+    /// the reason, exit 1), again when the daemon makes the attempt, and once more just before it
+    /// leaves. --reference is your unique reference (a ticket number): running the same command
+    /// again shows the first request and never charges twice. The daemon's next sweep sends it;
+    /// `history SUBSCRIPTION` shows it as period `adhoc:<reference>`. Not retried after a
+    /// decline. Exit 0 queued or already requested; 1 refused (limits, unknown subscription,
+    /// reference used for another amount).
+    ///
+    /// Example:
+    ///   recurrentd charge acme-1001 --amount 250.00 --reference TICKET-4711 --reason "top-up"
+    #[command(verbatim_doc_comment)]
+    Charge(ChargeArgs),
 
     /// Charge a subscription again after a hard decline (the customer fixed the card).
     ///
@@ -222,6 +240,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => ops::status(&config, &args),
         Command::History(args) => ops::history(&config, &args),
         Command::Resume(args) => ops::resume(&config, &args),
+        Command::Charge(args) => charge::run(&config, &args),
         Command::Breaker(command) => ops::breaker(&config, &command),
         Command::Backup(args) => ops::backup(&config, &args),
         Command::Forecast(args) => forecast(&config, &args),

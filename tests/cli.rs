@@ -193,3 +193,79 @@ fn help_teaches_and_usage_errors_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn charge_queues_an_adhoc_charge_once_and_refuses_what_the_limits_forbid() {
+    let sub = "[[subscription]]\nid = \"acme-1\"\nbill_number = \"4100000000000001\"\n\
+               currency = \"RUB\"\namount = \"100.00\"\nevery = \"1 month\"\nstart = 2027-01-05\n\n\
+               [subscription.limits]\nmin_amount = \"50.00\"\nmax_amount = \"150.00\"\n\
+               period_days = 28\nmax_date = 2099-12-31\n";
+    let (dir, config) = setup(&[("subs.toml", sub)]);
+    // The database as the daemon leaves it after its first sync.
+    {
+        use recurrentd::store::{Access, Store};
+        let mut store = Store::open(&dir.path().join("recurrentd.db"), Access::Daemon).unwrap();
+        let report = recurrentd::schedule::load_dir(&dir.path().join("schedules")).unwrap();
+        store.sync_schedules(&report, chrono::Utc::now()).unwrap();
+    }
+    let charge = |args: &[&str]| {
+        let mut all = vec!["charge", "acme-1"];
+        all.extend_from_slice(args);
+        recurrentd(&config, &all)
+    };
+
+    let above = charge(&["--amount", "150.01", "--reference", "T-1"]);
+    assert_eq!(above.status.code(), Some(1), "{above:?}");
+    let message = text(&above.stderr);
+    assert!(
+        message.contains("above the agreed maximum 150.00"),
+        "{message}"
+    );
+
+    let queued = charge(&[
+        "--amount",
+        "120.00",
+        "--reference",
+        "T-2",
+        "--reason",
+        "top-up",
+    ]);
+    assert_eq!(queued.status.code(), Some(0), "{queued:?}");
+    assert!(text(&queued.stdout).contains("Queued"), "{queued:?}");
+
+    let again = charge(&["--amount", "120.00", "--reference", "T-2", "--json"]);
+    assert_eq!(again.status.code(), Some(0), "{again:?}");
+    let json: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(json["status"], "exists", "{json}");
+    assert_eq!(json["state"], "open", "{json}");
+    assert_eq!(json["amount"], "120.00", "{json}");
+
+    let reused = charge(&["--amount", "99.00", "--reference", "T-2"]);
+    assert_eq!(reused.status.code(), Some(1), "{reused:?}");
+    assert!(text(&reused.stderr).contains("already used"), "{reused:?}");
+
+    let unknown = recurrentd(
+        &config,
+        &[
+            "charge",
+            "nobody",
+            "--amount",
+            "60.00",
+            "--reference",
+            "T-3",
+        ],
+    );
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+    let bad_amount = charge(&["--amount", "1e2", "--reference", "T-4"]);
+    assert_eq!(bad_amount.status.code(), Some(2), "{bad_amount:?}");
+
+    let history = recurrentd(&config, &["history", "acme-1", "--json"]);
+    assert_eq!(history.status.code(), Some(0), "{history:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["period"], "adhoc:T-2");
+    assert_eq!(rows[0]["state"], "pending");
+    assert_eq!(rows[0]["amount"], "120.00");
+    assert!(rows[0]["order_number"].is_null());
+}

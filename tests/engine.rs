@@ -16,7 +16,7 @@ use recurrentd::gateway::client::{Client, Settings};
 use recurrentd::gateway::sandbox::{DuplicatePolicy, Sandbox, SandboxConfig};
 use recurrentd::money::Money;
 use recurrentd::schedule;
-use recurrentd::store::{Access, AttemptState, ChargeState, Store};
+use recurrentd::store::{Access, AttemptState, ChargeState, Purpose, Store};
 use secrecy::SecretString;
 
 const PASSWORD: &str = "engine-test-password";
@@ -571,4 +571,137 @@ async fn an_order_the_gateway_never_filed_gets_a_new_attempt_only_after_the_sett
     assert!(attempts.len() >= 2, "{attempts:?}");
     assert_eq!(attempts[0].state, AttemptState::NotReceived);
     assert!(attempts[0].not_found >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adhoc_charge_is_checked_against_the_limits_made_once_and_counted_for_the_next() {
+    use recurrentd::engine::{AdhocError, AdhocRequest, Queued, queue_adhoc};
+
+    let text = subscription("topup", "4100000000000001", "100.00", "2027-01-05");
+    let world = World::new(&text, DuplicatePolicy::Reject, ResponseFormat::Xml).await;
+    let engine = world.start().await;
+    // Period 0, due 2027-01-05 10:00 Moscow.
+    let engine = run(
+        &world,
+        engine,
+        "2027-01-06T00:00:00Z".parse().unwrap(),
+        Duration::hours(1),
+        0,
+    )
+    .await;
+    let policy = Policy::from(&world.policy);
+    let request = |reference: &'static str, amount: &str| AdhocRequest {
+        subscription: "topup",
+        reference,
+        amount: Money::parse(amount).unwrap(),
+        reason: Some("balance top-up"),
+        by: "tester",
+    };
+    let queue = |request: AdhocRequest<'static>, at: &str| {
+        let calendar = world.calendar;
+        let policy = policy.clone();
+        let at: DateTime<Utc> = at.parse().unwrap();
+        engine.with_store(move |s| Ok(queue_adhoc(s, &request, &calendar, &policy, at)))
+    };
+
+    // 15 days after the last charge: the agreement's 28-day gap forbids it, at once.
+    let refused = queue(request("T-1", "120.00"), "2027-01-20T09:00:00Z")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, Err(AdhocError::Refused(why)) if why.contains("28 days")),
+        "{refused:?}"
+    );
+    // Above the agreed maximum, whenever.
+    let refused = queue(request("T-2", "150.01"), "2027-02-03T09:00:00Z")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, Err(AdhocError::Refused(why)) if why.contains("maximum")),
+        "{refused:?}"
+    );
+    // Allowed: queued once; the same command again finds it; the reference cannot be reused
+    // for another amount; a second ad-hoc charge right behind it would break the gap.
+    let queued = queue(request("T-3", "120.00"), "2027-02-03T09:00:00Z")
+        .await
+        .unwrap();
+    assert!(matches!(queued, Ok(Queued::New { .. })), "{queued:?}");
+    let again = queue(request("T-3", "120.00"), "2027-02-03T09:01:00Z")
+        .await
+        .unwrap();
+    assert!(matches!(again, Ok(Queued::Existing(_))), "{again:?}");
+    let reused = queue(request("T-3", "99.00"), "2027-02-03T09:02:00Z")
+        .await
+        .unwrap();
+    assert!(
+        matches!(reused, Err(AdhocError::ReferenceReused { .. })),
+        "{reused:?}"
+    );
+    let behind = queue(request("T-4", "60.00"), "2027-02-03T09:03:00Z")
+        .await
+        .unwrap();
+    assert!(matches!(behind, Err(AdhocError::Refused(_))), "{behind:?}");
+
+    // The daemon's sweep makes it: one request at the gateway, approved and verified.
+    world.clock.set("2027-02-03T09:05:00Z".parse().unwrap());
+    engine.tick().await.unwrap();
+    quiesce(&world, &engine).await;
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    let adhoc: Vec<_> = attempts
+        .iter()
+        .filter(|a| a.purpose == Purpose::Adhoc("T-3".into()))
+        .collect();
+    assert_eq!(adhoc.len(), 1, "{attempts:?}");
+    assert_eq!(adhoc[0].state, AttemptState::Approved);
+    assert_eq!(adhoc[0].amount, Money::parse("120.00").unwrap());
+    let book = world.sandbox.book();
+    let at_gateway: Vec<_> = book
+        .rp_requests
+        .iter()
+        .filter(|r| r.order_number == adhoc[0].order_number)
+        .collect();
+    assert_eq!(at_gateway.len(), 1, "sent once");
+    let again = queue(request("T-3", "120.00"), "2027-02-03T12:00:00Z")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, Ok(Queued::Existing(found)) if found.state == ChargeState::Paid),
+        "{again:?}"
+    );
+
+    // The next scheduled period (due 2027-02-05) counts the ad-hoc charge: nothing is charged
+    // within 28 days of it.
+    let engine = run(
+        &world,
+        engine,
+        "2027-04-01T00:00:00Z".parse().unwrap(),
+        Duration::hours(6),
+        0,
+    )
+    .await;
+    quiesce(&world, &engine).await;
+    let history = engine
+        .with_store(|s| s.history(Some("topup"), None))
+        .await
+        .unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|h| h.period == "adhoc:T-3" && h.state == "approved" && h.period_index.is_none()),
+        "{history:?}"
+    );
+    let mut sent: Vec<DateTime<Utc>> = engine
+        .with_store(|s| s.attempts())
+        .await
+        .unwrap()
+        .iter()
+        .filter(|a| a.state == AttemptState::Approved)
+        .map(|a| a.sent_at.unwrap())
+        .collect();
+    sent.sort();
+    assert!(sent.len() >= 3, "{sent:?}");
+    for pair in sent.windows(2) {
+        let gap = world.calendar.local_date(pair[1]) - world.calendar.local_date(pair[0]);
+        assert!(gap.num_days() >= 28, "charges {pair:?} only {gap} apart");
+    }
 }

@@ -652,7 +652,7 @@ impl Observed {
             for a in self
                 .attempts
                 .iter()
-                .filter(|a| a.subscription_id == p.subscription_id && a.period == p.period)
+                .filter(|a| a.subscription_id == p.subscription_id && pn(a) == p.period)
             {
                 out += &format!(
                     "    #{} {} {}, created {}, sent {}\n",
@@ -886,7 +886,7 @@ impl Model<'_> {
                             self.local_date(sent)
                         ));
                     }
-                    if sent < self.due_instant(spec, a.period) {
+                    if sent < self.due_instant(spec, pn(a)) {
                         bad(format!(
                             "{} sent at {sent}, before its period was due",
                             r.order_number
@@ -928,7 +928,7 @@ impl Model<'_> {
         let mut per_period: BTreeMap<(&str, u32), Vec<&Job>> = BTreeMap::new();
         for a in &o.attempts {
             per_period
-                .entry((a.subscription_id.as_str(), a.period))
+                .entry((a.subscription_id.as_str(), pn(a)))
                 .or_default()
                 .push(a);
         }
@@ -1084,11 +1084,11 @@ impl Model<'_> {
                 }
                 let Some(prev) = attempts
                     .iter()
-                    .find(|b| b.period == a.period && b.attempt + 1 == a.attempt)
+                    .find(|b| pn(b) == pn(a) && b.attempt + 1 == a.attempt)
                 else {
                     continue;
                 };
-                let next_due = self.due_instant(spec, a.period + 1);
+                let next_due = self.due_instant(spec, pn(a) + 1);
                 if a.created_at >= next_due {
                     bad(format!(
                         "{} started after the next period was due",
@@ -1141,7 +1141,7 @@ impl Model<'_> {
                 bad(format!("{sub}: period rows {numbers:?} are not 0..n"));
             }
             for row in &rows {
-                let mine: Vec<&&Job> = attempts.iter().filter(|a| a.period == row.period).collect();
+                let mine: Vec<&&Job> = attempts.iter().filter(|a| pn(a) == row.period).collect();
                 let last = mine.iter().max_by_key(|a| a.attempt).map(|a| a.state);
                 let ok = match row.state {
                     ChargeState::Paid => last == Some(AttemptState::Approved),
@@ -1179,7 +1179,7 @@ impl Model<'_> {
                 }
             }
             for a in &attempts {
-                if !rows.iter().any(|p| p.period == a.period) {
+                if !rows.iter().any(|p| p.period == pn(a)) {
                     bad(format!("{} has no period row", a.order_number));
                 }
             }
@@ -1195,7 +1195,7 @@ impl Model<'_> {
             // to a later date (deferred: no row yet).
             let late_charge = attempts.iter().any(|a| {
                 a.state.may_have_charged()
-                    && self.local_date(a.sent_at.unwrap_or(a.created_at)) > spec.due_date(a.period)
+                    && self.local_date(a.sent_at.unwrap_or(a.created_at)) > spec.due_date(pn(a))
             });
             if rows_count > due_count {
                 bad(format!(
@@ -1258,7 +1258,7 @@ impl Model<'_> {
                 }
                 Kind::WrongCheckvalue => {
                     for row in &rows {
-                        if attempts.iter().any(|a| a.period == row.period)
+                        if attempts.iter().any(|a| pn(a) == row.period)
                             && row.state != ChargeState::Quarantined
                         {
                             bad(format!(
@@ -1271,7 +1271,7 @@ impl Model<'_> {
                 }
                 Kind::SoftDecline => {
                     for row in &rows {
-                        let n = attempts.iter().filter(|a| a.period == row.period).count();
+                        let n = attempts.iter().filter(|a| pn(a) == row.period).count();
                         if n > 1 + DUNNING_DAYS.len() {
                             bad(format!("{sub} period {}: {n} attempts", row.period));
                         }
@@ -1326,4 +1326,11 @@ proptest! {
             prop_assert!(false, "{}", report);
         }
     }
+}
+
+/// A scheduled attempt's period (this model has no ad-hoc charges).
+fn pn(job: &Job) -> u32 {
+    job.purpose
+        .period()
+        .expect("the model makes no ad-hoc charges")
 }

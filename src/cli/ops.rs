@@ -56,7 +56,7 @@ pub struct BackupArgs {
     pub path: PathBuf,
 }
 
-fn open(config: &Config, access: Access) -> Result<Store, u8> {
+pub(super) fn open(config: &Config, access: Access) -> Result<Store, u8> {
     Store::open(&config.database.path, access).map_err(|error| {
         eprintln!("recurrentd: {error}");
         match error {
@@ -66,7 +66,7 @@ fn open(config: &Config, access: Access) -> Result<Store, u8> {
     })
 }
 
-fn operator() -> String {
+pub(super) fn operator() -> String {
     std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
         .or_else(|_| std::env::var("LOGNAME"))

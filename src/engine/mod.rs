@@ -19,6 +19,7 @@
 //! resolved by asking the gateway. No network call happens inside a database transaction, and
 //! the database is only touched from blocking threads.
 
+mod adhoc;
 mod pacer;
 
 use std::collections::HashSet;
@@ -34,10 +35,14 @@ use crate::config::EngineConfig;
 use crate::gateway::client::{ChargeRequest, Client, StatusAnswer, StatusQuery};
 use crate::gateway::outcome::{DeclineKind, Outcome};
 use crate::store::{
-    AttemptChange, AttemptState, ChargeChange, ChargeState, Event, Job, Store, StoreError, event,
+    AttemptChange, AttemptState, ChargeChange, ChargeState, Event, Job, Purpose, Store, StoreError,
+    event,
 };
 
+pub use adhoc::{AdhocError, AdhocRequest, Queued, queue_adhoc};
 pub use pacer::Pacer;
+
+use adhoc::plan_adhoc;
 
 /// Why a tick could not finish. Gateway trouble is never an error here: it is an outcome.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +150,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// the attempt. ASCII, at most 8 + 1 + 40 + 1 + 10 + 1 + 10 characters.
 pub fn order_number(prefix: &str, subscription: &str, period: u32, attempt: u32) -> String {
     format!("{prefix}-{subscription}-{period}-{attempt}")
+}
+
+/// The OrderNumber of an attempt at an ad-hoc charge: `x` and the charge's row id in place of
+/// the period (the operator's reference is free text, so it is not put on the wire).
+pub fn adhoc_order_number(
+    prefix: &str,
+    subscription: &str,
+    charge_id: i64,
+    attempt: u32,
+) -> String {
+    format!("{prefix}-{subscription}-x{charge_id}-{attempt}")
 }
 
 /// A stable number in 0..1000 from a string and a counter: jitter without a random source, so a
@@ -401,9 +417,16 @@ impl Inner {
             Some(sub) => {
                 match billing::verdict(&sub.terms, &self.calendar, &charged, job.amount, now) {
                     Ok(()) => None,
+                    Err(reason @ BlockReason::TooSoon { .. }) if job.purpose.period().is_none() => {
+                        // An ad-hoc charge is made when asked or not at all: never held.
+                        Some(reason.to_string())
+                    }
                     Err(BlockReason::TooSoon { earliest, .. }) => {
                         let until = self.calendar.due_instant(earliest);
-                        let next_due = billing::due_date(&sub.terms, job.period + 1)
+                        let next_due = job
+                            .purpose
+                            .period()
+                            .and_then(|period| billing::due_date(&sub.terms, period + 1))
                             .map(|d| self.calendar.due_instant(d));
                         if next_due.is_some_and(|next| until >= next) {
                             Some(format!(
@@ -430,7 +453,7 @@ impl Inner {
             self.apply(&job, change).await?;
             tracing::warn!(
                 subscription = %job.subscription_id,
-                period = job.period,
+                period = %job.purpose,
                 order_number = %job.order_number,
                 %reason,
                 "charge blocked before sending"
@@ -779,12 +802,14 @@ impl Inner {
         job: &Job,
         now: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
+        // An ad-hoc charge is not retried: the operator asks again (with a new reference).
+        let period = job.purpose.period()?;
         let index = usize::try_from(job.attempt.saturating_sub(1)).ok()?;
         let days = *self.policy.dunning_days.get(index)?;
         let at = now + Duration::days(i64::from(days));
         let terms = &subscription.terms;
         let next_due =
-            billing::due_date(terms, job.period + 1).map(|date| self.calendar.due_instant(date));
+            billing::due_date(terms, period + 1).map(|date| self.calendar.due_instant(date));
         if next_due.is_some_and(|next| at >= next) {
             return None;
         }
@@ -831,7 +856,7 @@ impl Inner {
         self.apply(job, change).await?;
         tracing::error!(
             subscription = %job.subscription_id,
-            period = job.period,
+            period = %job.purpose,
             order_number = %job.order_number,
             reason = %why,
             "charge quarantined: a gateway answer failed verification; nothing is booked"
@@ -881,7 +906,8 @@ impl Inner {
     fn event_detail(&self, job: &Job, outcome: &Outcome, code: Option<&str>) -> serde_json::Value {
         json!({
             "order_number": job.order_number,
-            "period": job.period,
+            "period": job.purpose.period(),
+            "reference": adhoc_reference(&job.purpose),
             "attempt": job.attempt,
             "amount": job.amount.to_string(),
             "currency": job.currency.as_str(),
@@ -914,7 +940,7 @@ impl Inner {
     ) {
         tracing::info!(
             subscription = %job.subscription_id,
-            period = job.period,
+            period = %job.purpose,
             order_number = %job.order_number,
             amount = %job.amount,
             currency = %job.currency,
@@ -999,16 +1025,27 @@ fn plan_one(
     if history.attention.is_some() || history.unresolved {
         return Ok((None, 0));
     }
+    // An ad-hoc charge an operator queued goes first; the schedule waits for its outcome.
+    if let Some(adhoc) = tx.adhoc_due(id)? {
+        return plan_adhoc(tx, &history, &adhoc, now, calendar, policy, prefix);
+    }
     let sub = &history.subscription;
     let terms = &sub.terms;
     let mut settled = 0;
 
     // A period still open (a retry is scheduled): retry it, or close it when its window ended.
     if let Some(open) = &history.open {
+        let Purpose::Period(period) = open.purpose else {
+            return Err(StoreError::Corrupt {
+                path: tx.path().to_path_buf(),
+                what: "an open period".into(),
+                value: open.purpose.to_string(),
+            });
+        };
         if open.live_attempt {
             return Ok((None, 0));
         }
-        let next_due = billing::due_date(terms, open.period + 1).map(|d| calendar.due_instant(d));
+        let next_due = billing::due_date(terms, period + 1).map(|d| calendar.due_instant(d));
         let window_over = next_due.is_some_and(|next| next <= now);
         if !window_over {
             if open.next_attempt_at.is_some_and(|at| at > now) {
@@ -1022,7 +1059,7 @@ fn plan_one(
                     "no attempts left in the 30-day budget",
                     Event {
                         kind: event::PERIOD_FAILED,
-                        detail: json!({ "period": open.period, "reason": "attempt budget" }),
+                        detail: json!({ "period": period, "reason": "attempt budget" }),
                     },
                 )?;
                 tx.commit()?;
@@ -1030,7 +1067,7 @@ fn plan_one(
             }
             return match billing::verdict(terms, calendar, &history.charged, open.amount, now) {
                 Ok(()) => {
-                    let number = order_number(prefix, id, open.period, open.attempts + 1);
+                    let number = order_number(prefix, id, period, open.attempts + 1);
                     let job = tx.new_attempt(
                         id,
                         open,
@@ -1038,7 +1075,7 @@ fn plan_one(
                         Utc::now(),
                         intent_event(
                             &number,
-                            open.period,
+                            &open.purpose,
                             open.attempts + 1,
                             open.amount,
                             open.currency,
@@ -1055,7 +1092,7 @@ fn plan_one(
                         &reason.to_string(),
                         Event {
                             kind: event::PERIOD_BLOCKED,
-                            detail: json!({ "period": open.period, "reason": reason.to_string() }),
+                            detail: json!({ "period": period, "reason": reason.to_string() }),
                         },
                     )?;
                     tx.commit()?;
@@ -1071,7 +1108,7 @@ fn plan_one(
             reason,
             Event {
                 kind: event::PERIOD_FAILED,
-                detail: json!({ "period": open.period, "reason": reason }),
+                detail: json!({ "period": period, "reason": reason }),
             },
         )?;
         settled += 1;
@@ -1110,7 +1147,7 @@ fn plan_one(
                 &open,
                 &number,
                 Utc::now(),
-                intent_event(&number, period, 1, open.amount, open.currency),
+                intent_event(&number, &open.purpose, 1, open.amount, open.currency),
             )?)
         }
         Next::Defer { .. } | Next::Wait { .. } | Next::Ended(_) => None,
@@ -1119,9 +1156,17 @@ fn plan_one(
     Ok((job, settled))
 }
 
-fn intent_event(
+/// The reference of an ad-hoc charge, for ledger details (null for a period).
+pub(crate) fn adhoc_reference(purpose: &Purpose) -> Option<&str> {
+    match purpose {
+        Purpose::Adhoc(reference) => Some(reference),
+        Purpose::Period(_) => None,
+    }
+}
+
+pub(crate) fn intent_event(
     order_number: &str,
-    period: u32,
+    purpose: &Purpose,
     attempt: u32,
     amount: crate::money::Money,
     currency: crate::money::Currency,
@@ -1130,7 +1175,8 @@ fn intent_event(
         kind: event::INTENT,
         detail: json!({
             "order_number": order_number,
-            "period": period,
+            "period": purpose.period(),
+            "reference": adhoc_reference(purpose),
             "attempt": attempt,
             "amount": amount.to_string(),
             "currency": currency.as_str(),

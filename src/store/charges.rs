@@ -138,11 +138,58 @@ impl ChargeState {
     }
 }
 
+/// What a charge row is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// A billing period of the subscription's schedule (numbered from 0).
+    Period(u32),
+    /// An ad-hoc charge an operator asked for (`recurrentd charge`), by its unique reference.
+    Adhoc(String),
+}
+
+impl Purpose {
+    /// The period number, for a scheduled charge.
+    pub fn period(&self) -> Option<u32> {
+        match self {
+            Purpose::Period(n) => Some(*n),
+            Purpose::Adhoc(_) => None,
+        }
+    }
+
+    fn from_columns(
+        path: &Path,
+        period: Option<i64>,
+        reference: Option<String>,
+    ) -> Result<Purpose, StoreError> {
+        match (period, reference) {
+            (Some(n), None) => u32::try_from(n)
+                .map(Purpose::Period)
+                .map_err(|_| corrupt(path, "charges.period", n)),
+            (None, Some(reference)) => Ok(Purpose::Adhoc(reference)),
+            (period, reference) => Err(corrupt(
+                path,
+                "charges.period/reference",
+                format!("{period:?}/{reference:?}"),
+            )),
+        }
+    }
+}
+
+/// `12` for a period, `adhoc:<reference>` for an ad-hoc charge (logs and reports).
+impl fmt::Display for Purpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Purpose::Period(n) => write!(f, "{n}"),
+            Purpose::Adhoc(reference) => write!(f, "adhoc:{reference}"),
+        }
+    }
+}
+
 /// The period currently being charged (state `open`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenCharge {
     pub id: i64,
-    pub period: u32,
+    pub purpose: Purpose,
     pub due_date: NaiveDate,
     pub amount: Money,
     pub currency: Currency,
@@ -179,7 +226,7 @@ pub struct Job {
     pub attempt_id: i64,
     pub charge_id: i64,
     pub subscription_id: String,
-    pub period: u32,
+    pub purpose: Purpose,
     pub attempt: u32,
     pub order_number: String,
     pub bill_number: String,
@@ -205,6 +252,17 @@ pub struct PeriodRow {
     pub period: u32,
     pub state: ChargeState,
     pub reason: Option<String>,
+}
+
+/// An ad-hoc charge as `recurrentd charge` finds it when its reference was used before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdhocCharge {
+    pub amount: Money,
+    pub currency: Currency,
+    pub state: ChargeState,
+    pub reason: Option<String>,
+    /// The latest attempt's OrderNumber, once the daemon made one.
+    pub order_number: Option<String>,
 }
 
 /// A ledger event to append with a change.
@@ -287,17 +345,18 @@ pub mod event {
     pub const BREAKER_CLEARED: &str = "breaker_cleared";
     pub const ATTENTION_CLEARED: &str = "attention_cleared";
     pub const ENROLLED: &str = "enrolled";
+    pub const ADHOC_REQUESTED: &str = "adhoc_requested";
 }
 
 const JOB_COLUMNS: &str = "a.id, a.charge_id, c.subscription_id, c.period, a.attempt, \
     a.order_number, c.bill_number, c.amount_cents, c.currency, a.state, a.created_at, a.wall_at, \
-    a.sent, a.checks, a.not_found, a.test_mode, a.response_code, a.sent_at";
+    a.sent, a.checks, a.not_found, a.test_mode, a.response_code, a.sent_at, c.reference";
 
 type JobRow = (
     i64,
     i64,
     String,
-    i64,
+    Option<i64>,
     i64,
     String,
     String,
@@ -310,6 +369,7 @@ type JobRow = (
     i64,
     i64,
     Option<i64>,
+    Option<String>,
     Option<String>,
     Option<String>,
 );
@@ -334,6 +394,7 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         row.get(15)?,
         row.get(16)?,
         row.get(17)?,
+        row.get(18)?,
     ))
 }
 
@@ -365,12 +426,13 @@ fn decode_job(path: &Path, r: JobRow) -> Result<Job, StoreError> {
         test_mode,
         response_code,
         sent_at,
+        reference,
     ) = r;
     Ok(Job {
         attempt_id,
         charge_id,
         subscription_id,
-        period: u32::try_from(period).map_err(|_| corrupt(path, "charges.period", period))?,
+        purpose: Purpose::from_columns(path, period, reference)?,
         attempt: u32::try_from(attempt).map_err(|_| corrupt(path, "attempts.attempt", attempt))?,
         order_number,
         bill_number,
@@ -745,7 +807,8 @@ impl Store {
             .conn
             .prepare(
                 "SELECT subscription_id, period, state, reason FROM charges \
-                 WHERE ?1 IS NULL OR subscription_id = ?1 ORDER BY subscription_id, period",
+                 WHERE (?1 IS NULL OR subscription_id = ?1) AND period IS NOT NULL \
+                 ORDER BY subscription_id, period",
             )
             .ctx(&self.path, what)?;
         let rows = statement
@@ -889,6 +952,11 @@ fn append(
 }
 
 impl PlanTx<'_> {
+    /// The database file (for error messages).
+    pub fn path(&self) -> &Path {
+        self.path
+    }
+
     /// The subscription's history as of now; `None` if it is unknown or removed.
     pub fn history(&self, subscription_id: &str) -> Result<Option<History>, StoreError> {
         let what = "reading a subscription's history";
@@ -916,7 +984,7 @@ impl PlanTx<'_> {
                  EXISTS (SELECT 1 FROM attempts a WHERE a.charge_id = c.id AND a.state IN \
                      ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')) \
                  FROM charges c WHERE c.subscription_id = ?1 AND c.state = 'open' \
-                 ORDER BY c.period DESC LIMIT 1",
+                 AND c.period IS NOT NULL ORDER BY c.period DESC LIMIT 1",
                 [subscription_id],
                 |row| {
                     Ok((
@@ -938,8 +1006,10 @@ impl PlanTx<'_> {
                 |(id, period, due, cents, currency, bill, next, attempts, live)| -> Result<OpenCharge, StoreError> {
                     Ok(OpenCharge {
                         id,
-                        period: u32::try_from(period)
-                            .map_err(|_| corrupt(path, "charges.period", period))?,
+                        purpose: Purpose::Period(
+                            u32::try_from(period)
+                                .map_err(|_| corrupt(path, "charges.period", period))?,
+                        ),
                         due_date: parse_date(path, "charges.due_date", &due)?,
                         amount: Money::from_cents(cents)
                             .ok_or_else(|| corrupt(path, "charges.amount_cents", cents))?,
@@ -1061,7 +1131,7 @@ impl PlanTx<'_> {
             .ctx(self.path, "opening a period")?;
         Ok(OpenCharge {
             id: self.tx.last_insert_rowid(),
-            period,
+            purpose: Purpose::Period(period),
             due_date,
             amount: subscription.terms.amount,
             currency: subscription.currency,
@@ -1117,7 +1187,7 @@ impl PlanTx<'_> {
             attempt_id,
             charge_id: charge.id,
             subscription_id: subscription_id.to_string(),
-            period: charge.period,
+            purpose: charge.purpose.clone(),
             attempt,
             order_number: order_number.to_string(),
             bill_number: charge.bill_number.clone(),
@@ -1160,6 +1230,144 @@ impl PlanTx<'_> {
             Some(charge_id),
             &event,
         )
+    }
+
+    /// The ad-hoc charge of a subscription waiting for an attempt now (queued, or open again
+    /// after its attempt was not received), oldest first.
+    pub fn adhoc_due(&self, subscription_id: &str) -> Result<Option<OpenCharge>, StoreError> {
+        let what = "reading queued ad-hoc charges";
+        let path = self.path;
+        self.tx
+            .query_row(
+                "SELECT c.id, c.reference, c.due_date, c.amount_cents, c.currency, \
+                 c.bill_number, c.next_attempt_at, \
+                 (SELECT count(*) FROM attempts a WHERE a.charge_id = c.id) \
+                 FROM charges c WHERE c.subscription_id = ?1 AND c.state = 'open' \
+                 AND c.reference IS NOT NULL \
+                 AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= ?2) \
+                 AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.charge_id = c.id AND a.state IN \
+                     ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')) \
+                 ORDER BY c.id LIMIT 1",
+                params![subscription_id, timestamp(self.now)],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
+                        row.get::<_, Option<String>>(6)?,
+                        row.get::<_, i64>(7)?,
+                    ))
+                },
+            )
+            .optional()
+            .ctx(path, what)?
+            .map(
+                |(id, reference, due, cents, currency, bill, next, attempts)| {
+                    Ok(OpenCharge {
+                        id,
+                        purpose: Purpose::Adhoc(reference),
+                        due_date: parse_date(path, "charges.due_date", &due)?,
+                        amount: Money::from_cents(cents)
+                            .ok_or_else(|| corrupt(path, "charges.amount_cents", cents))?,
+                        currency: Currency::parse(&currency)
+                            .map_err(|_| corrupt(path, "charges.currency", &currency))?,
+                        bill_number: bill,
+                        next_attempt_at: next
+                            .map(|t| parse_timestamp(path, "charges.next_attempt_at", &t))
+                            .transpose()?,
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        live_attempt: false,
+                    })
+                },
+            )
+            .transpose()
+    }
+
+    /// The ad-hoc charge a subscription already has under `reference`, if any.
+    pub fn adhoc_by_reference(
+        &self,
+        subscription_id: &str,
+        reference: &str,
+    ) -> Result<Option<AdhocCharge>, StoreError> {
+        let what = "reading an ad-hoc charge";
+        let path = self.path;
+        self.tx
+            .query_row(
+                "SELECT c.amount_cents, c.currency, c.state, c.reason, \
+                 (SELECT a.order_number FROM attempts a WHERE a.charge_id = c.id \
+                  ORDER BY a.attempt DESC LIMIT 1) \
+                 FROM charges c WHERE c.subscription_id = ?1 AND c.reference = ?2",
+                params![subscription_id, reference],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                    ))
+                },
+            )
+            .optional()
+            .ctx(path, what)?
+            .map(|(cents, currency, state, reason, order_number)| {
+                Ok(AdhocCharge {
+                    amount: Money::from_cents(cents)
+                        .ok_or_else(|| corrupt(path, "charges.amount_cents", cents))?,
+                    currency: Currency::parse(&currency)
+                        .map_err(|_| corrupt(path, "charges.currency", &currency))?,
+                    state: ChargeState::parse(&state)
+                        .ok_or_else(|| corrupt(path, "charges.state", &state))?,
+                    reason,
+                    order_number,
+                })
+            })
+            .transpose()
+    }
+
+    /// Queues an ad-hoc charge (state `open`, no attempt yet) with the subscription's currency
+    /// and bill number, and its ledger event. The caller has checked the limits in this same
+    /// transaction; the engine checks them again before the attempt is made and before it is
+    /// sent.
+    pub fn queue_adhoc(
+        &self,
+        subscription: &StoredSubscription,
+        reference: &str,
+        amount: Money,
+        local_date: NaiveDate,
+        event: Event,
+    ) -> Result<i64, StoreError> {
+        let what = "queueing an ad-hoc charge";
+        let at = timestamp(self.now);
+        self.tx
+            .execute(
+                "INSERT INTO charges (subscription_id, reference, due_date, amount_cents, \
+                 currency, bill_number, state, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?7)",
+                params![
+                    subscription.id,
+                    reference,
+                    date_text(local_date),
+                    amount.cents(),
+                    subscription.currency.as_str(),
+                    subscription.bill_number,
+                    at
+                ],
+            )
+            .ctx(self.path, what)?;
+        let charge_id = self.tx.last_insert_rowid();
+        append(
+            &self.tx,
+            self.path,
+            &at,
+            Some(&subscription.id),
+            Some(charge_id),
+            &event,
+        )?;
+        Ok(charge_id)
     }
 
     pub fn commit(self) -> Result<(), StoreError> {

@@ -34,8 +34,8 @@ use crate::config::CatchUp;
 use crate::money::{Currency, Money};
 
 pub use charges::{
-    AttemptChange, AttemptState, ChargeChange, ChargeState, Event, History, Job, OpenCharge,
-    PeriodRow, PlanTx, event,
+    AdhocCharge, AttemptChange, AttemptState, ChargeChange, ChargeState, Event, History, Job,
+    OpenCharge, PeriodRow, PlanTx, Purpose, event,
 };
 pub use report::{Attention, HistoryRow, StatusReport, daemon_running};
 pub use sync::{Changes, FileOutcome, FileSync, SyncSummary};
@@ -347,7 +347,38 @@ impl Store {
     }
 
     /// Applies the migrations after `from`, each in its own transaction with its version bump.
+    ///
+    /// Foreign keys are off while migrations run (a migration may rebuild a table others refer
+    /// to, which SQLite only allows that way) and every reference is checked before each commit;
+    /// they are switched back on, and read back, afterwards.
     fn migrate(&mut self, from: u32) -> Result<(), StoreError> {
+        if from as usize >= schema::MIGRATIONS.len() {
+            return Ok(());
+        }
+        self.conn
+            .pragma_update(None, "foreign_keys", false)
+            .ctx(&self.path, "switching foreign keys off to migrate")?;
+        let result = self.run_migrations(from);
+        self.conn
+            .pragma_update(None, "foreign_keys", true)
+            .ctx(&self.path, "switching foreign keys back on")?;
+        let on: bool = self
+            .conn
+            .query_row("PRAGMA foreign_keys", [], |row| row.get(0))
+            .ctx(&self.path, "reading PRAGMA foreign_keys")?;
+        if !on {
+            return Err(StoreError::Pragma {
+                path: self.path.clone(),
+                pragma: "foreign_keys",
+                wanted: "1".into(),
+                got: "0".into(),
+                hint: " after migrating",
+            });
+        }
+        result
+    }
+
+    fn run_migrations(&mut self, from: u32) -> Result<(), StoreError> {
         for (index, sql) in schema::MIGRATIONS.iter().enumerate().skip(from as usize) {
             let version = index + 1;
             let what = format!("migrating to schema version {version}");
@@ -356,6 +387,17 @@ impl Store {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .ctx(&self.path, &what)?;
             tx.execute_batch(sql).ctx(&self.path, &what)?;
+            let dangling: Option<String> = tx
+                .query_row("PRAGMA foreign_key_check", [], |row| row.get(0))
+                .optional()
+                .ctx(&self.path, &what)?;
+            if let Some(table) = dangling {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("{what}: a reference from table {table}"),
+                    value: "points at a missing row".into(),
+                });
+            }
             tx.pragma_update(None, "user_version", version as i64)
                 .ctx(&self.path, &what)?;
             tx.commit().ctx(&self.path, &what)?;

@@ -15,10 +15,10 @@ use crate::money::Money;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HistoryRow {
     pub subscription: String,
-    /// The billing period's due date (`YYYY-MM-DD`).
+    /// The billing period's due date (`YYYY-MM-DD`), or `adhoc:<reference>` for an ad-hoc charge.
     pub period: String,
-    /// The period's index (0 = the first due date).
-    pub period_index: u32,
+    /// The period's index (0 = the first due date); `null` for an ad-hoc charge.
+    pub period_index: Option<u32>,
     /// 1, 2, ... for attempts; `null` for a period blocked or skipped before any attempt.
     pub attempt: Option<u32>,
     pub order_number: Option<String>,
@@ -95,10 +95,11 @@ impl Store {
                 "SELECT c.subscription_id, c.due_date, c.period, a.attempt, a.order_number, \
                  c.amount_cents, c.currency, c.state, a.state, a.sent_at, a.sent, \
                  a.response_code, a.checkvalue, COALESCE(a.detail, c.reason), \
-                 COALESCE(a.created_at, c.created_at) AS at \
+                 COALESCE(a.created_at, c.created_at) AS at, c.reference \
                  FROM charges c LEFT JOIN attempts a ON a.charge_id = c.id \
                  WHERE (?1 IS NULL OR c.subscription_id = ?1) AND (?2 IS NULL OR at >= ?2) \
-                 AND (a.id IS NOT NULL OR c.state IN ('blocked', 'skipped', 'failed')) \
+                 AND (a.id IS NOT NULL OR c.state IN ('blocked', 'skipped', 'failed') \
+                      OR c.reference IS NOT NULL) \
                  ORDER BY at, c.subscription_id, c.period, a.attempt",
             )
             .ctx(&self.path, what)?;
@@ -107,7 +108,7 @@ impl Store {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
+                    row.get::<_, Option<i64>>(2)?,
                     row.get::<_, Option<i64>>(3)?,
                     row.get::<_, Option<String>>(4)?,
                     row.get::<_, i64>(5)?,
@@ -119,6 +120,7 @@ impl Store {
                     row.get::<_, Option<String>>(11)?,
                     row.get::<_, Option<String>>(12)?,
                     row.get::<_, Option<String>>(13)?,
+                    row.get::<_, Option<String>>(15)?,
                 ))
             })
             .ctx(&self.path, what)?;
@@ -139,6 +141,7 @@ impl Store {
                 response_code,
                 checkvalue,
                 reason,
+                reference,
             ) = row.ctx(&self.path, what)?;
             let amount = Money::from_cents(cents).ok_or_else(|| StoreError::Corrupt {
                 path: self.path.clone(),
@@ -148,12 +151,21 @@ impl Store {
             let state = match &attempt_state {
                 Some(s) => shown_state(s),
                 None if charge_state == "skipped" => "skipped",
+                // An ad-hoc charge queued for the daemon, no attempt made yet.
+                None if charge_state == "open" => "pending",
                 None => "blocked",
             };
+            let reason = reason.or_else(|| {
+                (attempt_state.is_none() && charge_state == "open")
+                    .then(|| "queued: the daemon makes the attempt at its next sweep".to_string())
+            });
             out.push(HistoryRow {
                 subscription,
-                period: due_date,
-                period_index: u32::try_from(period).unwrap_or(u32::MAX),
+                period: match &reference {
+                    Some(reference) => format!("adhoc:{reference}"),
+                    None => due_date,
+                },
+                period_index: period.map(|p| u32::try_from(p).unwrap_or(u32::MAX)),
                 attempt: attempt.map(|a| u32::try_from(a).unwrap_or(u32::MAX)),
                 order_number,
                 amount: amount.to_string(),

@@ -8,7 +8,7 @@
 //! as it reads), dates are `YYYY-MM-DD`, money is INTEGER minor units (kopecks).
 
 /// The migrations, oldest first. Not released yet: migration 1 may still change.
-pub(super) const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
+pub(super) const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, ADHOC_CHARGES];
 
 const MIGRATION_1: &str = r#"
 CREATE TABLE meta (
@@ -159,4 +159,42 @@ CREATE TABLE enrolments (
     currency        TEXT NOT NULL CHECK (length(currency) = 3),
     at              TEXT NOT NULL
 ) STRICT;
+"#;
+
+/// Ad-hoc charges (`recurrentd charge`): a `charges` row with the operator's `reference` instead of
+/// a period number — exactly one of the two is set, and each is unique per subscription, so
+/// running the same `charge` command twice finds the first row instead of making a second. SQLite
+/// cannot change a column's constraints in place, so the table is rebuilt (the documented
+/// twelve-step way: the migration runs with foreign keys off and checks them before it commits;
+/// ids are kept, so `attempts` and `ledger` still point at the same rows).
+const ADHOC_CHARGES: &str = r#"
+CREATE TABLE charges_new (
+    id              INTEGER PRIMARY KEY,
+    subscription_id TEXT NOT NULL REFERENCES subscriptions (id),
+    period          INTEGER CHECK (period >= 0),
+    reference       TEXT CHECK (length(reference) BETWEEN 1 AND 64),
+    due_date        TEXT NOT NULL,
+    amount_cents    INTEGER NOT NULL CHECK (amount_cents > 0),
+    currency        TEXT NOT NULL CHECK (length(currency) = 3),
+    bill_number     TEXT NOT NULL DEFAULT '',
+    state           TEXT NOT NULL CHECK (state IN
+                        ('open', 'paid', 'failed', 'blocked', 'skipped', 'quarantined')),
+    reason          TEXT,
+    next_attempt_at TEXT,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT,
+    CHECK ((period IS NULL) <> (reference IS NULL)),
+    UNIQUE (subscription_id, period),
+    UNIQUE (subscription_id, reference)
+) STRICT;
+
+INSERT INTO charges_new (id, subscription_id, period, reference, due_date, amount_cents, currency,
+                         bill_number, state, reason, next_attempt_at, created_at, updated_at)
+    SELECT id, subscription_id, period, NULL, due_date, amount_cents, currency, bill_number, state,
+           reason, next_attempt_at, created_at, updated_at
+    FROM charges;
+
+DROP TABLE charges;
+ALTER TABLE charges_new RENAME TO charges;
+CREATE INDEX charges_retry ON charges (next_attempt_at) WHERE state = 'open';
 "#;

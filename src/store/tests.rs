@@ -253,6 +253,71 @@ fn read_only_cannot_write() {
 }
 
 #[test]
+fn the_adhoc_migration_keeps_every_row_and_reference() {
+    // A version-2 database with a period, its attempt and their ledger events.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(db(&dir)).unwrap();
+        for sql in &schema::MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 2;
+             INSERT INTO subscriptions (id, file, line, bill_number, currency, amount_cents,
+                 cadence, start_date, state, created_at, updated_at)
+                 VALUES ('s1', 'a.toml', 1, '42', 'RUB', 10000, '1 month', '2027-01-01',
+                 'active', '2027-01-01T07:00:00.000000Z', '2027-01-01T07:00:00.000000Z');
+             INSERT INTO charges (id, subscription_id, period, due_date, amount_cents, currency,
+                 bill_number, state, created_at) VALUES (7, 's1', 0, '2027-01-01', 10000, 'RUB',
+                 '42', 'paid', '2027-01-01T07:00:00.000000Z');
+             INSERT INTO attempts (charge_id, attempt, order_number, state, created_at, wall_at,
+                 updated_at) VALUES (7, 1, 'p-s1-0-1', 'approved', '2027-01-01T07:00:00.000000Z', '2027-01-01T07:00:00.000000Z', '2027-01-01T07:00:00.000000Z');
+             INSERT INTO ledger (at, subscription_id, charge_id, kind, detail)
+                 VALUES ('2027-01-01T07:00:00.000000Z', 's1', 7, 'charge_approved', '{}');",
+        )
+        .unwrap();
+    }
+    let store = daemon(&dir);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(
+        pragma(&store, "foreign_keys"),
+        "Integer(1)",
+        "foreign keys back on"
+    );
+    let jobs = store.attempts().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        jobs[0].charge_id, 7,
+        "row ids kept: attempts still point at their period"
+    );
+    assert_eq!(jobs[0].purpose, Purpose::Period(0));
+    let dangling: i64 = store
+        .conn
+        .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(dangling, 0);
+    // The new shape: a period or a reference, never both or neither, each unique.
+    let insert = |period: &str, reference: &str| {
+        store.conn.execute(
+            &format!(
+                "INSERT INTO charges (subscription_id, period, reference, due_date, \
+                 amount_cents, currency, state, created_at) \
+                 VALUES ('s1', {period}, {reference}, '2027-01-02', 100, 'RUB', 'open', '2027-01-01T07:00:00.000000Z')"
+            ),
+            [],
+        )
+    };
+    assert!(insert("NULL", "'T-1'").is_ok());
+    assert!(insert("NULL", "'T-1'").is_err(), "a reference is unique");
+    assert!(insert("NULL", "NULL").is_err(), "neither");
+    assert!(insert("1", "'T-2'").is_err(), "both");
+    assert!(insert("0", "NULL").is_err(), "a period is unique");
+    assert!(insert("1", "NULL").is_ok());
+}
+
+#[test]
 fn migrates_from_version_zero() {
     let dir = tempfile::tempdir().unwrap();
     // An empty SQLite file: version 0.

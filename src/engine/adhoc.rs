@@ -1,0 +1,205 @@
+//! Ad-hoc charges (`recurrentd charge`): the MIT COF agreement lets the merchant charge any amount
+//! at any time (a balance top-up, say), within the same agreed limits as every scheduled charge.
+//!
+//! The operator's command *queues* the charge ([`queue_adhoc`]): in one write transaction it
+//! finds an earlier request with the same reference (then nothing new is queued: running the
+//! command twice never charges twice), checks every limit against the ledger, and records the
+//! request with its ledger event. The daemon's next sweep makes the attempt ([`plan_adhoc`],
+//! limits checked again inside the planning transaction, and once more just before sending), and
+//! from there it is an attempt like any other: verified outcome, status lookups, never resent
+//! blindly. It is not retried after a decline; a lost attempt (never received) is made again.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::{Policy, adhoc_order_number, adhoc_reference, intent_event};
+use crate::billing::{self, Calendar};
+use crate::money::Money;
+use crate::store::{
+    AdhocCharge, ChargeState, Event, History, Job, OpenCharge, PlanTx, Store, StoreError, event,
+};
+
+/// An operator's ad-hoc charge.
+#[derive(Debug, Clone)]
+pub struct AdhocRequest<'a> {
+    pub subscription: &'a str,
+    /// The operator's unique reference (a ticket number): the request's identity.
+    pub reference: &'a str,
+    pub amount: Money,
+    pub reason: Option<&'a str>,
+    /// Who asked (recorded in the ledger).
+    pub by: &'a str,
+}
+
+/// What queueing did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Queued {
+    /// Queued now, for the daemon's next sweep.
+    New { charge_id: i64 },
+    /// This reference was used before, for the same amount: nothing new was queued.
+    Existing(AdhocCharge),
+}
+
+/// Why an ad-hoc charge was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum AdhocError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("reference {reference:?}: 1 to 64 printable ASCII characters without spaces")]
+    BadReference { reference: String },
+    #[error("no subscription {0:?} in the database (or it was removed from the schedule files)")]
+    UnknownSubscription(String),
+    #[error(
+        "reference {reference:?} was already used for a charge of {amount} {currency} ({state})"
+    )]
+    ReferenceReused {
+        reference: String,
+        amount: Money,
+        currency: String,
+        state: String,
+    },
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// Queues an ad-hoc charge at `now` (see the module documentation).
+pub fn queue_adhoc(
+    store: &mut Store,
+    request: &AdhocRequest<'_>,
+    calendar: &Calendar,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Result<Queued, AdhocError> {
+    let reference = request.reference;
+    if reference.is_empty()
+        || reference.len() > 64
+        || !reference.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(AdhocError::BadReference {
+            reference: reference.to_string(),
+        });
+    }
+    let tx = store.plan(now)?;
+    if let Some(existing) = tx.adhoc_by_reference(request.subscription, reference)? {
+        if existing.amount != request.amount {
+            return Err(AdhocError::ReferenceReused {
+                reference: reference.to_string(),
+                amount: existing.amount,
+                currency: existing.currency.as_str().to_string(),
+                state: existing.state.as_str().to_string(),
+            });
+        }
+        return Ok(Queued::Existing(existing));
+    }
+    let Some(history) = tx.history(request.subscription)? else {
+        return Err(AdhocError::UnknownSubscription(
+            request.subscription.to_string(),
+        ));
+    };
+    if let Some(reason) = &history.attention {
+        return Err(AdhocError::Refused(format!(
+            "the subscription waits for an operator ({reason}); `recurrentd resume` it first"
+        )));
+    }
+    if history.attempts_last_30_days >= policy.max_attempts_per_30_days {
+        return Err(AdhocError::Refused(
+            "no attempts left in the 30-day budget".into(),
+        ));
+    }
+    // Another ad-hoc charge still waiting for its attempt counts as made now.
+    let mut charged = history.charged.clone();
+    if tx.adhoc_due(request.subscription)?.is_some() {
+        charged.push(now);
+    }
+    let sub = &history.subscription;
+    billing::verdict(&sub.terms, calendar, &charged, request.amount, now)
+        .map_err(|reason| AdhocError::Refused(reason.to_string()))?;
+    let charge_id = tx.queue_adhoc(
+        sub,
+        reference,
+        request.amount,
+        calendar.local_date(now),
+        Event {
+            kind: event::ADHOC_REQUESTED,
+            detail: json!({
+                "reference": reference,
+                "amount": request.amount.to_string(),
+                "currency": sub.currency.as_str(),
+                "reason": request.reason,
+                "by": request.by,
+            }),
+        },
+    )?;
+    tx.commit()?;
+    Ok(Queued::New { charge_id })
+}
+
+/// Plans an ad-hoc charge inside the subscription's planning transaction: the attempt budget and
+/// every limit checked on the history read in it, then one intent — or the charge closed with
+/// the reason, never held: it is made when asked or not at all.
+pub(super) fn plan_adhoc(
+    tx: PlanTx<'_>,
+    history: &History,
+    adhoc: &OpenCharge,
+    now: DateTime<Utc>,
+    calendar: &Calendar,
+    policy: &Policy,
+    prefix: &str,
+) -> Result<(Option<Job>, u32), StoreError> {
+    let id = history.subscription.id.as_str();
+    let reference = adhoc_reference(&adhoc.purpose);
+    let refused = if history.attempts_last_30_days >= policy.max_attempts_per_30_days {
+        Some((
+            ChargeState::Failed,
+            event::PERIOD_FAILED,
+            "no attempts left in the 30-day budget".to_string(),
+        ))
+    } else {
+        billing::verdict(
+            &history.subscription.terms,
+            calendar,
+            &history.charged,
+            adhoc.amount,
+            now,
+        )
+        .err()
+        .map(|reason| {
+            (
+                ChargeState::Blocked,
+                event::PERIOD_BLOCKED,
+                reason.to_string(),
+            )
+        })
+    };
+    if let Some((state, kind, reason)) = refused {
+        tx.close_period(
+            id,
+            adhoc.id,
+            state,
+            &reason,
+            Event {
+                kind,
+                detail: json!({ "reference": reference, "reason": reason }),
+            },
+        )?;
+        tx.commit()?;
+        tracing::warn!(subscription = %id, period = %adhoc.purpose, %reason, "ad-hoc charge {}", state.as_str());
+        return Ok((None, 1));
+    }
+    let number = adhoc_order_number(prefix, id, adhoc.id, adhoc.attempts + 1);
+    let job = tx.new_attempt(
+        id,
+        adhoc,
+        &number,
+        Utc::now(),
+        intent_event(
+            &number,
+            &adhoc.purpose,
+            adhoc.attempts + 1,
+            adhoc.amount,
+            adhoc.currency,
+        ),
+    )?;
+    tx.commit()?;
+    Ok((Some(job), 0))
+}
