@@ -9,12 +9,13 @@ use clap::Args;
 use secrecy::SecretString;
 
 use super::exit;
+use crate::billing::Calendar;
 use crate::clock::{Clock, RehearsalClock, SystemClock};
 use crate::config::{self, Config, SecretName};
 use crate::daemon::{self, RunOptions, Sweep};
 use crate::gateway::client::{Settings, check_base_url};
 use crate::gateway::sandbox::{self, Sandbox, SandboxConfig};
-use crate::store::{Access, ChargeState, Store};
+use crate::store::{Access, AttemptState, ChargeState, Store};
 
 /// Rehearsal speed of `--sandbox` when `--clock-speed` is not given: a 30-day month in ten
 /// seconds.
@@ -77,8 +78,10 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
         Arc::new(SystemClock)
     };
 
-    // The gateway: the built-in sandbox, or the configured one with its secrets.
+    // The gateway: the built-in sandbox, or the configured one with its secrets. (No timeout in
+    // the demo: a request waits out its real timeout, which at this speed is days of billing.)
     let mut sandbox_handle = None;
+    let mut sandbox_config_override = None;
     let (settings, database) = if args.sandbox {
         let sandbox_config = SandboxConfig {
             hang: StdDuration::from_secs(5),
@@ -103,10 +106,17 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
             connect_timeout: StdDuration::from_secs(2),
             timeout: StdDuration::from_secs(3),
         };
-        let database = std::env::temp_dir().join(format!(
-            "recurrentd-sandbox-{}.db",
-            Utc::now().format("%Y%m%dT%H%M%S%.3f")
-        ));
+        let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3f");
+        let database = std::env::temp_dir().join(format!("recurrentd-sandbox-{stamp}.db"));
+        // The sample schedules plus a few subscriptions whose magic bill numbers make the sandbox
+        // decline or answer late, so the run shows retries and status lookups too.
+        let schedules = std::env::temp_dir().join(format!("recurrentd-sandbox-{stamp}-schedules"));
+        let local_start = Calendar::from(&config.billing).local_date(start);
+        if let Err(error) = demo_schedules(&config.schedules.dir, &schedules, local_start) {
+            eprintln!("recurrentd: cannot prepare the sandbox's schedules: {error}");
+            return exit::INTERNAL;
+        }
+        sandbox_config_override = Some(schedules);
         tracing::info!(
             gateway = %sandbox.url(),
             database = %database.display(),
@@ -168,6 +178,17 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
         summary_every: StdDuration::from_secs(if rehearsal { 5 } else { 600 }),
         database: database.clone(),
     };
+    let mut sandbox_config = None;
+    if let Some(schedules) = sandbox_config_override {
+        tracing::info!(
+            schedules = %schedules.display(),
+            "sandbox run: the sample schedules and sandbox-demo.toml (declines, a late answer)"
+        );
+        let mut copy = config.clone();
+        copy.schedules.dir = schedules;
+        sandbox_config = Some(copy);
+    }
+    let config = sandbox_config.as_ref().unwrap_or(config);
     let result = daemon::run(config, settings, options).await;
     let code = match result {
         Ok(()) => exit::OK,
@@ -201,11 +222,19 @@ fn print_sandbox_summary(sandbox: &Sandbox, database: &std::path::Path) {
     let Ok(periods) = store.periods(None) else {
         return;
     };
+    let Ok(attempts) = store.attempts() else {
+        return;
+    };
     let count = |state| periods.iter().filter(|p| p.state == state).count();
+    let attempts_in = |state| attempts.iter().filter(|a| a.state == state).count();
+    let looked_up = attempts.iter().filter(|a| a.checks > 0).count();
     println!(
         "\nSandbox run finished: {} charge request(s) reached the sandbox; {} approved there.\n\
          Ledger: {} period(s) paid, {} failed, {} blocked or skipped, {} quarantined, {} open.\n\
-         Database: {}",
+         Attempts: {} approved, {} declined (retries included), {} looked up again after an \
+         unclear answer, {} still unresolved.\n\
+         Database: {} (try `recurrentd status` and `recurrentd history` with \
+         RECURRENTD_DATABASE__PATH set to it)",
         book.rp_requests.len(),
         approved_at_gateway,
         count(ChargeState::Paid),
@@ -213,6 +242,72 @@ fn print_sandbox_summary(sandbox: &Sandbox, database: &std::path::Path) {
         count(ChargeState::Blocked) + count(ChargeState::Skipped),
         count(ChargeState::Quarantined),
         count(ChargeState::Open),
+        attempts_in(AttemptState::Approved),
+        attempts_in(AttemptState::Declined),
+        looked_up,
+        attempts
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a.state,
+                    AttemptState::Pending
+                        | AttemptState::NotSent
+                        | AttemptState::Unknown
+                        | AttemptState::Parked
+                )
+            })
+            .count(),
         database.display()
     );
+}
+
+/// Copies the schedule files of `from` into a new folder `to` and adds `sandbox-demo.toml`:
+/// subscriptions on the sandbox's magic bill numbers, starting a few days after `today`.
+fn demo_schedules(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    today: chrono::NaiveDate,
+) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    for path in crate::schedule::list_dir(from).map_err(|e| e.to_string())? {
+        let name = path.file_name().unwrap_or_default();
+        std::fs::copy(&path, to.join(name)).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let day = |n: u64| today + chrono::Days::new(n);
+    let end = today + chrono::Days::new(2 * 366);
+    let mut text = String::from(
+        "# Written by `recurrentd run --sandbox`: bill numbers starting with 999 make the built-in\n\
+         # sandbox misbehave (see the README's \"The sandbox\").\n\n",
+    );
+    for (id, bill, amount, start, what) in [
+        (
+            "demo-soft-decline",
+            "999000000000102",
+            "299.00",
+            day(2),
+            "AS102 insufficient funds every time: tried again after 1, 3 and 7 days, then the period fails",
+        ),
+        (
+            "demo-hard-decline",
+            "999000000000101",
+            "199.00",
+            day(4),
+            "AS101 card invalid: no retry, the subscription waits for `recurrentd resume`",
+        ),
+        (
+            "demo-late-answer",
+            "999000000000300",
+            "149.00",
+            day(6),
+            "In Process at first: looked up until it settles as approved",
+        ),
+    ] {
+        text.push_str(&format!(
+            "# {what}\n[[subscription]]\nid = \"{id}\"\nbill_number = \"{bill}\"\ncurrency = \"RUB\"\n\
+             amount = \"{amount}\"\nevery = \"1 month\"\nstart = {start}\n\n[subscription.limits]\n\
+             min_amount = \"50.00\"\nmax_amount = \"500.00\"\nperiod_days = 28\nmax_date = {end}\n\n"
+        ));
+    }
+    let demo = to.join("sandbox-demo.toml");
+    std::fs::write(&demo, text).map_err(|e| format!("{}: {e}", demo.display()))
 }
