@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::billing::Calendar;
 use crate::config::{self, Config, SecretName};
-use crate::forecast::{self, Status};
+use crate::forecast::{self, Source, Status};
 use crate::schedule::{self, DirReport};
+use crate::store::{Access, Store, StoreError};
 
 mod charge;
 mod enroll;
@@ -93,18 +94,21 @@ pub enum Command {
     /// breaker, and the subscriptions that need an operator.
     ///
     /// Safe while the daemon runs (the database is opened read-only). Exit 1 when something
-    /// needs attention.
+    /// needs attention, and when the daemon is not running (no process holds the database's
+    /// lock) unless --offline-ok.
     ///
     /// Example:
     ///   recurrentd status --json | jq .needs_attention
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
 
-    /// The ledger: every attempt (and every period blocked or skipped), oldest first.
+    /// The ledger: every attempt (and every period blocked or skipped, and every enrolment's
+    /// initial payment), oldest first.
     ///
-    /// Each entry: subscription, period (due date), attempt, order number, amount, currency,
-    /// state (pending, not_sent, unknown, approved, declined, quarantined, blocked, skipped,
-    /// parked), sent_at, response code, checkvalue (verified, mismatch, absent).
+    /// Each entry: subscription, period (due date, or "initial" for an enrolment), attempt,
+    /// order number, amount, currency, state (pending, not_sent, unknown, approved, declined,
+    /// quarantined, blocked, skipped, parked), sent_at, response code, checkvalue (verified,
+    /// mismatch, absent), reason, at.
     ///
     /// Examples:
     ///   recurrentd history acme-1001
@@ -161,6 +165,12 @@ pub enum Command {
     /// Shows each charge's date and instant, amount and currency, marks those the agreed limits
     /// would block or skip with the reason, and totals the charges per currency. Files with errors
     /// are left out (and reported on stderr, with exit code 1).
+    ///
+    /// With a database (database.path; opened read-only) each subscription continues from its
+    /// ledger: after its last recorded period, the period limit counted from its real last
+    /// charge; recorded periods in the window are shown (charged, failed, blocked, skipped,
+    /// quarantined, unresolved), an open period's retry as "retry", and a subscription waiting
+    /// for an operator as "attention" with nothing after it. Without one: the files alone.
     ///
     /// Examples:
     ///   recurrentd forecast --days 90
@@ -341,11 +351,44 @@ fn forecast(config: &Config, args: &ForecastArgs) -> u8 {
     let calendar = Calendar::from(&config.billing);
     let from = args.from.unwrap_or_else(Utc::now);
     let until = from + Duration::days(i64::from(args.days));
-    let forecast = forecast::forecast(report.subscriptions(), &calendar, from, until);
+    let database = &config.database.path;
+    let forecast = match Store::open(database, Access::ReadOnly) {
+        Ok(store) => {
+            let mut ledgers = Vec::new();
+            for subscription in report.subscriptions() {
+                match store.ledger_state(&subscription.id) {
+                    Ok(ledger) => ledgers.push((subscription, ledger)),
+                    Err(error) => {
+                        eprintln!("recurrentd: {error}");
+                        return exit::UNAVAILABLE;
+                    }
+                }
+            }
+            forecast::forecast_from_ledger(
+                ledgers.iter().map(|(s, l)| (*s, l)),
+                &calendar,
+                config.engine.max_attempts_per_30_days,
+                from,
+                until,
+            )
+        }
+        Err(StoreError::Missing { .. }) => {
+            eprintln!(
+                "recurrentd: no database at {}: forecasting from the schedule files alone, as if \
+                 nothing had been charged yet",
+                database.display()
+            );
+            forecast::forecast(report.subscriptions(), &calendar, from, until)
+        }
+        Err(error) => {
+            eprintln!("recurrentd: {error}");
+            return exit::UNAVAILABLE;
+        }
+    };
     let printed = if args.json {
         print_json(&forecast)
     } else {
-        print_table(&forecast, &calendar)
+        print_table(&forecast, &calendar, database)
     };
     if let Err(error) = printed {
         // A closed pipe (`| head`) is not worth a complaint; anything else is.
@@ -367,11 +410,15 @@ fn print_json(forecast: &forecast::Forecast) -> std::io::Result<()> {
     writeln!(out)
 }
 
-fn print_table(forecast: &forecast::Forecast, calendar: &Calendar) -> std::io::Result<()> {
+fn print_table(
+    forecast: &forecast::Forecast,
+    calendar: &Calendar,
+    database: &std::path::Path,
+) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "Forecast {} → {} (times in {})",
+        "Forecast {} → {} (times in {}; {})",
         forecast
             .from
             .with_timezone(&calendar.timezone)
@@ -380,7 +427,11 @@ fn print_table(forecast: &forecast::Forecast, calendar: &Calendar) -> std::io::R
             .until
             .with_timezone(&calendar.timezone)
             .format("%Y-%m-%d %H:%M"),
-        forecast.timezone
+        forecast.timezone,
+        match forecast.source {
+            Source::Ledger => format!("history from the ledger in {}", database.display()),
+            Source::Schedules => "schedule files only, no history".to_string(),
+        }
     )?;
     if forecast.entries.is_empty() {
         writeln!(out, "No charges in this period.")?;
@@ -395,18 +446,21 @@ fn print_table(forecast: &forecast::Forecast, calendar: &Calendar) -> std::io::R
         .max(12);
     writeln!(
         out,
-        "{:<16}  {:<20}  {:<id_width$}  {:>6}  {:>14}  {:<3}  {:<7}  NOTE",
+        "{:<16}  {:<20}  {:<id_width$}  {:>6}  {:>14}  {:<3}  {:<11}  NOTE",
         "LOCAL TIME", "INSTANT (UTC)", "SUBSCRIPTION", "PERIOD", "AMOUNT", "CUR", "STATUS"
     )?;
     for entry in &forecast.entries {
         let status = match entry.status {
-            Status::Charge => "charge",
+            // What an operator must see at a glance.
             Status::Blocked => "BLOCKED",
-            Status::Skipped => "skipped",
+            Status::Failed => "FAILED",
+            Status::Quarantined => "QUARANTINED",
+            Status::Attention => "ATTENTION",
+            other => other.as_str(),
         };
         writeln!(
             out,
-            "{:<16}  {:<20}  {:<id_width$}  {:>6}  {:>14}  {:<3}  {:<7}  {}",
+            "{:<16}  {:<20}  {:<id_width$}  {:>6}  {:>14}  {:<3}  {:<11}  {}",
             entry
                 .at
                 .with_timezone(&calendar.timezone)
@@ -420,20 +474,33 @@ fn print_table(forecast: &forecast::Forecast, calendar: &Calendar) -> std::io::R
             entry.reason.as_deref().unwrap_or(""),
         )?;
     }
-    let charges = forecast
-        .entries
-        .iter()
-        .filter(|e| e.status == Status::Charge)
-        .count();
-    let blocked = forecast
-        .entries
-        .iter()
-        .filter(|e| e.status != Status::Charge)
-        .count();
-    writeln!(
+    let count = |wanted: &[Status]| {
+        forecast
+            .entries
+            .iter()
+            .filter(|e| wanted.contains(&e.status))
+            .count()
+    };
+    let charges = count(&[Status::Charge, Status::Retry]);
+    let blocked = count(&[Status::Blocked, Status::Skipped]);
+    let recorded = count(&[
+        Status::Charged,
+        Status::Failed,
+        Status::Quarantined,
+        Status::Unresolved,
+    ]);
+    let attention = count(&[Status::Attention]);
+    write!(
         out,
-        "\n{charges} charge(s), {blocked} blocked or skipped. Totals:"
+        "\n{charges} charge(s) to come, {blocked} blocked or skipped"
     )?;
+    if forecast.source == Source::Ledger {
+        write!(out, ", {recorded} already in the ledger")?;
+    }
+    if attention > 0 {
+        write!(out, ", {attention} subscription(s) waiting for an operator")?;
+    }
+    writeln!(out, ". Totals of the charges to come:")?;
     for (currency, total) in &forecast.totals {
         writeln!(out, "  {currency} {total}")?;
     }

@@ -1,32 +1,89 @@
 //! Upcoming charges: the recurrence core's own decisions, played forward on a simulated clock.
 //!
 //! Each subscription is simulated from `from` to `until` by calling [`billing::decide`] at each
-//! instant it names, assuming every allowed charge is made. Nothing here decides anything itself,
-//! so the forecast shows what the engine would do. (Until the ledger exists the simulation starts
-//! with no previous charges and no settled period.)
-
+//! instant it names (and [`billing::verdict`] for the retry of an open period), assuming every
+//! allowed charge is made. Nothing here decides anything itself, so the forecast shows what the
+//! engine would do.
+//!
+//! With the ledger ([`forecast_from_ledger`]) each subscription starts from its real history, as
+//! the engine does: the period after the last one with a row, the instants it charged (and its
+//! enrolment's initial payment) for the period limit, its open period's scheduled retry, and
+//! nothing at all while it waits for an operator. Periods the ledger already settled within the
+//! window are shown with what happened to them. Without it ([`forecast`]) the simulation starts
+//! at period 0 with no previous charge.
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::billing::{self, Calendar, Next, SettledOutcome};
 use crate::money::{Currency, Money};
 use crate::schedule::Subscription;
+use crate::store::{ChargeState, LedgerPeriod, LedgerState};
 
 /// Most events simulated per subscription, whatever the horizon (a daily plan over ten years).
 const MAX_EVENTS: usize = 4_000;
 
+/// What an entry is. The first three are forecasts from the schedule alone; the others need the
+/// ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
-    /// The charge would be made.
+    /// The charge would be made (counted in the totals).
     Charge,
     /// The limits (or the subscription's state) block it.
     Blocked,
     /// The period would be passed over (period gap, catch-up).
     Skipped,
+    /// An open period tried again at its scheduled retry, after a decline (counted in the
+    /// totals).
+    Retry,
+    /// The ledger: charged (approved) at `at`.
+    Charged,
+    /// The ledger: failed for good (declined, retry window or attempt budget exhausted), or
+    /// forecast to fail that way.
+    Failed,
+    /// The ledger: an answer about its charge failed verification.
+    Quarantined,
+    /// The ledger: an attempt whose outcome is not known yet (counted as charged for the
+    /// limits); the forecast assumes it charged.
+    Unresolved,
+    /// The subscription waits for an operator (hard decline, or an outcome unknown for too long:
+    /// parked): nothing more is charged until it is resolved, so nothing more is forecast.
+    Attention,
+}
+
+impl Status {
+    /// As in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Charge => "charge",
+            Status::Blocked => "blocked",
+            Status::Skipped => "skipped",
+            Status::Retry => "retry",
+            Status::Charged => "charged",
+            Status::Failed => "failed",
+            Status::Quarantined => "quarantined",
+            Status::Unresolved => "unresolved",
+            Status::Attention => "attention",
+        }
+    }
+
+    /// Money the forecast expects to move: counted in the totals.
+    pub fn is_forecast_charge(self) -> bool {
+        matches!(self, Status::Charge | Status::Retry)
+    }
+}
+
+/// Where the history came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The database's ledger.
+    Ledger,
+    /// The schedule files alone (no database): every subscription from its first period.
+    Schedules,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,20 +98,25 @@ pub struct Entry {
     pub currency: Currency,
     pub status: Status,
     pub reason: Option<String>,
+    /// The attempt's OrderNumber, for entries from the ledger that have one.
+    pub order_number: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Forecast {
+    /// `ledger` or `schedules`.
+    pub source: Source,
     pub from: DateTime<Utc>,
     pub until: DateTime<Utc>,
     pub timezone: String,
     pub entries: Vec<Entry>,
-    /// Sum of the charges per currency (blocked and skipped ones not counted), as decimal
-    /// strings with two decimals: money in JSON is never a number.
+    /// Sum of the forecast charges (`charge` and `retry`) per currency, as decimal strings with
+    /// two decimals: money in JSON is never a number.
     pub totals: BTreeMap<String, String>,
 }
 
-/// The forecast of every subscription between `from` and `until`, ordered by instant.
+/// The forecast of every subscription between `from` and `until` from the schedule files alone,
+/// ordered by instant.
 pub fn forecast<'a>(
     subscriptions: impl IntoIterator<Item = &'a Subscription>,
     calendar: &Calendar,
@@ -63,12 +125,45 @@ pub fn forecast<'a>(
 ) -> Forecast {
     let mut entries = Vec::new();
     for subscription in subscriptions {
-        simulate(subscription, calendar, from, until, &mut entries);
+        Simulation::new(subscription, calendar, from, until, u32::MAX).run(None, &mut entries);
     }
+    finish(Source::Schedules, calendar, from, until, entries)
+}
+
+/// The forecast of every subscription, each from its history in the ledger, between `from` and
+/// `until`; `max_attempts_per_30_days` is the engine's attempt budget (`engine.*`).
+pub fn forecast_from_ledger<'a>(
+    subscriptions: impl IntoIterator<Item = (&'a Subscription, &'a LedgerState)>,
+    calendar: &Calendar,
+    max_attempts_per_30_days: u32,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Forecast {
+    let mut entries = Vec::new();
+    for (subscription, ledger) in subscriptions {
+        Simulation::new(
+            subscription,
+            calendar,
+            from,
+            until,
+            max_attempts_per_30_days,
+        )
+        .run(Some(ledger), &mut entries);
+    }
+    finish(Source::Ledger, calendar, from, until, entries)
+}
+
+fn finish(
+    source: Source,
+    calendar: &Calendar,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    mut entries: Vec<Entry>,
+) -> Forecast {
     entries
         .sort_by(|a, b| (a.at, &a.subscription, a.period).cmp(&(b.at, &b.subscription, b.period)));
     let mut totals = BTreeMap::new();
-    for entry in entries.iter().filter(|e| e.status == Status::Charge) {
+    for entry in entries.iter().filter(|e| e.status.is_forecast_charge()) {
         *totals
             .entry(entry.currency.to_string())
             .or_insert(Decimal::ZERO) += entry.amount.as_decimal();
@@ -78,6 +173,7 @@ pub fn forecast<'a>(
         .map(|(currency, sum): (String, Decimal)| (currency, sum.to_string()))
         .collect();
     Forecast {
+        source,
         from,
         until,
         timezone: calendar.timezone.name().to_string(),
@@ -86,67 +182,314 @@ pub fn forecast<'a>(
     }
 }
 
-fn simulate(
-    subscription: &Subscription,
-    calendar: &Calendar,
+/// One subscription played forward.
+struct Simulation<'a> {
+    subscription: &'a Subscription,
+    calendar: &'a Calendar,
     from: DateTime<Utc>,
     until: DateTime<Utc>,
-    entries: &mut Vec<Entry>,
-) {
-    let terms = &subscription.terms;
-    let entry = |period, due_date, at, status, reason| Entry {
-        subscription: subscription.id.clone(),
-        period,
-        due_date,
-        at,
-        amount: terms.amount,
-        currency: subscription.currency,
-        status,
-        reason,
-    };
-    let mut now = from;
-    let mut next_period = 0;
-    let mut charges: Vec<DateTime<Utc>> = Vec::new();
-    for _ in 0..MAX_EVENTS {
-        let plan = billing::decide(terms, calendar, next_period, &charges, now);
-        for settled in plan.settled {
-            next_period = settled.period + 1;
-            let due_at = calendar.due_instant(settled.due_date);
-            // Periods missed before the forecast starts are history, not forecast.
-            if due_at < from {
-                continue;
-            }
-            let (status, reason) = match settled.outcome {
-                SettledOutcome::Blocked(reason) => (Status::Blocked, reason.to_string()),
-                SettledOutcome::Skipped(reason) => (Status::Skipped, reason.to_string()),
-            };
-            entries.push(entry(
-                settled.period,
-                settled.due_date,
-                due_at,
-                status,
-                Some(reason),
-            ));
+    max_attempts_per_30_days: u32,
+    /// The simulated clock.
+    now: DateTime<Utc>,
+    next_period: u32,
+    /// Instants that count as charges for the limits (real ones from the ledger, then simulated).
+    charges: Vec<DateTime<Utc>>,
+    /// Instants of attempts (the 30-day budget).
+    attempts: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Simulation<'a> {
+    fn new(
+        subscription: &'a Subscription,
+        calendar: &'a Calendar,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        max_attempts_per_30_days: u32,
+    ) -> Simulation<'a> {
+        Simulation {
+            subscription,
+            calendar,
+            from,
+            until,
+            max_attempts_per_30_days,
+            now: from,
+            next_period: 0,
+            charges: Vec::new(),
+            attempts: Vec::new(),
         }
-        match plan.next {
-            Next::Charge { period, due_date } => {
-                let reason = (calendar.due_instant(due_date) < now).then(|| {
+    }
+
+    fn entry(
+        &self,
+        period: u32,
+        due_date: NaiveDate,
+        at: DateTime<Utc>,
+        status: Status,
+        reason: Option<String>,
+    ) -> Entry {
+        Entry {
+            subscription: self.subscription.id.clone(),
+            period,
+            due_date,
+            at,
+            amount: self.subscription.terms.amount,
+            currency: self.subscription.currency,
+            status,
+            reason,
+            order_number: None,
+        }
+    }
+
+    fn in_window(&self, at: DateTime<Utc>) -> bool {
+        self.from <= at && at <= self.until
+    }
+
+    /// The due date of a period, or the start date past the calendar's end (only for labels).
+    fn due_date(&self, period: u32) -> NaiveDate {
+        billing::due_date(&self.subscription.terms, period).unwrap_or(self.subscription.terms.start)
+    }
+
+    fn run(mut self, ledger: Option<&LedgerState>, entries: &mut Vec<Entry>) {
+        if let Some(ledger) = ledger
+            && !self.start_from_ledger(ledger, entries)
+        {
+            return;
+        }
+        self.play(entries);
+    }
+
+    /// Shows what the ledger recorded within the window and sets the simulation where the
+    /// engine stands. Returns `false` when nothing more will be charged (an operator must act,
+    /// or the next step is past the window).
+    fn start_from_ledger(&mut self, ledger: &LedgerState, entries: &mut Vec<Entry>) -> bool {
+        self.next_period = ledger.next_period;
+        self.charges = ledger.charged.clone();
+        self.attempts = ledger.attempts.clone();
+        for period in &ledger.periods {
+            if let Some(entry) = self.recorded(period) {
+                entries.push(entry);
+            }
+        }
+        if let Some((reason, since)) = &ledger.attention {
+            entries.push(self.entry(
+                self.next_period,
+                self.due_date(self.next_period),
+                self.from.max(*since).min(self.until),
+                Status::Attention,
+                Some(format!(
+                    "waits for an operator since {}: {reason}; nothing is charged until \
+                     `recurrentd resume`",
+                    since.to_rfc3339()
+                )),
+            ));
+            return false;
+        }
+        let Some(open) = ledger
+            .periods
+            .iter()
+            .rev()
+            .find(|p| p.state == ChargeState::Open)
+        else {
+            return true;
+        };
+        self.next_period = self.next_period.max(open.period.saturating_add(1));
+        if let Some(last) = open.last_attempt.as_ref().filter(|a| a.state.unresolved()) {
+            let at = self.from.max(last.at);
+            if last.state == crate::store::AttemptState::Parked {
+                entries.push(self.open_entry(
+                    open,
+                    Status::Attention,
+                    at,
                     format!(
-                        "due {}; charged late",
-                        calendar.due_instant(due_date).to_rfc3339()
-                    )
-                });
-                entries.push(entry(period, due_date, now, Status::Charge, reason));
-                charges.push(now);
-                next_period = period + 1;
+                        "attempt {} parked: its outcome is still unknown; an operator must look \
+                         before anything else is charged",
+                        last.attempt
+                    ),
+                ));
+                return false;
             }
-            Next::Defer { until: at, .. } | Next::Wait { due_at: at, .. } => {
-                if at > until {
-                    return;
+            entries.push(self.open_entry(
+                open,
+                Status::Unresolved,
+                at,
+                format!(
+                    "attempt {} is {}: its outcome is not known yet (counted as charged; the \
+                     forecast assumes it was)",
+                    last.attempt, last.state
+                ),
+            ));
+            return true;
+        }
+        if open
+            .last_attempt
+            .as_ref()
+            .is_some_and(|a| a.state.may_have_charged())
+        {
+            // Approved or quarantined, the period about to be closed: already in the charges.
+            return true;
+        }
+        // A retry is scheduled (after a soft decline): the engine's rule for an open period.
+        let terms = &self.subscription.terms;
+        let retry_at = open.next_attempt_at.map_or(self.now, |t| t.max(self.now));
+        let next_due = billing::due_date(terms, open.period.saturating_add(1))
+            .map(|d| self.calendar.due_instant(d));
+        if let Some(next_due) = next_due.filter(|next| *next <= retry_at) {
+            let at = next_due.max(self.from);
+            if self.in_window(at) {
+                entries.push(self.open_entry(
+                    open,
+                    Status::Failed,
+                    at,
+                    "its retry window ends: the next period is due first".into(),
+                ));
+            }
+            self.now = self.now.max(next_due);
+            return true;
+        }
+        if retry_at > self.until {
+            return false;
+        }
+        self.now = retry_at;
+        let since = retry_at - Duration::days(30);
+        let recent = self.attempts.iter().filter(|a| **a > since).count();
+        if u32::try_from(recent).unwrap_or(u32::MAX) >= self.max_attempts_per_30_days {
+            entries.push(self.open_entry(
+                open,
+                Status::Failed,
+                retry_at,
+                "no attempts left in the 30-day budget".into(),
+            ));
+            return true;
+        }
+        let attempt = open.last_attempt.as_ref().map_or(1, |a| a.attempt + 1);
+        match billing::verdict(terms, self.calendar, &self.charges, open.amount, retry_at) {
+            Ok(()) => {
+                let after = open
+                    .last_attempt
+                    .as_ref()
+                    .and_then(|a| a.detail.clone())
+                    .map(|d| format!(" after: {d}"))
+                    .unwrap_or_default();
+                entries.push(self.open_entry(
+                    open,
+                    Status::Retry,
+                    retry_at,
+                    format!("attempt {attempt}{after}"),
+                ));
+                self.charges.push(retry_at);
+                self.attempts.push(retry_at);
+            }
+            Err(reason) => {
+                entries.push(self.open_entry(open, Status::Blocked, retry_at, reason.to_string()))
+            }
+        }
+        true
+    }
+
+    /// An entry about the open period.
+    fn open_entry(
+        &self,
+        open: &LedgerPeriod,
+        status: Status,
+        at: DateTime<Utc>,
+        reason: String,
+    ) -> Entry {
+        Entry {
+            order_number: open.last_attempt.as_ref().map(|a| a.order_number.clone()),
+            amount: open.amount,
+            currency: open.currency,
+            ..self.entry(open.period, open.due_date, at, status, Some(reason))
+        }
+    }
+
+    /// A period the ledger settled, as an entry if it falls within the window.
+    fn recorded(&self, period: &LedgerPeriod) -> Option<Entry> {
+        let status = match period.state {
+            ChargeState::Paid => Status::Charged,
+            ChargeState::Failed => Status::Failed,
+            ChargeState::Blocked => Status::Blocked,
+            ChargeState::Skipped => Status::Skipped,
+            ChargeState::Quarantined => Status::Quarantined,
+            ChargeState::Open => return None,
+        };
+        let attempt = period.last_attempt.as_ref();
+        let at = attempt.map_or_else(|| self.calendar.due_instant(period.due_date), |a| a.at);
+        if !self.in_window(at) {
+            return None;
+        }
+        let reason = period
+            .reason
+            .clone()
+            .or_else(|| attempt.and_then(|a| a.detail.clone()));
+        Some(Entry {
+            amount: period.amount,
+            currency: period.currency,
+            order_number: attempt.map(|a| a.order_number.clone()),
+            ..self.entry(period.period, period.due_date, at, status, reason)
+        })
+    }
+
+    /// `decide` played forward from `now` to `until`.
+    fn play(&mut self, entries: &mut Vec<Entry>) {
+        let terms = &self.subscription.terms;
+        let calendar = self.calendar;
+        let mut deferred: Option<String> = None;
+        for _ in 0..MAX_EVENTS {
+            let plan = billing::decide(terms, calendar, self.next_period, &self.charges, self.now);
+            for settled in plan.settled {
+                self.next_period = settled.period + 1;
+                let due_at = calendar.due_instant(settled.due_date);
+                // Periods missed before the forecast starts are history, not forecast.
+                if due_at < self.from {
+                    continue;
                 }
-                now = at;
+                let (status, reason) = match settled.outcome {
+                    SettledOutcome::Blocked(reason) => (Status::Blocked, reason.to_string()),
+                    SettledOutcome::Skipped(reason) => (Status::Skipped, reason.to_string()),
+                };
+                entries.push(self.entry(
+                    settled.period,
+                    settled.due_date,
+                    due_at,
+                    status,
+                    Some(reason),
+                ));
             }
-            Next::Ended(_) => return,
+            match plan.next {
+                Next::Charge { period, due_date } => {
+                    let due_at = calendar.due_instant(due_date);
+                    let reason = deferred.take().or_else(|| {
+                        (due_at < self.now)
+                            .then(|| format!("due {}; charged late", due_at.to_rfc3339()))
+                    });
+                    entries.push(self.entry(period, due_date, self.now, Status::Charge, reason));
+                    self.charges.push(self.now);
+                    self.attempts.push(self.now);
+                    self.next_period = period + 1;
+                }
+                Next::Defer { until: at, .. } => {
+                    // Why: the verdict at the due instant (only the period gap blocks it).
+                    let why =
+                        billing::verdict(terms, calendar, &self.charges, terms.amount, self.now)
+                            .err()
+                            .map_or_else(String::new, |reason| format!(": {reason}"));
+                    deferred = Some(format!("deferred from {}{why}", self.now.to_rfc3339()));
+                    if at > self.until {
+                        return;
+                    }
+                    self.now = at;
+                }
+                Next::Wait { due_at: at, .. } => {
+                    if at > self.until {
+                        return;
+                    }
+                    self.now = at;
+                }
+                Next::Ended(_) => return,
+            }
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

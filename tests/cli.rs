@@ -1,5 +1,7 @@
 //! The real binary, run as an operator would run it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -268,4 +270,190 @@ fn charge_queues_an_adhoc_charge_once_and_refuses_what_the_limits_forbid() {
     assert_eq!(rows[0]["state"], "pending");
     assert_eq!(rows[0]["amount"], "120.00");
     assert!(rows[0]["order_number"].is_null());
+}
+
+/// `forecast` on a database with history made by a rehearsal run of the real daemon: each
+/// subscription continues from its ledger (charged periods shown as such, the next charge after
+/// the last one), a hard decline waits for an operator, an open period shows its retry. Without
+/// the database it forecasts from the files alone and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forecast_continues_from_the_ledger() {
+    use recurrentd::gateway::sandbox::{Sandbox, SandboxConfig};
+    let sandbox = Sandbox::start(SandboxConfig::builtin(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    // A soft decline is retried ten days later: still open at the end of the run.
+    let rig = common::Rig::new(&sandbox, "\n[engine]\ndunning_days = [10]\n");
+    rig.write_schedule(
+        "subs.toml",
+        &(common::subscription("ok-1", "5111112000000001", "99.00", "2027-01-05")
+            + &common::subscription("hard-1", "999000000001101", "99.00", "2027-01-05")
+            + &common::subscription("soft-1", "999000000001102", "99.00", "2027-02-18")),
+    );
+    let forecast = |extra: &[&str]| {
+        let mut args = vec![
+            "forecast",
+            "--from",
+            "2027-01-01T00:00:00Z",
+            "--days",
+            "120",
+        ];
+        args.extend(extra);
+        rig.run(&args)
+    };
+    let entries = |out: &Output| -> (serde_json::Value, Vec<serde_json::Value>) {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let entries = json["entries"].as_array().unwrap().clone();
+        (json, entries)
+    };
+    let of = |entries: &[serde_json::Value], id: &str| -> Vec<(u64, String, String)> {
+        entries
+            .iter()
+            .filter(|e| e["subscription"] == id)
+            .map(|e| {
+                (
+                    e["period"].as_u64().unwrap(),
+                    e["status"].as_str().unwrap().to_string(),
+                    e["at"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+
+    // No database yet: the schedule files alone, said on stderr.
+    let out = forecast(&["--json"]);
+    assert!(
+        text(&out.stderr).contains("no database at")
+            && text(&out.stderr).contains("schedule files alone"),
+        "{}",
+        text(&out.stderr)
+    );
+    let (json, before) = entries(&out);
+    assert_eq!(json["source"], "schedules");
+    assert_eq!(
+        of(&before, "ok-1")[0],
+        (0, "charge".into(), "2027-01-05T07:00:00Z".into())
+    );
+
+    // Seven virtual weeks at eight days per second.
+    let mut child = rig.spawn(
+        "2027-01-01T00:00:00Z",
+        8 * 86_400,
+        Some("2027-02-22T00:00:00Z"),
+    );
+    let status = common::wait(&mut child, std::time::Duration::from_secs(90), &rig.log());
+    assert!(status.success(), "{status:?}\n{}", rig.log_text());
+
+    let out = forecast(&["--json"]);
+    assert_eq!(text(&out.stderr), "", "nothing to say with a database");
+    let (json, after) = entries(&out);
+    assert_eq!(json["source"], "ledger");
+    for entry in &after {
+        for key in [
+            "subscription",
+            "period",
+            "due_date",
+            "at",
+            "amount",
+            "currency",
+            "status",
+            "reason",
+            "order_number",
+        ] {
+            assert!(entry.get(key).is_some(), "{key} missing in {entry}");
+        }
+    }
+    // ok-1: two periods charged (with their order numbers), then the forecast from period 2.
+    let ok = of(&after, "ok-1");
+    assert_eq!(ok[0].0, 0);
+    assert_eq!(ok[0].1, "charged");
+    assert_eq!(ok[1].0, 1);
+    assert_eq!(ok[1].1, "charged");
+    // Period 2 is due on 5 March, and is charged then unless the rehearsal charged period 1
+    // late (its ticks are coarse): the 28 days are counted from the real last charge.
+    let last: chrono::DateTime<chrono::Utc> = ok[1].2.parse().unwrap();
+    let moscow: chrono_tz::Tz = "Europe/Moscow".parse().unwrap();
+    let earliest = (last.with_timezone(&moscow).date_naive() + chrono::Days::new(28))
+        .and_hms_opt(10, 0, 0)
+        .unwrap()
+        .and_local_timezone(moscow)
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let due: chrono::DateTime<chrono::Utc> = "2027-03-05T07:00:00Z".parse().unwrap();
+    let expected = due.max(earliest);
+    assert_eq!((ok[2].0, ok[2].1.as_str()), (2, "charge"), "{ok:?}");
+    assert_eq!(
+        ok[2].2.parse::<chrono::DateTime<chrono::Utc>>().unwrap(),
+        expected,
+        "{ok:?}"
+    );
+    let reason = &after
+        .iter()
+        .find(|e| e["subscription"] == "ok-1" && e["status"] == "charge")
+        .unwrap()["reason"];
+    assert_eq!(
+        reason.as_str().is_some_and(|r| r.starts_with("deferred")),
+        expected > due,
+        "{reason}"
+    );
+    assert!(
+        ok[3..].iter().all(|(_, status, _)| status == "charge"),
+        "{ok:?}"
+    );
+    let charged = after
+        .iter()
+        .find(|e| e["subscription"] == "ok-1" && e["status"] == "charged")
+        .unwrap();
+    assert!(
+        charged["order_number"]
+            .as_str()
+            .unwrap()
+            .contains("-ok-1-0-1"),
+        "{charged}"
+    );
+    // hard-1: its period failed, and it waits for an operator: nothing forecast after that.
+    let hard = of(&after, "hard-1");
+    assert_eq!(hard.len(), 2, "{hard:?}");
+    assert_eq!((hard[0].0, hard[0].1.as_str()), (0, "failed"));
+    assert_eq!(hard[1].1, "attention");
+    // soft-1: its open period is retried at the scheduled retry, ten days after the decline.
+    let soft = of(&after, "soft-1");
+    assert_eq!((soft[0].0, soft[0].1.as_str()), (0, "retry"), "{soft:?}");
+    assert!(soft[0].2.as_str() > "2027-02-27", "{soft:?}");
+    // Only what is still to come is in the totals.
+    let to_come = after
+        .iter()
+        .filter(|e| e["status"] == "charge" || e["status"] == "retry")
+        .count();
+    assert_eq!(
+        json["totals"]["RUB"],
+        format!("{}.00", 99 * to_come),
+        "{:#?}",
+        json["totals"]
+    );
+
+    // The table says where its history comes from and marks what needs an operator.
+    let out = forecast(&[]);
+    let table = text(&out.stdout);
+    assert!(table.contains("history from the ledger in"), "{table}");
+    assert!(
+        table.contains("ATTENTION") && table.contains("charged"),
+        "{table}"
+    );
+
+    // The daemon is not running: `status` says so and exits 1.
+    let out = rig.run(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("daemon: NOT RUNNING"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("THE DAEMON IS NOT RUNNING"),
+        "{}",
+        text(&out.stderr)
+    );
+    sandbox.shutdown().await;
 }

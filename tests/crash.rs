@@ -323,10 +323,13 @@ fn check_operator_views(rig: &Rig) {
     // Nothing to resume or reset: said so, exit 1.
     assert_eq!(run(&["resume", "plain-0", "--reason", "test"]).0, Some(1));
     assert_eq!(run(&["breaker", "reset", "--reason", "test"]).0, Some(1));
+    // The daemon has stopped: a problem (exit 1) unless --offline-ok says it is intended.
     let (code, status) = run(&["status", "--json"]);
+    assert_eq!(code, Some(1));
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["daemon_running"], false);
     assert!(status["attempts"]["approved"].as_u64().unwrap() >= 15);
+    let (code, _) = run(&["status", "--json", "--offline-ok"]);
     assert_eq!(
         code,
         Some(

@@ -578,9 +578,18 @@ async fn an_enrolled_subscription_is_charged_on_schedule_by_a_rehearsal_run() {
     let history = recurrentd(&setup, &["history", "acme-3001", "--json"]).await;
     let entries: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
     let entries = entries.as_array().unwrap();
+    // The initial payment comes first, as its own entry.
+    let initial = &entries[0];
+    assert_eq!(initial["period"], "initial", "{entries:#?}");
+    assert_eq!(initial["state"], "approved");
+    assert_eq!(initial["checkvalue"], "verified");
+    assert_eq!(initial["amount"], "499.00");
+    assert_eq!(initial["currency"], "RUB");
+    assert!(initial["order_number"].is_string() && initial["at"].is_string());
+    assert!(initial["attempt"].is_null() && initial["period_index"].is_null());
     let approved: Vec<_> = entries
         .iter()
-        .filter(|e| e["state"] == "approved")
+        .filter(|e| e["state"] == "approved" && e["period"] != "initial")
         .collect();
     assert!(approved.len() >= 2, "{entries:#?}");
     let moscow: chrono_tz::Tz = "Europe/Moscow".parse().unwrap();

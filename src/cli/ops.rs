@@ -17,6 +17,10 @@ pub struct StatusArgs {
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
+    /// A stopped daemon is not a problem (exit 0 if nothing else is): for looking at a copy or
+    /// at a database on purpose left without a daemon. The report still says it is not running.
+    #[arg(long)]
+    pub offline_ok: bool,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +101,19 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
             return exit::UNAVAILABLE;
         }
     };
+    if !running {
+        // On stderr too, so that it is seen whatever is done with stdout (`--json | jq`).
+        eprintln!(
+            "recurrentd: THE DAEMON IS NOT RUNNING: no process holds the lock of {}; nothing is \
+             charged or reconciled until it is started{}",
+            config.database.path.display(),
+            if args.offline_ok {
+                ""
+            } else {
+                " (exit 1; --offline-ok if that is intended)"
+            }
+        );
+    }
     let printed = (|| -> std::io::Result<()> {
         let mut out = std::io::stdout().lock();
         if args.json {
@@ -110,7 +127,7 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
             if report.daemon_running {
                 "running"
             } else {
-                "not running"
+                "NOT RUNNING — nothing is charged or reconciled until it is started"
             }
         )?;
         let line = |map: &std::collections::BTreeMap<String, u64>| {
@@ -163,7 +180,8 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
     if code != exit::OK {
         return code;
     }
-    if report.breaker.is_some() || !report.needs_attention.is_empty() {
+    let stopped = !report.daemon_running && !args.offline_ok;
+    if stopped || report.breaker.is_some() || !report.needs_attention.is_empty() {
         exit::PROBLEMS
     } else {
         exit::OK

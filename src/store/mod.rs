@@ -37,7 +37,10 @@ pub use charges::{
     AdhocCharge, AttemptChange, AttemptState, ChargeChange, ChargeState, Event, History, Job,
     OpenCharge, PeriodRow, PlanTx, Purpose, event,
 };
-pub use report::{Attention, HistoryRow, StatusReport, daemon_running};
+pub use report::{
+    Attention, HistoryRow, INITIAL_PERIOD, LastAttempt, LedgerPeriod, LedgerState, StatusReport,
+    daemon_running,
+};
 pub use sync::{Changes, FileOutcome, FileSync, SyncSummary};
 
 /// How long a statement waits for another connection's write lock before failing.

@@ -4,22 +4,31 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use super::{Context, Store, StoreError, parse_timestamp, timestamp};
-use crate::money::Money;
+use super::{
+    AttemptState, ChargeState, Context, Store, StoreError, parse_date, parse_timestamp, timestamp,
+};
+use crate::money::{Currency, Money};
 
-/// One entry of `history`: an attempt, or a period settled without one.
+/// `period` of the history entry of an enrolment's initial payment.
+pub const INITIAL_PERIOD: &str = "initial";
+
+/// One entry of `history`: an attempt, a period settled without one, or the initial payment of
+/// an enrolment (`period` = [`INITIAL_PERIOD`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HistoryRow {
     pub subscription: String,
-    /// The billing period's due date (`YYYY-MM-DD`), or `adhoc:<reference>` for an ad-hoc charge.
+    /// The billing period's due date (`YYYY-MM-DD`), `adhoc:<reference>` for an ad-hoc charge, or
+    /// `initial` for an enrolment's payment.
     pub period: String,
-    /// The period's index (0 = the first due date); `null` for an ad-hoc charge.
+    /// The period's index (0 = the first due date); `null` for an ad-hoc charge and the initial
+    /// payment.
     pub period_index: Option<u32>,
-    /// 1, 2, ... for attempts; `null` for a period blocked or skipped before any attempt.
+    /// 1, 2, ... for attempts; `null` for a period blocked or skipped before any attempt, and for
+    /// the initial payment.
     pub attempt: Option<u32>,
     pub order_number: Option<String>,
     pub amount: String,
@@ -33,6 +42,9 @@ pub struct HistoryRow {
     pub checkvalue: &'static str,
     /// Why a period was blocked or skipped, or what the last answer said.
     pub reason: Option<String>,
+    /// When it happened (the attempt's intent, the period's settlement, the initial payment), on
+    /// the daemon's clock (the enrolling command's clock for an initial payment).
+    pub at: String,
 }
 
 /// The state an operator sees for an attempt (the history's vocabulary).
@@ -51,6 +63,49 @@ fn shown_state(attempt_state: &str) -> &'static str {
         "rejected" => "blocked",
         _ => "unknown",
     }
+}
+
+/// Where one subscription's billing stands according to the ledger: what `forecast` starts from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerState {
+    /// The first period without a row: the next one to settle or charge.
+    pub next_period: u32,
+    /// Instants of every attempt that charged or may have (the later of intent and latest send),
+    /// and of the enrolment's initial payment: what the period limit is reckoned from.
+    pub charged: Vec<DateTime<Utc>>,
+    /// Engine-clock instants of every attempt (the 30-day attempt budget).
+    pub attempts: Vec<DateTime<Utc>>,
+    /// Every period row, oldest first (ad-hoc charges are not periods: they are in `charged` and
+    /// `attempts`).
+    pub periods: Vec<LedgerPeriod>,
+    /// Why the subscription waits for an operator (a hard decline), and since when.
+    pub attention: Option<(String, DateTime<Utc>)>,
+}
+
+/// One billing period as the ledger holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerPeriod {
+    pub period: u32,
+    pub due_date: NaiveDate,
+    pub state: ChargeState,
+    pub reason: Option<String>,
+    pub amount: Money,
+    pub currency: Currency,
+    /// When the next attempt may start (an open period after a decline).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The latest attempt, if any.
+    pub last_attempt: Option<LastAttempt>,
+}
+
+/// The latest attempt of a period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastAttempt {
+    pub attempt: u32,
+    pub state: AttemptState,
+    pub order_number: String,
+    /// The later of its intent and its latest send (engine clock).
+    pub at: DateTime<Utc>,
+    pub detail: Option<String>,
 }
 
 /// What `status` shows.
@@ -92,15 +147,25 @@ impl Store {
         let mut statement = self
             .conn
             .prepare(
-                "SELECT c.subscription_id, c.due_date, c.period, a.attempt, a.order_number, \
-                 c.amount_cents, c.currency, c.state, a.state, a.sent_at, a.sent, \
-                 a.response_code, a.checkvalue, COALESCE(a.detail, c.reason), \
-                 COALESCE(a.created_at, c.created_at) AS at, c.reference \
+                "SELECT sub, due, period, attempt, order_number, cents, currency, charge_state, \
+                 attempt_state, sent_at, sent, response_code, checkvalue, reason, at, reference \
+                 FROM ( \
+                 SELECT c.subscription_id AS sub, c.due_date AS due, c.period AS period, \
+                 a.attempt AS attempt, a.order_number AS order_number, c.amount_cents AS cents, \
+                 c.currency AS currency, c.state AS charge_state, a.state AS attempt_state, \
+                 a.sent_at AS sent_at, a.sent AS sent, a.response_code AS response_code, \
+                 a.checkvalue AS checkvalue, COALESCE(a.detail, c.reason) AS reason, \
+                 COALESCE(a.created_at, c.created_at) AS at, c.reference AS reference \
                  FROM charges c LEFT JOIN attempts a ON a.charge_id = c.id \
-                 WHERE (?1 IS NULL OR c.subscription_id = ?1) AND (?2 IS NULL OR at >= ?2) \
-                 AND (a.id IS NOT NULL OR c.state IN ('blocked', 'skipped', 'failed') \
-                      OR c.reference IS NOT NULL) \
-                 ORDER BY at, c.subscription_id, c.period, a.attempt",
+                 WHERE a.id IS NOT NULL OR c.state IN ('blocked', 'skipped', 'failed') \
+                 OR c.reference IS NOT NULL \
+                 UNION ALL \
+                 SELECT subscription_id, 'initial', NULL, NULL, order_number, amount_cents, \
+                 currency, 'paid', 'approved', at, 1, NULL, 'verified', \
+                 'initial payment (enrolment); bill number ' || bill_number, at, NULL \
+                 FROM enrolments) \
+                 WHERE (?1 IS NULL OR sub = ?1) AND (?2 IS NULL OR at >= ?2) \
+                 ORDER BY at, sub, period, attempt",
             )
             .ctx(&self.path, what)?;
         let rows = statement
@@ -120,6 +185,7 @@ impl Store {
                     row.get::<_, Option<String>>(11)?,
                     row.get::<_, Option<String>>(12)?,
                     row.get::<_, Option<String>>(13)?,
+                    row.get::<_, String>(14)?,
                     row.get::<_, Option<String>>(15)?,
                 ))
             })
@@ -141,6 +207,7 @@ impl Store {
                 response_code,
                 checkvalue,
                 reason,
+                at,
                 reference,
             ) = row.ctx(&self.path, what)?;
             let amount = Money::from_cents(cents).ok_or_else(|| StoreError::Corrupt {
@@ -179,9 +246,128 @@ impl Store {
                     _ => "absent",
                 },
                 reason,
+                at,
             });
         }
         Ok(out)
+    }
+
+    /// Where a subscription's billing stands (for `forecast`); empty for an id the ledger does
+    /// not know (save an enrolment's initial payment).
+    pub fn ledger_state(&self, subscription_id: &str) -> Result<LedgerState, StoreError> {
+        let what = "reading a subscription's ledger";
+        let path = &self.path;
+        let corrupt = |what: &str, value: String| StoreError::Corrupt {
+            path: path.clone(),
+            what: what.into(),
+            value,
+        };
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT c.period, c.due_date, c.state, c.reason, c.amount_cents, c.currency, \
+                 c.next_attempt_at, a.attempt, a.state, a.order_number, \
+                 MAX(a.created_at, COALESCE(a.sent_at, a.created_at)), a.detail \
+                 FROM charges c LEFT JOIN attempts a ON a.id = \
+                 (SELECT id FROM attempts WHERE charge_id = c.id ORDER BY attempt DESC LIMIT 1) \
+                 WHERE c.subscription_id = ?1 AND c.period IS NOT NULL ORDER BY c.period",
+            )
+            .ctx(path, what)?;
+        let rows = statement
+            .query_map([subscription_id], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, Option<String>>(6)?,
+                    row.get::<_, Option<i64>>(7)?,
+                    row.get::<_, Option<String>>(8)?,
+                    row.get::<_, Option<String>>(9)?,
+                    row.get::<_, Option<String>>(10)?,
+                    row.get::<_, Option<String>>(11)?,
+                ))
+            })
+            .ctx(path, what)?;
+        let mut periods = Vec::new();
+        for row in rows {
+            let (
+                period,
+                due,
+                state,
+                reason,
+                cents,
+                currency,
+                next,
+                attempt,
+                a_state,
+                order,
+                at,
+                detail,
+            ) = row.ctx(path, what)?;
+            let last_attempt = match (attempt, a_state, order, at) {
+                (Some(attempt), Some(a_state), Some(order_number), Some(at)) => Some(LastAttempt {
+                    attempt: u32::try_from(attempt)
+                        .map_err(|_| corrupt("attempts.attempt", attempt.to_string()))?,
+                    state: AttemptState::parse(&a_state)
+                        .ok_or_else(|| corrupt("attempts.state", a_state.clone()))?,
+                    order_number,
+                    at: parse_timestamp(path, "attempts.created_at", &at)?,
+                    detail,
+                }),
+                _ => None,
+            };
+            periods.push(LedgerPeriod {
+                period: u32::try_from(period)
+                    .map_err(|_| corrupt("charges.period", period.to_string()))?,
+                due_date: parse_date(path, "charges.due_date", &due)?,
+                state: ChargeState::parse(&state)
+                    .ok_or_else(|| corrupt("charges.state", state.clone()))?,
+                reason,
+                amount: Money::from_cents(cents)
+                    .ok_or_else(|| corrupt("charges.amount_cents", cents.to_string()))?,
+                currency: Currency::parse(&currency)
+                    .map_err(|_| corrupt("charges.currency", currency.clone()))?,
+                next_attempt_at: next
+                    .map(|t| parse_timestamp(path, "charges.next_attempt_at", &t))
+                    .transpose()?,
+                last_attempt,
+            });
+        }
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT a.created_at FROM attempts a JOIN charges c ON c.id = a.charge_id \
+                 WHERE c.subscription_id = ?1 ORDER BY a.created_at",
+            )
+            .ctx(path, what)?;
+        let attempts = statement
+            .query_map([subscription_id], |row| row.get::<_, String>(0))
+            .ctx(path, what)?
+            .map(|t| parse_timestamp(path, "attempts.created_at", &t.ctx(path, what)?))
+            .collect::<Result<Vec<_>, _>>()?;
+        let attention = self
+            .conn
+            .query_row(
+                "SELECT reason, since FROM attention WHERE subscription_id = ?1",
+                [subscription_id],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+            )
+            .optional()
+            .ctx(path, what)?
+            .map(|(reason, since)| {
+                parse_timestamp(path, "attention.since", &since).map(|since| (reason, since))
+            })
+            .transpose()?;
+        Ok(LedgerState {
+            next_period: periods.last().map_or(0, |p| p.period.saturating_add(1)),
+            charged: self.charged_instants(subscription_id, None)?,
+            attempts,
+            periods,
+            attention,
+        })
     }
 
     /// The daemon's status: counts per state, the oldest unresolved attempt, the breaker, and
@@ -329,3 +515,6 @@ pub fn daemon_running(path: &Path) -> bool {
         Err(_) => false,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+//! The daemon as operators run it: the real binary as a child process, on a rehearsal clock,
+//! against an in-process sandbox. A SIGHUP reload puts an edited schedule file in force (and a
+//! broken edit keeps the last good version, with the problem's file:line:field in the log);
+//! SIGTERM while a charge is in flight lets it finish and records its outcome, and exits 0.
+//!
+//! (READY=1 over a fake NOTIFY_SOCKET and a broken config under systemd are in tests/notify.rs,
+//! a second daemon refused in tests/crash.rs, a broken config's one line in tests/cli.rs.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Rig, signal, subscription, until, wait};
+use recurrentd::gateway::sandbox::{Sandbox, SandboxConfig};
+use recurrentd::store::{Access, AttemptState, Store};
+
+fn approved<'a>(
+    history: &'a [serde_json::Value],
+    subscription: &str,
+    period: &str,
+) -> Option<&'a serde_json::Value> {
+    history.iter().find(|e| {
+        e["subscription"] == subscription && e["period"] == period && e["state"] == "approved"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_puts_an_edited_schedule_in_force_and_a_broken_edit_keeps_the_last_good_one() {
+    let sandbox = Sandbox::start(SandboxConfig::builtin(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let rig = Rig::new(&sandbox, "");
+    let s1 = |amount| subscription("s1", "5111112000000001", amount, "2027-01-02");
+    rig.write_schedule("subs.toml", &s1("99.00"));
+    // Eight virtual days per real second: a month in about four seconds.
+    let mut child = rig.spawn(
+        "2027-01-01T00:00:00Z",
+        8 * 86_400,
+        Some("2027-03-20T00:00:00Z"),
+    );
+    let log = rig.log();
+
+    // The first period is charged at the amount of the first version.
+    let history = until(Duration::from_secs(30), &log, "s1's first charge", || {
+        let history = rig.try_history(None)?;
+        approved(&history, "s1", "2027-01-02")
+            .is_some()
+            .then_some(history)
+    });
+    assert_eq!(
+        approved(&history, "s1", "2027-01-02").unwrap()["amount"],
+        "99.00"
+    );
+
+    // An edit: a new amount for s1 and a new subscription, put in force by SIGHUP.
+    let edited = s1("120.00") + &subscription("s2", "5111112000000002", "77.00", "2027-02-10");
+    rig.write_schedule("subs.toml", &edited);
+    signal(&child, "HUP");
+    let history = until(Duration::from_secs(30), &log, "the edit in force", || {
+        let history = rig.history(None);
+        (approved(&history, "s1", "2027-02-02").is_some()
+            && approved(&history, "s2", "2027-02-10").is_some())
+        .then_some(history)
+    });
+    assert_eq!(
+        approved(&history, "s1", "2027-02-02").unwrap()["amount"],
+        "120.00"
+    );
+    assert_eq!(
+        approved(&history, "s2", "2027-02-10").unwrap()["amount"],
+        "77.00"
+    );
+    assert!(log_has(&rig, "SIGHUP: re-reading the schedule files"));
+
+    // A broken edit (an amount with three decimals, and a new s3 beside it): refused whole, its
+    // problem logged as file:line:column: field, and the last good version stays in force.
+    let broken = s1("120.00")
+        + &subscription("s2", "5111112000000002", "77.00", "2027-02-10")
+        + &subscription("s3", "5111112000000003", "88.00", "2027-02-20");
+    let broken = broken.replacen("amount = \"120.00\"", "amount = \"120.005\"", 1);
+    let line = broken.lines().position(|l| l.contains("120.005")).unwrap() + 1;
+    rig.write_schedule("subs.toml", &broken);
+    signal(&child, "HUP");
+    let logged = until(Duration::from_secs(30), &log, "the refusal logged", || {
+        rig.log_text()
+            .lines()
+            .find(|l| l.contains("last accepted version stays in force"))
+            .map(str::to_string)
+    });
+    assert!(
+        logged.contains(&format!("subs.toml:{line}:")) && logged.contains(": amount: "),
+        "{logged}"
+    );
+    let status = wait(&mut child, Duration::from_secs(60), &log);
+    assert!(status.success(), "{status:?}\n{}", rig.log_text());
+    let history = rig.history(None);
+    let third = approved(&history, "s1", "2027-03-02")
+        .unwrap_or_else(|| panic!("s1 not charged in March: {history:#?}"));
+    assert_eq!(third["amount"], "120.00", "the last good version");
+    assert!(
+        history.iter().all(|e| e["subscription"] != "s3"),
+        "s3 of the refused version was charged: {history:#?}"
+    );
+    sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_in_flight_charge_records_its_outcome_and_exits_0() {
+    // Every reply takes 3 s: a charge (rp.cfm, then the status query) is in flight for 6 s.
+    let sandbox = Sandbox::start(
+        SandboxConfig {
+            latency: Duration::from_secs(3),
+            ..SandboxConfig::builtin()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let rig = Rig::new(&sandbox, "");
+    rig.write_schedule(
+        "subs.toml",
+        &subscription("slow-1", "5111112000000001", "99.00", "2027-01-02"),
+    );
+    // A real-time clock a second before the due instant (10:00 Moscow), so nothing else falls
+    // due meanwhile.
+    let mut child = rig.spawn("2027-01-02T06:59:59Z", 1, None);
+    let log = rig.log();
+
+    // In flight: the intent is committed (state pending), the request leaves right after it,
+    // and the sandbox has not answered yet (it takes 3 s before it even files the order).
+    let order = until(Duration::from_secs(30), &log, "a charge in flight", || {
+        let store = Store::open(&rig.db(), Access::ReadOnly).ok()?;
+        store
+            .attempts()
+            .ok()?
+            .into_iter()
+            .find(|a| a.state == AttemptState::Pending)
+            .map(|a| a.order_number)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // While it runs, `status` finds it (and nothing that needs an operator).
+    let out = rig.run(&["status", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["daemon_running"], true);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(
+        sandbox.book().orders.is_empty(),
+        "answered before SIGTERM: not in flight"
+    );
+    signal(&child, "TERM");
+    let status = wait(&mut child, Duration::from_secs(60), &log);
+    assert_eq!(status.code(), Some(0), "{}", rig.log_text());
+    // Now no daemon holds the lock: `status` says so and exits 1, 0 with --offline-ok.
+    let out = rig.run(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("THE DAEMON IS NOT RUNNING"), "{stderr}");
+    assert_eq!(rig.run(&["status", "--offline-ok"]).status.code(), Some(0));
+    assert!(log_has(&rig, "SIGTERM: stopping"), "{}", rig.log_text());
+
+    let history = rig.history(Some("slow-1"));
+    let entry = history
+        .iter()
+        .find(|e| e["order_number"] == order.as_str())
+        .unwrap_or_else(|| panic!("{order} not in the history: {history:#?}"));
+    assert_eq!(entry["state"], "approved", "{entry}\n{}", rig.log_text());
+    assert_eq!(entry["checkvalue"], "verified");
+    assert!(entry["sent_at"].is_string());
+    // What the gateway holds agrees: one approved order, this one.
+    let book = sandbox.book();
+    let paid: Vec<_> = book
+        .orders
+        .iter()
+        .filter(|o| o.state.as_str() == "Approved")
+        .map(|o| o.order_number.clone())
+        .collect();
+    assert_eq!(paid, [order]);
+    sandbox.shutdown().await;
+}
+
+fn log_has(rig: &Rig, text: &str) -> bool {
+    rig.log_text().contains(text)
+}
