@@ -10,7 +10,7 @@ use crate::billing::Calendar;
 use crate::config::Config;
 use crate::engine::{AdhocError, AdhocRequest, Policy, Queued, queue_adhoc};
 use crate::money::Money;
-use crate::store::Access;
+use crate::store::{self, Access};
 
 #[derive(Debug, Args)]
 pub struct ChargeArgs {
@@ -120,6 +120,12 @@ pub fn run(config: &Config, args: &ChargeArgs) -> u8 {
         );
     } else if code == exit::OK {
         println!("{message}");
+        if status == "queued" && !store::daemon_running(&config.database.path) {
+            eprintln!(
+                "recurrentd: note: no daemon is running on {}: nothing is sent until it starts",
+                config.database.path.display()
+            );
+        }
     } else {
         eprintln!("{message}");
     }
