@@ -70,70 +70,100 @@ fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// The daemon as systemd starts it: the unit's layout (`$CONFIGURATION_DIRECTORY`,
+/// `$STATE_DIRECTORY`, `$CREDENTIALS_DIRECTORY`), a fake `NOTIFY_SOCKET` and a 600 ms watchdog
+/// (a ping every 300 ms), on a rehearsal clock from 2027-01-01 at a day per second.
+struct Systemd {
+    dir: tempfile::TempDir,
+    socket: UnixDatagram,
+    log: std::path::PathBuf,
+    child: Child,
+}
+
+impl Systemd {
+    fn start(sandbox: &Sandbox) -> Systemd {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        let state = dir.path().join("state");
+        let credentials = dir.path().join("credentials");
+        for d in [&etc, &state, &credentials] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::create_dir(etc.join("schedules")).unwrap();
+        std::fs::write(
+            etc.join("config.toml"),
+            format!(
+                "[gateway]\nurl = \"{}\"\nmerchant_id = \"{}\"\nlogin = \"{}\"\ntest_mode = true\n\
+                 connect_timeout_secs = 1\ntimeout_secs = 5\n",
+                sandbox.url(),
+                sandbox::BUILTIN_MERCHANT_ID,
+                sandbox::BUILTIN_LOGIN
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            etc.join("schedules/subs.toml"),
+            "[[subscription]]\nid = \"notify-1\"\nbill_number = \"5111112000000001\"\n\
+             currency = \"RUB\"\namount = \"99.00\"\nevery = \"1 month\"\nstart = 2027-01-02\n\n\
+             [subscription.limits]\nmin_amount = \"50.00\"\nmax_amount = \"150.00\"\n\
+             period_days = 28\nmax_date = 2027-12-31\n",
+        )
+        .unwrap();
+        write_private(
+            &credentials.join("assist-password"),
+            sandbox::BUILTIN_PASSWORD,
+        );
+        write_private(&credentials.join("assist-salt"), sandbox::BUILTIN_SALT);
+
+        let socket_path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&socket_path).unwrap();
+        let log = dir.path().join("daemon.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_recurrentd"))
+            // No --config: the daemon finds $CONFIGURATION_DIRECTORY/config.toml by itself.
+            .args(["run", "--clock-start", "2027-01-01T00:00:00Z"])
+            .args(["--clock-speed", "86400"])
+            .env_remove("RECURRENTD_CONFIG")
+            .env_remove("RECURRENTD_SECRET_PASSWORD")
+            .env_remove("RECURRENTD_SECRET_SALT")
+            .env_remove("RECURRENTD_FAILPOINT")
+            .env_remove("WATCHDOG_PID")
+            .env("CONFIGURATION_DIRECTORY", &etc)
+            .env("STATE_DIRECTORY", &state)
+            .env("CREDENTIALS_DIRECTORY", &credentials)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "600000")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .unwrap();
+        Systemd {
+            dir,
+            socket,
+            log,
+            child,
+        }
+    }
+
+    fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+}
+
+impl Drop for Systemd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_watchdog_and_stopping_over_a_fake_notify_socket() {
     let sandbox = Sandbox::start(SandboxConfig::builtin(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    // The layout the unit gives the daemon: /etc/recurrentd, /var/lib/recurrentd, credentials.
-    let etc = dir.path().join("etc");
-    let state = dir.path().join("state");
-    let credentials = dir.path().join("credentials");
-    for d in [&etc, &state, &credentials] {
-        std::fs::create_dir(d).unwrap();
-    }
-    std::fs::create_dir(etc.join("schedules")).unwrap();
-    std::fs::write(
-        etc.join("config.toml"),
-        format!(
-            "[gateway]\nurl = \"{}\"\nmerchant_id = \"{}\"\nlogin = \"{}\"\ntest_mode = true\n\
-             connect_timeout_secs = 1\ntimeout_secs = 2\n",
-            sandbox.url(),
-            sandbox::BUILTIN_MERCHANT_ID,
-            sandbox::BUILTIN_LOGIN
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        etc.join("schedules/subs.toml"),
-        "[[subscription]]\nid = \"notify-1\"\nbill_number = \"5111112000000001\"\n\
-         currency = \"RUB\"\namount = \"99.00\"\nevery = \"1 month\"\nstart = 2027-01-02\n\n\
-         [subscription.limits]\nmin_amount = \"50.00\"\nmax_amount = \"150.00\"\n\
-         period_days = 28\nmax_date = 2027-12-31\n",
-    )
-    .unwrap();
-    write_private(
-        &credentials.join("assist-password"),
-        sandbox::BUILTIN_PASSWORD,
-    );
-    write_private(&credentials.join("assist-salt"), sandbox::BUILTIN_SALT);
-
-    let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    let log = dir.path().join("daemon.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_recurrentd"))
-        // No --config: the daemon finds $CONFIGURATION_DIRECTORY/config.toml by itself.
-        .args(["run", "--clock-start", "2027-01-01T00:00:00Z"])
-        .args(["--clock-speed", "86400"])
-        .env_remove("RECURRENTD_CONFIG")
-        .env_remove("RECURRENTD_SECRET_PASSWORD")
-        .env_remove("RECURRENTD_SECRET_SALT")
-        .env_remove("RECURRENTD_FAILPOINT")
-        .env_remove("WATCHDOG_PID")
-        .env("CONFIGURATION_DIRECTORY", &etc)
-        .env("STATE_DIRECTORY", &state)
-        .env("CREDENTIALS_DIRECTORY", &credentials)
-        .env("NOTIFY_SOCKET", &socket_path)
-        // A 600 ms watchdog: a ping every 300 ms.
-        .env("WATCHDOG_USEC", "600000")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-
-    let before_ready = receive_until(&socket, "READY=1", Duration::from_secs(30), &log);
+    let mut systemd = Systemd::start(&sandbox);
+    let (socket, log, state) = (&systemd.socket, systemd.log.clone(), systemd.state());
+    let before_ready = receive_until(socket, "READY=1", Duration::from_secs(30), &log);
     // READY=1 only once the store is open, the schedules synced and the attempts reconciled.
     let logged = std::fs::read_to_string(&log).unwrap();
     for step in [
@@ -168,7 +198,7 @@ async fn ready_watchdog_and_stopping_over_a_fake_notify_socket() {
     let mut tick_status = false;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {
-        if let Some(message) = receive(&socket, Duration::from_millis(200)) {
+        if let Some(message) = receive(socket, Duration::from_millis(200)) {
             pings += message.lines().filter(|l| *l == "WATCHDOG=1").count();
             tick_status |= message.contains("STATUS=running: 1 active subscription(s); last tick");
         }
@@ -178,11 +208,11 @@ async fn ready_watchdog_and_stopping_over_a_fake_notify_socket() {
 
     // SIGHUP (systemctl reload): RELOADING=1, then READY=1 once the schedules are re-read.
     let hup = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+        .args(["-HUP", &systemd.child.id().to_string()])
         .status()
         .unwrap();
     assert!(hup.success());
-    let reload = receive_until(&socket, "READY=1", Duration::from_secs(30), &log);
+    let reload = receive_until(socket, "READY=1", Duration::from_secs(30), &log);
     let reloading = reload
         .iter()
         .position(|m| m.lines().any(|l| l == "RELOADING=1"))
@@ -190,11 +220,11 @@ async fn ready_watchdog_and_stopping_over_a_fake_notify_socket() {
     assert!(reload[reloading].contains("MONOTONIC_USEC="), "{reload:?}");
 
     let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &systemd.child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    let stopping = receive_until(&socket, "STOPPING=1", Duration::from_secs(30), &log);
+    let stopping = receive_until(socket, "STOPPING=1", Duration::from_secs(30), &log);
     assert!(
         stopping
             .last()
@@ -202,13 +232,69 @@ async fn ready_watchdog_and_stopping_over_a_fake_notify_socket() {
             .contains("STATUS=stopping (SIGTERM)"),
         "{stopping:?}"
     );
-    let status = wait(&mut child, Duration::from_secs(60));
+    let status = wait(&mut systemd.child, Duration::from_secs(60));
     assert_eq!(
         status.code(),
         Some(0),
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    sandbox.shutdown().await;
+}
+
+/// A tick that takes long (a slow gateway) does not starve the watchdog: the health-check timer
+/// pings from inside the loop while the tick's charge is in flight, and only after a round trip
+/// to the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_is_fed_by_the_health_check_during_a_long_tick() {
+    let sandbox = Sandbox::start(
+        SandboxConfig {
+            latency: Duration::from_millis(1500),
+            ..SandboxConfig::builtin()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let systemd = Systemd::start(&sandbox);
+    receive_until(
+        &systemd.socket,
+        "READY=1",
+        Duration::from_secs(30),
+        &systemd.log,
+    );
+    // The first charge (2027-01-02) falls due about a second after READY=1; its tick then waits
+    // for rp.cfm and the status query, 1.5 s each. Count the pings until a tick reports a charge.
+    let mut pings_during_tick = 0;
+    let mut in_tick_pings = 0;
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no tick with a charge reported; log:\n{}",
+            std::fs::read_to_string(&systemd.log).unwrap_or_default()
+        );
+        let Some(message) = receive(&systemd.socket, Duration::from_millis(200)) else {
+            continue;
+        };
+        if message.contains("last tick") && message.contains("1 approved") {
+            break;
+        }
+        if message.contains("last tick") {
+            // Another tick finished: what it pinged counted towards nothing yet.
+            in_tick_pings = 0;
+            continue;
+        }
+        in_tick_pings += message.lines().filter(|l| *l == "WATCHDOG=1").count();
+        pings_during_tick = pings_during_tick.max(in_tick_pings);
+    }
+    // 3 s of tick at a ping every 300 ms: the timer's pings, not the per-tick ones.
+    assert!(
+        pings_during_tick >= 4,
+        "only {pings_during_tick} watchdog ping(s) during a 3 s tick"
+    );
+    let logged = std::fs::read_to_string(&systemd.log).unwrap();
+    assert!(!logged.contains("health check failed"), "{logged}");
     sandbox.shutdown().await;
 }
 
