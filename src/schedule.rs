@@ -149,6 +149,19 @@ pub struct DirError {
 /// Reads every schedule file in `dir`, then checks ids and bill numbers across files: a clash is
 /// an error in the later file (by name) that names the earlier one.
 pub fn load_dir(dir: &Path) -> Result<DirReport, DirError> {
+    let (canonical_dir, paths) = list_dir(dir)?;
+    let mut report = DirReport::default();
+    for path in paths {
+        report.files.push(load_file(&path, &canonical_dir));
+    }
+    check_across_files(&mut report);
+    Ok(report)
+}
+
+/// The schedule files of `dir` (regular-looking `*.toml` names, hidden ones left out) in name
+/// order, and the folder's canonical path for [`read_text`]. Nothing is read yet: for callers
+/// that take the files one at a time.
+pub fn list_dir(dir: &Path) -> Result<(PathBuf, Vec<PathBuf>), DirError> {
     let dir_error = |message: String| DirError {
         path: dir.to_path_buf(),
         message,
@@ -168,13 +181,20 @@ pub fn load_dir(dir: &Path) -> Result<DirReport, DirError> {
         }
     }
     paths.sort();
+    Ok((canonical_dir, paths))
+}
 
-    let mut report = DirReport::default();
-    for path in paths {
-        report.files.push(load_file(&path, &canonical_dir));
-    }
-    check_across_files(&mut report);
-    Ok(report)
+/// One file's text, after the same refusals as [`load_file`] (a link, not a regular file,
+/// outside the folder, too big, not UTF-8); the error is the file's diagnostic.
+pub fn read_text(path: &Path, canonical_dir: &Path) -> Result<String, Diagnostic> {
+    read_checked(path, canonical_dir).map_err(|message| Diagnostic {
+        severity: Severity::Error,
+        path: path.to_path_buf(),
+        line: 1,
+        column: 1,
+        field: "file".to_string(),
+        message,
+    })
 }
 
 /// Reads one schedule file, which must sit directly in `canonical_dir`.

@@ -16,6 +16,7 @@ use super::{
     Context, Store, StoreError, StoredSubscription, date_text, parse_date, parse_timestamp,
     timestamp,
 };
+use crate::billing::Revisit;
 use crate::money::{Currency, Money};
 
 /// Where an attempt stands.
@@ -417,27 +418,43 @@ impl Store {
         })
     }
 
-    /// Ids of subscriptions that may have something to do: defined by a file, not flagged for an
-    /// operator, without an unresolved attempt.
-    pub fn plannable(&self) -> Result<Vec<String>, StoreError> {
+    /// Ids of subscriptions the due sweep must plan at `now`: defined by a file, their
+    /// `next_plan_at` reached (read through its index, oldest first), not flagged for an
+    /// operator, without an unresolved attempt. One flagged or with an attempt in flight keeps
+    /// its `next_plan_at` (already reached), so it is planned again as soon as that clears.
+    pub fn plannable(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let what = "listing subscriptions to plan";
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT s.id FROM subscriptions s \
-                 WHERE s.removed_at IS NULL \
+                "SELECT s.id FROM subscriptions s INDEXED BY subscriptions_to_plan \
+                 WHERE s.removed_at IS NULL AND s.next_plan_at <= ?1 \
                  AND NOT EXISTS (SELECT 1 FROM attention t WHERE t.subscription_id = s.id) \
                  AND NOT EXISTS (SELECT 1 FROM charges c JOIN attempts a ON a.charge_id = c.id \
                      WHERE c.subscription_id = s.id \
                      AND a.state IN ('pending', 'not_sent', 'unknown', 'parked')) \
-                 ORDER BY s.id",
+                 ORDER BY s.next_plan_at",
             )
             .ctx(&self.path, what)?;
         let rows = statement
-            .query_map([], |row| row.get::<_, String>(0))
+            .query_map([timestamp(now)], |row| row.get::<_, String>(0))
             .ctx(&self.path, what)?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx(&self.path, what)
+    }
+
+    /// A subscription's `next_plan_at` (the due sweep's index), for tests and reports: `None`
+    /// for "now".
+    pub fn next_plan_at(&self, subscription_id: &str) -> Result<Option<String>, StoreError> {
+        let text: String = self
+            .conn
+            .query_row(
+                "SELECT next_plan_at FROM subscriptions WHERE id = ?1",
+                [subscription_id],
+                |row| row.get(0),
+            )
+            .ctx(&self.path, "reading next_plan_at")?;
+        Ok((!text.is_empty()).then_some(text))
     }
 
     /// Attempts due for work at `now`: never-answered intents and unknown ones to look up, and
@@ -506,92 +523,37 @@ impl Store {
         change: &AttemptChange,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let mut results = self.apply_all(&[(attempt_id, expected, change, now)])?;
+        results.pop().unwrap_or(Ok(false))
+    }
+
+    /// Applies several steps' outcomes (of different attempts) in one transaction: a group
+    /// commit. Each is applied as [`Store::apply`] would, inside its own savepoint, so one that
+    /// fails is rolled back alone and the others are committed; each outcome is committed with
+    /// its ledger event. The outer error is for the transaction itself (nothing committed).
+    pub fn apply_all(
+        &mut self,
+        changes: &[(i64, AttemptState, &AttemptChange, DateTime<Utc>)],
+    ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
         self.require_write("recording a charge outcome")?;
         let what = "recording a charge outcome";
         let path = self.path.clone();
-        let tx = self
+        let mut tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx(&path, what)?;
-        let (charge_id, subscription_id): (i64, String) = tx
-            .query_row(
-                "SELECT a.charge_id, c.subscription_id FROM attempts a \
-                 JOIN charges c ON c.id = a.charge_id WHERE a.id = ?1",
-                [attempt_id],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .ctx(&path, what)?;
-        let at = timestamp(now);
-        let changed = tx
-            .execute(
-                "UPDATE attempts SET state = ?2, \
-                 sent = MAX(sent, ?3), \
-                 sent_at = COALESCE(?14, sent_at), \
-                 wall_at = COALESCE(?4, wall_at), \
-                 next_check_at = ?5, \
-                 checks = checks + ?6, \
-                 not_found = COALESCE(?7, not_found), \
-                 test_mode = COALESCE(?8, test_mode), \
-                 response_code = COALESCE(?9, response_code), \
-                 checkvalue = COALESCE(?10, checkvalue), \
-                 detail = COALESCE(?11, detail), \
-                 updated_at = ?12 \
-             WHERE id = ?1 AND state = ?13",
-                params![
-                    attempt_id,
-                    change.state.as_str(),
-                    i64::from(change.sent),
-                    change.wall_at.map(timestamp),
-                    change.next_check_at.map(timestamp),
-                    i64::from(change.checked),
-                    change.not_found.map(i64::from),
-                    change.test_mode.map(i64::from),
-                    change.response_code,
-                    change.checkvalue,
-                    change.detail,
-                    at,
-                    expected.as_str(),
-                    change.sent_at.map(timestamp),
-                ],
-            )
-            .ctx(&path, what)?;
-        if changed == 0 {
-            return Ok(false);
-        }
-        if let Some(charge) = &change.charge {
-            tx.execute(
-                "UPDATE charges SET state = ?2, reason = COALESCE(?3, reason), \
-                 next_attempt_at = ?4, updated_at = ?5 WHERE id = ?1",
-                params![
-                    charge_id,
-                    charge.state.as_str(),
-                    charge.reason,
-                    charge.next_attempt_at.map(timestamp),
-                    at
-                ],
-            )
-            .ctx(&path, what)?;
-        }
-        if let Some(reason) = &change.attention {
-            tx.execute(
-                "INSERT INTO attention (subscription_id, reason, since) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (subscription_id) DO NOTHING",
-                params![subscription_id, reason, at],
-            )
-            .ctx(&path, what)?;
-        }
-        if let Some(event) = &change.event {
-            append(
-                &tx,
-                &path,
-                &at,
-                Some(&subscription_id),
-                Some(charge_id),
-                event,
-            )?;
+        let mut results = Vec::with_capacity(changes.len());
+        for (attempt_id, expected, change, now) in changes {
+            let savepoint = tx.savepoint().ctx(&path, what)?;
+            let result = apply_one(&savepoint, &path, *attempt_id, *expected, change, *now);
+            if result.is_ok() {
+                savepoint.commit().ctx(&path, what)?;
+            }
+            // Dropped without a commit: rolled back.
+            results.push(result);
         }
         tx.commit().ctx(&path, what)?;
-        Ok(true)
+        Ok(results)
     }
 
     /// Marks an attempt as (possibly) sent, durably, right before its request leaves: from here
@@ -725,7 +687,7 @@ impl Store {
         why: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.change_with_event(
+        let resumed = self.change_with_event(
             "resuming a subscription",
             "DELETE FROM attention WHERE subscription_id = ?1",
             [subscription_id],
@@ -735,7 +697,16 @@ impl Store {
                 detail: json!({ "by": by, "why": why }),
             },
             now,
-        )
+        )?;
+        // Planned at the next sweep (a flagged subscription keeps a reached `next_plan_at`
+        // anyway; this makes it explicit).
+        self.conn
+            .execute(
+                "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
+                [subscription_id],
+            )
+            .ctx(&self.path, "resuming a subscription")?;
+        Ok(resumed)
     }
 
     /// Every period row of a subscription (or all), for reports and tests.
@@ -772,6 +743,106 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// One outcome, inside the caller's transaction (see [`Store::apply`]).
+fn apply_one(
+    tx: &rusqlite::Connection,
+    path: &Path,
+    attempt_id: i64,
+    expected: AttemptState,
+    change: &AttemptChange,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let what = "recording a charge outcome";
+    let path = path.to_path_buf();
+    let (charge_id, subscription_id): (i64, String) = tx
+        .query_row(
+            "SELECT a.charge_id, c.subscription_id FROM attempts a \
+             JOIN charges c ON c.id = a.charge_id WHERE a.id = ?1",
+            [attempt_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .ctx(&path, what)?;
+    let at = timestamp(now);
+    let changed = tx
+        .execute(
+            "UPDATE attempts SET state = ?2, \
+             sent = MAX(sent, ?3), \
+             sent_at = COALESCE(?14, sent_at), \
+             wall_at = COALESCE(?4, wall_at), \
+             next_check_at = ?5, \
+             checks = checks + ?6, \
+             not_found = COALESCE(?7, not_found), \
+             test_mode = COALESCE(?8, test_mode), \
+             response_code = COALESCE(?9, response_code), \
+             checkvalue = COALESCE(?10, checkvalue), \
+             detail = COALESCE(?11, detail), \
+             updated_at = ?12 \
+         WHERE id = ?1 AND state = ?13",
+            params![
+                attempt_id,
+                change.state.as_str(),
+                i64::from(change.sent),
+                change.wall_at.map(timestamp),
+                change.next_check_at.map(timestamp),
+                i64::from(change.checked),
+                change.not_found.map(i64::from),
+                change.test_mode.map(i64::from),
+                change.response_code,
+                change.checkvalue,
+                change.detail,
+                at,
+                expected.as_str(),
+                change.sent_at.map(timestamp),
+            ],
+        )
+        .ctx(&path, what)?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    if let Some(charge) = &change.charge {
+        tx.execute(
+            "UPDATE charges SET state = ?2, reason = COALESCE(?3, reason), \
+             next_attempt_at = ?4, updated_at = ?5 WHERE id = ?1",
+            params![
+                charge_id,
+                charge.state.as_str(),
+                charge.reason,
+                charge.next_attempt_at.map(timestamp),
+                at
+            ],
+        )
+        .ctx(&path, what)?;
+    }
+    if !change.state.unresolved() {
+        // The attempt is settled: the subscription may be chargeable again (a retry, the
+        // next period); the sweep looks at it at once.
+        tx.execute(
+            "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
+            [&subscription_id],
+        )
+        .ctx(&path, what)?;
+    }
+    if let Some(reason) = &change.attention {
+        tx.execute(
+            "INSERT INTO attention (subscription_id, reason, since) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (subscription_id) DO NOTHING",
+            params![subscription_id, reason, at],
+        )
+        .ctx(&path, what)?;
+    }
+    if let Some(event) = &change.event {
+        append(
+            tx,
+            &path,
+            &at,
+            Some(&subscription_id),
+            Some(charge_id),
+            event,
+        )?;
+    }
+    Ok(true)
 }
 
 fn charged_instants(
@@ -861,12 +932,18 @@ impl Store {
             }),
         };
         append(&tx, &path, &timestamp(at), None, None, &event)?;
+        // Its history changed: planned again at the next sweep (if its row exists yet).
+        tx.execute(
+            "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
+            [subscription_id],
+        )
+        .ctx(&path, what)?;
         tx.commit().ctx(&path, what)
     }
 }
 
 fn append(
-    tx: &Transaction<'_>,
+    tx: &rusqlite::Connection,
     path: &Path,
     at: &str,
     subscription_id: Option<&str>,
@@ -1160,6 +1237,17 @@ impl PlanTx<'_> {
             Some(charge_id),
             &event,
         )
+    }
+
+    /// When the due sweep must look at this subscription again (see [`Revisit`]).
+    pub fn revisit(&self, subscription_id: &str, revisit: Revisit) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE subscriptions SET next_plan_at = ?2 WHERE id = ?1")
+            .and_then(|mut statement| {
+                statement.execute(params![subscription_id, super::revisit_text(revisit)])
+            })
+            .ctx(self.path, "recording when to plan again")?;
+        Ok(())
     }
 
     pub fn commit(self) -> Result<(), StoreError> {
