@@ -380,7 +380,8 @@ impl Store {
                 }
                 Some(name) => {
                     let digest = digest(file);
-                    let (outcome, _) = self.sync_file(name, file, digest, &mut wanted, false, now)?;
+                    let (outcome, _) =
+                        self.sync_file(name, file, digest, &mut wanted, false, now)?;
                     (name.to_string(), outcome)
                 }
             };
@@ -698,27 +699,25 @@ fn apply(
                  (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, \
                  NULL, ?17)"
             ))?
-            .execute(
-                params![
-                    def.id,
-                    file,
-                    line(sub),
-                    def.customer,
-                    def.bill_number,
-                    def.currency,
-                    def.amount_cents,
-                    def.cadence,
-                    def.start_date,
-                    def.state,
-                    def.catch_up,
-                    def.min_cents,
-                    def.max_cents,
-                    def.period_days,
-                    def.max_date,
-                    at,
-                    next_plan_at,
-                ],
-            )?;
+            .execute(params![
+                def.id,
+                file,
+                line(sub),
+                def.customer,
+                def.bill_number,
+                def.currency,
+                def.amount_cents,
+                def.cadence,
+                def.start_date,
+                def.state,
+                def.catch_up,
+                def.min_cents,
+                def.max_cents,
+                def.period_days,
+                def.max_date,
+                at,
+                next_plan_at,
+            ])?;
             append(
                 tx,
                 at,
@@ -1121,8 +1120,8 @@ impl Folder {
         if let Some(stored) = &stored
             && stored.md5 == digest.md5
         {
-            let refresh = (stored.stat != digest.stat && digest.stat.is_some())
-                .then(|| digest.text());
+            let refresh =
+                (stored.stat != digest.stat && digest.stat.is_some()).then(|| digest.text());
             return Examined::Unchanged { refresh };
         }
         Examined::Parsed {
