@@ -678,7 +678,8 @@ fn scale_child() -> Result<(), Fail> {
     figures.add("scale_rss_after_cold_sync_mib", max_rss_mib(), "MiB");
 
     // One file changes (one amount), then the daemon's re-sync: read the folder, apply.
-    let changed = schedules.join("f0500.toml");
+    let files = env_u32("LOAD_SCALE_FILES", 1_000);
+    let changed = schedules.join(format!("f{:04}.toml", files / 2));
     let text = std::fs::read_to_string(&changed)?;
     std::fs::write(
         &changed,

@@ -13,8 +13,8 @@ use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::{Value, json};
 
 use super::{
-    Context, Store, StoreError, StoredSubscription, date_text, parse_date, parse_timestamp,
-    timestamp,
+    Context, Store, StoreError, StoredSubscription, cached_execute, cached_query_row, date_text,
+    parse_date, parse_timestamp, timestamp,
 };
 use crate::billing::Revisit;
 use crate::money::{Currency, Money};
@@ -446,14 +446,13 @@ impl Store {
     /// A subscription's `next_plan_at` (the due sweep's index), for tests and reports: `None`
     /// for "now".
     pub fn next_plan_at(&self, subscription_id: &str) -> Result<Option<String>, StoreError> {
-        let text: String = self
-            .conn
-            .query_row(
-                "SELECT next_plan_at FROM subscriptions WHERE id = ?1",
-                [subscription_id],
-                |row| row.get(0),
-            )
-            .ctx(&self.path, "reading next_plan_at")?;
+        let text: String = cached_query_row(
+            &self.conn,
+            "SELECT next_plan_at FROM subscriptions WHERE id = ?1",
+            [subscription_id],
+            |row| row.get(0),
+        )
+        .ctx(&self.path, "reading next_plan_at")?;
         Ok((!text.is_empty()).then_some(text))
     }
 
@@ -567,43 +566,43 @@ impl Store {
         wall: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         self.require_write("recording a send")?;
-        let changed = self
-            .conn
-            .execute(
-                "UPDATE attempts SET state = 'pending', sent = 1, sent_at = ?2, wall_at = ?3, \
+        let changed = cached_execute(
+            &self.conn,
+            "UPDATE attempts SET state = 'pending', sent = 1, sent_at = ?2, wall_at = ?3, \
                  updated_at = ?2 WHERE id = ?1 AND state = ?4",
-                params![
-                    attempt_id,
-                    timestamp(now),
-                    timestamp(wall),
-                    expected.as_str()
-                ],
-            )
-            .ctx(&self.path, "recording a send")?;
+            params![
+                attempt_id,
+                timestamp(now),
+                timestamp(wall),
+                expected.as_str()
+            ],
+        )
+        .ctx(&self.path, "recording a send")?;
         Ok(changed > 0)
     }
 
     /// Integrity failures recorded since `since` (for the circuit breaker).
     pub fn quarantines_since(&self, since: DateTime<Utc>) -> Result<u32, StoreError> {
-        let count: i64 = self
-            .conn
-            .query_row(
-                "SELECT count(*) FROM ledger WHERE kind = ?1 AND at >= ?2",
-                params![event::QUARANTINED, timestamp(since)],
-                |row| row.get(0),
-            )
-            .ctx(&self.path, "counting quarantines")?;
+        let count: i64 = cached_query_row(
+            &self.conn,
+            "SELECT count(*) FROM ledger WHERE kind = ?1 AND at >= ?2",
+            params![event::QUARANTINED, timestamp(since)],
+            |row| row.get(0),
+        )
+        .ctx(&self.path, "counting quarantines")?;
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 
     /// Why new charges are stopped, if the circuit breaker is open.
     pub fn breaker(&self) -> Result<Option<String>, StoreError> {
-        self.conn
-            .query_row("SELECT value FROM meta WHERE key = 'breaker'", [], |row| {
-                row.get(0)
-            })
-            .optional()
-            .ctx(&self.path, "reading the circuit breaker")
+        cached_query_row(
+            &self.conn,
+            "SELECT value FROM meta WHERE key = 'breaker'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .ctx(&self.path, "reading the circuit breaker")
     }
 
     /// Runs one statement in its own write transaction and, if it changed anything, appends
@@ -623,7 +622,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx(&path, what)?;
-        let changed = tx.execute(sql, params).ctx(&path, what)? > 0;
+        let changed = cached_execute(&tx, sql, params).ctx(&path, what)? > 0;
         if changed {
             append(&tx, &path, &timestamp(now), subscription_id, None, &event)?;
         }
@@ -669,14 +668,14 @@ impl Store {
 
     /// Why a subscription waits for an operator, if it does.
     pub fn attention(&self, subscription_id: &str) -> Result<Option<String>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT reason FROM attention WHERE subscription_id = ?1",
-                [subscription_id],
-                |row| row.get(0),
-            )
-            .optional()
-            .ctx(&self.path, "reading attention")
+        cached_query_row(
+            &self.conn,
+            "SELECT reason FROM attention WHERE subscription_id = ?1",
+            [subscription_id],
+            |row| row.get(0),
+        )
+        .optional()
+        .ctx(&self.path, "reading attention")
     }
 
     /// Lets a flagged subscription be charged again (an operator's decision).
@@ -700,12 +699,12 @@ impl Store {
         )?;
         // Planned at the next sweep (a flagged subscription keeps a reached `next_plan_at`
         // anyway; this makes it explicit).
-        self.conn
-            .execute(
-                "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
-                [subscription_id],
-            )
-            .ctx(&self.path, "resuming a subscription")?;
+        cached_execute(
+            &self.conn,
+            "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
+            [subscription_id],
+        )
+        .ctx(&self.path, "resuming a subscription")?;
         Ok(resumed)
     }
 
@@ -756,18 +755,18 @@ fn apply_one(
 ) -> Result<bool, StoreError> {
     let what = "recording a charge outcome";
     let path = path.to_path_buf();
-    let (charge_id, subscription_id): (i64, String) = tx
-        .query_row(
-            "SELECT a.charge_id, c.subscription_id FROM attempts a \
+    let (charge_id, subscription_id): (i64, String) = cached_query_row(
+        &tx,
+        "SELECT a.charge_id, c.subscription_id FROM attempts a \
              JOIN charges c ON c.id = a.charge_id WHERE a.id = ?1",
-            [attempt_id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .ctx(&path, what)?;
+        [attempt_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .ctx(&path, what)?;
     let at = timestamp(now);
-    let changed = tx
-        .execute(
-            "UPDATE attempts SET state = ?2, \
+    let changed = cached_execute(
+        &tx,
+        "UPDATE attempts SET state = ?2, \
              sent = MAX(sent, ?3), \
              sent_at = COALESCE(?14, sent_at), \
              wall_at = COALESCE(?4, wall_at), \
@@ -780,29 +779,30 @@ fn apply_one(
              detail = COALESCE(?11, detail), \
              updated_at = ?12 \
          WHERE id = ?1 AND state = ?13",
-            params![
-                attempt_id,
-                change.state.as_str(),
-                i64::from(change.sent),
-                change.wall_at.map(timestamp),
-                change.next_check_at.map(timestamp),
-                i64::from(change.checked),
-                change.not_found.map(i64::from),
-                change.test_mode.map(i64::from),
-                change.response_code,
-                change.checkvalue,
-                change.detail,
-                at,
-                expected.as_str(),
-                change.sent_at.map(timestamp),
-            ],
-        )
-        .ctx(&path, what)?;
+        params![
+            attempt_id,
+            change.state.as_str(),
+            i64::from(change.sent),
+            change.wall_at.map(timestamp),
+            change.next_check_at.map(timestamp),
+            i64::from(change.checked),
+            change.not_found.map(i64::from),
+            change.test_mode.map(i64::from),
+            change.response_code,
+            change.checkvalue,
+            change.detail,
+            at,
+            expected.as_str(),
+            change.sent_at.map(timestamp),
+        ],
+    )
+    .ctx(&path, what)?;
     if changed == 0 {
         return Ok(false);
     }
     if let Some(charge) = &change.charge {
-        tx.execute(
+        cached_execute(
+            &tx,
             "UPDATE charges SET state = ?2, reason = COALESCE(?3, reason), \
              next_attempt_at = ?4, updated_at = ?5 WHERE id = ?1",
             params![
@@ -818,14 +818,16 @@ fn apply_one(
     if !change.state.unresolved() {
         // The attempt is settled: the subscription may be chargeable again (a retry, the
         // next period); the sweep looks at it at once.
-        tx.execute(
+        cached_execute(
+            &tx,
             "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
             [&subscription_id],
         )
         .ctx(&path, what)?;
     }
     if let Some(reason) = &change.attention {
-        tx.execute(
+        cached_execute(
+            &tx,
             "INSERT INTO attention (subscription_id, reason, since) VALUES (?1, ?2, ?3) \
              ON CONFLICT (subscription_id) DO NOTHING",
             params![subscription_id, reason, at],
@@ -881,13 +883,13 @@ fn charged_instants(
 impl Store {
     /// Whether a subscription id was used by an enrolment.
     pub fn enrolment_exists(&self, subscription_id: &str) -> Result<bool, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM enrolments WHERE subscription_id = ?1)",
-                [subscription_id],
-                |row| row.get(0),
-            )
-            .ctx(&self.path, "reading enrolments")
+        cached_query_row(
+            &self.conn,
+            "SELECT EXISTS (SELECT 1 FROM enrolments WHERE subscription_id = ?1)",
+            [subscription_id],
+            |row| row.get(0),
+        )
+        .ctx(&self.path, "reading enrolments")
     }
 
     /// Records an enrolment's verified initial payment, so that the agreement's period limit
@@ -908,7 +910,8 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx(&path, what)?;
-        tx.execute(
+        cached_execute(
+            &tx,
             "INSERT INTO enrolments (subscription_id, order_number, bill_number, amount_cents, \
              currency, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
@@ -933,7 +936,8 @@ impl Store {
         };
         append(&tx, &path, &timestamp(at), None, None, &event)?;
         // Its history changed: planned again at the next sweep (if its row exists yet).
-        tx.execute(
+        cached_execute(
+            &tx,
             "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
             [subscription_id],
         )
@@ -950,7 +954,8 @@ fn append(
     charge_id: Option<i64>,
     event: &Event,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    cached_execute(
+        &tx,
         "INSERT INTO ledger (at, subscription_id, charge_id, kind, detail) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
@@ -977,16 +982,15 @@ impl PlanTx<'_> {
         if subscription.removed_at.is_some() {
             return Ok(None);
         }
-        let next_period: i64 = tx
-            .query_row(
-                "SELECT COALESCE(MAX(period) + 1, 0) FROM charges WHERE subscription_id = ?1",
-                [subscription_id],
-                |row| row.get(0),
-            )
-            .ctx(path, what)?;
+        let next_period: i64 = cached_query_row(
+            &tx,
+            "SELECT COALESCE(MAX(period) + 1, 0) FROM charges WHERE subscription_id = ?1",
+            [subscription_id],
+            |row| row.get(0),
+        )
+        .ctx(path, what)?;
         let charged = charged_instants(tx, path, subscription_id, None)?;
-        let open = tx
-            .query_row(
+        let open = cached_query_row(&tx,
                 "SELECT c.id, c.period, c.due_date, c.amount_cents, c.currency, c.bill_number, \
                  c.next_attempt_at, \
                  (SELECT count(*) FROM attempts a WHERE a.charge_id = c.id), \
@@ -1032,31 +1036,31 @@ impl PlanTx<'_> {
                 },
             )
             .transpose()?;
-        let unresolved: bool = tx
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM attempts a JOIN charges c ON c.id = a.charge_id \
+        let unresolved: bool = cached_query_row(
+            &tx,
+            "SELECT EXISTS (SELECT 1 FROM attempts a JOIN charges c ON c.id = a.charge_id \
                  WHERE c.subscription_id = ?1 AND a.state IN \
                  ('pending', 'not_sent', 'unknown', 'parked'))",
-                [subscription_id],
-                |row| row.get(0),
-            )
-            .ctx(path, what)?;
-        let attention: Option<String> = tx
-            .query_row(
-                "SELECT reason FROM attention WHERE subscription_id = ?1",
-                [subscription_id],
-                |row| row.get(0),
-            )
-            .optional()
-            .ctx(path, what)?;
-        let attempts_last_30_days: i64 = tx
-            .query_row(
-                "SELECT count(*) FROM attempts a JOIN charges c ON c.id = a.charge_id \
+            [subscription_id],
+            |row| row.get(0),
+        )
+        .ctx(path, what)?;
+        let attention: Option<String> = cached_query_row(
+            &tx,
+            "SELECT reason FROM attention WHERE subscription_id = ?1",
+            [subscription_id],
+            |row| row.get(0),
+        )
+        .optional()
+        .ctx(path, what)?;
+        let attempts_last_30_days: i64 = cached_query_row(
+            &tx,
+            "SELECT count(*) FROM attempts a JOIN charges c ON c.id = a.charge_id \
                  WHERE c.subscription_id = ?1 AND a.created_at > ?2",
-                params![subscription_id, timestamp(self.now - Duration::days(30))],
-                |row| row.get(0),
-            )
-            .ctx(path, what)?;
+            params![subscription_id, timestamp(self.now - Duration::days(30))],
+            |row| row.get(0),
+        )
+        .ctx(path, what)?;
         Ok(Some(History {
             subscription,
             next_period: u32::try_from(next_period)
@@ -1082,24 +1086,24 @@ impl PlanTx<'_> {
     ) -> Result<(), StoreError> {
         let what = "recording a settled period";
         let at = timestamp(self.now);
-        self.tx
-            .execute(
-                "INSERT INTO charges (subscription_id, period, due_date, amount_cents, currency, \
+        cached_execute(
+            &self.tx,
+            "INSERT INTO charges (subscription_id, period, due_date, amount_cents, currency, \
                  bill_number, state, reason, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-                params![
-                    subscription.id,
-                    i64::from(period),
-                    date_text(due_date),
-                    subscription.terms.amount.cents(),
-                    subscription.currency.as_str(),
-                    subscription.bill_number,
-                    state.as_str(),
-                    reason,
-                    at
-                ],
-            )
-            .ctx(self.path, what)?;
+            params![
+                subscription.id,
+                i64::from(period),
+                date_text(due_date),
+                subscription.terms.amount.cents(),
+                subscription.currency.as_str(),
+                subscription.bill_number,
+                state.as_str(),
+                reason,
+                at
+            ],
+        )
+        .ctx(self.path, what)?;
         let charge_id = self.tx.last_insert_rowid();
         append(
             &self.tx,
@@ -1120,22 +1124,22 @@ impl PlanTx<'_> {
         due_date: NaiveDate,
     ) -> Result<OpenCharge, StoreError> {
         let at = timestamp(self.now);
-        self.tx
-            .execute(
-                "INSERT INTO charges (subscription_id, period, due_date, amount_cents, currency, \
+        cached_execute(
+            &self.tx,
+            "INSERT INTO charges (subscription_id, period, due_date, amount_cents, currency, \
                  bill_number, state, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?7)",
-                params![
-                    subscription.id,
-                    i64::from(period),
-                    date_text(due_date),
-                    subscription.terms.amount.cents(),
-                    subscription.currency.as_str(),
-                    subscription.bill_number,
-                    at
-                ],
-            )
-            .ctx(self.path, "opening a period")?;
+            params![
+                subscription.id,
+                i64::from(period),
+                date_text(due_date),
+                subscription.terms.amount.cents(),
+                subscription.currency.as_str(),
+                subscription.bill_number,
+                at
+            ],
+        )
+        .ctx(self.path, "opening a period")?;
         Ok(OpenCharge {
             id: self.tx.last_insert_rowid(),
             period,
@@ -1162,26 +1166,26 @@ impl PlanTx<'_> {
         let what = "recording a charge intent";
         let at = timestamp(self.now);
         let attempt = charge.attempts + 1;
-        self.tx
-            .execute(
-                "INSERT INTO attempts (charge_id, attempt, order_number, state, created_at, \
+        cached_execute(
+            &self.tx,
+            "INSERT INTO attempts (charge_id, attempt, order_number, state, created_at, \
                  wall_at, updated_at) VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?4)",
-                params![
-                    charge.id,
-                    i64::from(attempt),
-                    order_number,
-                    at,
-                    timestamp(wall_at)
-                ],
-            )
-            .ctx(self.path, what)?;
+            params![
+                charge.id,
+                i64::from(attempt),
+                order_number,
+                at,
+                timestamp(wall_at)
+            ],
+        )
+        .ctx(self.path, what)?;
         let attempt_id = self.tx.last_insert_rowid();
-        self.tx
-            .execute(
-                "UPDATE charges SET next_attempt_at = NULL, updated_at = ?2 WHERE id = ?1",
-                params![charge.id, at],
-            )
-            .ctx(self.path, what)?;
+        cached_execute(
+            &self.tx,
+            "UPDATE charges SET next_attempt_at = NULL, updated_at = ?2 WHERE id = ?1",
+            params![charge.id, at],
+        )
+        .ctx(self.path, what)?;
         append(
             &self.tx,
             self.path,
@@ -1222,13 +1226,13 @@ impl PlanTx<'_> {
         event: Event,
     ) -> Result<(), StoreError> {
         let at = timestamp(self.now);
-        self.tx
-            .execute(
-                "UPDATE charges SET state = ?2, reason = ?3, next_attempt_at = NULL, \
+        cached_execute(
+            &self.tx,
+            "UPDATE charges SET state = ?2, reason = ?3, next_attempt_at = NULL, \
                  updated_at = ?4 WHERE id = ?1",
-                params![charge_id, state.as_str(), reason, at],
-            )
-            .ctx(self.path, "closing a period")?;
+            params![charge_id, state.as_str(), reason, at],
+        )
+        .ctx(self.path, "closing a period")?;
         append(
             &self.tx,
             self.path,

@@ -232,6 +232,8 @@ impl Store {
             Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         };
         let conn = Connection::open_with_flags(path, flags).ctx(path, "cannot open it")?;
+        // Enough for every statement of the sync and the charge path (the default is 16).
+        conn.set_prepared_statement_cache_capacity(128);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&commits);
         // SQLite calls the hook for every committed write transaction (never for a read), just
@@ -683,6 +685,30 @@ fn crockford(bits: u64, len: usize) -> String {
         .rev()
         .map(|i| char::from(CROCKFORD[((bits >> (5 * i)) & 31) as usize]))
         .collect()
+}
+
+/// `Connection::execute` through the statement cache: the sync and the planner run the same few
+/// statements hundreds of thousands of times, and preparing one costs more than running it.
+fn cached_execute<P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// `Connection::query_row` through the statement cache (see [`cached_execute`]).
+fn cached_query_row<
+    T,
+    P: rusqlite::Params,
+    F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    f: F,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
 }
 
 /// `subscriptions.next_plan_at` for "never": after every instant as stored.

@@ -32,8 +32,8 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use serde_json::{Map, Value, json};
 
 use super::{
-    Context, SUBSCRIPTION_COLUMNS, Store, StoreError, StoredSubscription, date_text, decode_terms,
-    kind, parse_timestamp, revisit_text, timestamp,
+    Context, SUBSCRIPTION_COLUMNS, Store, StoreError, StoredSubscription, cached_execute,
+    cached_query_row, date_text, decode_terms, kind, parse_timestamp, revisit_text, timestamp,
 };
 use crate::billing::{self, Calendar, Revisit};
 use crate::money::{Currency, Money};
@@ -444,14 +444,14 @@ impl Store {
         let what = format!("syncing schedule file {name}");
         let what = what.as_str();
         let tx = self.write_tx(what)?;
-        let stored: Option<(Option<String>, Option<String>)> = tx
-            .query_row(
-                "SELECT digest, last_error FROM schedule_files WHERE file = ?1",
-                [name],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()
-            .ctx(&path, what)?;
+        let stored: Option<(Option<String>, Option<String>)> = cached_query_row(
+            &tx,
+            "SELECT digest, last_error FROM schedule_files WHERE file = ?1",
+            [name],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .ctx(&path, what)?;
         if let Some((Some(stored_digest), None)) = &stored
             && *stored_digest == digest
         {
@@ -590,7 +590,8 @@ impl Store {
         // A pending hand-over leaves an id here that this file no longer defines: look again next
         // time (a NULL digest never matches).
         let new_digest = pending.is_empty().then_some(digest);
-        tx.execute(
+        cached_execute(
+            &tx,
             "INSERT INTO schedule_files (file, digest, accepted_at, last_error) \
              VALUES (?1, ?2, ?3, NULL) \
              ON CONFLICT (file) DO UPDATE SET digest = excluded.digest, last_error = NULL, \
@@ -627,14 +628,15 @@ impl Store {
             changes.removed.push(id);
         }
         if pending {
-            tx.execute(
+            cached_execute(
+                &tx,
                 "UPDATE schedule_files SET digest = NULL, \
                  last_error = 'the file is no longer in the schedules folder' WHERE file = ?1",
                 [name],
             )
             .ctx(&path, what)?;
         } else {
-            tx.execute("DELETE FROM schedule_files WHERE file = ?1", [name])
+            cached_execute(&tx, "DELETE FROM schedule_files WHERE file = ?1", [name])
                 .ctx(&path, what)?;
         }
         tx.commit().ctx(&path, what)?;
@@ -657,18 +659,19 @@ fn refuse(
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join("\n");
-    let previous: Option<Option<String>> = tx
-        .query_row(
-            "SELECT last_error FROM schedule_files WHERE file = ?1",
-            [name],
-            |row| row.get(0),
-        )
-        .optional()
-        .ctx(path, &what)?;
+    let previous: Option<Option<String>> = cached_query_row(
+        &tx,
+        "SELECT last_error FROM schedule_files WHERE file = ?1",
+        [name],
+        |row| row.get(0),
+    )
+    .optional()
+    .ctx(path, &what)?;
     if previous.flatten().as_deref() == Some(text.as_str()) {
         return Ok(());
     }
-    tx.execute(
+    cached_execute(
+        &tx,
         "INSERT INTO schedule_files (file, last_error) VALUES (?1, ?2) \
          ON CONFLICT (file) DO UPDATE SET last_error = excluded.last_error",
         params![name, text],
@@ -733,7 +736,8 @@ fn apply(
             changes: fields,
             moved_from,
         } => {
-            tx.execute(
+            cached_execute(
+                &tx,
                 "UPDATE subscriptions SET file = ?2, line = ?3, customer = ?4, bill_number = ?5, \
                  currency = ?6, amount_cents = ?7, cadence = ?8, start_date = ?9, state = ?10, \
                  catch_up = ?11, min_cents = ?12, max_cents = ?13, period_days = ?14, \
@@ -769,7 +773,8 @@ fn apply(
             changes.updated.push(new.id);
         }
         Step::Line(sub) => {
-            tx.execute(
+            cached_execute(
+                &tx,
                 "UPDATE subscriptions SET line = ?2 WHERE id = ?1",
                 params![sub.id, line(sub)],
             )?;
@@ -789,7 +794,8 @@ fn remove(
     reason: &str,
     at: &str,
 ) -> rusqlite::Result<()> {
-    tx.execute(
+    cached_execute(
+        &tx,
         "UPDATE subscriptions SET removed_at = ?2, updated_at = ?2 WHERE id = ?1",
         params![id, at],
     )?;
@@ -810,7 +816,8 @@ pub(super) fn append(
     kind: &str,
     detail: Value,
 ) -> rusqlite::Result<()> {
-    conn.execute(
+    cached_execute(
+        &conn,
         "INSERT INTO ledger (at, subscription_id, charge_id, kind, detail) \
          VALUES (?1, ?2, NULL, ?3, ?4)",
         params![at, subscription_id, kind, detail.to_string()],
@@ -819,7 +826,8 @@ pub(super) fn append(
 }
 
 pub(super) fn has_charges(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
+    cached_query_row(
+        &conn,
         "SELECT EXISTS (SELECT 1 FROM charges WHERE subscription_id = ?1)",
         [id],
         |row| row.get(0),
@@ -827,7 +835,8 @@ pub(super) fn has_charges(conn: &Connection, id: &str) -> rusqlite::Result<bool>
 }
 
 fn load_row(conn: &Connection, id: &str) -> rusqlite::Result<Option<SubRow>> {
-    conn.query_row(
+    cached_query_row(
+        &conn,
         &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?1"),
         [id],
         SubRow::from_row,
@@ -852,14 +861,14 @@ fn check_bill_number(
     sub: &Subscription,
     errors: &mut Vec<Diagnostic>,
 ) -> rusqlite::Result<()> {
-    let other: Option<String> = conn
-        .query_row(
-            "SELECT s.id FROM subscriptions s WHERE s.bill_number = ?1 AND s.id <> ?2 \
+    let other: Option<String> = cached_query_row(
+        &conn,
+        "SELECT s.id FROM subscriptions s WHERE s.bill_number = ?1 AND s.id <> ?2 \
              AND EXISTS (SELECT 1 FROM charges c WHERE c.subscription_id = s.id) LIMIT 1",
-            params![sub.bill_number, sub.id],
-            |row| row.get(0),
-        )
-        .optional()?;
+        params![sub.bill_number, sub.id],
+        |row| row.get(0),
+    )
+    .optional()?;
     if let Some(other) = other {
         errors.push(error_at(
             &sub.origin.path,
@@ -1364,7 +1373,8 @@ impl Store {
         let path = self.path.clone();
         let tx = self.write_tx(what)?;
         for (name, digest) in digests {
-            tx.execute(
+            cached_execute(
+                &tx,
                 "UPDATE schedule_files SET digest = ?2 WHERE file = ?1 AND last_error IS NULL",
                 params![name, digest],
             )
