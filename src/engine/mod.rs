@@ -1080,6 +1080,7 @@ const PLAN_BATCH_SUBSCRIPTIONS: usize = 256;
 /// at most `max_intents` new intents (and [`PLAN_BATCH_SUBSCRIPTIONS`] subscriptions); each batch
 /// is handed to `ready` only once it is committed. Returns how many periods were settled
 /// without a charge.
+#[allow(clippy::too_many_arguments)]
 fn plan_all(
     store: &Mutex<Store>,
     now: DateTime<Utc>,

@@ -756,7 +756,7 @@ fn apply_one(
     let what = "recording a charge outcome";
     let path = path.to_path_buf();
     let (charge_id, subscription_id): (i64, String) = cached_query_row(
-        &tx,
+        tx,
         "SELECT a.charge_id, c.subscription_id FROM attempts a \
              JOIN charges c ON c.id = a.charge_id WHERE a.id = ?1",
         [attempt_id],
@@ -765,7 +765,7 @@ fn apply_one(
     .ctx(&path, what)?;
     let at = timestamp(now);
     let changed = cached_execute(
-        &tx,
+        tx,
         "UPDATE attempts SET state = ?2, \
              sent = MAX(sent, ?3), \
              sent_at = COALESCE(?14, sent_at), \
@@ -802,7 +802,7 @@ fn apply_one(
     }
     if let Some(charge) = &change.charge {
         cached_execute(
-            &tx,
+            tx,
             "UPDATE charges SET state = ?2, reason = COALESCE(?3, reason), \
              next_attempt_at = ?4, updated_at = ?5 WHERE id = ?1",
             params![
@@ -819,7 +819,7 @@ fn apply_one(
         // The attempt is settled: the subscription may be chargeable again (a retry, the
         // next period); the sweep looks at it at once.
         cached_execute(
-            &tx,
+            tx,
             "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
             [&subscription_id],
         )
@@ -827,7 +827,7 @@ fn apply_one(
     }
     if let Some(reason) = &change.attention {
         cached_execute(
-            &tx,
+            tx,
             "INSERT INTO attention (subscription_id, reason, since) VALUES (?1, ?2, ?3) \
              ON CONFLICT (subscription_id) DO NOTHING",
             params![subscription_id, reason, at],
@@ -955,7 +955,7 @@ fn append(
     event: &Event,
 ) -> Result<(), StoreError> {
     cached_execute(
-        &tx,
+        tx,
         "INSERT INTO ledger (at, subscription_id, charge_id, kind, detail) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
@@ -983,14 +983,14 @@ impl PlanTx<'_> {
             return Ok(None);
         }
         let next_period: i64 = cached_query_row(
-            &tx,
+            tx,
             "SELECT COALESCE(MAX(period) + 1, 0) FROM charges WHERE subscription_id = ?1",
             [subscription_id],
             |row| row.get(0),
         )
         .ctx(path, what)?;
         let charged = charged_instants(tx, path, subscription_id, None)?;
-        let open = cached_query_row(&tx,
+        let open = cached_query_row(tx,
                 "SELECT c.id, c.period, c.due_date, c.amount_cents, c.currency, c.bill_number, \
                  c.next_attempt_at, \
                  (SELECT count(*) FROM attempts a WHERE a.charge_id = c.id), \
@@ -1037,7 +1037,7 @@ impl PlanTx<'_> {
             )
             .transpose()?;
         let unresolved: bool = cached_query_row(
-            &tx,
+            tx,
             "SELECT EXISTS (SELECT 1 FROM attempts a JOIN charges c ON c.id = a.charge_id \
                  WHERE c.subscription_id = ?1 AND a.state IN \
                  ('pending', 'not_sent', 'unknown', 'parked'))",
@@ -1046,7 +1046,7 @@ impl PlanTx<'_> {
         )
         .ctx(path, what)?;
         let attention: Option<String> = cached_query_row(
-            &tx,
+            tx,
             "SELECT reason FROM attention WHERE subscription_id = ?1",
             [subscription_id],
             |row| row.get(0),
@@ -1054,7 +1054,7 @@ impl PlanTx<'_> {
         .optional()
         .ctx(path, what)?;
         let attempts_last_30_days: i64 = cached_query_row(
-            &tx,
+            tx,
             "SELECT count(*) FROM attempts a JOIN charges c ON c.id = a.charge_id \
                  WHERE c.subscription_id = ?1 AND a.created_at > ?2",
             params![subscription_id, timestamp(self.now - Duration::days(30))],

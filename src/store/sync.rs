@@ -660,7 +660,7 @@ fn refuse(
         .collect::<Vec<_>>()
         .join("\n");
     let previous: Option<Option<String>> = cached_query_row(
-        &tx,
+        tx,
         "SELECT last_error FROM schedule_files WHERE file = ?1",
         [name],
         |row| row.get(0),
@@ -671,7 +671,7 @@ fn refuse(
         return Ok(());
     }
     cached_execute(
-        &tx,
+        tx,
         "INSERT INTO schedule_files (file, last_error) VALUES (?1, ?2) \
          ON CONFLICT (file) DO UPDATE SET last_error = excluded.last_error",
         params![name, text],
@@ -737,7 +737,7 @@ fn apply(
             moved_from,
         } => {
             cached_execute(
-                &tx,
+                tx,
                 "UPDATE subscriptions SET file = ?2, line = ?3, customer = ?4, bill_number = ?5, \
                  currency = ?6, amount_cents = ?7, cadence = ?8, start_date = ?9, state = ?10, \
                  catch_up = ?11, min_cents = ?12, max_cents = ?13, period_days = ?14, \
@@ -774,7 +774,7 @@ fn apply(
         }
         Step::Line(sub) => {
             cached_execute(
-                &tx,
+                tx,
                 "UPDATE subscriptions SET line = ?2 WHERE id = ?1",
                 params![sub.id, line(sub)],
             )?;
@@ -795,7 +795,7 @@ fn remove(
     at: &str,
 ) -> rusqlite::Result<()> {
     cached_execute(
-        &tx,
+        tx,
         "UPDATE subscriptions SET removed_at = ?2, updated_at = ?2 WHERE id = ?1",
         params![id, at],
     )?;
@@ -817,7 +817,7 @@ pub(super) fn append(
     detail: Value,
 ) -> rusqlite::Result<()> {
     cached_execute(
-        &conn,
+        conn,
         "INSERT INTO ledger (at, subscription_id, charge_id, kind, detail) \
          VALUES (?1, ?2, NULL, ?3, ?4)",
         params![at, subscription_id, kind, detail.to_string()],
@@ -827,7 +827,7 @@ pub(super) fn append(
 
 pub(super) fn has_charges(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
     cached_query_row(
-        &conn,
+        conn,
         "SELECT EXISTS (SELECT 1 FROM charges WHERE subscription_id = ?1)",
         [id],
         |row| row.get(0),
@@ -836,7 +836,7 @@ pub(super) fn has_charges(conn: &Connection, id: &str) -> rusqlite::Result<bool>
 
 fn load_row(conn: &Connection, id: &str) -> rusqlite::Result<Option<SubRow>> {
     cached_query_row(
-        &conn,
+        conn,
         &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?1"),
         [id],
         SubRow::from_row,
@@ -862,7 +862,7 @@ fn check_bill_number(
     errors: &mut Vec<Diagnostic>,
 ) -> rusqlite::Result<()> {
     let other: Option<String> = cached_query_row(
-        &conn,
+        conn,
         "SELECT s.id FROM subscriptions s WHERE s.bill_number = ?1 AND s.id <> ?2 \
              AND EXISTS (SELECT 1 FROM charges c WHERE c.subscription_id = s.id) LIMIT 1",
         params![sub.bill_number, sub.id],
@@ -1053,6 +1053,9 @@ fn stat_key(meta: &std::fs::Metadata, read_at: std::time::SystemTime) -> Option<
     }
 }
 
+/// `schedule_files`: name → (digest, last_error).
+type StoredFiles = HashMap<String, (Option<String>, Option<String>)>;
+
 /// A listed file as the folder sync found it.
 enum Examined {
     /// Its content is the version in force (last_error NULL): nothing to do. `refresh` is a
@@ -1078,7 +1081,7 @@ struct Folder {
     /// Names in the folder → path.
     listed: HashMap<String, std::path::PathBuf>,
     /// `schedule_files` as the sync began: name → (digest, last_error).
-    stored: HashMap<String, (Option<String>, Option<String>)>,
+    stored: StoredFiles,
     processed: HashMap<String, Processed>,
     /// Files after the current one, examined ahead (each parse is kept only as its ids).
     ahead: HashMap<String, Option<HashSet<String>>>,
@@ -1352,9 +1355,7 @@ impl Store {
     }
 
     /// `schedule_files` as it is: name → (digest, last_error).
-    fn stored_files(
-        &self,
-    ) -> Result<HashMap<String, (Option<String>, Option<String>)>, StoreError> {
+    fn stored_files(&self) -> Result<StoredFiles, StoreError> {
         let what = "reading schedule_files";
         let mut statement = self
             .conn

@@ -594,7 +594,11 @@ impl Book {
         settle_after: u32,
     ) -> Vec<OrderRecord> {
         let mut found = Vec::new();
-        let positions = self.by_number.get(order_number).cloned().unwrap_or_default();
+        let positions = self
+            .by_number
+            .get(order_number)
+            .cloned()
+            .unwrap_or_default();
         for position in positions {
             let order = &mut self.orders[position];
             if order.order_number != order_number || !window.contains(order.created_at) {
