@@ -339,10 +339,12 @@ impl Store {
             .ctx(&path, "setting foreign_keys")?;
         conn.pragma_update(None, "synchronous", "FULL")
             .ctx(&path, "setting synchronous")?;
-        // Performance only: a 32 MiB page cache (the default is 2 MiB) keeps the indexes a
-        // sync or a sweep walks in memory at a million subscriptions.
-        conn.pragma_update(None, "cache_size", -32_768)
-            .ctx(&path, "setting cache_size")?;
+        // Performance only: the daemon's page cache is 16 MiB (the default, kept by operator
+        // commands, is 2 MiB), so the indexes a sync or a sweep walks stay in memory.
+        if self.access == Access::Daemon {
+            conn.pragma_update(None, "cache_size", -16_384)
+                .ctx(&path, "setting cache_size")?;
+        }
         // WAL is a property of the file: the daemon sets it, the others only check it.
         if self.access != Access::ReadOnly {
             conn.pragma_update(None, "journal_mode", "WAL")
