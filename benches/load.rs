@@ -33,7 +33,6 @@ use recurrentd::gateway::sandbox::{
     BUILTIN_LOGIN, BUILTIN_MERCHANT_ID, BUILTIN_PASSWORD, BUILTIN_SALT, OrderState, Refusal,
     RpOutcome, Sandbox, SandboxConfig,
 };
-use recurrentd::schedule;
 use recurrentd::store::{Access, AttemptState, Store};
 use secrecy::SecretString;
 
@@ -254,39 +253,23 @@ fn client(sandbox: &Sandbox) -> Result<Client, Fail> {
     })?)
 }
 
-/// Opens the daemon's store on `db` and syncs `schedules` into it at `now`; returns the store
-/// and (parse, store) times.
-fn open_and_sync(
-    db: &Path,
-    schedules: &Path,
-    now: DateTime<Utc>,
-) -> Result<(Store, StdDuration, StdDuration), Fail> {
+/// Opens the daemon's store on `db` and syncs `schedules` into it at `now`, as the daemon does
+/// (its `Engine::new` records the calendar before the first sync).
+fn open_and_sync(db: &Path, schedules: &Path, now: DateTime<Utc>) -> Result<Store, Fail> {
     let mut store = Store::open(db, Access::Daemon)?;
-    let (parse, apply) = sync(&mut store, schedules, now)?;
-    Ok((store, parse, apply))
+    store.use_calendar(&calendar())?;
+    sync(&mut store, schedules, now)?;
+    Ok(store)
 }
 
-/// What the daemon does at start and on SIGHUP: read the folder, then apply it.
-fn sync(
-    store: &mut Store,
-    schedules: &Path,
-    now: DateTime<Utc>,
-) -> Result<(StdDuration, StdDuration), Fail> {
-    let t = Instant::now();
-    let report = schedule::load_dir(schedules)?;
-    let parse = t.elapsed();
-    if report.error_count() > 0 {
-        return Err(format!(
-            "schedule errors: {:?}",
-            report.diagnostics().take(3).collect::<Vec<_>>()
-        )
-        .into());
+/// What the daemon does at start and on SIGHUP: read the folder and apply it, file by file.
+fn sync(store: &mut Store, schedules: &Path, now: DateTime<Utc>) -> Result<(), Fail> {
+    let summary = store.sync_dir(schedules, now)?;
+    let errors: Vec<_> = summary.diagnostics().take(3).collect();
+    if !errors.is_empty() {
+        return Err(format!("schedule errors: {errors:?}").into());
     }
-    let t = Instant::now();
-    store.sync_schedules(&report, now)?;
-    let apply = t.elapsed();
-    drop(report);
-    Ok((parse, apply))
+    Ok(())
 }
 
 fn engine(
@@ -430,7 +413,7 @@ async fn burst(work: &Path, figures: &mut Figures) -> Result<(), Fail> {
 
     let due = calendar().due_instant(due_date());
     let clock = ManualClock::new(due - Duration::days(1));
-    let (store, _, _) = open_and_sync(&db, &schedules, clock.now())?;
+    let store = open_and_sync(&db, &schedules, clock.now())?;
     let sandbox = sandbox(StdDuration::ZERO, None).await?;
     let engine = engine(store, &sandbox, &clock, Pacer::new(in_flight, rps))?;
     engine.reconcile().await?;
@@ -563,7 +546,7 @@ async fn latency_bound(work: &Path, figures: &mut Figures) -> Result<(), Fail> {
     write_schedules(&schedules, u64::from(n), 10, |_| DUE.into())?;
     let due = calendar().due_instant(due_date());
     let clock = ManualClock::new(due - Duration::days(1));
-    let (store, _, _) = open_and_sync(&dir.join("recurrentd.db"), &schedules, clock.now())?;
+    let store = open_and_sync(&dir.join("recurrentd.db"), &schedules, clock.now())?;
     let sandbox = sandbox(latency, Some(gateway_rps)).await?;
     let engine = engine(store, &sandbox, &clock, Pacer::new(in_flight, configured))?;
     engine.reconcile().await?;
@@ -690,24 +673,25 @@ fn scale_child() -> Result<(), Fail> {
 
     // Cold sync: an empty database, every file read and applied.
     let t = Instant::now();
-    let (mut store, parse, apply) = open_and_sync(&db, &schedules, clock.now())?;
+    let mut store = open_and_sync(&db, &schedules, clock.now())?;
     figures.add("scale_cold_sync_ms", ms(t.elapsed()), "ms");
-    figures.add("scale_cold_sync_parse_ms", ms(parse), "ms");
-    figures.add("scale_cold_sync_store_ms", ms(apply), "ms");
     figures.add("scale_rss_after_cold_sync_mib", max_rss_mib(), "MiB");
 
     // One file changes (one amount), then the daemon's re-sync: read the folder, apply.
-    let changed = schedules.join("f0500.toml");
+    let files = env_u32("LOAD_SCALE_FILES", 1_000);
+    let changed = schedules.join(format!("f{:04}.toml", files / 2));
     let text = std::fs::read_to_string(&changed)?;
     std::fs::write(
         &changed,
         text.replacen("amount = \"100.00\"", "amount = \"101.00\"", 1),
     )?;
     let t = Instant::now();
-    let (parse, apply) = sync(&mut store, &schedules, clock.now())?;
+    sync(&mut store, &schedules, clock.now())?;
     figures.add("scale_resync_one_file_ms", ms(t.elapsed()), "ms");
-    figures.add("scale_resync_parse_ms", ms(parse), "ms");
-    figures.add("scale_resync_store_ms", ms(apply), "ms");
+    // And once more with nothing changed.
+    let t = Instant::now();
+    sync(&mut store, &schedules, clock.now())?;
+    figures.add("scale_resync_unchanged_ms", ms(t.elapsed()), "ms");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -534,6 +534,62 @@ pub fn decide(
     }
 }
 
+/// When [`decide`] must be asked again about a subscription whose terms and history do not
+/// change meanwhile: the earliest instant at which its answer can differ from `next`. The due
+/// sweep looks at a subscription only from then on, so this must never be late (a late answer
+/// would charge late or miss a period); early is harmless (`decide` says the same again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revisit {
+    /// At the next sweep (something is to be done now, or an attempt is in flight).
+    Now,
+    /// Not before this instant.
+    At(DateTime<Utc>),
+    /// Never, unless the terms or the history change.
+    Never,
+}
+
+/// `revisit`, brought forward to `at` if that is earlier (something else waits then).
+pub fn no_later_than(revisit: Revisit, at: Option<DateTime<Utc>>) -> Revisit {
+    match (revisit, at) {
+        (revisit, None) | (revisit @ Revisit::Now, _) => revisit,
+        (Revisit::At(when), Some(at)) => Revisit::At(when.min(at)),
+        (Revisit::Never, Some(at)) => Revisit::At(at),
+    }
+}
+
+/// [`Revisit`] for what [`decide`] returned:
+/// - `Wait`: `decide` answers the same until `due_at`, when the period falls due.
+/// - `Defer`: the period gap frees at the start of the local day of `until` (the verdict reads
+///   local dates), and with `catch_up = "none"` the period turns late at its due instant plus
+///   the grace time; the earlier of those and `until` itself.
+/// - `Ended`: never (only a change of terms, which sets the subscription back to `Now`, can
+///   change it).
+/// - `Charge`: now.
+pub fn revisit(next: &Next, calendar: &Calendar) -> Revisit {
+    match next {
+        Next::Charge { .. } => Revisit::Now,
+        Next::Wait { due_at, .. } => Revisit::At(*due_at),
+        Next::Defer {
+            due_date, until, ..
+        } => {
+            // `until` is the due instant of the earliest allowed date; a DST gap can push it
+            // into the next day, so then take the day before.
+            let mut day = calendar.local_date(*until);
+            if calendar.due_instant(day) != *until {
+                day = day.pred_opt().unwrap_or(day);
+            }
+            let midnight = Calendar {
+                charge_time: NaiveTime::MIN,
+                ..*calendar
+            }
+            .due_instant(day);
+            let late = calendar.due_instant(*due_date) + calendar.grace;
+            Revisit::At((*until).min(midnight).min(late))
+        }
+        Next::Ended(_) => Revisit::Never,
+    }
+}
+
 /// A problem with a subscription's terms found at check time, before any charge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TermsProblem {

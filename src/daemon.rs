@@ -31,8 +31,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, Pacer, Policy, TickReport};
 use crate::gateway::client::{Client, Settings};
-use crate::schedule;
-use crate::store::{Access, Store, StoreError};
+use crate::store::{Access, Store, StoreError, SyncDirError};
 
 /// What wakes the due sweep.
 #[derive(Debug, Clone)]
@@ -121,26 +120,26 @@ async fn sync(
     clock: &Arc<dyn Clock>,
 ) -> Result<usize, DaemonError> {
     let dir = config.schedules.dir.clone();
-    let report = tokio::task::spawn_blocking(move || schedule::load_dir(&dir))
-        .await
-        .map_err(|e| DaemonError::Schedules(e.to_string()))?
-        .map_err(|e| DaemonError::Schedules(e.to_string()))?;
-    for diagnostic in report.diagnostics() {
+    let now = clock.now();
+    // One file at a time, unchanged files skipped (see `Store::sync_dir`).
+    let summary = engine
+        .with_store(move |s| Ok(s.sync_dir(&dir, now)))
+        .await?
+        .map_err(|e| match e {
+            SyncDirError::Dir(message) => DaemonError::Schedules(message),
+            SyncDirError::Store(e) => DaemonError::Store(e),
+        })?;
+    for diagnostic in &summary.warnings {
         tracing::warn!("{diagnostic}");
     }
-    let now = clock.now();
-    let summary = engine
-        .with_store(move |s| s.sync_schedules(&report, now))
-        .await?;
     for diagnostic in summary.diagnostics() {
         tracing::error!("{diagnostic} (the file's last accepted version stays in force)");
     }
     let subscriptions = engine
-        .with_store(|s| s.subscriptions())
+        .with_store(|s| s.active_subscriptions())
         .await?
-        .into_iter()
-        .filter(|s| s.is_active())
-        .count();
+        .try_into()
+        .unwrap_or(usize::MAX);
     tracing::info!(subscriptions, "schedules synced");
     Ok(subscriptions)
 }

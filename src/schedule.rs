@@ -149,14 +149,7 @@ pub struct DirError {
 /// Reads every schedule file in `dir`, then checks ids and bill numbers across files: a clash is
 /// an error in the later file (by name) that names the earlier one.
 pub fn load_dir(dir: &Path) -> Result<DirReport, DirError> {
-    let dir_error = |message: String| DirError {
-        path: dir.to_path_buf(),
-        message,
-    };
-    let canonical_dir = dir
-        .canonicalize()
-        .map_err(|e| dir_error(format!("cannot open it: {e}")))?;
-    let paths = list_dir(dir)?;
+    let (canonical_dir, paths) = list_dir(dir)?;
     let mut report = DirReport::default();
     for path in paths {
         report.files.push(load_file(&path, &canonical_dir));
@@ -165,25 +158,43 @@ pub fn load_dir(dir: &Path) -> Result<DirReport, DirError> {
     Ok(report)
 }
 
-/// The schedule files in `dir`, sorted: `*.toml` directly inside it, hidden files left out (an
-/// editor's: an Emacs lock file `.#plan.toml` is a dangling link).
-pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DirError> {
+/// The schedule files of `dir` (regular-looking `*.toml` names, hidden ones left out) in name
+/// order, and the folder's canonical path for [`read_text`]. Nothing is read yet: for callers
+/// that take the files one at a time.
+pub fn list_dir(dir: &Path) -> Result<(PathBuf, Vec<PathBuf>), DirError> {
     let dir_error = |message: String| DirError {
         path: dir.to_path_buf(),
         message,
     };
+    let canonical_dir = dir
+        .canonicalize()
+        .map_err(|e| dir_error(format!("cannot open it: {e}")))?;
     let entries = std::fs::read_dir(dir).map_err(|e| dir_error(format!("cannot list it: {e}")))?;
     let mut paths = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| dir_error(format!("cannot list it: {e}")))?;
         let path = entry.path();
+        // Hidden files are editors' (an Emacs lock file `.#plan.toml` is a dangling link).
         let hidden = entry.file_name().to_string_lossy().starts_with('.');
         if !hidden && path.extension().is_some_and(|ext| ext == "toml") {
             paths.push(path);
         }
     }
     paths.sort();
-    Ok(paths)
+    Ok((canonical_dir, paths))
+}
+
+/// One file's text, after the same refusals as [`load_file`] (a link, not a regular file,
+/// outside the folder, too big, not UTF-8); the error is the file's diagnostic.
+pub fn read_text(path: &Path, canonical_dir: &Path) -> Result<String, Diagnostic> {
+    read_checked(path, canonical_dir).map_err(|message| Diagnostic {
+        severity: Severity::Error,
+        path: path.to_path_buf(),
+        line: 1,
+        column: 1,
+        field: "file".to_string(),
+        message,
+    })
 }
 
 /// Reads one schedule file, which must sit directly in `canonical_dir`.

@@ -592,3 +592,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn no_later_than_brings_a_revisit_forward_never_back() {
+    let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+    let early = t("2027-01-01T00:00:00Z");
+    let late = t("2027-02-01T00:00:00Z");
+    assert_eq!(no_later_than(Revisit::Now, Some(early)), Revisit::Now);
+    assert_eq!(
+        no_later_than(Revisit::At(late), Some(early)),
+        Revisit::At(early)
+    );
+    assert_eq!(
+        no_later_than(Revisit::At(early), Some(late)),
+        Revisit::At(early)
+    );
+    assert_eq!(no_later_than(Revisit::Never, Some(late)), Revisit::At(late));
+    assert_eq!(no_later_than(Revisit::Never, None), Revisit::Never);
+    assert_eq!(no_later_than(Revisit::At(late), None), Revisit::At(late));
+}

@@ -269,7 +269,10 @@ fn demo_schedules(
     today: chrono::NaiveDate,
 ) -> Result<(), String> {
     std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
-    for path in crate::schedule::list_dir(from).map_err(|e| e.to_string())? {
+    for path in crate::schedule::list_dir(from)
+        .map_err(|e| e.to_string())?
+        .1
+    {
         let name = path.file_name().unwrap_or_default();
         std::fs::copy(&path, to.join(name)).map_err(|e| format!("{}: {e}", path.display()))?;
     }

@@ -22,7 +22,7 @@ impl Fingerprint {
     /// Looks at the folder now. A folder that cannot be listed looks empty (the reload that
     /// follows reports why, and keeps the schedules in force).
     pub fn of(dir: &Path) -> Fingerprint {
-        let Ok(paths) = crate::schedule::list_dir(dir) else {
+        let Ok((_, paths)) = crate::schedule::list_dir(dir) else {
             return Fingerprint::default();
         };
         Fingerprint(

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::{Policy, adhoc_order_number, adhoc_reference, intent_event};
-use crate::billing::{self, Calendar};
+use crate::billing::{self, Calendar, Revisit};
 use crate::money::Money;
 use crate::store::{
     AdhocCharge, ChargeState, Event, History, Job, OpenCharge, PlanTx, Store, StoreError, event,
@@ -108,7 +108,7 @@ pub fn queue_adhoc(
     }
     // Another ad-hoc charge still waiting for its attempt counts as made now.
     let mut charged = history.charged.clone();
-    if tx.adhoc_due(request.subscription)?.is_some() {
+    if tx.adhoc_open(request.subscription)?.is_some() {
         charged.push(now);
     }
     let sub = &history.subscription;
@@ -130,6 +130,8 @@ pub fn queue_adhoc(
             }),
         },
     )?;
+    // The due sweep looks at the subscription at its next tick.
+    tx.revisit(request.subscription, Revisit::Now)?;
     tx.commit()?;
     Ok(Queued::New { charge_id })
 }
@@ -138,7 +140,7 @@ pub fn queue_adhoc(
 /// every limit checked on the history read in it, then one intent — or the charge closed with
 /// the reason, never held: it is made when asked or not at all.
 pub(super) fn plan_adhoc(
-    tx: PlanTx<'_>,
+    tx: &PlanTx<'_>,
     history: &History,
     adhoc: &OpenCharge,
     now: DateTime<Utc>,
@@ -182,7 +184,7 @@ pub(super) fn plan_adhoc(
                 detail: json!({ "reference": reference, "reason": reason }),
             },
         )?;
-        tx.commit()?;
+        tx.revisit(id, Revisit::Now)?;
         tracing::warn!(subscription = %id, period = %adhoc.purpose, %reason, "ad-hoc charge {}", state.as_str());
         return Ok((None, 1));
     }
@@ -200,6 +202,6 @@ pub(super) fn plan_adhoc(
             adhoc.currency,
         ),
     )?;
-    tx.commit()?;
+    tx.revisit(id, Revisit::Now)?;
     Ok((Some(job), 0))
 }

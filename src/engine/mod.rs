@@ -29,14 +29,14 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
-use crate::billing::{self, BlockReason, Calendar, Next, SettledOutcome};
+use crate::billing::{self, BlockReason, Calendar, Next, Revisit, SettledOutcome};
 use crate::clock::Clock;
 use crate::config::EngineConfig;
 use crate::gateway::client::{ChargeRequest, Client, StatusAnswer, StatusQuery};
 use crate::gateway::outcome::{DeclineKind, Outcome};
 use crate::store::{
-    AttemptChange, AttemptState, ChargeChange, ChargeState, Event, Job, Purpose, Store, StoreError,
-    event,
+    AttemptChange, AttemptState, ChargeChange, ChargeState, Event, Job, PlanTx, Purpose, Store,
+    StoreError, event,
 };
 
 pub use adhoc::{AdhocError, AdhocRequest, Queued, queue_adhoc};
@@ -136,6 +136,8 @@ struct Inner {
     prefix: String,
     /// Attempts some task is working on right now (one task per attempt).
     busy: Mutex<HashSet<i64>>,
+    /// Outcomes waiting for the next group commit (see `Inner::apply`).
+    outcomes: Arc<Mutex<Vec<QueuedOutcome>>>,
     /// Set when the daemon is stopping: no new intent is planned from then on.
     stopping: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -201,6 +203,9 @@ impl Engine {
         pacer: Pacer,
     ) -> Result<Engine, EngineError> {
         let prefix = store.order_prefix()?;
+        let mut store = store;
+        // The due sweep's index is computed with this calendar from now on.
+        store.use_calendar(&calendar)?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 store: Arc::new(Mutex::new(store)),
@@ -211,6 +216,7 @@ impl Engine {
                 pacer,
                 prefix,
                 busy: Mutex::new(HashSet::new()),
+                outcomes: Arc::new(Mutex::new(Vec::new())),
                 stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             }),
             gate: tokio::sync::Mutex::new(()),
@@ -291,22 +297,77 @@ impl Engine {
             tracing::warn!(%reason, "circuit breaker open: no new charges until an operator clears it");
             return Ok(report);
         }
+        // 2 and 3, pipelined: intents are planned in small batches, each committed before it
+        // is handed over, and sent while the next batch is planned. At most about two batches
+        // wait to be sent (the planner blocks on the channel), so what is committed but not
+        // yet sent stays small, as do the intents a crash would leave to be looked up.
         let now = inner.clock.now();
         let calendar = inner.calendar;
         let policy = inner.policy.clone();
         let prefix = inner.prefix.clone();
         let stopping = Arc::clone(&inner.stopping);
-        let (jobs, settled) = inner
-            .db(move |s| plan_all(s, now, &calendar, &policy, &prefix, &stopping))
-            .await?;
-        report.intents = jobs.len() as u32;
-        report.settled = settled;
-
-        // 3. Send.
-        for step in Arc::clone(inner).run_all(jobs, true).await? {
+        let store = Arc::clone(&inner.store);
+        let batch = inner.pacer.max_in_flight().clamp(8, 64);
+        let (ready, mut batches) = tokio::sync::mpsc::channel::<Vec<Job>>(1);
+        let planner = tokio::task::spawn_blocking(move || {
+            plan_all(
+                &store,
+                now,
+                &calendar,
+                &policy,
+                &prefix,
+                &stopping,
+                batch,
+                |jobs| ready.blocking_send(jobs).is_ok(),
+            )
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut steps = Vec::new();
+        while let Some(jobs) = batches.recv().await {
+            report.intents += jobs.len() as u32;
+            for job in jobs {
+                Arc::clone(inner).spawn_work(&mut tasks, job, true);
+            }
+            // Back-pressure: take the next batch once the sends in progress are few.
+            while tasks.len() > 2 * batch {
+                if let Some(joined) = tasks.join_next().await {
+                    steps.extend(joined_step(joined));
+                }
+            }
+        }
+        let planned = planner
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?;
+        while let Some(joined) = tasks.join_next().await {
+            steps.extend(joined_step(joined));
+        }
+        report.settled = planned?;
+        for step in steps {
             report.add(step);
         }
         Ok(report)
+    }
+}
+
+/// What a finished charge task gave; a failed one is logged, and its attempt is picked up
+/// again later.
+fn joined_step(
+    joined: Result<Result<Step, (String, EngineError)>, tokio::task::JoinError>,
+) -> Option<Step> {
+    match joined {
+        Ok(Ok(step)) => Some(step),
+        Ok(Err((order_number, e))) => {
+            tracing::error!(
+                %order_number,
+                error = %e,
+                "charge work failed; the attempt is picked up again at a later tick"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "a charge task failed");
+            None
+        }
     }
 }
 
@@ -333,33 +394,35 @@ impl Inner {
     ) -> Result<Vec<Step>, EngineError> {
         let mut tasks = tokio::task::JoinSet::new();
         for job in jobs {
-            if !lock(&self.busy).insert(job.attempt_id) {
-                continue;
-            }
-            let guard = BusyGuard {
-                inner: Arc::clone(&self),
-                attempt_id: job.attempt_id,
-            };
-            tasks.spawn(async move {
-                let order_number = job.order_number.clone();
-                let result = guard.inner.work(job, fresh).await;
-                drop(guard);
-                result.map_err(|e| (order_number, e))
-            });
+            Arc::clone(&self).spawn_work(&mut tasks, job, fresh);
         }
         let mut steps = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(step)) => steps.push(step),
-                Ok(Err((order_number, e))) => tracing::error!(
-                    %order_number,
-                    error = %e,
-                    "charge work failed; the attempt is picked up again at a later tick"
-                ),
-                Err(e) => tracing::error!(error = %e, "a charge task failed"),
-            }
+            steps.extend(joined_step(joined));
         }
         Ok(steps)
+    }
+
+    /// Spawns the task that works on one attempt, unless another task has it.
+    fn spawn_work(
+        self: Arc<Self>,
+        tasks: &mut tokio::task::JoinSet<Result<Step, (String, EngineError)>>,
+        job: Job,
+        fresh: bool,
+    ) {
+        if !lock(&self.busy).insert(job.attempt_id) {
+            return;
+        }
+        let guard = BusyGuard {
+            attempt_id: job.attempt_id,
+            inner: self,
+        };
+        tasks.spawn(async move {
+            let order_number = job.order_number.clone();
+            let result = guard.inner.work(job, fresh).await;
+            drop(guard);
+            result.map_err(|e| (order_number, e))
+        });
     }
 
     /// One attempt, one step: send it (a fresh intent, or one that provably never left) or ask
@@ -886,13 +949,30 @@ impl Inner {
     }
 
     /// Commits a step's outcome, provided the attempt is still where this step found it.
+    ///
+    /// Group commit: the outcome is queued, then whichever task next holds the store commits
+    /// every queued outcome in one transaction (each with its ledger event, each in its own
+    /// savepoint). This returns only once this outcome's transaction is committed.
     async fn apply(&self, job: &Job, change: AttemptChange) -> Result<(), EngineError> {
-        let now = self.clock.now();
-        let id = job.attempt_id;
-        let expected = job.state;
-        let applied = self
-            .db(move |s| s.apply(id, expected, &change, now))
-            .await?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        lock(&self.outcomes).push(QueuedOutcome {
+            attempt_id: job.attempt_id,
+            expected: job.state,
+            change,
+            now: self.clock.now(),
+            reply,
+        });
+        let queue = Arc::clone(&self.outcomes);
+        self.db(move |s| {
+            let batch = std::mem::take(&mut *lock(&queue));
+            commit_outcomes(s, batch);
+            Ok(())
+        })
+        .await?;
+        // Our outcome was in this batch or in one committed before it (under the same lock).
+        let applied = answer
+            .await
+            .map_err(|_| EngineError::Task("an outcome was dropped unrecorded".into()))??;
         if !applied {
             tracing::warn!(
                 order_number = %job.order_number,
@@ -953,6 +1033,39 @@ impl Inner {
     }
 }
 
+/// An outcome waiting for the next group commit.
+struct QueuedOutcome {
+    attempt_id: i64,
+    expected: AttemptState,
+    change: AttemptChange,
+    now: DateTime<Utc>,
+    reply: tokio::sync::oneshot::Sender<Result<bool, EngineError>>,
+}
+
+/// Commits queued outcomes in one transaction and tells each waiting task how its went.
+fn commit_outcomes(store: &mut Store, batch: Vec<QueuedOutcome>) {
+    if batch.is_empty() {
+        return;
+    }
+    let items: Vec<_> = batch
+        .iter()
+        .map(|q| (q.attempt_id, q.expected, &q.change, q.now))
+        .collect();
+    match store.apply_all(&items) {
+        Ok(results) => {
+            for (queued, result) in batch.into_iter().zip(results) {
+                let _ = queued.reply.send(result.map_err(EngineError::from));
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for queued in batch {
+                let _ = queued.reply.send(Err(EngineError::Task(message.clone())));
+            }
+        }
+    }
+}
+
 /// Releases an attempt from the busy set however its task ends (a panic included).
 struct BusyGuard {
     inner: Arc<Inner>,
@@ -985,50 +1098,86 @@ impl ChargeState {
     }
 }
 
-/// Plans every plannable subscription at `now`, each in its own transaction; returns the new
-/// intents (committed) and how many periods were settled without a charge.
+/// Most subscriptions planned in one write transaction.
+const PLAN_BATCH_SUBSCRIPTIONS: usize = 256;
+
+/// Plans every subscription the due sweep returns at `now`, in small write transactions of
+/// at most `max_intents` new intents (and [`PLAN_BATCH_SUBSCRIPTIONS`] subscriptions); each batch
+/// is handed to `ready` only once it is committed. Returns how many periods were settled
+/// without a charge.
+#[allow(clippy::too_many_arguments)]
 fn plan_all(
-    store: &mut Store,
+    store: &Mutex<Store>,
     now: DateTime<Utc>,
     calendar: &Calendar,
     policy: &Policy,
     prefix: &str,
     stopping: &std::sync::atomic::AtomicBool,
-) -> Result<(Vec<Job>, u32), StoreError> {
-    let mut jobs = Vec::new();
+    max_intents: usize,
+    mut ready: impl FnMut(Vec<Job>) -> bool,
+) -> Result<u32, StoreError> {
+    let ids = lock(store).plannable(now)?;
     let mut settled = 0;
-    for id in store.plannable()? {
+    let mut ids = ids.iter().peekable();
+    while ids.peek().is_some() {
         if stopping.load(std::sync::atomic::Ordering::SeqCst) {
             break;
         }
-        let (job, n) = plan_one(store, &id, now, calendar, policy, prefix)?;
-        jobs.extend(job);
-        settled += n;
+        let mut jobs = Vec::new();
+        {
+            let mut guard = lock(store);
+            let tx = guard.plan(now)?;
+            let mut planned = 0;
+            while jobs.len() < max_intents.max(1) && planned < PLAN_BATCH_SUBSCRIPTIONS {
+                let Some(id) = ids.next() else { break };
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let (job, n) = plan_one(&tx, id, now, calendar, policy, prefix)?;
+                jobs.extend(job);
+                settled += n;
+                planned += 1;
+            }
+            tx.commit()?;
+        }
+        // Committed: only now may these intents be sent.
+        if !jobs.is_empty() && !ready(jobs) {
+            break;
+        }
     }
-    Ok((jobs, settled))
+    Ok(settled)
 }
 
-/// Plans one subscription inside one write transaction: settles what `billing::decide` settles
-/// and commits at most one new intent, with the limits checked on the history read in it.
+/// Plans one subscription inside the batch's write transaction: settles what `billing::decide`
+/// settles, records at most one new intent, with the limits checked on the history read in the
+/// same transaction, and records when the due sweep must look at it again.
 fn plan_one(
-    store: &mut Store,
+    tx: &PlanTx<'_>,
     id: &str,
     now: DateTime<Utc>,
     calendar: &Calendar,
     policy: &Policy,
     prefix: &str,
 ) -> Result<(Option<Job>, u32), StoreError> {
-    let tx = store.plan(now)?;
     let Some(history) = tx.history(id)? else {
         return Ok((None, 0));
     };
     if history.attention.is_some() || history.unresolved {
+        // Its `next_plan_at` stays reached: planned again once this clears.
         return Ok((None, 0));
     }
-    // An ad-hoc charge an operator queued goes first; the schedule waits for its outcome.
-    if let Some(adhoc) = tx.adhoc_due(id)? {
-        return plan_adhoc(tx, &history, &adhoc, now, calendar, policy, prefix);
-    }
+    // An ad-hoc charge an operator queued goes first; the schedule waits for its outcome. One
+    // waiting to be tried again (its attempt was not received) is tried at its time: the sweep
+    // comes back then, whatever the schedule says.
+    let adhoc_retry_at = match tx.adhoc_open(id)? {
+        Some(adhoc) => match adhoc.next_attempt_at.filter(|at| *at > now) {
+            None => return plan_adhoc(tx, &history, &adhoc, now, calendar, policy, prefix),
+            later => later,
+        },
+        None => None,
+    };
+    let revisit =
+        |revisit: Revisit| tx.revisit(id, billing::no_later_than(revisit, adhoc_retry_at));
     let sub = &history.subscription;
     let terms = &sub.terms;
     let mut settled = 0;
@@ -1043,12 +1192,19 @@ fn plan_one(
             });
         };
         if open.live_attempt {
+            // Settled attempts only (none unresolved), yet one counts as live: an approved or
+            // quarantined attempt on an open period, which only an operator resolves. Look
+            // again in an hour.
+            revisit(Revisit::At(now + Duration::hours(1)))?;
             return Ok((None, 0));
         }
         let next_due = billing::due_date(terms, period + 1).map(|d| calendar.due_instant(d));
         let window_over = next_due.is_some_and(|next| next <= now);
         if !window_over {
-            if open.next_attempt_at.is_some_and(|at| at > now) {
+            if let Some(retry_at) = open.next_attempt_at.filter(|at| *at > now) {
+                // Nothing before the retry, or the end of its window, whichever comes first.
+                let at = next_due.map_or(retry_at, |next| next.min(retry_at));
+                revisit(Revisit::At(at))?;
                 return Ok((None, 0));
             }
             if history.attempts_last_30_days >= policy.max_attempts_per_30_days {
@@ -1062,7 +1218,7 @@ fn plan_one(
                         detail: json!({ "period": period, "reason": "attempt budget" }),
                     },
                 )?;
-                tx.commit()?;
+                revisit(Revisit::Now)?;
                 return Ok((None, 1));
             }
             return match billing::verdict(terms, calendar, &history.charged, open.amount, now) {
@@ -1081,7 +1237,7 @@ fn plan_one(
                             open.currency,
                         ),
                     )?;
-                    tx.commit()?;
+                    revisit(Revisit::Now)?;
                     Ok((Some(job), 0))
                 }
                 Err(reason) => {
@@ -1095,7 +1251,7 @@ fn plan_one(
                             detail: json!({ "period": period, "reason": reason.to_string() }),
                         },
                     )?;
-                    tx.commit()?;
+                    revisit(Revisit::Now)?;
                     Ok((None, 1))
                 }
             };
@@ -1152,7 +1308,7 @@ fn plan_one(
         }
         Next::Defer { .. } | Next::Wait { .. } | Next::Ended(_) => None,
     };
-    tx.commit()?;
+    revisit(billing::revisit(&plan.next, calendar))?;
     Ok((job, settled))
 }
 

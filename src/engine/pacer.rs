@@ -11,6 +11,7 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct Pacer {
     slots: Semaphore,
+    max_in_flight: usize,
     interval: Duration,
     /// The earliest instant the next request may start, and the end of a pause.
     schedule: Mutex<Schedule>,
@@ -26,12 +27,18 @@ impl Pacer {
     pub fn new(max_in_flight: u32, requests_per_second: u32) -> Pacer {
         Pacer {
             slots: Semaphore::new(max_in_flight.max(1) as usize),
+            max_in_flight: max_in_flight.max(1) as usize,
             interval: Duration::from_secs(1) / requests_per_second.max(1),
             schedule: Mutex::new(Schedule {
                 next: Instant::now(),
                 paused_until: None,
             }),
         }
+    }
+
+    /// How many requests may be in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
     }
 
     /// Waits for a free slot and the next start time; the permit is held for the request.

@@ -13,9 +13,10 @@ use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::{Value, json};
 
 use super::{
-    Context, Store, StoreError, StoredSubscription, date_text, parse_date, parse_timestamp,
-    timestamp,
+    Context, Store, StoreError, StoredSubscription, cached_execute, cached_query_row, date_text,
+    parse_date, parse_timestamp, timestamp,
 };
+use crate::billing::Revisit;
 use crate::money::{Currency, Money};
 
 /// Where an attempt stands.
@@ -479,27 +480,42 @@ impl Store {
         })
     }
 
-    /// Ids of subscriptions that may have something to do: defined by a file, not flagged for an
-    /// operator, without an unresolved attempt.
-    pub fn plannable(&self) -> Result<Vec<String>, StoreError> {
+    /// Ids of subscriptions the due sweep must plan at `now`: defined by a file, their
+    /// `next_plan_at` reached (read through its index, oldest first), not flagged for an
+    /// operator, without an unresolved attempt. One flagged or with an attempt in flight keeps
+    /// its `next_plan_at` (already reached), so it is planned again as soon as that clears.
+    pub fn plannable(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let what = "listing subscriptions to plan";
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT s.id FROM subscriptions s \
-                 WHERE s.removed_at IS NULL \
+                "SELECT s.id FROM subscriptions s INDEXED BY subscriptions_to_plan \
+                 WHERE s.removed_at IS NULL AND s.next_plan_at <= ?1 \
                  AND NOT EXISTS (SELECT 1 FROM attention t WHERE t.subscription_id = s.id) \
                  AND NOT EXISTS (SELECT 1 FROM charges c JOIN attempts a ON a.charge_id = c.id \
                      WHERE c.subscription_id = s.id \
                      AND a.state IN ('pending', 'not_sent', 'unknown', 'parked')) \
-                 ORDER BY s.id",
+                 ORDER BY s.next_plan_at",
             )
             .ctx(&self.path, what)?;
         let rows = statement
-            .query_map([], |row| row.get::<_, String>(0))
+            .query_map([timestamp(now)], |row| row.get::<_, String>(0))
             .ctx(&self.path, what)?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx(&self.path, what)
+    }
+
+    /// A subscription's `next_plan_at` (the due sweep's index), for tests and reports: `None`
+    /// for "now".
+    pub fn next_plan_at(&self, subscription_id: &str) -> Result<Option<String>, StoreError> {
+        let text: String = cached_query_row(
+            &self.conn,
+            "SELECT next_plan_at FROM subscriptions WHERE id = ?1",
+            [subscription_id],
+            |row| row.get(0),
+        )
+        .ctx(&self.path, "reading next_plan_at")?;
+        Ok((!text.is_empty()).then_some(text))
     }
 
     /// Attempts due for work at `now`: never-answered intents and unknown ones to look up, and
@@ -568,92 +584,37 @@ impl Store {
         change: &AttemptChange,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let mut results = self.apply_all(&[(attempt_id, expected, change, now)])?;
+        results.pop().unwrap_or(Ok(false))
+    }
+
+    /// Applies several steps' outcomes (of different attempts) in one transaction: a group
+    /// commit. Each is applied as [`Store::apply`] would, inside its own savepoint, so one that
+    /// fails is rolled back alone and the others are committed; each outcome is committed with
+    /// its ledger event. The outer error is for the transaction itself (nothing committed).
+    pub fn apply_all(
+        &mut self,
+        changes: &[(i64, AttemptState, &AttemptChange, DateTime<Utc>)],
+    ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
         self.require_write("recording a charge outcome")?;
         let what = "recording a charge outcome";
         let path = self.path.clone();
-        let tx = self
+        let mut tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx(&path, what)?;
-        let (charge_id, subscription_id): (i64, String) = tx
-            .query_row(
-                "SELECT a.charge_id, c.subscription_id FROM attempts a \
-                 JOIN charges c ON c.id = a.charge_id WHERE a.id = ?1",
-                [attempt_id],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .ctx(&path, what)?;
-        let at = timestamp(now);
-        let changed = tx
-            .execute(
-                "UPDATE attempts SET state = ?2, \
-                 sent = MAX(sent, ?3), \
-                 sent_at = COALESCE(?14, sent_at), \
-                 wall_at = COALESCE(?4, wall_at), \
-                 next_check_at = ?5, \
-                 checks = checks + ?6, \
-                 not_found = COALESCE(?7, not_found), \
-                 test_mode = COALESCE(?8, test_mode), \
-                 response_code = COALESCE(?9, response_code), \
-                 checkvalue = COALESCE(?10, checkvalue), \
-                 detail = COALESCE(?11, detail), \
-                 updated_at = ?12 \
-             WHERE id = ?1 AND state = ?13",
-                params![
-                    attempt_id,
-                    change.state.as_str(),
-                    i64::from(change.sent),
-                    change.wall_at.map(timestamp),
-                    change.next_check_at.map(timestamp),
-                    i64::from(change.checked),
-                    change.not_found.map(i64::from),
-                    change.test_mode.map(i64::from),
-                    change.response_code,
-                    change.checkvalue,
-                    change.detail,
-                    at,
-                    expected.as_str(),
-                    change.sent_at.map(timestamp),
-                ],
-            )
-            .ctx(&path, what)?;
-        if changed == 0 {
-            return Ok(false);
-        }
-        if let Some(charge) = &change.charge {
-            tx.execute(
-                "UPDATE charges SET state = ?2, reason = COALESCE(?3, reason), \
-                 next_attempt_at = ?4, updated_at = ?5 WHERE id = ?1",
-                params![
-                    charge_id,
-                    charge.state.as_str(),
-                    charge.reason,
-                    charge.next_attempt_at.map(timestamp),
-                    at
-                ],
-            )
-            .ctx(&path, what)?;
-        }
-        if let Some(reason) = &change.attention {
-            tx.execute(
-                "INSERT INTO attention (subscription_id, reason, since) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (subscription_id) DO NOTHING",
-                params![subscription_id, reason, at],
-            )
-            .ctx(&path, what)?;
-        }
-        if let Some(event) = &change.event {
-            append(
-                &tx,
-                &path,
-                &at,
-                Some(&subscription_id),
-                Some(charge_id),
-                event,
-            )?;
+        let mut results = Vec::with_capacity(changes.len());
+        for (attempt_id, expected, change, now) in changes {
+            let savepoint = tx.savepoint().ctx(&path, what)?;
+            let result = apply_one(&savepoint, &path, *attempt_id, *expected, change, *now);
+            if result.is_ok() {
+                savepoint.commit().ctx(&path, what)?;
+            }
+            // Dropped without a commit: rolled back.
+            results.push(result);
         }
         tx.commit().ctx(&path, what)?;
-        Ok(true)
+        Ok(results)
     }
 
     /// Marks an attempt as (possibly) sent, durably, right before its request leaves: from here
@@ -667,43 +628,43 @@ impl Store {
         wall: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         self.require_write("recording a send")?;
-        let changed = self
-            .conn
-            .execute(
-                "UPDATE attempts SET state = 'pending', sent = 1, sent_at = ?2, wall_at = ?3, \
+        let changed = cached_execute(
+            &self.conn,
+            "UPDATE attempts SET state = 'pending', sent = 1, sent_at = ?2, wall_at = ?3, \
                  updated_at = ?2 WHERE id = ?1 AND state = ?4",
-                params![
-                    attempt_id,
-                    timestamp(now),
-                    timestamp(wall),
-                    expected.as_str()
-                ],
-            )
-            .ctx(&self.path, "recording a send")?;
+            params![
+                attempt_id,
+                timestamp(now),
+                timestamp(wall),
+                expected.as_str()
+            ],
+        )
+        .ctx(&self.path, "recording a send")?;
         Ok(changed > 0)
     }
 
     /// Integrity failures recorded since `since` (for the circuit breaker).
     pub fn quarantines_since(&self, since: DateTime<Utc>) -> Result<u32, StoreError> {
-        let count: i64 = self
-            .conn
-            .query_row(
-                "SELECT count(*) FROM ledger WHERE kind = ?1 AND at >= ?2",
-                params![event::QUARANTINED, timestamp(since)],
-                |row| row.get(0),
-            )
-            .ctx(&self.path, "counting quarantines")?;
+        let count: i64 = cached_query_row(
+            &self.conn,
+            "SELECT count(*) FROM ledger WHERE kind = ?1 AND at >= ?2",
+            params![event::QUARANTINED, timestamp(since)],
+            |row| row.get(0),
+        )
+        .ctx(&self.path, "counting quarantines")?;
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 
     /// Why new charges are stopped, if the circuit breaker is open.
     pub fn breaker(&self) -> Result<Option<String>, StoreError> {
-        self.conn
-            .query_row("SELECT value FROM meta WHERE key = 'breaker'", [], |row| {
-                row.get(0)
-            })
-            .optional()
-            .ctx(&self.path, "reading the circuit breaker")
+        cached_query_row(
+            &self.conn,
+            "SELECT value FROM meta WHERE key = 'breaker'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .ctx(&self.path, "reading the circuit breaker")
     }
 
     /// Runs one statement in its own write transaction and, if it changed anything, appends
@@ -723,7 +684,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx(&path, what)?;
-        let changed = tx.execute(sql, params).ctx(&path, what)? > 0;
+        let changed = cached_execute(&tx, sql, params).ctx(&path, what)? > 0;
         if changed {
             append(&tx, &path, &timestamp(now), subscription_id, None, &event)?;
         }
@@ -769,14 +730,14 @@ impl Store {
 
     /// Why a subscription waits for an operator, if it does.
     pub fn attention(&self, subscription_id: &str) -> Result<Option<String>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT reason FROM attention WHERE subscription_id = ?1",
-                [subscription_id],
-                |row| row.get(0),
-            )
-            .optional()
-            .ctx(&self.path, "reading attention")
+        cached_query_row(
+            &self.conn,
+            "SELECT reason FROM attention WHERE subscription_id = ?1",
+            [subscription_id],
+            |row| row.get(0),
+        )
+        .optional()
+        .ctx(&self.path, "reading attention")
     }
 
     /// Lets a flagged subscription be charged again (an operator's decision).
@@ -787,7 +748,7 @@ impl Store {
         why: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.change_with_event(
+        let resumed = self.change_with_event(
             "resuming a subscription",
             "DELETE FROM attention WHERE subscription_id = ?1",
             [subscription_id],
@@ -797,7 +758,16 @@ impl Store {
                 detail: json!({ "by": by, "why": why }),
             },
             now,
+        )?;
+        // Planned at the next sweep (a flagged subscription keeps a reached `next_plan_at`
+        // anyway; this makes it explicit).
+        cached_execute(
+            &self.conn,
+            "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
+            [subscription_id],
         )
+        .ctx(&self.path, "resuming a subscription")?;
+        Ok(resumed)
     }
 
     /// Every period row of a subscription (or all), for reports and tests.
@@ -837,6 +807,109 @@ impl Store {
     }
 }
 
+/// One outcome, inside the caller's transaction (see [`Store::apply`]).
+fn apply_one(
+    tx: &rusqlite::Connection,
+    path: &Path,
+    attempt_id: i64,
+    expected: AttemptState,
+    change: &AttemptChange,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let what = "recording a charge outcome";
+    let path = path.to_path_buf();
+    let (charge_id, subscription_id): (i64, String) = cached_query_row(
+        tx,
+        "SELECT a.charge_id, c.subscription_id FROM attempts a \
+             JOIN charges c ON c.id = a.charge_id WHERE a.id = ?1",
+        [attempt_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .ctx(&path, what)?;
+    let at = timestamp(now);
+    let changed = cached_execute(
+        tx,
+        "UPDATE attempts SET state = ?2, \
+             sent = MAX(sent, ?3), \
+             sent_at = COALESCE(?14, sent_at), \
+             wall_at = COALESCE(?4, wall_at), \
+             next_check_at = ?5, \
+             checks = checks + ?6, \
+             not_found = COALESCE(?7, not_found), \
+             test_mode = COALESCE(?8, test_mode), \
+             response_code = COALESCE(?9, response_code), \
+             checkvalue = COALESCE(?10, checkvalue), \
+             detail = COALESCE(?11, detail), \
+             updated_at = ?12 \
+         WHERE id = ?1 AND state = ?13",
+        params![
+            attempt_id,
+            change.state.as_str(),
+            i64::from(change.sent),
+            change.wall_at.map(timestamp),
+            change.next_check_at.map(timestamp),
+            i64::from(change.checked),
+            change.not_found.map(i64::from),
+            change.test_mode.map(i64::from),
+            change.response_code,
+            change.checkvalue,
+            change.detail,
+            at,
+            expected.as_str(),
+            change.sent_at.map(timestamp),
+        ],
+    )
+    .ctx(&path, what)?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    if let Some(charge) = &change.charge {
+        cached_execute(
+            tx,
+            "UPDATE charges SET state = ?2, reason = COALESCE(?3, reason), \
+             next_attempt_at = ?4, updated_at = ?5 WHERE id = ?1",
+            params![
+                charge_id,
+                charge.state.as_str(),
+                charge.reason,
+                charge.next_attempt_at.map(timestamp),
+                at
+            ],
+        )
+        .ctx(&path, what)?;
+    }
+    if !change.state.unresolved() {
+        // The attempt is settled: the subscription may be chargeable again (a retry, the
+        // next period); the sweep looks at it at once.
+        cached_execute(
+            tx,
+            "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
+            [&subscription_id],
+        )
+        .ctx(&path, what)?;
+    }
+    if let Some(reason) = &change.attention {
+        cached_execute(
+            tx,
+            "INSERT INTO attention (subscription_id, reason, since) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (subscription_id) DO NOTHING",
+            params![subscription_id, reason, at],
+        )
+        .ctx(&path, what)?;
+    }
+    if let Some(event) = &change.event {
+        append(
+            tx,
+            &path,
+            &at,
+            Some(&subscription_id),
+            Some(charge_id),
+            event,
+        )?;
+    }
+    Ok(true)
+}
+
 fn charged_instants(
     conn: &rusqlite::Connection,
     path: &Path,
@@ -873,13 +946,13 @@ fn charged_instants(
 impl Store {
     /// Whether a subscription id was used by an enrolment.
     pub fn enrolment_exists(&self, subscription_id: &str) -> Result<bool, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM enrolments WHERE subscription_id = ?1)",
-                [subscription_id],
-                |row| row.get(0),
-            )
-            .ctx(&self.path, "reading enrolments")
+        cached_query_row(
+            &self.conn,
+            "SELECT EXISTS (SELECT 1 FROM enrolments WHERE subscription_id = ?1)",
+            [subscription_id],
+            |row| row.get(0),
+        )
+        .ctx(&self.path, "reading enrolments")
     }
 
     /// Records an enrolment's verified initial payment, so that the agreement's period limit
@@ -900,7 +973,8 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx(&path, what)?;
-        tx.execute(
+        cached_execute(
+            &tx,
             "INSERT INTO enrolments (subscription_id, order_number, bill_number, amount_cents, \
              currency, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
@@ -924,19 +998,27 @@ impl Store {
             }),
         };
         append(&tx, &path, &timestamp(at), None, None, &event)?;
+        // Its history changed: planned again at the next sweep (if its row exists yet).
+        cached_execute(
+            &tx,
+            "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
+            [subscription_id],
+        )
+        .ctx(&path, what)?;
         tx.commit().ctx(&path, what)
     }
 }
 
 fn append(
-    tx: &Transaction<'_>,
+    tx: &rusqlite::Connection,
     path: &Path,
     at: &str,
     subscription_id: Option<&str>,
     charge_id: Option<i64>,
     event: &Event,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    cached_execute(
+        tx,
         "INSERT INTO ledger (at, subscription_id, charge_id, kind, detail) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
@@ -968,16 +1050,15 @@ impl PlanTx<'_> {
         if subscription.removed_at.is_some() {
             return Ok(None);
         }
-        let next_period: i64 = tx
-            .query_row(
-                "SELECT COALESCE(MAX(period) + 1, 0) FROM charges WHERE subscription_id = ?1",
-                [subscription_id],
-                |row| row.get(0),
-            )
-            .ctx(path, what)?;
+        let next_period: i64 = cached_query_row(
+            tx,
+            "SELECT COALESCE(MAX(period) + 1, 0) FROM charges WHERE subscription_id = ?1",
+            [subscription_id],
+            |row| row.get(0),
+        )
+        .ctx(path, what)?;
         let charged = charged_instants(tx, path, subscription_id, None)?;
-        let open = tx
-            .query_row(
+        let open = cached_query_row(tx,
                 "SELECT c.id, c.period, c.due_date, c.amount_cents, c.currency, c.bill_number, \
                  c.next_attempt_at, \
                  (SELECT count(*) FROM attempts a WHERE a.charge_id = c.id), \
@@ -1025,31 +1106,31 @@ impl PlanTx<'_> {
                 },
             )
             .transpose()?;
-        let unresolved: bool = tx
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM attempts a JOIN charges c ON c.id = a.charge_id \
+        let unresolved: bool = cached_query_row(
+            tx,
+            "SELECT EXISTS (SELECT 1 FROM attempts a JOIN charges c ON c.id = a.charge_id \
                  WHERE c.subscription_id = ?1 AND a.state IN \
                  ('pending', 'not_sent', 'unknown', 'parked'))",
-                [subscription_id],
-                |row| row.get(0),
-            )
-            .ctx(path, what)?;
-        let attention: Option<String> = tx
-            .query_row(
-                "SELECT reason FROM attention WHERE subscription_id = ?1",
-                [subscription_id],
-                |row| row.get(0),
-            )
-            .optional()
-            .ctx(path, what)?;
-        let attempts_last_30_days: i64 = tx
-            .query_row(
-                "SELECT count(*) FROM attempts a JOIN charges c ON c.id = a.charge_id \
+            [subscription_id],
+            |row| row.get(0),
+        )
+        .ctx(path, what)?;
+        let attention: Option<String> = cached_query_row(
+            tx,
+            "SELECT reason FROM attention WHERE subscription_id = ?1",
+            [subscription_id],
+            |row| row.get(0),
+        )
+        .optional()
+        .ctx(path, what)?;
+        let attempts_last_30_days: i64 = cached_query_row(
+            tx,
+            "SELECT count(*) FROM attempts a JOIN charges c ON c.id = a.charge_id \
                  WHERE c.subscription_id = ?1 AND a.created_at > ?2",
-                params![subscription_id, timestamp(self.now - Duration::days(30))],
-                |row| row.get(0),
-            )
-            .ctx(path, what)?;
+            params![subscription_id, timestamp(self.now - Duration::days(30))],
+            |row| row.get(0),
+        )
+        .ctx(path, what)?;
         Ok(Some(History {
             subscription,
             next_period: u32::try_from(next_period)
@@ -1075,24 +1156,24 @@ impl PlanTx<'_> {
     ) -> Result<(), StoreError> {
         let what = "recording a settled period";
         let at = timestamp(self.now);
-        self.tx
-            .execute(
-                "INSERT INTO charges (subscription_id, period, due_date, amount_cents, currency, \
+        cached_execute(
+            &self.tx,
+            "INSERT INTO charges (subscription_id, period, due_date, amount_cents, currency, \
                  bill_number, state, reason, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-                params![
-                    subscription.id,
-                    i64::from(period),
-                    date_text(due_date),
-                    subscription.terms.amount.cents(),
-                    subscription.currency.as_str(),
-                    subscription.bill_number,
-                    state.as_str(),
-                    reason,
-                    at
-                ],
-            )
-            .ctx(self.path, what)?;
+            params![
+                subscription.id,
+                i64::from(period),
+                date_text(due_date),
+                subscription.terms.amount.cents(),
+                subscription.currency.as_str(),
+                subscription.bill_number,
+                state.as_str(),
+                reason,
+                at
+            ],
+        )
+        .ctx(self.path, what)?;
         let charge_id = self.tx.last_insert_rowid();
         append(
             &self.tx,
@@ -1113,22 +1194,22 @@ impl PlanTx<'_> {
         due_date: NaiveDate,
     ) -> Result<OpenCharge, StoreError> {
         let at = timestamp(self.now);
-        self.tx
-            .execute(
-                "INSERT INTO charges (subscription_id, period, due_date, amount_cents, currency, \
+        cached_execute(
+            &self.tx,
+            "INSERT INTO charges (subscription_id, period, due_date, amount_cents, currency, \
                  bill_number, state, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?7)",
-                params![
-                    subscription.id,
-                    i64::from(period),
-                    date_text(due_date),
-                    subscription.terms.amount.cents(),
-                    subscription.currency.as_str(),
-                    subscription.bill_number,
-                    at
-                ],
-            )
-            .ctx(self.path, "opening a period")?;
+            params![
+                subscription.id,
+                i64::from(period),
+                date_text(due_date),
+                subscription.terms.amount.cents(),
+                subscription.currency.as_str(),
+                subscription.bill_number,
+                at
+            ],
+        )
+        .ctx(self.path, "opening a period")?;
         Ok(OpenCharge {
             id: self.tx.last_insert_rowid(),
             purpose: Purpose::Period(period),
@@ -1155,26 +1236,26 @@ impl PlanTx<'_> {
         let what = "recording a charge intent";
         let at = timestamp(self.now);
         let attempt = charge.attempts + 1;
-        self.tx
-            .execute(
-                "INSERT INTO attempts (charge_id, attempt, order_number, state, created_at, \
+        cached_execute(
+            &self.tx,
+            "INSERT INTO attempts (charge_id, attempt, order_number, state, created_at, \
                  wall_at, updated_at) VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?4)",
-                params![
-                    charge.id,
-                    i64::from(attempt),
-                    order_number,
-                    at,
-                    timestamp(wall_at)
-                ],
-            )
-            .ctx(self.path, what)?;
+            params![
+                charge.id,
+                i64::from(attempt),
+                order_number,
+                at,
+                timestamp(wall_at)
+            ],
+        )
+        .ctx(self.path, what)?;
         let attempt_id = self.tx.last_insert_rowid();
-        self.tx
-            .execute(
-                "UPDATE charges SET next_attempt_at = NULL, updated_at = ?2 WHERE id = ?1",
-                params![charge.id, at],
-            )
-            .ctx(self.path, what)?;
+        cached_execute(
+            &self.tx,
+            "UPDATE charges SET next_attempt_at = NULL, updated_at = ?2 WHERE id = ?1",
+            params![charge.id, at],
+        )
+        .ctx(self.path, what)?;
         append(
             &self.tx,
             self.path,
@@ -1215,13 +1296,13 @@ impl PlanTx<'_> {
         event: Event,
     ) -> Result<(), StoreError> {
         let at = timestamp(self.now);
-        self.tx
-            .execute(
-                "UPDATE charges SET state = ?2, reason = ?3, next_attempt_at = NULL, \
+        cached_execute(
+            &self.tx,
+            "UPDATE charges SET state = ?2, reason = ?3, next_attempt_at = NULL, \
                  updated_at = ?4 WHERE id = ?1",
-                params![charge_id, state.as_str(), reason, at],
-            )
-            .ctx(self.path, "closing a period")?;
+            params![charge_id, state.as_str(), reason, at],
+        )
+        .ctx(self.path, "closing a period")?;
         append(
             &self.tx,
             self.path,
@@ -1232,9 +1313,9 @@ impl PlanTx<'_> {
         )
     }
 
-    /// The ad-hoc charge of a subscription waiting for an attempt now (queued, or open again
-    /// after its attempt was not received), oldest first.
-    pub fn adhoc_due(&self, subscription_id: &str) -> Result<Option<OpenCharge>, StoreError> {
+    /// The oldest ad-hoc charge of a subscription waiting for an attempt: queued, or open again
+    /// after its attempt was not received (then not before its `next_attempt_at`).
+    pub fn adhoc_open(&self, subscription_id: &str) -> Result<Option<OpenCharge>, StoreError> {
         let what = "reading queued ad-hoc charges";
         let path = self.path;
         self.tx
@@ -1244,11 +1325,10 @@ impl PlanTx<'_> {
                  (SELECT count(*) FROM attempts a WHERE a.charge_id = c.id) \
                  FROM charges c WHERE c.subscription_id = ?1 AND c.state = 'open' \
                  AND c.reference IS NOT NULL \
-                 AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= ?2) \
                  AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.charge_id = c.id AND a.state IN \
                      ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')) \
                  ORDER BY c.id LIMIT 1",
-                params![subscription_id, timestamp(self.now)],
+                params![subscription_id],
                 |row| {
                     Ok((
                         row.get::<_, i64>(0)?,
@@ -1368,6 +1448,17 @@ impl PlanTx<'_> {
             &event,
         )?;
         Ok(charge_id)
+    }
+
+    /// When the due sweep must look at this subscription again (see [`Revisit`]).
+    pub fn revisit(&self, subscription_id: &str, revisit: Revisit) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE subscriptions SET next_plan_at = ?2 WHERE id = ?1")
+            .and_then(|mut statement| {
+                statement.execute(params![subscription_id, super::revisit_text(revisit)])
+            })
+            .ctx(self.path, "recording when to plan again")?;
+        Ok(())
     }
 
     pub fn commit(self) -> Result<(), StoreError> {

@@ -26,10 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use crate::billing::{Cadence, Limits, SubscriptionState, Terms};
+use crate::billing::{Cadence, Calendar, Limits, Revisit, SubscriptionState, Terms};
 use crate::config::CatchUp;
 use crate::money::{Currency, Money};
 
@@ -41,7 +41,7 @@ pub use report::{
     Attention, HistoryRow, INITIAL_PERIOD, LastAttempt, LedgerPeriod, LedgerState, StatusReport,
     daemon_running,
 };
-pub use sync::{Changes, FileOutcome, FileSync, SyncSummary};
+pub use sync::{Changes, FileOutcome, FileSync, SyncDirError, SyncSummary};
 
 /// How long a statement waits for another connection's write lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -151,6 +151,9 @@ pub struct Store {
     /// Write transactions committed on this connection (explicit and autocommit), counted by a
     /// commit hook.
     commits: Arc<AtomicU64>,
+    /// The billing calendar the engine plans with (set by [`Store::use_calendar`]): a new
+    /// subscription's first `next_plan_at` is then its first due instant, else "now".
+    calendar: Option<Calendar>,
     _lock: Option<File>,
 }
 
@@ -232,6 +235,8 @@ impl Store {
             Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         };
         let conn = Connection::open_with_flags(path, flags).ctx(path, "cannot open it")?;
+        // Enough for every statement of the sync and the charge path (the default is 16).
+        conn.set_prepared_statement_cache_capacity(128);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&commits);
         // SQLite calls the hook for every committed write transaction (never for a read), just
@@ -246,6 +251,7 @@ impl Store {
             path: path.to_path_buf(),
             access,
             commits,
+            calendar: None,
             _lock: lock,
         };
         store.set_pragmas()?;
@@ -285,6 +291,46 @@ impl Store {
         self.commits.load(Ordering::Relaxed)
     }
 
+    /// Records the calendar the engine plans with. Every stored `next_plan_at` (the due sweep's
+    /// index) was computed with the calendar recorded in `meta` at that time; if that is not
+    /// this one (the zone, charge time, catch-up or grace changed), every active subscription is
+    /// set back to "plan now", so none is looked at later than the new calendar requires.
+    pub fn use_calendar(&mut self, calendar: &Calendar) -> Result<(), StoreError> {
+        self.calendar = Some(*calendar);
+        if self.access == Access::ReadOnly {
+            return Ok(());
+        }
+        let what = "recording the planning calendar";
+        let basis = format!("{calendar:?}");
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(&self.path, what)?;
+        let stored: Option<String> = tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'plan_calendar'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .ctx(&self.path, what)?;
+        if stored.as_deref() != Some(basis.as_str()) {
+            tx.execute(
+                "UPDATE subscriptions SET next_plan_at = '' \
+                 WHERE removed_at IS NULL AND next_plan_at <> ''",
+                [],
+            )
+            .ctx(&self.path, what)?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('plan_calendar', ?1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [basis],
+            )
+            .ctx(&self.path, what)?;
+        }
+        tx.commit().ctx(&self.path, what)
+    }
+
     /// Sets the pragmas, then reads every one back: a database that does not give us what we
     /// asked for (WAL refused by the filesystem, say) is refused.
     fn set_pragmas(&mut self) -> Result<(), StoreError> {
@@ -296,6 +342,12 @@ impl Store {
             .ctx(&path, "setting foreign_keys")?;
         conn.pragma_update(None, "synchronous", "FULL")
             .ctx(&path, "setting synchronous")?;
+        // Performance only: the daemon's page cache is 16 MiB (the default, kept by operator
+        // commands, is 2 MiB), so the indexes a sync or a sweep walks stay in memory.
+        if self.access == Access::Daemon {
+            conn.pragma_update(None, "cache_size", -16_384)
+                .ctx(&path, "setting cache_size")?;
+        }
         // WAL is a property of the file: the daemon sets it, the others only check it.
         if self.access != Access::ReadOnly {
             conn.pragma_update(None, "journal_mode", "WAL")
@@ -477,6 +529,20 @@ impl Store {
     /// Every subscription the store knows, active and removed, by id.
     pub fn subscriptions(&self) -> Result<Vec<StoredSubscription>, StoreError> {
         self.query_subscriptions("", [])
+    }
+
+    /// How many subscriptions are in force (defined by a file).
+    pub fn active_subscriptions(&self) -> Result<u64, StoreError> {
+        let count: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM subscriptions INDEXED BY subscriptions_to_plan \
+                 WHERE removed_at IS NULL",
+                [],
+                |row| row.get(0),
+            )
+            .ctx(&self.path, "counting subscriptions")?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// One subscription by id, active or removed.
@@ -670,6 +736,43 @@ fn crockford(bits: u64, len: usize) -> String {
         .rev()
         .map(|i| char::from(CROCKFORD[((bits >> (5 * i)) & 31) as usize]))
         .collect()
+}
+
+/// `Connection::execute` through the statement cache: the sync and the planner run the same few
+/// statements hundreds of thousands of times, and preparing one costs more than running it.
+fn cached_execute<P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// `Connection::query_row` through the statement cache (see [`cached_execute`]).
+fn cached_query_row<
+    T,
+    P: rusqlite::Params,
+    F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    f: F,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
+/// `subscriptions.next_plan_at` for "never": after every instant as stored.
+const PLAN_NEVER: &str = "9999-12-31T23:59:59.999999Z";
+
+/// A [`Revisit`] as stored in `subscriptions.next_plan_at` (`''` sorts before every instant).
+fn revisit_text(revisit: Revisit) -> String {
+    match revisit {
+        Revisit::Now => String::new(),
+        // Past year 9999 the text would not sort (`+10000-…`): as good as never.
+        Revisit::At(at) if at.year() <= 9999 => timestamp(at),
+        Revisit::At(_) | Revisit::Never => PLAN_NEVER.to_string(),
+    }
 }
 
 /// An instant as stored: RFC 3339 UTC with microseconds, which sorts as it reads.

@@ -8,7 +8,7 @@
 //! as it reads), dates are `YYYY-MM-DD`, money is INTEGER minor units (kopecks).
 
 /// The migrations, oldest first. Not released yet: migration 1 may still change.
-pub(super) const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, ADHOC_CHARGES];
+pub(super) const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, ADHOC_CHARGES, DUE_SWEEP_INDEX];
 
 const MIGRATION_1: &str = r#"
 CREATE TABLE meta (
@@ -197,4 +197,16 @@ INSERT INTO charges_new (id, subscription_id, period, reference, due_date, amoun
 DROP TABLE charges;
 ALTER TABLE charges_new RENAME TO charges;
 CREATE INDEX charges_retry ON charges (next_attempt_at) WHERE state = 'open';
+"#;
+
+/// The due sweep's index: when the planner must next look at a subscription. `''` (what every
+/// existing row and every new one gets) means "now"; else an instant as stored, or
+/// `9999-12-31T23:59:59.999999Z` for never (its terms must change first). It is only ever an
+/// early bound: planning reads the history and decides again, so a row looked at too early is
+/// harmless, and anything that could make a subscription chargeable sooner sets it back to `''`.
+/// The sweep reads `WHERE removed_at IS NULL AND next_plan_at <= now` through the index, so a
+/// tick where nothing is due costs one index probe, not a pass over every subscription.
+const DUE_SWEEP_INDEX: &str = r#"
+ALTER TABLE subscriptions ADD COLUMN next_plan_at TEXT NOT NULL DEFAULT '';
+CREATE INDEX subscriptions_to_plan ON subscriptions (next_plan_at) WHERE removed_at IS NULL;
 "#;

@@ -32,11 +32,12 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use serde_json::{Map, Value, json};
 
 use super::{
-    Context, SUBSCRIPTION_COLUMNS, Store, StoreError, StoredSubscription, date_text, decode_terms,
-    kind, parse_timestamp, timestamp,
+    Context, SUBSCRIPTION_COLUMNS, Store, StoreError, StoredSubscription, cached_execute,
+    cached_query_row, date_text, decode_terms, kind, parse_timestamp, revisit_text, timestamp,
 };
+use crate::billing::{self, Calendar, Revisit};
 use crate::money::{Currency, Money};
-use crate::schedule::{Diagnostic, DirReport, FileReport, Severity, Subscription};
+use crate::schedule::{self, Diagnostic, DirReport, FileReport, Severity, Subscription};
 
 /// The fields of a subscription that are the customer's agreement: fixed once it has charges.
 const AGREED: &[&str] = &[
@@ -52,6 +53,9 @@ const AGREED: &[&str] = &[
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SyncSummary {
     pub files: Vec<FileSync>,
+    /// Warnings of the files read ([`Store::sync_dir`] only: `sync_schedules` callers have them
+    /// in their report).
+    pub warnings: Vec<Diagnostic>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,7 +267,8 @@ impl SubRow {
 
 /// One change a valid file asks for.
 enum Step<'r> {
-    Add(&'r Subscription, Def),
+    /// With its first `next_plan_at`.
+    Add(&'r Subscription, Def, String),
     Update {
         sub: &'r Subscription,
         new: Def,
@@ -277,6 +282,43 @@ enum Step<'r> {
 
 /// What each file of the report wants: its ids if it is valid, `None` if it has errors.
 type Wanted<'r> = HashMap<&'r str, Option<HashSet<&'r str>>>;
+
+/// What another file of this sync says about an id whose row names that file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// The file is no longer in the folder.
+    Gone,
+    /// The file has errors: its last accepted version stays in force.
+    Refused,
+    /// The file (valid) defines the id.
+    Defines,
+    /// The file (valid) no longer defines the id.
+    Drops,
+}
+
+/// What the files of one sync want, as far as applying one file needs to know about others.
+trait Claims {
+    /// What `file` (which the id's row names) says about `id`.
+    fn claim(&mut self, file: &str, id: &str) -> Claim;
+    /// Whether a valid file of this sync other than `file` defines `id`.
+    fn claimed_elsewhere(&mut self, file: &str, id: &str) -> bool;
+}
+
+impl Claims for Wanted<'_> {
+    fn claim(&mut self, file: &str, id: &str) -> Claim {
+        match self.get(file) {
+            None => Claim::Gone,
+            Some(None) => Claim::Refused,
+            Some(Some(ids)) if ids.contains(id) => Claim::Defines,
+            Some(Some(_)) => Claim::Drops,
+        }
+    }
+
+    fn claimed_elsewhere(&mut self, file: &str, id: &str) -> bool {
+        self.iter()
+            .any(|(other, ids)| *other != file && ids.as_ref().is_some_and(|ids| ids.contains(id)))
+    }
+}
 
 impl Store {
     /// Brings the subscriptions in line with the schedule folder as `report` read it; `now` is
@@ -336,7 +378,12 @@ impl Store {
                         },
                     )
                 }
-                Some(name) => (name.to_string(), self.sync_file(name, file, &wanted, &at)?),
+                Some(name) => {
+                    let digest = digest(file);
+                    let (outcome, _) =
+                        self.sync_file(name, file, digest, &mut wanted, false, now)?;
+                    (name.to_string(), outcome)
+                }
             };
             summary.files.push(FileSync {
                 file: name,
@@ -346,7 +393,7 @@ impl Store {
 
         for name in self.known_files()? {
             if !wanted.contains_key(name.as_str()) {
-                let outcome = self.sync_gone(&name, &wanted, &at)?;
+                let outcome = self.sync_gone(&name, &mut wanted, &at)?;
                 summary.files.push(FileSync {
                     file: name,
                     outcome,
@@ -376,31 +423,39 @@ impl Store {
         Ok(names)
     }
 
-    /// Applies one valid file, or refuses it whole.
+    /// Applies one valid file, or refuses it whole. `digest` identifies its content (see
+    /// `schedule_files.digest`); `check_bills` adds the check that no subscription of another
+    /// file in force holds one of its bill numbers (the folder sync's stand-in for the
+    /// across-files check of `schedule::load_dir`). Also returns the ids it no longer defines
+    /// but leaves in force for a hand-over.
     fn sync_file(
         &mut self,
         name: &str,
         file: &FileReport,
-        wanted: &Wanted<'_>,
-        at: &str,
-    ) -> Result<FileOutcome, StoreError> {
+        digest: String,
+        claims: &mut dyn Claims,
+        check_bills: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(FileOutcome, HashSet<String>), StoreError> {
+        let at = timestamp(now);
+        let at = at.as_str();
+        let calendar = self.calendar;
         let path = self.path.clone();
         let what = format!("syncing schedule file {name}");
         let what = what.as_str();
-        let digest = digest(file);
         let tx = self.write_tx(what)?;
-        let stored: Option<(Option<String>, Option<String>)> = tx
-            .query_row(
-                "SELECT digest, last_error FROM schedule_files WHERE file = ?1",
-                [name],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()
-            .ctx(&path, what)?;
+        let stored: Option<(Option<String>, Option<String>)> = cached_query_row(
+            &tx,
+            "SELECT digest, last_error FROM schedule_files WHERE file = ?1",
+            [name],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .ctx(&path, what)?;
         if let Some((Some(stored_digest), None)) = &stored
             && *stored_digest == digest
         {
-            return Ok(FileOutcome::Unchanged);
+            return Ok((FileOutcome::Unchanged, HashSet::new()));
         }
 
         let mut errors = Vec::new();
@@ -410,7 +465,10 @@ impl Store {
             let old = load_row(&tx, &sub.id).ctx(&path, what)?;
             let Some(old) = old else {
                 check_bill_number(&tx, sub, &mut errors).ctx(&path, what)?;
-                steps.push(Step::Add(sub, new));
+                if check_bills {
+                    check_bill_elsewhere(&tx, name, sub, claims, &mut errors).ctx(&path, what)?;
+                }
+                steps.push(Step::Add(sub, new, first_plan(sub, calendar.as_ref(), now)));
                 continue;
             };
             if let Some(removed_at) = &old.removed_at {
@@ -429,11 +487,10 @@ impl Store {
             let moved_from = if old.file == name {
                 None
             } else {
-                match wanted.get(old.file.as_str()) {
+                match claims.claim(&old.file, &sub.id) {
                     // Its old file is gone, or valid and no longer defines it: a move.
-                    None => Some(old.file.clone()),
-                    Some(Some(ids)) if !ids.contains(sub.id.as_str()) => Some(old.file.clone()),
-                    Some(None) => {
+                    Claim::Gone | Claim::Drops => Some(old.file.clone()),
+                    Claim::Refused => {
                         errors.push(error_at(
                             &sub.origin.path,
                             sub.origin.line,
@@ -446,7 +503,7 @@ impl Store {
                         ));
                         continue;
                     }
-                    Some(Some(_)) => {
+                    Claim::Defines => {
                         errors.push(error_at(
                             &sub.origin.path,
                             sub.origin.line,
@@ -483,6 +540,9 @@ impl Store {
             if old.def.bill_number != new.bill_number {
                 check_bill_number(&tx, sub, &mut errors).ctx(&path, what)?;
             }
+            if check_bills && (old.def.bill_number != new.bill_number || moved_from.is_some()) {
+                check_bill_elsewhere(&tx, name, sub, claims, &mut errors).ctx(&path, what)?;
+            }
             let line_moved = usize::try_from(old.line).ok() != Some(sub.origin.line);
             if !changes.is_empty() || moved_from.is_some() {
                 steps.push(Step::Update {
@@ -499,13 +559,13 @@ impl Store {
         // Ids of this file that it no longer defines: removed, unless another valid file of this
         // sync takes them over.
         let mine: HashSet<&str> = file.subscriptions.iter().map(|s| s.id.as_str()).collect();
-        let mut handover_pending = false;
+        let mut pending = HashSet::new();
         for id in active_ids_of(&tx, name).ctx(&path, what)? {
             if mine.contains(id.as_str()) {
                 continue;
             }
-            if claimed_elsewhere(wanted, name, &id) {
-                handover_pending = true;
+            if claims.claimed_elsewhere(name, &id) {
+                pending.insert(id);
             } else {
                 steps.push(Step::Remove(id));
             }
@@ -514,9 +574,12 @@ impl Store {
         if !errors.is_empty() {
             refuse(&tx, &path, name, &errors, at)?;
             tx.commit().ctx(&path, what)?;
-            return Ok(FileOutcome::Refused {
-                diagnostics: errors,
-            });
+            return Ok((
+                FileOutcome::Refused {
+                    diagnostics: errors,
+                },
+                HashSet::new(),
+            ));
         }
 
         let mut changes = Changes::default();
@@ -526,8 +589,9 @@ impl Store {
         let digest_changed = stored.as_ref().and_then(|(d, _)| d.as_deref()) != Some(&digest);
         // A pending hand-over leaves an id here that this file no longer defines: look again next
         // time (a NULL digest never matches).
-        let new_digest = (!handover_pending).then_some(digest);
-        tx.execute(
+        let new_digest = pending.is_empty().then_some(digest);
+        cached_execute(
+            &tx,
             "INSERT INTO schedule_files (file, digest, accepted_at, last_error) \
              VALUES (?1, ?2, ?3, NULL) \
              ON CONFLICT (file) DO UPDATE SET digest = excluded.digest, last_error = NULL, \
@@ -537,7 +601,7 @@ impl Store {
         )
         .ctx(&path, what)?;
         tx.commit().ctx(&path, what)?;
-        Ok(FileOutcome::Applied(changes))
+        Ok((FileOutcome::Applied(changes), pending))
     }
 
     /// A file the store knows that is no longer in the folder: its subscriptions are removed
@@ -546,7 +610,7 @@ impl Store {
     fn sync_gone(
         &mut self,
         name: &str,
-        wanted: &Wanted<'_>,
+        claims: &mut dyn Claims,
         at: &str,
     ) -> Result<FileOutcome, StoreError> {
         let path = self.path.clone();
@@ -556,7 +620,7 @@ impl Store {
         let mut changes = Changes::default();
         let mut pending = false;
         for id in active_ids_of(&tx, name).ctx(&path, what)? {
-            if claimed_elsewhere(wanted, name, &id) {
+            if claims.claimed_elsewhere(name, &id) {
                 pending = true;
                 continue;
             }
@@ -564,14 +628,15 @@ impl Store {
             changes.removed.push(id);
         }
         if pending {
-            tx.execute(
+            cached_execute(
+                &tx,
                 "UPDATE schedule_files SET digest = NULL, \
                  last_error = 'the file is no longer in the schedules folder' WHERE file = ?1",
                 [name],
             )
             .ctx(&path, what)?;
         } else {
-            tx.execute("DELETE FROM schedule_files WHERE file = ?1", [name])
+            cached_execute(&tx, "DELETE FROM schedule_files WHERE file = ?1", [name])
                 .ctx(&path, what)?;
         }
         tx.commit().ctx(&path, what)?;
@@ -594,18 +659,19 @@ fn refuse(
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join("\n");
-    let previous: Option<Option<String>> = tx
-        .query_row(
-            "SELECT last_error FROM schedule_files WHERE file = ?1",
-            [name],
-            |row| row.get(0),
-        )
-        .optional()
-        .ctx(path, &what)?;
+    let previous: Option<Option<String>> = cached_query_row(
+        tx,
+        "SELECT last_error FROM schedule_files WHERE file = ?1",
+        [name],
+        |row| row.get(0),
+    )
+    .optional()
+    .ctx(path, &what)?;
     if previous.flatten().as_deref() == Some(text.as_str()) {
         return Ok(());
     }
-    tx.execute(
+    cached_execute(
+        tx,
         "INSERT INTO schedule_files (file, last_error) VALUES (?1, ?2) \
          ON CONFLICT (file) DO UPDATE SET last_error = excluded.last_error",
         params![name, text],
@@ -630,32 +696,31 @@ fn apply(
     changes: &mut Changes,
 ) -> rusqlite::Result<()> {
     match step {
-        Step::Add(sub, def) => {
-            tx.execute(
-                &format!(
-                    "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, \
-                     NULL)"
-                ),
-                params![
-                    def.id,
-                    file,
-                    line(sub),
-                    def.customer,
-                    def.bill_number,
-                    def.currency,
-                    def.amount_cents,
-                    def.cadence,
-                    def.start_date,
-                    def.state,
-                    def.catch_up,
-                    def.min_cents,
-                    def.max_cents,
-                    def.period_days,
-                    def.max_date,
-                    at,
-                ],
-            )?;
+        Step::Add(sub, def, next_plan_at) => {
+            tx.prepare_cached(&format!(
+                "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}, next_plan_at) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, \
+                 NULL, ?17)"
+            ))?
+            .execute(params![
+                def.id,
+                file,
+                line(sub),
+                def.customer,
+                def.bill_number,
+                def.currency,
+                def.amount_cents,
+                def.cadence,
+                def.start_date,
+                def.state,
+                def.catch_up,
+                def.min_cents,
+                def.max_cents,
+                def.period_days,
+                def.max_date,
+                at,
+                next_plan_at,
+            ])?;
             append(
                 tx,
                 at,
@@ -671,11 +736,12 @@ fn apply(
             changes: fields,
             moved_from,
         } => {
-            tx.execute(
+            cached_execute(
+                tx,
                 "UPDATE subscriptions SET file = ?2, line = ?3, customer = ?4, bill_number = ?5, \
                  currency = ?6, amount_cents = ?7, cadence = ?8, start_date = ?9, state = ?10, \
                  catch_up = ?11, min_cents = ?12, max_cents = ?13, period_days = ?14, \
-                 max_date = ?15, updated_at = ?16 WHERE id = ?1",
+                 max_date = ?15, updated_at = ?16, next_plan_at = '' WHERE id = ?1",
                 params![
                     new.id,
                     file,
@@ -707,7 +773,8 @@ fn apply(
             changes.updated.push(new.id);
         }
         Step::Line(sub) => {
-            tx.execute(
+            cached_execute(
+                tx,
                 "UPDATE subscriptions SET line = ?2 WHERE id = ?1",
                 params![sub.id, line(sub)],
             )?;
@@ -727,7 +794,8 @@ fn remove(
     reason: &str,
     at: &str,
 ) -> rusqlite::Result<()> {
-    tx.execute(
+    cached_execute(
+        tx,
         "UPDATE subscriptions SET removed_at = ?2, updated_at = ?2 WHERE id = ?1",
         params![id, at],
     )?;
@@ -748,7 +816,8 @@ pub(super) fn append(
     kind: &str,
     detail: Value,
 ) -> rusqlite::Result<()> {
-    conn.execute(
+    cached_execute(
+        conn,
         "INSERT INTO ledger (at, subscription_id, charge_id, kind, detail) \
          VALUES (?1, ?2, NULL, ?3, ?4)",
         params![at, subscription_id, kind, detail.to_string()],
@@ -757,7 +826,8 @@ pub(super) fn append(
 }
 
 pub(super) fn has_charges(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
+    cached_query_row(
+        conn,
         "SELECT EXISTS (SELECT 1 FROM charges WHERE subscription_id = ?1)",
         [id],
         |row| row.get(0),
@@ -765,7 +835,8 @@ pub(super) fn has_charges(conn: &Connection, id: &str) -> rusqlite::Result<bool>
 }
 
 fn load_row(conn: &Connection, id: &str) -> rusqlite::Result<Option<SubRow>> {
-    conn.query_row(
+    cached_query_row(
+        conn,
         &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?1"),
         [id],
         SubRow::from_row,
@@ -790,14 +861,14 @@ fn check_bill_number(
     sub: &Subscription,
     errors: &mut Vec<Diagnostic>,
 ) -> rusqlite::Result<()> {
-    let other: Option<String> = conn
-        .query_row(
-            "SELECT s.id FROM subscriptions s WHERE s.bill_number = ?1 AND s.id <> ?2 \
+    let other: Option<String> = cached_query_row(
+        conn,
+        "SELECT s.id FROM subscriptions s WHERE s.bill_number = ?1 AND s.id <> ?2 \
              AND EXISTS (SELECT 1 FROM charges c WHERE c.subscription_id = s.id) LIMIT 1",
-            params![sub.bill_number, sub.id],
-            |row| row.get(0),
-        )
-        .optional()?;
+        params![sub.bill_number, sub.id],
+        |row| row.get(0),
+    )
+    .optional()?;
     if let Some(other) = other {
         errors.push(error_at(
             &sub.origin.path,
@@ -813,11 +884,63 @@ fn check_bill_number(
     Ok(())
 }
 
-/// Whether a valid file of this sync other than `file` defines `id`.
-fn claimed_elsewhere(wanted: &Wanted<'_>, file: &str, id: &str) -> bool {
-    wanted
-        .iter()
-        .any(|(other, ids)| *other != file && ids.as_ref().is_some_and(|ids| ids.contains(id)))
+/// A bill number held by a subscription (another id) of another file that this sync keeps in
+/// force: the version in force wins, and the file that also takes it is refused.
+fn check_bill_elsewhere(
+    conn: &Connection,
+    file: &str,
+    sub: &Subscription,
+    claims: &mut dyn Claims,
+    errors: &mut Vec<Diagnostic>,
+) -> rusqlite::Result<()> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, file, line FROM subscriptions WHERE bill_number = ?1 AND id <> ?2 \
+         AND file <> ?3 AND removed_at IS NULL",
+    )?;
+    let holders = statement
+        .query_map(params![sub.bill_number, sub.id, file], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (other, other_file, other_line) in holders {
+        if claims.claim(&other_file, &other) == Claim::Defines {
+            errors.push(error_at(
+                &sub.origin.path,
+                sub.origin.line,
+                "bill_number",
+                format!(
+                    "{} is already the agreement of subscription {other} at \
+                     {other_file}:{other_line}; one initial payment is one subscription",
+                    sub.bill_number
+                ),
+            ));
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A new subscription's first `next_plan_at`: what `billing::decide` says for it with no
+/// history (it has no charges: its id is new; an enrolment only restricts a charge, and before
+/// the first due instant `decide` answers `Wait` whatever the history), through
+/// `billing::revisit` — its first due instant, or never. Without the engine's calendar: now.
+fn first_plan(sub: &Subscription, calendar: Option<&Calendar>, now: DateTime<Utc>) -> String {
+    let revisit = match calendar {
+        Some(calendar) => {
+            let plan = billing::decide(&sub.terms, calendar, 0, &[], now);
+            if plan.settled.is_empty() {
+                billing::revisit(&plan.next, calendar)
+            } else {
+                Revisit::Now
+            }
+        }
+        None => Revisit::Now,
+    };
+    revisit_text(revisit)
 }
 
 fn line(sub: &Subscription) -> i64 {
@@ -862,4 +985,412 @@ fn digest(file: &FileReport) -> String {
         hasher.update(b"\x1e");
     }
     format!("{:x}", hasher.finalize())
+}
+
+// ---- The folder sync: one file at a time ------------------------------------------------------
+
+/// What the store remembers of a file's version in force, in `schedule_files.digest` for the
+/// folder sync: `b:<md5 of the bytes>` and, when the file had not been modified for a while when
+/// it was read, `;<size>:<mtime>:<ctime>:<inode>:<device>` (nanoseconds). A file whose metadata
+/// still reads the same is not even read again; one whose bytes hash the same is not parsed.
+/// (`ctime` cannot be set by a user and changes with every write; a file modified within
+/// [`RACY`] of its reading gets no metadata part, so a second write in the same clock tick
+/// cannot go unseen.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileDigest {
+    md5: String,
+    stat: Option<String>,
+}
+
+/// How long after its last change a file's metadata is trusted to identify its content.
+const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl FileDigest {
+    fn parse(text: &str) -> Option<FileDigest> {
+        let rest = text.strip_prefix("b:")?;
+        let (md5, stat) = match rest.split_once(';') {
+            Some((md5, stat)) => (md5, Some(stat.to_string())),
+            None => (rest, None),
+        };
+        Some(FileDigest {
+            md5: md5.to_string(),
+            stat,
+        })
+    }
+
+    fn text(&self) -> String {
+        match &self.stat {
+            Some(stat) => format!("b:{};{stat}", self.md5),
+            None => format!("b:{}", self.md5),
+        }
+    }
+}
+
+/// The metadata part of a file's digest, if it is trustworthy (see [`FileDigest`]).
+fn stat_key(meta: &std::fs::Metadata, read_at: std::time::SystemTime) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.file_type().is_file() {
+        return None;
+    }
+    let changed = std::time::UNIX_EPOCH
+        + std::time::Duration::new(
+            u64::try_from(meta.ctime().max(meta.mtime())).ok()?,
+            u32::try_from(meta.ctime_nsec().max(meta.mtime_nsec())).ok()?,
+        );
+    if read_at.duration_since(changed).is_ok_and(|age| age >= RACY) {
+        Some(format!(
+            "{}:{}.{}:{}.{}:{}:{}",
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+            meta.ino(),
+            meta.dev()
+        ))
+    } else {
+        None
+    }
+}
+
+/// `schedule_files`: name → (digest, last_error).
+type StoredFiles = HashMap<String, (Option<String>, Option<String>)>;
+
+/// A listed file as the folder sync found it.
+enum Examined {
+    /// Its content is the version in force (last_error NULL): nothing to do. `refresh` is a
+    /// digest to record (the same content, newly trustworthy metadata).
+    Unchanged { refresh: Option<String> },
+    /// Read and parsed (it may have errors); `digest` to record if it is applied.
+    Parsed { report: FileReport, digest: String },
+}
+
+/// What a file processed earlier in this folder sync wants (for the files after it).
+enum Processed {
+    Unchanged,
+    /// Applied; the ids it no longer defines but left in force for a hand-over.
+    Applied(HashSet<String>),
+    /// Refused; its ids if it was valid as parsed (refused by the store's checks only).
+    Refused(Option<HashSet<String>>),
+}
+
+/// [`Claims`] for the folder sync: files after the current one are read only when an id or
+/// bill number of the current file involves them.
+struct Folder {
+    canonical_dir: std::path::PathBuf,
+    /// Names in the folder → path.
+    listed: HashMap<String, std::path::PathBuf>,
+    /// `schedule_files` as the sync began: name → (digest, last_error).
+    stored: StoredFiles,
+    processed: HashMap<String, Processed>,
+    /// Files after the current one, examined ahead (each parse is kept only as its ids).
+    ahead: HashMap<String, Option<HashSet<String>>>,
+    /// Unchanged files found while looking ahead.
+    ahead_unchanged: HashSet<String>,
+    /// Ids of every valid file not processed yet, built the first time a dropped id is asked
+    /// about.
+    index: Option<HashMap<String, Vec<String>>>,
+}
+
+impl Folder {
+    /// Reads `name` as the sync will: unchanged by metadata or content, else parsed.
+    fn examine(&self, name: &str) -> Examined {
+        let Some(path) = self.listed.get(name) else {
+            return Examined::Unchanged { refresh: None };
+        };
+        let stored = self
+            .stored
+            .get(name)
+            .filter(|(_, last_error)| last_error.is_none())
+            .and_then(|(digest, _)| digest.as_deref())
+            .and_then(FileDigest::parse);
+        let read_at = std::time::SystemTime::now();
+        let meta = std::fs::symlink_metadata(path).ok();
+        let stat = meta.as_ref().and_then(|m| stat_key(m, read_at));
+        if let (Some(stored), Some(stat)) = (&stored, &stat)
+            && stored.stat.as_ref() == Some(stat)
+        {
+            return Examined::Unchanged { refresh: None };
+        }
+        let text = match schedule::read_text(path, &self.canonical_dir) {
+            Ok(text) => text,
+            Err(diagnostic) => {
+                return Examined::Parsed {
+                    report: FileReport {
+                        path: path.clone(),
+                        subscriptions: Vec::new(),
+                        diagnostics: vec![diagnostic],
+                    },
+                    digest: String::new(),
+                };
+            }
+        };
+        let digest = FileDigest {
+            md5: format!("{:x}", Md5::digest(text.as_bytes())),
+            stat,
+        };
+        if let Some(stored) = &stored
+            && stored.md5 == digest.md5
+        {
+            let refresh =
+                (stored.stat != digest.stat && digest.stat.is_some()).then(|| digest.text());
+            return Examined::Unchanged { refresh };
+        }
+        Examined::Parsed {
+            report: schedule::parse_text(path, &text),
+            digest: digest.text(),
+        }
+    }
+
+    /// The ids a file not processed yet wants: `Some` if valid, `None` if it has errors, and
+    /// `Err(())` if it is unchanged (its rows are its content).
+    fn ahead(&mut self, name: &str) -> Result<Option<&HashSet<String>>, ()> {
+        if self.ahead_unchanged.contains(name) {
+            return Err(());
+        }
+        if !self.ahead.contains_key(name) {
+            match self.examine(name) {
+                Examined::Unchanged { .. } => {
+                    self.ahead_unchanged.insert(name.to_string());
+                    return Err(());
+                }
+                Examined::Parsed { report, .. } => {
+                    let ids = (!report.has_errors())
+                        .then(|| report.subscriptions.iter().map(|s| s.id.clone()).collect());
+                    self.ahead.insert(name.to_string(), ids);
+                }
+            }
+        }
+        Ok(self.ahead.get(name).and_then(Option::as_ref))
+    }
+}
+
+impl Claims for Folder {
+    fn claim(&mut self, file: &str, id: &str) -> Claim {
+        if !self.listed.contains_key(file) {
+            return Claim::Gone;
+        }
+        match self.processed.get(file) {
+            // Its rows are its content.
+            Some(Processed::Unchanged) => Claim::Defines,
+            Some(Processed::Applied(pending)) if pending.contains(id) => Claim::Drops,
+            Some(Processed::Applied(_)) => Claim::Defines,
+            Some(Processed::Refused(None)) => Claim::Refused,
+            Some(Processed::Refused(Some(ids))) if ids.contains(id) => Claim::Defines,
+            Some(Processed::Refused(Some(_))) => Claim::Drops,
+            None => match self.ahead(file) {
+                Err(()) => Claim::Defines,
+                Ok(None) => Claim::Refused,
+                Ok(Some(ids)) if ids.contains(id) => Claim::Defines,
+                Ok(Some(_)) => Claim::Drops,
+            },
+        }
+    }
+
+    fn claimed_elsewhere(&mut self, file: &str, id: &str) -> bool {
+        // A valid file processed before would have taken the id over already (or been refused
+        // for it), unless the store refused it for another reason: those keep their ids.
+        let refused_valid = self.processed.iter().any(|(name, p)| {
+            name != file && matches!(p, Processed::Refused(Some(ids)) if ids.contains(id))
+        });
+        if refused_valid {
+            return true;
+        }
+        // Unchanged files define only ids whose rows name them. Files not processed yet: all of
+        // them are looked at, once.
+        if self.index.is_none() {
+            let names: Vec<String> = self
+                .listed
+                .keys()
+                .filter(|name| !self.processed.contains_key(*name))
+                .cloned()
+                .collect();
+            let mut index: HashMap<String, Vec<String>> = HashMap::new();
+            for name in names {
+                if let Ok(Some(ids)) = self.ahead(&name) {
+                    for id in ids.clone() {
+                        index.entry(id).or_default().push(name.clone());
+                    }
+                }
+            }
+            self.index = Some(index);
+        }
+        self.index
+            .as_ref()
+            .and_then(|index| index.get(id))
+            .is_some_and(|names| {
+                names
+                    .iter()
+                    .any(|name| name != file && !self.processed.contains_key(name))
+            })
+    }
+}
+
+impl Store {
+    /// Brings the subscriptions in line with the schedules folder `dir`, one file at a time:
+    /// what the daemon does at start and on reload. Like [`Store::sync_schedules`] (each file
+    /// applied or refused whole, in its own transaction), but only one file's subscriptions are
+    /// in memory at once, and a file whose content is the version in force is neither parsed
+    /// nor touched (nor read, while its metadata is unchanged; see [`FileDigest`]).
+    ///
+    /// Across files, the version in force wins: a file that takes an id or a bill number that
+    /// another file in force still defines is refused (`schedule::load_dir`, which sees only
+    /// the folder, refuses the later file by name instead). Among files changed in the same
+    /// sync, the earlier by name wins.
+    pub fn sync_dir(
+        &mut self,
+        dir: &std::path::Path,
+        now: DateTime<Utc>,
+    ) -> Result<SyncSummary, SyncDirError> {
+        self.require_write("schedule sync")?;
+        let at = timestamp(now);
+        let (canonical_dir, paths) =
+            schedule::list_dir(dir).map_err(|e| SyncDirError::Dir(e.to_string()))?;
+        let mut folder = Folder {
+            canonical_dir,
+            listed: HashMap::new(),
+            stored: self.stored_files()?,
+            processed: HashMap::new(),
+            ahead: HashMap::new(),
+            ahead_unchanged: HashSet::new(),
+            index: None,
+        };
+        let mut order: Vec<(Option<String>, std::path::PathBuf)> = Vec::new();
+        for path in paths {
+            match path.file_name().and_then(|n| n.to_str()) {
+                Some(name) if !folder.listed.contains_key(name) => {
+                    folder.listed.insert(name.to_string(), path.clone());
+                    order.push((Some(name.to_string()), path));
+                }
+                _ => order.push((None, path)),
+            }
+        }
+
+        let mut summary = SyncSummary::default();
+        let mut refreshed = Vec::new();
+        for (name, path) in order {
+            let Some(name) = name else {
+                summary.files.push(FileSync {
+                    file: path.display().to_string(),
+                    outcome: FileOutcome::Refused {
+                        diagnostics: vec![error_at(
+                            &path,
+                            1,
+                            "file",
+                            "the file name is not UTF-8 or is listed twice; refused".to_string(),
+                        )],
+                    },
+                });
+                continue;
+            };
+            let examined = if folder.ahead_unchanged.contains(&name) {
+                Examined::Unchanged { refresh: None }
+            } else {
+                folder.ahead.remove(&name);
+                folder.examine(&name)
+            };
+            let (outcome, processed) = match examined {
+                Examined::Unchanged { refresh } => {
+                    refreshed.extend(refresh.map(|digest| (name.clone(), digest)));
+                    (FileOutcome::Unchanged, Processed::Unchanged)
+                }
+                Examined::Parsed { report, .. } if report.has_errors() => {
+                    let errors: Vec<Diagnostic> = report
+                        .diagnostics
+                        .iter()
+                        .filter(|d| d.severity == Severity::Error)
+                        .cloned()
+                        .collect();
+                    let path = self.path.clone();
+                    let tx = self.write_tx("recording a refused schedule file")?;
+                    refuse(&tx, &path, &name, &errors, &at)?;
+                    tx.commit()
+                        .ctx(&path, "recording a refused schedule file")?;
+                    (
+                        FileOutcome::Refused {
+                            diagnostics: errors,
+                        },
+                        Processed::Refused(None),
+                    )
+                }
+                Examined::Parsed { report, digest } => {
+                    summary.warnings.extend(
+                        report
+                            .diagnostics
+                            .iter()
+                            .filter(|d| d.severity == Severity::Warning)
+                            .cloned(),
+                    );
+                    let (outcome, pending) =
+                        self.sync_file(&name, &report, digest, &mut folder, true, now)?;
+                    let processed = match &outcome {
+                        FileOutcome::Refused { .. } => Processed::Refused(Some(
+                            report.subscriptions.iter().map(|s| s.id.clone()).collect(),
+                        )),
+                        _ => Processed::Applied(pending),
+                    };
+                    (outcome, processed)
+                }
+            };
+            folder.processed.insert(name.clone(), processed);
+            summary.files.push(FileSync {
+                file: name,
+                outcome,
+            });
+        }
+        if !refreshed.is_empty() {
+            self.refresh_digests(&refreshed)?;
+        }
+
+        for name in self.known_files()? {
+            if !folder.listed.contains_key(&name) {
+                let outcome = self.sync_gone(&name, &mut folder, &at)?;
+                summary.files.push(FileSync {
+                    file: name,
+                    outcome,
+                });
+            }
+        }
+        Ok(summary)
+    }
+
+    /// `schedule_files` as it is: name → (digest, last_error).
+    fn stored_files(&self) -> Result<StoredFiles, StoreError> {
+        let what = "reading schedule_files";
+        let mut statement = self
+            .conn
+            .prepare("SELECT file, digest, last_error FROM schedule_files")
+            .ctx(&self.path, what)?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?))))
+            .ctx(&self.path, what)?;
+        rows.collect::<rusqlite::Result<HashMap<_, _>>>()
+            .ctx(&self.path, what)
+    }
+
+    /// Records newly trustworthy metadata of unchanged files (same content, nothing else).
+    fn refresh_digests(&mut self, digests: &[(String, String)]) -> Result<(), StoreError> {
+        let what = "recording schedule file digests";
+        let path = self.path.clone();
+        let tx = self.write_tx(what)?;
+        for (name, digest) in digests {
+            cached_execute(
+                &tx,
+                "UPDATE schedule_files SET digest = ?2 WHERE file = ?1 AND last_error IS NULL",
+                params![name, digest],
+            )
+            .ctx(&path, what)?;
+        }
+        tx.commit().ctx(&path, what)
+    }
+}
+
+/// Why a folder sync stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncDirError {
+    /// The folder itself could not be read; nothing was changed.
+    #[error("{0}")]
+    Dir(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
 }

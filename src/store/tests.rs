@@ -1013,3 +1013,167 @@ fn an_enrolment_counts_as_a_charge_for_its_subscription() {
             .any(|e| e.kind == "enrolled" && e.detail["subscription"] == "new-1")
     );
 }
+
+// ---- folder sync (one file at a time) and the due sweep's index ----
+
+fn schedules_dir(dir: &tempfile::TempDir) -> PathBuf {
+    let path = dir.path().join("schedules");
+    std::fs::create_dir_all(&path).unwrap();
+    path
+}
+
+/// Waits until files written before are old enough for their metadata to be trusted (see
+/// `sync::FileDigest`: a change within two seconds of a read is not).
+fn age() {
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+}
+
+#[test]
+fn folder_sync_skips_unchanged_files_and_applies_changed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = schedules_dir(&dir);
+    let mut store = daemon(&dir);
+    std::fs::write(folder.join("a.toml"), sub("s1", "1001", "499.00", "")).unwrap();
+    std::fs::write(folder.join("b.toml"), sub("s2", "1002", "499.00", "")).unwrap();
+    let summary = store.sync_dir(&folder, at(1)).unwrap();
+    assert_eq!(applied(&summary, "a.toml").added, vec!["s1"]);
+    assert_eq!(applied(&summary, "b.toml").added, vec!["s2"]);
+    let events = store.ledger(None).unwrap().len();
+
+    // Nothing changed: both skipped (by content: the files are brand new, so their metadata is
+    // not trusted yet), then by metadata once it is old enough.
+    let summary = store.sync_dir(&folder, at(2)).unwrap();
+    assert_eq!(summary.outcome("a.toml"), Some(&FileOutcome::Unchanged));
+    assert_eq!(summary.outcome("b.toml"), Some(&FileOutcome::Unchanged));
+    age();
+    let summary = store.sync_dir(&folder, at(3)).unwrap();
+    assert_eq!(summary.outcome("a.toml"), Some(&FileOutcome::Unchanged));
+    let digest = store.schedule_files().unwrap()[0].digest.clone().unwrap();
+    assert!(digest.contains(';'), "metadata recorded: {digest}");
+    let summary = store.sync_dir(&folder, at(4)).unwrap();
+    assert_eq!(summary.outcome("a.toml"), Some(&FileOutcome::Unchanged));
+    assert_eq!(store.ledger(None).unwrap().len(), events);
+
+    // Rewritten with the same bytes: read again (new metadata), still unchanged.
+    std::fs::write(folder.join("a.toml"), sub("s1", "1001", "499.00", "")).unwrap();
+    let summary = store.sync_dir(&folder, at(5)).unwrap();
+    assert_eq!(summary.outcome("a.toml"), Some(&FileOutcome::Unchanged));
+
+    // One amount changed: that file is applied, the other skipped.
+    std::fs::write(folder.join("a.toml"), sub("s1", "1001", "500.00", "")).unwrap();
+    let summary = store.sync_dir(&folder, at(6)).unwrap();
+    assert_eq!(applied(&summary, "a.toml").updated, vec!["s1"]);
+    assert_eq!(summary.outcome("b.toml"), Some(&FileOutcome::Unchanged));
+    let s1 = store.subscription("s1").unwrap().unwrap();
+    assert_eq!(s1.terms.amount, Money::parse("500.00").unwrap());
+    // A changed subscription is planned at the next sweep.
+    assert_eq!(store.next_plan_at("s1").unwrap(), None);
+
+    // Broken: refused, the last good version stays; looked at again at every sync.
+    std::fs::write(folder.join("a.toml"), "[[subscription]]\nid = 5\n").unwrap();
+    let summary = store.sync_dir(&folder, at(7)).unwrap();
+    assert!(!refused(&summary, "a.toml").is_empty());
+    assert_eq!(active(&store).len(), 2);
+    std::fs::write(folder.join("a.toml"), sub("s1", "1001", "500.00", "")).unwrap();
+    let summary = store.sync_dir(&folder, at(8)).unwrap();
+    assert_eq!(applied(&summary, "a.toml"), Changes::default());
+
+    // Gone: its subscriptions are removed.
+    std::fs::remove_file(folder.join("b.toml")).unwrap();
+    let summary = store.sync_dir(&folder, at(9)).unwrap();
+    match summary.outcome("b.toml") {
+        Some(FileOutcome::Gone(changes)) => assert_eq!(changes.removed, vec!["s2"]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn folder_sync_moves_ids_and_keeps_the_version_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = schedules_dir(&dir);
+    let mut store = daemon(&dir);
+    let s1 = sub("s1", "1001", "499.00", "");
+    let s2 = sub("s2", "1002", "499.00", "");
+    std::fs::write(folder.join("a.toml"), format!("{s1}{s2}")).unwrap();
+    std::fs::write(folder.join("b.toml"), sub("s3", "1003", "499.00", "")).unwrap();
+    store.sync_dir(&folder, at(1)).unwrap();
+
+    // s2 moves from a to b in one edit (b is after a: a drops it, b takes it over).
+    std::fs::write(folder.join("a.toml"), &s1).unwrap();
+    std::fs::write(
+        folder.join("b.toml"),
+        format!("{}{s2}", sub("s3", "1003", "499.00", "")),
+    )
+    .unwrap();
+    let summary = store.sync_dir(&folder, at(2)).unwrap();
+    assert_eq!(applied(&summary, "a.toml"), Changes::default());
+    assert_eq!(applied(&summary, "b.toml").updated, vec!["s2"]);
+    assert_eq!(
+        active(&store),
+        vec![
+            ("s1".to_string(), "a.toml".to_string()),
+            ("s2".to_string(), "b.toml".to_string()),
+            ("s3".to_string(), "b.toml".to_string()),
+        ]
+    );
+    let removed = store
+        .ledger(Some("s2"))
+        .unwrap()
+        .iter()
+        .any(|e| e.kind == kind::SUBSCRIPTION_REMOVED);
+    assert!(!removed, "handed over, not removed");
+
+    // A new file (before b by name) takes b's bill number and b's id: refused, b stays.
+    std::fs::write(folder.join("0.toml"), sub("s9", "1003", "499.00", "")).unwrap();
+    std::fs::write(folder.join("1.toml"), sub("s3", "1004", "499.00", "")).unwrap();
+    let summary = store.sync_dir(&folder, at(3)).unwrap();
+    let bill = refused(&summary, "0.toml");
+    assert!(
+        bill[0].contains("already the agreement of subscription s3"),
+        "{bill:?}"
+    );
+    let id = refused(&summary, "1.toml");
+    assert!(id[0].contains("also defined in b.toml"), "{id:?}");
+    assert_eq!(summary.outcome("b.toml"), Some(&FileOutcome::Unchanged));
+    assert_eq!(store.subscription("s9").unwrap(), None);
+}
+
+#[test]
+fn the_first_plan_of_a_new_subscription_is_its_first_due_instant() {
+    use crate::billing::Calendar;
+    use crate::config::BillingConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = schedules_dir(&dir);
+    let mut store = daemon(&dir);
+    let calendar = Calendar::from(&BillingConfig {
+        timezone: "Europe/Moscow".parse().unwrap(),
+        charge_time: chrono::NaiveTime::from_hms_opt(10, 0, 0).unwrap(),
+        catch_up: CatchUp::Latest,
+        grace_hours: 24,
+    });
+    store.use_calendar(&calendar).unwrap();
+    std::fs::write(folder.join("a.toml"), sub("s1", "1001", "499.00", "")).unwrap();
+    store.sync_dir(&folder, at(1)).unwrap();
+    // Starts 2026-12-01: 10:00 in Moscow is 07:00 UTC.
+    assert_eq!(
+        store.next_plan_at("s1").unwrap().as_deref(),
+        Some("2026-12-01T07:00:00.000000Z")
+    );
+    let due = Utc.with_ymd_and_hms(2026, 12, 1, 7, 0, 0).unwrap();
+    assert!(
+        store
+            .plannable(due - chrono::Duration::microseconds(1))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.plannable(due).unwrap(), vec!["s1"]);
+    // Another calendar: every subscription is planned again at the next sweep.
+    store
+        .use_calendar(&Calendar {
+            grace: chrono::Duration::hours(1),
+            ..calendar
+        })
+        .unwrap();
+    assert_eq!(store.next_plan_at("s1").unwrap(), None);
+    assert_eq!(store.plannable(at(2)).unwrap(), vec!["s1"]);
+}

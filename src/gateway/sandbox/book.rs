@@ -4,7 +4,7 @@
 //! The book is plain data behind a `std::sync::Mutex` in the server; every method here is
 //! synchronous, so the lock is never held across an `.await`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, NaiveDate, TimeDelta, Utc};
@@ -243,6 +243,9 @@ pub const OUTSIDE_AGREEMENT: (&str, &str) = ("AS100", "outside the recurring agr
 #[derive(Debug, Default)]
 pub struct Book {
     orders: Vec<OrderRecord>,
+    /// Positions in `orders` by order number: a status query or a duplicate check looks at
+    /// that number's orders only (a load test books tens of thousands).
+    by_number: HashMap<String, Vec<usize>>,
     rp_requests: Vec<RpRequest>,
     rate_limited: u64,
     agreements: BTreeMap<String, Agreement>,
@@ -372,12 +375,7 @@ impl Book {
         test_mode: bool,
         now: DateTime<Utc>,
     ) -> Result<OrderRecord, Refusal> {
-        if policy == DuplicatePolicy::Reject
-            && self
-                .orders
-                .iter()
-                .any(|order| order.order_number == charge.order_number)
-        {
+        if policy == DuplicatePolicy::Reject && self.by_number.contains_key(charge.order_number) {
             return Err(Refusal::Fault {
                 firstcode: 11,
                 secondcode: 201,
@@ -435,8 +433,16 @@ impl Book {
             status_queries: 0,
             behaviour: charge.behaviour,
         };
-        self.orders.push(order.clone());
+        self.push_order(order.clone());
         Ok(order)
+    }
+
+    fn push_order(&mut self, order: OrderRecord) {
+        self.by_number
+            .entry(order.order_number.clone())
+            .or_default()
+            .push(self.orders.len());
+        self.orders.push(order);
     }
 
     /// Records a tokenpay.cfm request refused before reaching [`Book::token_pay`].
@@ -549,7 +555,7 @@ impl Book {
             status_queries: 0,
             behaviour: payment.behaviour,
         };
-        self.orders.push(order.clone());
+        self.push_order(order.clone());
         Ok(order)
     }
 
@@ -588,7 +594,13 @@ impl Book {
         settle_after: u32,
     ) -> Vec<OrderRecord> {
         let mut found = Vec::new();
-        for order in &mut self.orders {
+        let positions = self
+            .by_number
+            .get(order_number)
+            .cloned()
+            .unwrap_or_default();
+        for position in positions {
+            let order = &mut self.orders[position];
             if order.order_number != order_number || !window.contains(order.created_at) {
                 continue;
             }
