@@ -102,7 +102,7 @@ pub enum Command {
     /// its next due charge (when the daemon next tries: a scheduled retry, else its next
     /// period's due instant; an instant in the past means the next sweep; "-" when it never
     /// will again) and its last outcome (the latest attempt's state, order number and when).
-    /// Rows are written as they are read, by id. With --json: the summary's object plus a
+    /// Rows are written as they are read, by id. With --json: the summary's object plus an
     /// "all_subscriptions" array, one subscription per line.
     ///
     /// Examples:
