@@ -22,7 +22,7 @@ mod tokens;
 
 pub use charge::ChargeArgs;
 pub use enroll::{EnrollArgs, Enrolment};
-pub use ops::{BackupArgs, BreakerCommand, HistoryArgs, ResumeArgs, StatusArgs};
+pub use ops::{BackupArgs, BreakerCommand, HistoryArgs, ResolveArgs, ResumeArgs, StatusArgs};
 pub use run::RunArgs;
 pub use sandbox::SandboxArgs;
 pub use tokens::TokensCommand;
@@ -97,8 +97,18 @@ pub enum Command {
     /// needs attention, and when the daemon is not running (no process holds the database's
     /// lock) unless --offline-ok.
     ///
-    /// Example:
+    /// --all then lists every subscription: its state (active, paused, cancelled, removed), what
+    /// needs an operator (hard_decline, parked with the order number to resolve, quarantined),
+    /// its next due charge (when the daemon next tries: a scheduled retry, else its next
+    /// period's due instant; an instant in the past means the next sweep; "-" when it never
+    /// will again) and its last outcome (the latest attempt's state, order number and when).
+    /// Rows are written as they are read, by id. With --json: the summary's object plus an
+    /// "all_subscriptions" array, one subscription per line.
+    ///
+    /// Examples:
     ///   recurrentd status --json | jq .needs_attention
+    ///   recurrentd status --all
+    ///   recurrentd status --all --json | jq -c '.all_subscriptions[] | select(.needs_attention != [])'
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
 
@@ -138,6 +148,24 @@ pub enum Command {
     ///   recurrentd resume acme-1001 --reason "customer updated the card, ticket 4711"
     #[command(verbatim_doc_comment)]
     Resume(ResumeArgs),
+
+    /// Settle a parked charge (outcome still unknown after engine.park_after_hours) by hand,
+    /// after looking the order up at Assist's merchant portal.
+    ///
+    /// --paid: the portal shows it approved; it is booked as paid (checkvalue absent: attested
+    /// by you, not verified) and the subscription goes on from its next period. --not-charged:
+    /// the portal has no charge for it; the attempt becomes not_received and its period is open
+    /// again, so the daemon's next sweep charges it under a NEW order number, within every limit
+    /// and the period's retry window. Only a parked attempt can be resolved. Your user name and
+    /// --reason go into the ledger, in the same transaction as the change. If the daemon settles
+    /// the attempt first, nothing is written and you are told what it became. Exit 0 recorded;
+    /// 1 not found, not parked, or settled by the daemon meanwhile.
+    ///
+    /// Examples:
+    ///   recurrentd resolve 7KQ2M9XA-acme-1001-3-1 --paid --reason "portal: approved, ticket 4711"
+    ///   recurrentd resolve 7KQ2M9XA-acme-1001-3-1 --not-charged --reason "portal: no such order"
+    #[command(verbatim_doc_comment)]
+    Resolve(ResolveArgs),
 
     /// The circuit breaker that stops new charges after repeated integrity failures.
     #[command(subcommand)]
@@ -250,6 +278,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => ops::status(&config, &args),
         Command::History(args) => ops::history(&config, &args),
         Command::Resume(args) => ops::resume(&config, &args),
+        Command::Resolve(args) => ops::resolve(&config, &args),
         Command::Charge(args) => charge::run(&config, &args),
         Command::Breaker(command) => ops::breaker(&config, &command),
         Command::Backup(args) => ops::backup(&config, &args),

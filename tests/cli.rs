@@ -457,3 +457,239 @@ async fn forecast_continues_from_the_ledger() {
     );
     sandbox.shutdown().await;
 }
+
+/// `status --all` and `resolve` on a live database: the real daemon on a rehearsal clock charges
+/// an approved subscription, a hard decline, a paused one and two whose orders stay In Process
+/// until they are parked (engine.park_after_hours = 1). `status --all` lists every one with what
+/// needs an operator, its next due charge and its last outcome; `resolve` settles one parked
+/// attempt as paid and the other as not charged, after which the daemon charges that period
+/// again under a new order number. Refusals exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_all_and_resolving_parked_charges_on_a_live_database() {
+    use recurrentd::gateway::sandbox::{Sandbox, SandboxConfig};
+    let mut config = SandboxConfig::builtin();
+    config.settle_after = 1_000_000; // In Process for good: only an operator can settle it.
+    let sandbox = Sandbox::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let rig = common::Rig::new(&sandbox, "\n[engine]\npark_after_hours = 1\n");
+    let paused = common::subscription("pause-1", "5111112000000002", "99.00", "2027-01-05")
+        .replace("currency = ", "state = \"paused\"\ncurrency = ");
+    rig.write_schedule(
+        "subs.toml",
+        &(common::subscription("ok-1", "5111112000000001", "99.00", "2027-01-05")
+            + &common::subscription("hard-1", "999000000001101", "99.00", "2027-01-05")
+            + &common::subscription("park-1", "999000000001300", "99.00", "2027-01-05")
+            + &common::subscription("park-2", "999000000002300", "99.00", "2027-01-05")
+            + &paused),
+    );
+    // The charges fall due at 07:00Z; a virtual hour passes in 0.18 s.
+    let mut daemon = rig.spawn("2027-01-05T06:50:00Z", 20_000, None);
+    let status_all = || -> Option<serde_json::Value> {
+        let out = rig.run(&["status", "--all", "--json"]);
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let by_id = |json: &serde_json::Value, id: &str| -> serde_json::Value {
+        json["all_subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["subscription"] == id)
+            .unwrap_or_else(|| panic!("{id} missing in {json:#}"))
+            .clone()
+    };
+    let json = common::until(
+        std::time::Duration::from_secs(60),
+        &rig.log(),
+        "both In Process charges parked",
+        || {
+            let json = status_all()?;
+            let parked = ["park-1", "park-2"]
+                .iter()
+                .all(|id| by_id(&json, id)["needs_attention"] == serde_json::json!(["parked"]));
+            (parked
+                && by_id(&json, "hard-1")["last_state"] == "declined"
+                && by_id(&json, "ok-1")["last_state"] == "approved")
+                .then_some(json)
+        },
+    );
+    // The summary's fields are still there, with the list after them.
+    assert_eq!(json["daemon_running"], true);
+    assert!(
+        json["needs_attention"].as_array().unwrap().len() >= 3,
+        "{json:#}"
+    );
+    let ids: Vec<&str> = json["all_subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["subscription"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["hard-1", "ok-1", "park-1", "park-2", "pause-1"]);
+
+    let ok = by_id(&json, "ok-1");
+    assert_eq!(ok["state"], "active");
+    assert_eq!(ok["needs_attention"], serde_json::json!([]));
+    assert_eq!(ok["last_state"], "approved");
+    assert!(
+        ok["last_order_number"]
+            .as_str()
+            .unwrap()
+            .ends_with("-ok-1-0-1"),
+        "{ok}"
+    );
+    assert_eq!(
+        ok["next_due"], "2027-02-05T07:00:00Z",
+        "the next period's due instant"
+    );
+    let hard = by_id(&json, "hard-1");
+    assert_eq!(hard["needs_attention"], serde_json::json!(["hard_decline"]));
+    let pause = by_id(&json, "pause-1");
+    assert_eq!(pause["state"], "paused");
+    assert!(
+        pause["last_state"].is_null(),
+        "a blocked period has no attempt: {pause}"
+    );
+    assert_eq!(pause["next_due"], "2027-02-05T07:00:00Z");
+    let park1 = by_id(&json, "park-1");
+    let order1 = park1["parked_order_number"].as_str().unwrap().to_string();
+    assert_eq!(park1["last_state"], "parked");
+    assert_eq!(park1["last_order_number"], order1.as_str());
+    assert_eq!(park1["next_due"], "2027-02-05T07:00:00Z");
+    let order2 = by_id(&json, "park-2")["parked_order_number"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The table: every subscription, and the order number to resolve.
+    let out = rig.run(&["status", "--all"]);
+    assert_eq!(out.status.code(), Some(1), "things need attention");
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("SUBSCRIPTION") && table.contains("NEXT DUE"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("park-1") && l.contains("parked") && l.contains(&order1)),
+        "{table}"
+    );
+    assert!(table.contains("(5 subscriptions)"), "{table}");
+    // Without --all, nothing changes: no list.
+    let out = rig.run(&["status", "--json"]);
+    let plain: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(plain.get("all_subscriptions").is_none());
+    assert!(plain["subscriptions"].is_object(), "the counts per state");
+
+    // Refusals: unknown order, an attempt that is not parked, a missing choice.
+    let out = rig.run(&["resolve", "NO-SUCH-ORDER", "--paid", "--reason", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no attempt has the order number"));
+    let hard_order = hard["last_order_number"].as_str().unwrap();
+    let out = rig.run(&["resolve", hard_order, "--not-charged", "--reason", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is declined, not parked"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = rig.run(&["resolve", &order1, "--reason", "x"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--paid or --not-charged is required"
+    );
+    let out = rig.run(&[
+        "resolve",
+        &order1,
+        "--paid",
+        "--not-charged",
+        "--reason",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "not both");
+
+    // park-2: paid, as attested by the operator (not verified).
+    let out = rig.run(&["resolve", &order2, "--paid", "--reason", "portal: approved"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("booked as paid"),
+        "{}",
+        text(&out.stdout)
+    );
+    let rows = rig.history(Some("park-2"));
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["state"], "approved");
+    assert_eq!(rows[0]["checkvalue"], "absent");
+    assert!(
+        rows[0]["reason"].as_str().unwrap().contains("attested by"),
+        "{rows:#?}"
+    );
+    // A second resolution is refused: it is no longer parked.
+    let out = rig.run(&["resolve", &order2, "--not-charged", "--reason", "again"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("is approved, not parked"));
+
+    // park-1: not charged; the daemon's next sweep makes attempt 2 under a new order number.
+    let out = rig.run(&[
+        "resolve",
+        &order1,
+        "--not-charged",
+        "--reason",
+        "portal: no order",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows = common::until(
+        std::time::Duration::from_secs(30),
+        &rig.log(),
+        "a new attempt for park-1's period",
+        || {
+            let rows = rig.history(Some("park-1"));
+            (rows.len() == 2).then_some(rows)
+        },
+    );
+    assert_eq!(rows[0]["order_number"], order1.as_str());
+    assert_eq!(
+        rows[0]["state"], "not_sent",
+        "not received: it never charged"
+    );
+    assert!(
+        rows[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not charged as attested")
+    );
+    assert_eq!(rows[1]["attempt"], 2);
+    assert_eq!(rows[1]["period"], rows[0]["period"]);
+    assert_ne!(rows[1]["order_number"], order1.as_str());
+
+    let json = status_all().unwrap();
+    let park2 = by_id(&json, "park-2");
+    assert_eq!(park2["needs_attention"], serde_json::json!([]));
+    assert_eq!(park2["last_state"], "approved");
+    assert_eq!(park2["next_due"], "2027-02-05T07:00:00Z");
+
+    // The ledger names who and why.
+    let db = rusqlite::Connection::open(rig.db()).unwrap();
+    let events: Vec<(String, String)> = db
+        .prepare("SELECT kind, detail FROM ledger WHERE kind LIKE 'charge_attested%' ORDER BY seq")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].0, "charge_attested_paid");
+    assert!(
+        events[0].1.contains("\"verified\":false"),
+        "{}",
+        events[0].1
+    );
+    assert!(events[0].1.contains("portal: approved"), "{}", events[0].1);
+    assert_eq!(events[1].0, "charge_attested_not_charged");
+
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    sandbox.shutdown().await;
+}

@@ -1,16 +1,20 @@
 //! Operator commands on the database, safe while the daemon runs: `status`, `history`,
-//! `resume`, `breaker reset`, `backup`. Reads open the database read-only; the two commands that
-//! change something record who ran them and why.
+//! `resume`, `resolve`, `breaker reset`, `backup`. Reads open the database read-only; the
+//! commands that change something record who ran them and why.
 
 use std::io::Write;
 use std::path::PathBuf;
 
-use chrono::{DateTime, Utc};
-use clap::{Args, Subcommand};
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{ArgGroup, Args, Subcommand};
+use serde::Serialize;
 
 use super::exit;
+use crate::billing::{self, Calendar, Next, SubscriptionState};
 use crate::config::Config;
-use crate::store::{self, Access, Store, StoreError};
+use crate::store::{
+    self, Access, ChargeState, Resolution, Resolved, Store, StoreError, SubscriptionOverview,
+};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -21,6 +25,11 @@ pub struct StatusArgs {
     /// at a database on purpose left without a daemon. The report still says it is not running.
     #[arg(long)]
     pub offline_ok: bool,
+    /// After the summary, list every subscription (active, paused, cancelled, removed): what
+    /// needs an operator, its next due charge and its last outcome. With --json, the same JSON
+    /// object with an "all_subscriptions" array, one subscription per line.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -40,6 +49,24 @@ pub struct ResumeArgs {
     /// The subscription to charge again after a hard decline.
     pub subscription: String,
     /// Why (recorded in the ledger with your user name).
+    #[arg(long)]
+    pub reason: String,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("found").required(true).args(["paid", "not_charged"])))]
+pub struct ResolveArgs {
+    /// The OrderNumber of the parked attempt (`recurrentd status` shows it).
+    pub order_number: String,
+    /// The gateway's merchant portal shows the order approved: book it as paid (attested by
+    /// you, not verified by recurrentd).
+    #[arg(long)]
+    pub paid: bool,
+    /// The gateway has no charge for it (no such order, or not approved): open its period again
+    /// so that the daemon charges it under a new order number, within the limits.
+    #[arg(long)]
+    pub not_charged: bool,
+    /// What you checked (recorded in the ledger with your user name).
     #[arg(long)]
     pub reason: String,
 }
@@ -117,6 +144,10 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
     let printed = (|| -> std::io::Result<()> {
         let mut out = std::io::stdout().lock();
         if args.json {
+            if args.all {
+                // The list follows the summary's fields inside the same object.
+                return Ok(());
+            }
             serde_json::to_writer_pretty(&mut out, &report)?;
             return writeln!(out);
         }
@@ -180,12 +211,215 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
     if code != exit::OK {
         return code;
     }
+    if args.all {
+        let calendar = Calendar::from(&config.billing);
+        match list_all(&store, &report, &calendar, args.json) {
+            Ok(()) => {}
+            Err(ListError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(ListError::Io(e)) => {
+                eprintln!("recurrentd: cannot write: {e}");
+                return exit::INTERNAL;
+            }
+            Err(ListError::Store(error)) => {
+                eprintln!("recurrentd: {error}");
+                return exit::UNAVAILABLE;
+            }
+        }
+    }
     let stopped = !report.daemon_running && !args.offline_ok;
     if stopped || report.breaker.is_some() || !report.needs_attention.is_empty() {
         exit::PROBLEMS
     } else {
         exit::OK
     }
+}
+
+/// Why listing every subscription stopped.
+enum ListError {
+    Store(StoreError),
+    Io(std::io::Error),
+}
+
+impl From<StoreError> for ListError {
+    fn from(error: StoreError) -> ListError {
+        ListError::Store(error)
+    }
+}
+
+impl From<std::io::Error> for ListError {
+    fn from(error: std::io::Error) -> ListError {
+        ListError::Io(error)
+    }
+}
+
+/// One line of `status --all`.
+#[derive(Debug, Serialize)]
+struct SubscriptionLine<'a> {
+    subscription: &'a str,
+    /// active, paused, cancelled or removed.
+    state: &'static str,
+    /// hard_decline, parked, quarantined (empty: nothing to do).
+    needs_attention: Vec<&'static str>,
+    /// The parked attempt's OrderNumber, for `recurrentd resolve`.
+    parked_order_number: Option<&'a str>,
+    /// When the daemon next tries to charge it (RFC 3339, daemon's clock); null when it never
+    /// will again (cancelled, removed, past its end date).
+    next_due: Option<String>,
+    /// The latest attempt's state (an attempt state: pending, not_sent, unknown, parked,
+    /// approved, declined, not_received, rejected, quarantined).
+    last_state: Option<&'static str>,
+    last_order_number: Option<&'a str>,
+    /// When the latest attempt reached that state (daemon's clock).
+    last_at: Option<String>,
+    /// The last outcome is the enrolment's initial payment (no attempt yet).
+    last_initial: bool,
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// When the daemon will next try to charge a subscription: an open period's scheduled retry
+/// (or, with no retry instant and no live attempt, its own due instant: the next sweep); else
+/// the due instant of its next period, as `billing::decide` sees it before anything is due;
+/// `None` once no period will be charged again. An instant in the past means the next sweep.
+/// A subscription waiting for an operator (hard decline, parked) is not charged until then.
+pub(crate) fn next_due(o: &SubscriptionOverview, calendar: &Calendar) -> Option<DateTime<Utc>> {
+    let sub = &o.subscription;
+    if sub.removed_at.is_some() || sub.terms.state == SubscriptionState::Cancelled {
+        return None;
+    }
+    if let Some(open) = o
+        .last_period
+        .as_ref()
+        .filter(|p| p.state == ChargeState::Open && !p.live_attempt)
+    {
+        return Some(
+            open.next_attempt_at
+                .unwrap_or_else(|| calendar.due_instant(open.due_date)),
+        );
+    }
+    let next_period = o
+        .last_period
+        .as_ref()
+        .map_or(0, |p| p.period.saturating_add(1));
+    // Before anything is due, `decide` answers with the next period's due instant, or that
+    // none will come (past the end date, or the calendar ran out).
+    match billing::decide(
+        &sub.terms,
+        calendar,
+        next_period,
+        &[],
+        DateTime::<Utc>::MIN_UTC,
+    )
+    .next
+    {
+        Next::Wait { due_at, .. } => Some(due_at),
+        Next::Charge { .. } | Next::Defer { .. } | Next::Ended(_) => None,
+    }
+}
+
+fn line<'a>(o: &'a SubscriptionOverview, calendar: &Calendar) -> SubscriptionLine<'a> {
+    let sub = &o.subscription;
+    let mut needs_attention = Vec::new();
+    if o.hard_decline.is_some() {
+        needs_attention.push("hard_decline");
+    }
+    if o.parked.is_some() {
+        needs_attention.push("parked");
+    }
+    if o.quarantined > 0 {
+        needs_attention.push("quarantined");
+    }
+    SubscriptionLine {
+        subscription: &sub.id,
+        state: if sub.removed_at.is_some() {
+            "removed"
+        } else {
+            match sub.terms.state {
+                SubscriptionState::Active => "active",
+                SubscriptionState::Paused => "paused",
+                SubscriptionState::Cancelled => "cancelled",
+            }
+        },
+        needs_attention,
+        parked_order_number: o.parked.as_deref(),
+        next_due: next_due(o, calendar).map(rfc3339),
+        last_state: o.last_outcome.as_ref().map(|l| l.state.as_str()),
+        last_order_number: o.last_outcome.as_ref().map(|l| l.order_number.as_str()),
+        last_at: o.last_outcome.as_ref().map(|l| rfc3339(l.at)),
+        last_initial: o.last_outcome.as_ref().is_some_and(|l| l.initial),
+    }
+}
+
+/// Streams every subscription after the summary: a table, or (`json`) the summary's object with
+/// an "all_subscriptions" array, one subscription per line, written as the rows are read.
+fn list_all(
+    store: &Store,
+    report: &store::StatusReport,
+    calendar: &Calendar,
+    json: bool,
+) -> Result<(), ListError> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut count = 0u64;
+    if json {
+        let summary = serde_json::to_value(report).map_err(std::io::Error::from)?;
+        write!(out, "{{")?;
+        if let serde_json::Value::Object(fields) = summary {
+            for (key, value) in fields {
+                serde_json::to_writer(&mut out, &key).map_err(std::io::Error::from)?;
+                write!(out, ": ")?;
+                serde_json::to_writer(&mut out, &value).map_err(std::io::Error::from)?;
+                writeln!(out, ",")?;
+            }
+        }
+        writeln!(out, "\"all_subscriptions\": [")?;
+        store.each_subscription_overview(|o| -> Result<(), ListError> {
+            if count > 0 {
+                writeln!(out, ",")?;
+            }
+            count += 1;
+            serde_json::to_writer(&mut out, &line(&o, calendar)).map_err(std::io::Error::from)?;
+            Ok(())
+        })?;
+        writeln!(out, "{}]}}", if count > 0 { "\n" } else { "" })?;
+    } else {
+        writeln!(out, "subscriptions:")?;
+        writeln!(
+            out,
+            "  {:<20} {:<9} {:<16} {:<20} {:<12} {:<34} LAST AT",
+            "SUBSCRIPTION", "STATE", "ATTENTION", "NEXT DUE", "LAST", "LAST ORDER"
+        )?;
+        store.each_subscription_overview(|o| -> Result<(), ListError> {
+            let l = line(&o, calendar);
+            count += 1;
+            let attention = if l.needs_attention.is_empty() {
+                "-".to_string()
+            } else {
+                l.needs_attention.join(",")
+            };
+            let last = match (l.last_state, l.last_initial) {
+                (Some(_), true) => "initial",
+                (Some(state), false) => state,
+                (None, _) => "-",
+            };
+            writeln!(
+                out,
+                "  {:<20} {:<9} {:<16} {:<20} {:<12} {:<34} {}",
+                l.subscription,
+                l.state,
+                attention,
+                l.next_due.as_deref().unwrap_or("-"),
+                last,
+                l.last_order_number.unwrap_or("-"),
+                l.last_at.as_deref().unwrap_or("-"),
+            )?;
+            Ok(())
+        })?;
+        writeln!(out, "  ({count} subscriptions)")?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 pub fn history(config: &Config, args: &HistoryArgs) -> u8 {
@@ -269,6 +503,80 @@ pub fn resume(config: &Config, args: &ResumeArgs) -> u8 {
     }
 }
 
+pub fn resolve(config: &Config, args: &ResolveArgs) -> u8 {
+    let mut store = match open(config, Access::Write) {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let resolution = if args.paid {
+        Resolution::Paid
+    } else {
+        Resolution::NotCharged
+    };
+    let order = &args.order_number;
+    let by = operator();
+    match store.resolve_parked(order, resolution, &by, &args.reason, Utc::now()) {
+        Ok(Resolved::Done(job)) => {
+            match resolution {
+                Resolution::Paid => println!(
+                    "{order} ({}, {} {} {}): booked as paid, attested by {by} (checkvalue absent: \
+                     not verified by recurrentd); the subscription is charged again from its \
+                     next due period.",
+                    job.subscription_id,
+                    describe(&job.purpose),
+                    job.amount,
+                    job.currency
+                ),
+                Resolution::NotCharged => println!(
+                    "{order} ({}, {}): recorded as not charged, attested by {by}; the daemon's \
+                     next sweep charges it again under a new order number, if the limits and \
+                     the period's retry window still allow it.",
+                    job.subscription_id,
+                    describe(&job.purpose)
+                ),
+            }
+            exit::OK
+        }
+        Ok(Resolved::NotFound) => {
+            eprintln!("recurrentd: no attempt has the order number {order}");
+            exit::PROBLEMS
+        }
+        Ok(Resolved::NotParked(job)) => {
+            let hint = if job.state.unresolved() {
+                "the daemon is still looking it up; it is parked for an operator after \
+                 engine.park_after_hours"
+            } else {
+                "its outcome is already recorded"
+            };
+            eprintln!(
+                "recurrentd: {order} ({}) is {}, not parked: only a parked attempt is resolved \
+                 by hand ({hint}); nothing was changed",
+                job.subscription_id, job.state
+            );
+            exit::PROBLEMS
+        }
+        Ok(Resolved::Raced(job)) => {
+            eprintln!(
+                "recurrentd: the daemon settled {order} ({}) while this command ran: it is now \
+                 {}; nothing was recorded (see `recurrentd history {}`)",
+                job.subscription_id, job.state, job.subscription_id
+            );
+            exit::PROBLEMS
+        }
+        Err(error) => {
+            eprintln!("recurrentd: {error}");
+            exit::UNAVAILABLE
+        }
+    }
+}
+
+fn describe(purpose: &store::Purpose) -> String {
+    match purpose {
+        store::Purpose::Period(n) => format!("period {n}"),
+        store::Purpose::Adhoc(reference) => format!("ad-hoc charge {reference}"),
+    }
+}
+
 pub fn breaker(config: &Config, command: &BreakerCommand) -> u8 {
     let BreakerCommand::Reset { reason } = command;
     let mut store = match open(config, Access::Write) {
@@ -305,5 +613,116 @@ pub fn backup(config: &Config, args: &BackupArgs) -> u8 {
             eprintln!("recurrentd: {error}");
             exit::PROBLEMS
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::billing::{Cadence, Limits, Terms};
+    use crate::config::CatchUp;
+    use crate::money::{Currency, Money};
+    use crate::store::{PeriodPosition, StoredSubscription};
+    use chrono::{NaiveDate, NaiveTime, TimeZone};
+
+    fn calendar() -> Calendar {
+        Calendar {
+            timezone: chrono_tz::Europe::Moscow,
+            charge_time: NaiveTime::from_hms_opt(10, 0, 0).unwrap(),
+            catch_up: CatchUp::Latest,
+            grace: chrono::Duration::hours(24),
+        }
+    }
+
+    fn date(m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2027, m, d).unwrap()
+    }
+
+    fn instant(m: u32, d: u32, h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2027, m, d, h, 0, 0).unwrap()
+    }
+
+    fn overview(state: SubscriptionState, max_date: Option<NaiveDate>) -> SubscriptionOverview {
+        SubscriptionOverview {
+            subscription: StoredSubscription {
+                id: "s".into(),
+                file: "a.toml".into(),
+                line: 1,
+                customer: None,
+                bill_number: "5111".into(),
+                currency: Currency::parse("RUB").unwrap(),
+                terms: Terms {
+                    amount: Money::parse("99.00").unwrap(),
+                    every: Cadence::parse("1 month").unwrap(),
+                    start: date(1, 5),
+                    state,
+                    catch_up: None,
+                    limits: Limits {
+                        max_date,
+                        ..Limits::default()
+                    },
+                },
+                created_at: instant(1, 1, 0),
+                updated_at: instant(1, 1, 0),
+                removed_at: None,
+            },
+            hard_decline: None,
+            parked: None,
+            quarantined: 0,
+            last_period: None,
+            last_outcome: None,
+        }
+    }
+
+    fn period(
+        n: u32,
+        state: ChargeState,
+        next: Option<DateTime<Utc>>,
+        live: bool,
+    ) -> PeriodPosition {
+        PeriodPosition {
+            period: n,
+            due_date: date(1 + n, 5),
+            state,
+            next_attempt_at: next,
+            live_attempt: live,
+        }
+    }
+
+    #[test]
+    fn next_due_follows_the_ledger_and_billing() {
+        let cal = calendar();
+        let mut o = overview(SubscriptionState::Active, None);
+        assert_eq!(next_due(&o, &cal), Some(instant(1, 5, 7)), "period 0");
+        o.last_period = Some(period(0, ChargeState::Paid, None, true));
+        assert_eq!(next_due(&o, &cal), Some(instant(2, 5, 7)), "period 1");
+        // An open period with a scheduled retry: the retry.
+        o.last_period = Some(period(0, ChargeState::Open, Some(instant(1, 8, 7)), false));
+        assert_eq!(next_due(&o, &cal), Some(instant(1, 8, 7)));
+        // Open again without a retry instant (not received, resolved as not charged): its own
+        // due instant, i.e. the next sweep.
+        o.last_period = Some(period(0, ChargeState::Open, None, false));
+        assert_eq!(next_due(&o, &cal), Some(instant(1, 5, 7)));
+        // Open with a live attempt (unknown, parked): the next period.
+        o.last_period = Some(period(0, ChargeState::Open, None, true));
+        assert_eq!(next_due(&o, &cal), Some(instant(2, 5, 7)));
+        // Paused: still the schedule's next due instant (it is blocked then, while paused).
+        let mut paused = overview(SubscriptionState::Paused, None);
+        paused.last_period = Some(period(0, ChargeState::Blocked, None, false));
+        assert_eq!(next_due(&paused, &cal), Some(instant(2, 5, 7)));
+    }
+
+    #[test]
+    fn next_due_is_none_once_nothing_will_be_charged() {
+        let cal = calendar();
+        let mut cancelled = overview(SubscriptionState::Cancelled, None);
+        cancelled.last_period = Some(period(0, ChargeState::Open, Some(instant(1, 8, 7)), false));
+        assert_eq!(next_due(&cancelled, &cal), None);
+        let mut ended = overview(SubscriptionState::Active, Some(date(2, 1)));
+        ended.last_period = Some(period(0, ChargeState::Paid, None, true));
+        assert_eq!(next_due(&ended, &cal), None, "period 1 is after max_date");
+        let mut removed = overview(SubscriptionState::Active, None);
+        removed.subscription.removed_at = Some(instant(1, 2, 0));
+        assert_eq!(next_due(&removed, &cal), None);
     }
 }

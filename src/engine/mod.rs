@@ -954,6 +954,7 @@ impl Inner {
     /// every queued outcome in one transaction (each with its ledger event, each in its own
     /// savepoint). This returns only once this outcome's transaction is committed.
     async fn apply(&self, job: &Job, change: AttemptChange) -> Result<(), EngineError> {
+        let approved = change.state == AttemptState::Approved;
         let (reply, answer) = tokio::sync::oneshot::channel();
         lock(&self.outcomes).push(QueuedOutcome {
             attempt_id: job.attempt_id,
@@ -974,10 +975,28 @@ impl Inner {
             .await
             .map_err(|_| EngineError::Task("an outcome was dropped unrecorded".into()))??;
         if !applied {
-            tracing::warn!(
-                order_number = %job.order_number,
-                "attempt changed while this step ran; its result was not recorded"
-            );
+            let id = job.attempt_id;
+            let now_state = self
+                .db(move |s| s.attempt(id))
+                .await?
+                .map(|a| a.state.as_str());
+            if approved && now_state != Some(AttemptState::Approved.as_str()) {
+                // Someone else settled it meanwhile (an operator's `resolve --not-charged`, say)
+                // while the gateway says it was paid: a new attempt could charge twice.
+                tracing::error!(
+                    subscription = %job.subscription_id,
+                    order_number = %job.order_number,
+                    state = now_state.unwrap_or("missing"),
+                    "the gateway says this order was APPROVED, but the attempt was settled \
+                     otherwise while the answer was on its way: check the order at the gateway \
+                     and refund a second charge for the same period if one was made"
+                );
+            } else {
+                tracing::warn!(
+                    order_number = %job.order_number,
+                    "attempt changed while this step ran; its result was not recorded"
+                );
+            }
         }
         crate::failpoint::hit(crate::failpoint::OUTCOME_COMMITTED);
         Ok(())

@@ -347,6 +347,11 @@ pub mod event {
     pub const ATTENTION_CLEARED: &str = "attention_cleared";
     pub const ENROLLED: &str = "enrolled";
     pub const ADHOC_REQUESTED: &str = "adhoc_requested";
+    /// An operator attested, after checking the gateway, that a parked attempt was paid (not
+    /// verified by recurrentd: no checkvalue).
+    pub const ATTESTED_PAID: &str = "charge_attested_paid";
+    /// An operator attested that a parked attempt was not charged; its period is open again.
+    pub const ATTESTED_NOT_CHARGED: &str = "charge_attested_not_charged";
 }
 
 const JOB_COLUMNS: &str = "a.id, a.charge_id, c.subscription_id, c.period, a.attempt, \
@@ -540,6 +545,14 @@ impl Store {
     pub fn attempt(&self, attempt_id: i64) -> Result<Option<Job>, StoreError> {
         Ok(self
             .jobs("WHERE a.id = ?1", params![attempt_id])?
+            .into_iter()
+            .next())
+    }
+
+    /// One attempt by its OrderNumber.
+    pub fn attempt_by_order_number(&self, order_number: &str) -> Result<Option<Job>, StoreError> {
+        Ok(self
+            .jobs("WHERE a.order_number = ?1", params![order_number])?
             .into_iter()
             .next())
     }

@@ -16,7 +16,9 @@
 //! same transaction as the ledger event that explains the change.
 
 mod charges;
+mod overview;
 mod report;
+mod resolve;
 mod schema;
 mod sync;
 
@@ -37,10 +39,12 @@ pub use charges::{
     AdhocCharge, AttemptChange, AttemptState, ChargeChange, ChargeState, Event, History, Job,
     OpenCharge, PeriodRow, PlanTx, Purpose, event,
 };
+pub use overview::{LastOutcome, PeriodPosition, SubscriptionOverview};
 pub use report::{
     Attention, HistoryRow, INITIAL_PERIOD, LastAttempt, LedgerPeriod, LedgerState, StatusReport,
     daemon_running,
 };
+pub use resolve::{Resolution, Resolved};
 pub use sync::{Changes, FileOutcome, FileSync, SyncDirError, SyncSummary};
 
 /// How long a statement waits for another connection's write lock before failing.
