@@ -31,7 +31,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, Pacer, Policy, TickReport};
 use crate::gateway::client::{Client, Settings};
-use crate::store::{Access, Store, StoreError, SyncDirError};
+use crate::store::{Access, FileOutcome, Store, StoreError, SyncDirError};
 
 /// What wakes the due sweep.
 #[derive(Debug, Clone)]
@@ -121,6 +121,8 @@ async fn sync(
 ) -> Result<usize, DaemonError> {
     let dir = config.schedules.dir.clone();
     let now = clock.now();
+    let started = Instant::now();
+    tracing::info!(dir = %dir.display(), "syncing the schedule files");
     // One file at a time, unchanged files skipped (see `Store::sync_dir`).
     let summary = engine
         .with_store(move |s| Ok(s.sync_dir(&dir, now)))
@@ -140,7 +142,36 @@ async fn sync(
         .await?
         .try_into()
         .unwrap_or(usize::MAX);
-    tracing::info!(subscriptions, "schedules synced");
+    let (mut unchanged, mut applied, mut refused, mut gone) = (0, 0, 0, 0);
+    let (mut added, mut updated, mut removed) = (0, 0, 0);
+    for file in &summary.files {
+        match &file.outcome {
+            FileOutcome::Unchanged => unchanged += 1,
+            FileOutcome::Applied(c) | FileOutcome::Gone(c) => {
+                if matches!(file.outcome, FileOutcome::Gone(_)) {
+                    gone += 1;
+                } else {
+                    applied += 1;
+                }
+                added += c.added.len();
+                updated += c.updated.len();
+                removed += c.removed.len();
+            }
+            FileOutcome::Refused { .. } => refused += 1,
+        }
+    }
+    tracing::info!(
+        subscriptions,
+        files_applied = applied,
+        files_unchanged = unchanged,
+        files_refused = refused,
+        files_gone = gone,
+        added,
+        updated,
+        removed,
+        seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+        "schedules synced"
+    );
     Ok(subscriptions)
 }
 

@@ -21,6 +21,7 @@
 
 mod adhoc;
 mod pacer;
+mod progress;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +44,7 @@ pub use adhoc::{AdhocError, AdhocRequest, Queued, queue_adhoc};
 pub use pacer::Pacer;
 
 use adhoc::plan_adhoc;
+use progress::Progress;
 
 /// Why a tick could not finish. Gateway trouble is never an error here: it is an outcome.
 #[derive(Debug, thiserror::Error)]
@@ -323,6 +325,7 @@ impl Engine {
         });
         let mut tasks = tokio::task::JoinSet::new();
         let mut steps = Vec::new();
+        let mut progress = Progress::new("charges made (intent, send, verified outcome)");
         while let Some(jobs) = batches.recv().await {
             report.intents += jobs.len() as u32;
             for job in jobs {
@@ -332,14 +335,17 @@ impl Engine {
             while tasks.len() > 2 * batch {
                 if let Some(joined) = tasks.join_next().await {
                     steps.extend(joined_step(joined));
+                    progress.update(steps.len() as u64, None);
                 }
             }
         }
         let planned = planner
             .await
             .map_err(|e| EngineError::Task(e.to_string()))?;
+        let intents = u64::from(report.intents);
         while let Some(joined) = tasks.join_next().await {
             steps.extend(joined_step(joined));
+            progress.update(steps.len() as u64, Some(intents));
         }
         report.settled = planned?;
         for step in steps {
@@ -1136,9 +1142,13 @@ fn plan_all(
     mut ready: impl FnMut(Vec<Job>) -> bool,
 ) -> Result<u32, StoreError> {
     let ids = lock(store).plannable(now)?;
+    let total = ids.len() as u64;
+    let mut progress = Progress::new("planning due subscriptions");
+    let mut done = 0u64;
     let mut settled = 0;
     let mut ids = ids.iter().peekable();
     while ids.peek().is_some() {
+        progress.update(done, Some(total));
         if stopping.load(std::sync::atomic::Ordering::SeqCst) {
             break;
         }
@@ -1158,6 +1168,7 @@ fn plan_all(
                 planned += 1;
             }
             tx.commit()?;
+            done += planned as u64;
         }
         // Committed: only now may these intents be sent.
         if !jobs.is_empty() && !ready(jobs) {
