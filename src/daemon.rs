@@ -289,7 +289,10 @@ pub async fn run(
         "stopping ({stop_reason}): settling outstanding attempts (up to {} s)",
         options.drain_deadline.as_secs()
     ));
-    log_summary(&totals, options.clock.now());
+    if totals.ticks > 0 {
+        // What the last summary line did not cover yet.
+        log_summary(&totals, options.clock.now());
+    }
     drain(&engine, &options).await;
     Ok(())
 }
