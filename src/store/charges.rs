@@ -1046,6 +1046,60 @@ fn append(
     Ok(())
 }
 
+/// The columns an [`OpenCharge`] is read from (`c` is the charge row).
+const OPEN_CHARGE_COLUMNS: &str = "c.id, c.period, c.reference, c.due_date, c.amount_cents, \
+    c.currency, c.bill_number, c.next_attempt_at, \
+    (SELECT count(*) FROM attempts a WHERE a.charge_id = c.id), \
+    EXISTS (SELECT 1 FROM attempts a WHERE a.charge_id = c.id AND a.state IN \
+        ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined'))";
+
+type OpenChargeRow = (
+    i64,
+    Option<i64>,
+    Option<String>,
+    String,
+    i64,
+    String,
+    String,
+    Option<String>,
+    i64,
+    bool,
+);
+
+fn open_charge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpenChargeRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+        row.get(9)?,
+    ))
+}
+
+fn decode_open_charge(path: &Path, row: OpenChargeRow) -> Result<OpenCharge, StoreError> {
+    let (id, period, reference, due, cents, currency, bill, next, attempts, live) = row;
+    Ok(OpenCharge {
+        id,
+        purpose: Purpose::from_columns(path, period, reference)?,
+        due_date: parse_date(path, "charges.due_date", &due)?,
+        amount: Money::from_cents(cents)
+            .ok_or_else(|| corrupt(path, "charges.amount_cents", cents))?,
+        currency: Currency::parse(&currency)
+            .map_err(|_| corrupt(path, "charges.currency", &currency))?,
+        bill_number: bill,
+        next_attempt_at: next
+            .map(|t| parse_timestamp(path, "charges.next_attempt_at", &t))
+            .transpose()?,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        live_attempt: live,
+    })
+}
+
 impl PlanTx<'_> {
     /// The database file (for error messages).
     pub fn path(&self) -> &Path {
@@ -1071,54 +1125,19 @@ impl PlanTx<'_> {
         )
         .ctx(path, what)?;
         let charged = charged_instants(tx, path, subscription_id, None)?;
-        let open = cached_query_row(tx,
-                "SELECT c.id, c.period, c.due_date, c.amount_cents, c.currency, c.bill_number, \
-                 c.next_attempt_at, \
-                 (SELECT count(*) FROM attempts a WHERE a.charge_id = c.id), \
-                 EXISTS (SELECT 1 FROM attempts a WHERE a.charge_id = c.id AND a.state IN \
-                     ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')) \
-                 FROM charges c WHERE c.subscription_id = ?1 AND c.state = 'open' \
-                 AND c.period IS NOT NULL ORDER BY c.period DESC LIMIT 1",
-                [subscription_id],
-                |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, i64>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, String>(5)?,
-                        row.get::<_, Option<String>>(6)?,
-                        row.get::<_, i64>(7)?,
-                        row.get::<_, bool>(8)?,
-                    ))
-                },
-            )
-            .optional()
-            .ctx(path, what)?
-            .map(
-                |(id, period, due, cents, currency, bill, next, attempts, live)| -> Result<OpenCharge, StoreError> {
-                    Ok(OpenCharge {
-                        id,
-                        purpose: Purpose::Period(
-                            u32::try_from(period)
-                                .map_err(|_| corrupt(path, "charges.period", period))?,
-                        ),
-                        due_date: parse_date(path, "charges.due_date", &due)?,
-                        amount: Money::from_cents(cents)
-                            .ok_or_else(|| corrupt(path, "charges.amount_cents", cents))?,
-                        currency: Currency::parse(&currency)
-                            .map_err(|_| corrupt(path, "charges.currency", &currency))?,
-                        bill_number: bill,
-                        next_attempt_at: next
-                            .map(|t| parse_timestamp(path, "charges.next_attempt_at", &t))
-                            .transpose()?,
-                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                        live_attempt: live,
-                    })
-                },
-            )
-            .transpose()?;
+        let open = cached_query_row(
+            tx,
+            &format!(
+                "SELECT {OPEN_CHARGE_COLUMNS} FROM charges c WHERE c.subscription_id = ?1 \
+                 AND c.state = 'open' AND c.period IS NOT NULL ORDER BY c.period DESC LIMIT 1"
+            ),
+            [subscription_id],
+            open_charge_row,
+        )
+        .optional()
+        .ctx(path, what)?
+        .map(|row| decode_open_charge(path, row))
+        .transpose()?;
         let unresolved: bool = cached_query_row(
             tx,
             "SELECT EXISTS (SELECT 1 FROM attempts a JOIN charges c ON c.id = a.charge_id \
@@ -1329,54 +1348,23 @@ impl PlanTx<'_> {
     /// The oldest ad-hoc charge of a subscription waiting for an attempt: queued, or open again
     /// after its attempt was not received (then not before its `next_attempt_at`).
     pub fn adhoc_open(&self, subscription_id: &str) -> Result<Option<OpenCharge>, StoreError> {
-        let what = "reading queued ad-hoc charges";
         let path = self.path;
-        self.tx
-            .query_row(
-                "SELECT c.id, c.reference, c.due_date, c.amount_cents, c.currency, \
-                 c.bill_number, c.next_attempt_at, \
-                 (SELECT count(*) FROM attempts a WHERE a.charge_id = c.id) \
-                 FROM charges c WHERE c.subscription_id = ?1 AND c.state = 'open' \
-                 AND c.reference IS NOT NULL \
+        cached_query_row(
+            &self.tx,
+            &format!(
+                "SELECT {OPEN_CHARGE_COLUMNS} FROM charges c WHERE c.subscription_id = ?1 \
+                 AND c.state = 'open' AND c.reference IS NOT NULL \
                  AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.charge_id = c.id AND a.state IN \
                      ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')) \
-                 ORDER BY c.id LIMIT 1",
-                params![subscription_id],
-                |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, i64>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, String>(5)?,
-                        row.get::<_, Option<String>>(6)?,
-                        row.get::<_, i64>(7)?,
-                    ))
-                },
-            )
-            .optional()
-            .ctx(path, what)?
-            .map(
-                |(id, reference, due, cents, currency, bill, next, attempts)| {
-                    Ok(OpenCharge {
-                        id,
-                        purpose: Purpose::Adhoc(reference),
-                        due_date: parse_date(path, "charges.due_date", &due)?,
-                        amount: Money::from_cents(cents)
-                            .ok_or_else(|| corrupt(path, "charges.amount_cents", cents))?,
-                        currency: Currency::parse(&currency)
-                            .map_err(|_| corrupt(path, "charges.currency", &currency))?,
-                        bill_number: bill,
-                        next_attempt_at: next
-                            .map(|t| parse_timestamp(path, "charges.next_attempt_at", &t))
-                            .transpose()?,
-                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                        live_attempt: false,
-                    })
-                },
-            )
-            .transpose()
+                 ORDER BY c.id LIMIT 1"
+            ),
+            [subscription_id],
+            open_charge_row,
+        )
+        .optional()
+        .ctx(path, "reading queued ad-hoc charges")?
+        .map(|row| decode_open_charge(path, row))
+        .transpose()
     }
 
     /// The ad-hoc charge a subscription already has under `reference`, if any.
