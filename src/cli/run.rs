@@ -161,10 +161,11 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
 
     let options = RunOptions {
         clock: Arc::clone(&clock),
-        // A rehearsal sweeps every 250 ms of real time (minutes to hours of virtual time): the
-        // cron expression reads the wall clock, which a rehearsal does not follow.
+        // A rehearsal sweeps on a real-time interval (the cron expression reads the wall clock,
+        // which a rehearsal does not follow): about one virtual hour, between 20 and 250 ms of
+        // real time, so that charges fall due within the hour even at a month per ten seconds.
         sweep: if rehearsal {
-            Sweep::Every(StdDuration::from_millis(250))
+            Sweep::Every(rehearsal_sweep(speed))
         } else {
             Sweep::Cron(config.daemon.sweep_cron.clone())
         },
@@ -186,6 +187,10 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
         );
         let mut copy = config.clone();
         copy.schedules.dir = schedules;
+        // The configured pace is the real gateway's; the built-in sandbox takes more, and at a
+        // month per ten seconds a request paced at 5 per second is a virtual day late.
+        copy.gateway.max_in_flight = copy.gateway.max_in_flight.max(16);
+        copy.gateway.requests_per_second = copy.gateway.requests_per_second.max(200);
         sandbox_config = Some(copy);
     }
     let config = sandbox_config.as_ref().unwrap_or(config);
@@ -313,4 +318,23 @@ fn demo_schedules(
     }
     let demo = to.join("sandbox-demo.toml");
     std::fs::write(&demo, text).map_err(|e| format!("{}: {e}", demo.display()))
+}
+
+/// The real time between rehearsal sweeps at `speed`: one virtual hour, kept within 20–250 ms.
+fn rehearsal_sweep(speed: u32) -> StdDuration {
+    let virtual_hour = StdDuration::from_secs(3600) / speed.max(1);
+    virtual_hour.clamp(StdDuration::from_millis(20), StdDuration::from_millis(250))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rehearsal_sweeps_about_every_virtual_hour_within_bounds() {
+        assert_eq!(rehearsal_sweep(1), StdDuration::from_millis(250));
+        assert_eq!(rehearsal_sweep(3600 * 4), StdDuration::from_millis(250));
+        assert_eq!(rehearsal_sweep(86_400).as_micros(), 41_666);
+        assert_eq!(rehearsal_sweep(SANDBOX_SPEED), StdDuration::from_millis(20));
+    }
 }
