@@ -176,6 +176,66 @@ impl Def {
             .collect()
     }
 
+    /// The detail of the `subscription_added` event, written as text directly: the same text as
+    /// `json!({ "file": file, "line": line, "subscription": self.json() }).to_string()`
+    /// (serde_json's maps write their keys sorted; strings are escaped by serde_json itself),
+    /// without building a `Value` tree (a cold sync writes one per subscription).
+    fn added_detail(&self, file: &str, line: usize) -> String {
+        use std::io::Write as _;
+        let mut out = Vec::with_capacity(320);
+        out.extend_from_slice(b"{\"file\":");
+        json_string(&mut out, file);
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, ",\"line\":{line},\"subscription\":{{");
+        let money = |out: &mut Vec<u8>, cents: i64| {
+            let _ = match Money::from_cents(cents) {
+                Some(m) => write!(out, "\"{m}\""),
+                None => write!(out, "\"{cents} kopecks\""),
+            };
+        };
+        // Keys in sorted order, as serde_json's map writes them.
+        out.extend_from_slice(b"\"amount\":");
+        money(&mut out, self.amount_cents);
+        out.extend_from_slice(b",\"bill_number\":");
+        json_string(&mut out, &self.bill_number);
+        if let Some(catch_up) = &self.catch_up {
+            out.extend_from_slice(b",\"catch_up\":");
+            json_string(&mut out, catch_up);
+        }
+        out.extend_from_slice(b",\"currency\":");
+        json_string(&mut out, &self.currency);
+        if let Some(customer) = &self.customer {
+            out.extend_from_slice(b",\"customer\":");
+            json_string(&mut out, customer);
+        }
+        out.extend_from_slice(b",\"every\":");
+        json_string(&mut out, &self.cadence);
+        if let Some(cents) = self.max_cents {
+            out.extend_from_slice(b",\"limits.max_amount\":");
+            money(&mut out, cents);
+        }
+        if let Some(date) = &self.max_date {
+            out.extend_from_slice(b",\"limits.max_date\":");
+            json_string(&mut out, date);
+        }
+        if let Some(cents) = self.min_cents {
+            out.extend_from_slice(b",\"limits.min_amount\":");
+            money(&mut out, cents);
+        }
+        if let Some(days) = self.period_days {
+            let _ = write!(out, ",\"limits.period_days\":\"{days}\"");
+        }
+        out.extend_from_slice(b",\"start\":");
+        json_string(&mut out, &self.start_date);
+        out.extend_from_slice(b",\"state\":");
+        json_string(&mut out, &self.state);
+        out.extend_from_slice(b"}}");
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+
+    /// The definition as a JSON object, field by field: what `added_detail` writes as text.
+    #[cfg(test)]
     fn json(&self) -> Value {
         let mut map = Map::new();
         for (field, value) in self.fields() {
@@ -721,12 +781,12 @@ fn apply(
                 at,
                 next_plan_at,
             ])?;
-            append(
+            append_text(
                 tx,
                 at,
                 Some(&def.id),
                 kind::SUBSCRIPTION_ADDED,
-                json!({ "file": file, "line": sub.origin.line, "subscription": def.json() }),
+                &def.added_detail(file, sub.origin.line),
             )?;
             changes.added.push(def.id);
         }
@@ -816,13 +876,31 @@ pub(super) fn append(
     kind: &str,
     detail: Value,
 ) -> rusqlite::Result<()> {
+    append_text(conn, at, subscription_id, kind, &detail.to_string())
+}
+
+/// Appends a ledger event whose detail is JSON text already.
+fn append_text(
+    conn: &Connection,
+    at: &str,
+    subscription_id: Option<&str>,
+    kind: &str,
+    detail: &str,
+) -> rusqlite::Result<()> {
     cached_execute(
         conn,
         "INSERT INTO ledger (at, subscription_id, charge_id, kind, detail) \
          VALUES (?1, ?2, NULL, ?3, ?4)",
-        params![at, subscription_id, kind, detail.to_string()],
+        params![at, subscription_id, kind, detail],
     )?;
     Ok(())
+}
+
+/// Writes `text` as a JSON string, escaped by serde_json (as `Value::to_string` escapes it).
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    use serde::Serializer as _;
+    // Writing to a Vec cannot fail.
+    let _ = (&mut serde_json::Serializer::new(&mut *out)).serialize_str(text);
 }
 
 pub(super) fn has_charges(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
@@ -1393,4 +1471,50 @@ pub enum SyncDirError {
     Dir(String),
     #[error("{0}")]
     Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(customer: Option<&str>, bill: &str, full: bool) -> Def {
+        Def {
+            id: "sub-1_x".to_string(),
+            customer: customer.map(str::to_string),
+            bill_number: bill.to_string(),
+            currency: "RUB".to_string(),
+            amount_cents: 49_900,
+            cadence: "1 month".to_string(),
+            start_date: "2026-12-01".to_string(),
+            state: "active".to_string(),
+            catch_up: full.then(|| "latest".to_string()),
+            min_cents: full.then_some(100),
+            max_cents: full.then_some(0),
+            period_days: full.then_some(28),
+            max_date: full.then(|| "2027-12-01".to_string()),
+        }
+    }
+
+    /// The hand-written `subscription_added` detail is the text serde_json writes for the same
+    /// value (so it also parses to the same value), odd characters included.
+    #[test]
+    fn added_detail_is_what_serde_json_writes() {
+        let odd = "q\"uo\\te/\u{1}\u{8}\u{9}\u{a}\u{c}\u{d}\u{1f}\u{7f}é€😀\u{2028}";
+        let files = ["f.toml", "odd \"name\"\\\n.toml", odd];
+        let defs = [
+            def(None, "5899110210668265", false),
+            def(Some("cust-42"), "5899110210668265.1", true),
+            def(Some(odd), odd, true),
+        ];
+        for file in files {
+            for def in &defs {
+                for line in [1, 12_345_678] {
+                    let text = def.added_detail(file, line);
+                    let value = json!({ "file": file, "line": line, "subscription": def.json() });
+                    assert_eq!(text, value.to_string());
+                    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), value);
+                }
+            }
+        }
+    }
 }
