@@ -643,9 +643,19 @@ impl Store {
         }
 
         let mut changes = Changes::default();
+        // Consecutive additions are inserted a batch at a time (same rows, same ledger order).
+        let mut adds = Vec::new();
         for step in steps {
-            apply(&tx, name, step, at, &mut changes).ctx(&path, what)?;
+            match step {
+                Step::Add(sub, def, next_plan_at) => adds.push((sub, def, next_plan_at)),
+                step => {
+                    add_all(&tx, name, std::mem::take(&mut adds), at, &mut changes)
+                        .ctx(&path, what)?;
+                    apply(&tx, name, step, at, &mut changes).ctx(&path, what)?;
+                }
+            }
         }
+        add_all(&tx, name, adds, at, &mut changes).ctx(&path, what)?;
         let digest_changed = stored.as_ref().and_then(|(d, _)| d.as_deref()) != Some(&digest);
         // A pending hand-over leaves an id here that this file no longer defines: look again next
         // time (a NULL digest never matches).
@@ -757,38 +767,7 @@ fn apply(
 ) -> rusqlite::Result<()> {
     match step {
         Step::Add(sub, def, next_plan_at) => {
-            tx.prepare_cached(&format!(
-                "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}, next_plan_at) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, \
-                 NULL, ?17)"
-            ))?
-            .execute(params![
-                def.id,
-                file,
-                line(sub),
-                def.customer,
-                def.bill_number,
-                def.currency,
-                def.amount_cents,
-                def.cadence,
-                def.start_date,
-                def.state,
-                def.catch_up,
-                def.min_cents,
-                def.max_cents,
-                def.period_days,
-                def.max_date,
-                at,
-                next_plan_at,
-            ])?;
-            append_text(
-                tx,
-                at,
-                Some(&def.id),
-                kind::SUBSCRIPTION_ADDED,
-                &def.added_detail(file, sub.origin.line),
-            )?;
-            changes.added.push(def.id);
+            add_all(tx, file, vec![(sub, def, next_plan_at)], at, changes)?;
         }
         Step::Update {
             sub,
@@ -844,6 +823,95 @@ fn apply(
             changes.removed.push(id);
         }
     }
+    Ok(())
+}
+
+/// Rows per multi-row `INSERT` of [`add_all`], largest first: a statement's fixed cost (and the
+/// ledger's `sqlite_sequence` update, and the ephemeral table SQLite builds for the `state IN
+/// (...)` check) is paid once per batch instead of once per row.
+const ADD_BATCHES: [usize; 3] = [64, 8, 1];
+
+/// The `INSERT`s of `rows` new subscriptions and of their `subscription_added` events.
+fn add_sql(rows: usize) -> (String, String) {
+    let subscription = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)"; rows];
+    let ledger = vec!["(?, ?, NULL, ?, ?)"; rows];
+    (
+        format!(
+            "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}, next_plan_at) VALUES {}",
+            subscription.join(", ")
+        ),
+        format!(
+            "INSERT INTO ledger (at, subscription_id, charge_id, kind, detail) VALUES {}",
+            ledger.join(", ")
+        ),
+    )
+}
+
+/// Adds new subscriptions in order, each with its `subscription_added` event: what
+/// [`apply`] does for a [`Step::Add`], a batch of rows per statement.
+fn add_all(
+    tx: &Transaction<'_>,
+    file: &str,
+    adds: Vec<(&Subscription, Def, String)>,
+    at: &str,
+    changes: &mut Changes,
+) -> rusqlite::Result<()> {
+    use rusqlite::ToSql;
+    static SQL: std::sync::LazyLock<[(String, String); ADD_BATCHES.len()]> =
+        std::sync::LazyLock::new(|| ADD_BATCHES.map(add_sql));
+    let mut rest = adds.as_slice();
+    while !rest.is_empty() {
+        let Some(size) = ADD_BATCHES.iter().position(|&size| size <= rest.len()) else {
+            break;
+        };
+        let (batch, after) = rest.split_at(ADD_BATCHES[size]);
+        let (insert, append) = &SQL[size];
+        let lines: Vec<i64> = batch.iter().map(|(sub, _, _)| line(sub)).collect();
+        let details: Vec<String> = batch
+            .iter()
+            .map(|(sub, def, _)| def.added_detail(file, sub.origin.line))
+            .collect();
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(batch.len() * 18);
+        for ((_, def, next_plan_at), line) in batch.iter().zip(&lines) {
+            values.extend_from_slice(&[
+                &def.id as &dyn ToSql,
+                &file,
+                line,
+                &def.customer,
+                &def.bill_number,
+                &def.currency,
+                &def.amount_cents,
+                &def.cadence,
+                &def.start_date,
+                &def.state,
+                &def.catch_up,
+                &def.min_cents,
+                &def.max_cents,
+                &def.period_days,
+                &def.max_date,
+                &at,
+                &at,
+                next_plan_at,
+            ]);
+        }
+        tx.prepare_cached(insert)?
+            .execute(rusqlite::params_from_iter(values))?;
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(batch.len() * 4);
+        for ((_, def, _), detail) in batch.iter().zip(&details) {
+            values.extend_from_slice(&[
+                &at as &dyn ToSql,
+                &def.id,
+                &kind::SUBSCRIPTION_ADDED,
+                detail,
+            ]);
+        }
+        tx.prepare_cached(append)?
+            .execute(rusqlite::params_from_iter(values))?;
+        rest = after;
+    }
+    changes
+        .added
+        .extend(adds.into_iter().map(|(_, def, _)| def.id));
     Ok(())
 }
 
@@ -1143,6 +1211,13 @@ enum Examined {
     Parsed { report: FileReport, digest: String },
 }
 
+/// A listed file whose metadata does not show it unchanged: what [`Listing::read`] needs.
+struct Looked<'a> {
+    path: &'a std::path::PathBuf,
+    stored: Option<FileDigest>,
+    stat: Option<String>,
+}
+
 /// What a file processed earlier in this folder sync wants (for the files after it).
 enum Processed {
     Unchanged,
@@ -1152,14 +1227,20 @@ enum Processed {
     Refused(Option<HashSet<String>>),
 }
 
-/// [`Claims`] for the folder sync: files after the current one are read only when an id or
-/// bill number of the current file involves them.
-struct Folder {
+/// What a folder sync knows of the folder and of `schedule_files` as it began: fixed for the
+/// sync, so files can be read (and parsed) ahead on another thread.
+struct Listing {
     canonical_dir: std::path::PathBuf,
     /// Names in the folder → path.
     listed: HashMap<String, std::path::PathBuf>,
     /// `schedule_files` as the sync began: name → (digest, last_error).
     stored: StoredFiles,
+}
+
+/// [`Claims`] for the folder sync: files after the current one are read only when an id or
+/// bill number of the current file involves them.
+struct Folder<'l> {
+    listing: &'l Listing,
     processed: HashMap<String, Processed>,
     /// Files after the current one, examined ahead (each parse is kept only as its ids).
     ahead: HashMap<String, Option<HashSet<String>>>,
@@ -1170,11 +1251,20 @@ struct Folder {
     index: Option<HashMap<String, Vec<String>>>,
 }
 
-impl Folder {
+impl Listing {
     /// Reads `name` as the sync will: unchanged by metadata or content, else parsed.
     fn examine(&self, name: &str) -> Examined {
+        match self.look(name) {
+            Ok(unchanged) => unchanged,
+            Err(looked) => self.read(looked),
+        }
+    }
+
+    /// The first step of [`Listing::examine`], which reads no file: unchanged by metadata (or
+    /// not listed), else what reading it needs.
+    fn look<'a>(&'a self, name: &str) -> Result<Examined, Looked<'a>> {
         let Some(path) = self.listed.get(name) else {
-            return Examined::Unchanged { refresh: None };
+            return Ok(Examined::Unchanged { refresh: None });
         };
         let stored = self
             .stored
@@ -1188,8 +1278,14 @@ impl Folder {
         if let (Some(stored), Some(stat)) = (&stored, &stat)
             && stored.stat.as_ref() == Some(stat)
         {
-            return Examined::Unchanged { refresh: None };
+            return Ok(Examined::Unchanged { refresh: None });
         }
+        Err(Looked { path, stored, stat })
+    }
+
+    /// The rest of [`Listing::examine`]: reads the file, unchanged by content, else parsed.
+    fn read(&self, looked: Looked<'_>) -> Examined {
+        let Looked { path, stored, stat } = looked;
         let text = match schedule::read_text(path, &self.canonical_dir) {
             Ok(text) => text,
             Err(diagnostic) => {
@@ -1219,7 +1315,9 @@ impl Folder {
             digest: digest.text(),
         }
     }
+}
 
+impl Folder<'_> {
     /// The ids a file not processed yet wants: `Some` if valid, `None` if it has errors, and
     /// `Err(())` if it is unchanged (its rows are its content).
     fn ahead(&mut self, name: &str) -> Result<Option<&HashSet<String>>, ()> {
@@ -1227,7 +1325,7 @@ impl Folder {
             return Err(());
         }
         if !self.ahead.contains_key(name) {
-            match self.examine(name) {
+            match self.listing.examine(name) {
                 Examined::Unchanged { .. } => {
                     self.ahead_unchanged.insert(name.to_string());
                     return Err(());
@@ -1243,9 +1341,9 @@ impl Folder {
     }
 }
 
-impl Claims for Folder {
+impl Claims for Folder<'_> {
     fn claim(&mut self, file: &str, id: &str) -> Claim {
-        if !self.listed.contains_key(file) {
+        if !self.listing.listed.contains_key(file) {
             return Claim::Gone;
         }
         match self.processed.get(file) {
@@ -1278,6 +1376,7 @@ impl Claims for Folder {
         // them are looked at, once.
         if self.index.is_none() {
             let names: Vec<String> = self
+                .listing
                 .listed
                 .keys()
                 .filter(|name| !self.processed.contains_key(*name))
@@ -1321,31 +1420,73 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<SyncSummary, SyncDirError> {
         self.require_write("schedule sync")?;
-        let at = timestamp(now);
         let (canonical_dir, paths) =
             schedule::list_dir(dir).map_err(|e| SyncDirError::Dir(e.to_string()))?;
-        let mut folder = Folder {
+        let mut listing = Listing {
             canonical_dir,
             listed: HashMap::new(),
             stored: self.stored_files()?,
-            processed: HashMap::new(),
-            ahead: HashMap::new(),
-            ahead_unchanged: HashSet::new(),
-            index: None,
         };
         let mut order: Vec<(Option<String>, std::path::PathBuf)> = Vec::new();
         for path in paths {
             match path.file_name().and_then(|n| n.to_str()) {
-                Some(name) if !folder.listed.contains_key(name) => {
-                    folder.listed.insert(name.to_string(), path.clone());
+                Some(name) if !listing.listed.contains_key(name) => {
+                    listing.listed.insert(name.to_string(), path.clone());
                     order.push((Some(name.to_string()), path));
                 }
                 _ => order.push((None, path)),
             }
         }
+        let listing = &listing;
+        let mut folder = Folder {
+            listing,
+            processed: HashMap::new(),
+            ahead: HashMap::new(),
+            ahead_unchanged: HashSet::new(),
+            index: None,
+        };
+        let reads: Vec<String> = order.iter().filter_map(|(name, _)| name.clone()).collect();
 
+        // Files are read and parsed one ahead on a thread of their own, in the order they are
+        // applied, while this thread applies the previous one (the channel holds one file: at
+        // most two files' subscriptions are in memory besides the one being applied).
+        std::thread::scope(|scope| {
+            let (sender, prefetched) = std::sync::mpsc::sync_channel::<(usize, Examined)>(1);
+            // Without the thread (it could not be started), each file is read here.
+            let _ = std::thread::Builder::new()
+                .name("schedule-read".to_string())
+                .spawn_scoped(scope, move || {
+                    for (index, name) in reads.iter().enumerate() {
+                        // Files unchanged by their metadata are left to the sync (no hand-over).
+                        if let Err(looked) = listing.look(name)
+                            && sender.send((index, listing.read(looked))).is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            let mut prefetched = Prefetched {
+                receiver: prefetched,
+                next: None,
+            };
+            self.sync_listed(order, &mut folder, &mut prefetched, now)
+        })
+    }
+
+    /// [`Store::sync_dir`] once the folder is listed: each file in `order` (its reading taken
+    /// from `prefetched` if it was read ahead), then the files that are gone.
+    fn sync_listed(
+        &mut self,
+        order: Vec<(Option<String>, std::path::PathBuf)>,
+        folder: &mut Folder<'_>,
+        prefetched: &mut Prefetched,
+        now: DateTime<Utc>,
+    ) -> Result<SyncSummary, SyncDirError> {
+        let at = timestamp(now);
         let mut summary = SyncSummary::default();
         let mut refreshed = Vec::new();
+        // The index of the named file in `order` (as the reading thread counts).
+        let mut named = 0;
         for (name, path) in order {
             let Some(name) = name else {
                 summary.files.push(FileSync {
@@ -1361,11 +1502,18 @@ impl Store {
                 });
                 continue;
             };
+            let index = named;
+            named += 1;
             let examined = if folder.ahead_unchanged.contains(&name) {
                 Examined::Unchanged { refresh: None }
             } else {
                 folder.ahead.remove(&name);
-                folder.examine(&name)
+                match folder.listing.look(&name) {
+                    Ok(unchanged) => unchanged,
+                    Err(looked) => prefetched
+                        .take(index)
+                        .unwrap_or_else(|| folder.listing.read(looked)),
+                }
             };
             let (outcome, processed) = match examined {
                 Examined::Unchanged { refresh } => {
@@ -1400,7 +1548,7 @@ impl Store {
                             .cloned(),
                     );
                     let (outcome, pending) =
-                        self.sync_file(&name, &report, digest, &mut folder, true, now)?;
+                        self.sync_file(&name, &report, digest, folder, true, now)?;
                     let processed = match &outcome {
                         FileOutcome::Refused { .. } => Processed::Refused(Some(
                             report.subscriptions.iter().map(|s| s.id.clone()).collect(),
@@ -1421,8 +1569,8 @@ impl Store {
         }
 
         for name in self.known_files()? {
-            if !folder.listed.contains_key(&name) {
-                let outcome = self.sync_gone(&name, &mut folder, &at)?;
+            if !folder.listing.listed.contains_key(&name) {
+                let outcome = self.sync_gone(&name, folder, &at)?;
                 summary.files.push(FileSync {
                     file: name,
                     outcome,
@@ -1463,6 +1611,31 @@ impl Store {
     }
 }
 
+/// Files read ahead by the folder sync's reading thread: (index among the named files of the
+/// listing, what reading it found), in order.
+struct Prefetched {
+    receiver: std::sync::mpsc::Receiver<(usize, Examined)>,
+    /// Received, for a file after the one asked for last.
+    next: Option<(usize, Examined)>,
+}
+
+impl Prefetched {
+    /// File `index` as read ahead, if it was (the thread reads only the files whose metadata
+    /// does not show them unchanged, as it saw them).
+    fn take(&mut self, index: usize) -> Option<Examined> {
+        loop {
+            if self.next.is_none() {
+                self.next = Some(self.receiver.recv().ok()?);
+            }
+            match &self.next {
+                Some((read, _)) if *read < index => self.next = None,
+                Some((read, _)) if *read == index => return self.next.take().map(|(_, e)| e),
+                _ => return None,
+            }
+        }
+    }
+}
+
 /// Why a folder sync stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncDirError {
@@ -1492,6 +1665,90 @@ mod tests {
             max_cents: full.then_some(0),
             period_days: full.then_some(28),
             max_date: full.then(|| "2027-12-01".to_string()),
+        }
+    }
+
+    fn sub(n: usize, amount: &str) -> String {
+        format!(
+            "[[subscription]]\nid = \"s{n:03}\"\nbill_number = \"5899110210{n:06}\"\n\
+             customer = \"c\\\"{n}\"\ncurrency = \"RUB\"\namount = \"{amount}\"\n\
+             every = \"1 month\"\nstart = 2026-12-01\n\n"
+        )
+    }
+
+    /// Additions are inserted in batches (64, 8, then one by one) between the other steps: every
+    /// row and every event is what one-by-one inserts wrote, events in the order of the file.
+    #[test]
+    fn batched_additions_write_what_single_ones_did() {
+        use crate::store::Access;
+        use chrono::TimeZone;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("recurrentd.db"), Access::Daemon).unwrap();
+        let path = Path::new("schedules").join("a.toml");
+        let report = |text: &str| DirReport {
+            files: vec![schedule::parse_text(&path, text)],
+        };
+        let first: String = (0..10).map(|n| sub(n, "100.00")).collect();
+        let t1 = Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).unwrap();
+        store.sync_schedules(&report(&first), t1).unwrap();
+        // s000 and s005 change, s003 is dropped (its removal comes after the additions); 73 new
+        // ones: 64 + 8 + 1.
+        let second: String = (0..83)
+            .filter(|&n| n != 3)
+            .map(|n| sub(n, if n == 0 || n == 5 { "200.00" } else { "100.00" }))
+            .collect();
+        let second = report(&second);
+        let t2 = Utc.with_ymd_and_hms(2026, 11, 2, 12, 0, 0).unwrap();
+        let summary = store.sync_schedules(&second, t2).unwrap();
+        let Some(FileOutcome::Applied(changes)) = summary.outcome("a.toml") else {
+            panic!("{summary:?}");
+        };
+        let new: Vec<String> = (10..83).map(|n| format!("s{n:03}")).collect();
+        assert_eq!(changes.added, new);
+        assert_eq!(changes.updated, ["s000", "s005"]);
+        assert_eq!(changes.removed, ["s003"]);
+        let events: Vec<_> = store
+            .ledger(None)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.at == t2)
+            .collect();
+        let expected: Vec<(Option<String>, &str)> = ["s000", "s005"]
+            .into_iter()
+            .map(|id| (Some(id.to_string()), kind::SUBSCRIPTION_UPDATED))
+            .chain(
+                new.iter()
+                    .map(|id| (Some(id.clone()), kind::SUBSCRIPTION_ADDED)),
+            )
+            .chain([(Some("s003".to_string()), kind::SUBSCRIPTION_REMOVED)])
+            .collect();
+        let got: Vec<(Option<String>, &str)> = events
+            .iter()
+            .map(|e| (e.subscription_id.clone(), e.kind.as_str()))
+            .collect();
+        assert_eq!(got, expected);
+        for (event, parsed) in events[2..].iter().zip(&second.files[0].subscriptions[9..]) {
+            let def = Def::from_subscription(parsed);
+            let value =
+                json!({ "file": "a.toml", "line": parsed.origin.line, "subscription": def.json() });
+            assert_eq!(event.detail, value);
+            let stored = store.subscription(&parsed.id).unwrap().unwrap();
+            assert_eq!(
+                (
+                    stored.line,
+                    &stored.file,
+                    &stored.terms,
+                    &stored.customer,
+                    stored.created_at
+                ),
+                (
+                    parsed.origin.line,
+                    &"a.toml".to_string(),
+                    &parsed.terms,
+                    &parsed.customer,
+                    t2
+                )
+            );
         }
     }
 
