@@ -524,10 +524,8 @@ impl Store {
             let new = Def::from_subscription(sub);
             let old = load_row(&tx, &sub.id).ctx(&path, what)?;
             let Some(old) = old else {
-                check_bill_number(&tx, sub, &mut errors).ctx(&path, what)?;
-                if check_bills {
-                    check_bill_elsewhere(&tx, name, sub, claims, &mut errors).ctx(&path, what)?;
-                }
+                bill_checks(&tx, name, sub, claims, true, check_bills, &mut errors)
+                    .ctx(&path, what)?;
                 steps.push(Step::Add(sub, new, first_plan(sub, calendar.as_ref(), now)));
                 continue;
             };
@@ -597,12 +595,17 @@ impl Store {
                 }
                 continue;
             }
-            if old.def.bill_number != new.bill_number {
-                check_bill_number(&tx, sub, &mut errors).ctx(&path, what)?;
-            }
-            if check_bills && (old.def.bill_number != new.bill_number || moved_from.is_some()) {
-                check_bill_elsewhere(&tx, name, sub, claims, &mut errors).ctx(&path, what)?;
-            }
+            let bill_changed = old.def.bill_number != new.bill_number;
+            bill_checks(
+                &tx,
+                name,
+                sub,
+                claims,
+                bill_changed,
+                check_bills && (bill_changed || moved_from.is_some()),
+                &mut errors,
+            )
+            .ctx(&path, what)?;
             let line_moved = usize::try_from(old.line).ok() != Some(sub.origin.line);
             if !changes.is_empty() || moved_from.is_some() {
                 steps.push(Step::Update {
@@ -1000,22 +1003,43 @@ fn active_ids_of(conn: &Connection, file: &str) -> rusqlite::Result<Vec<String>>
     Ok(ids)
 }
 
-/// A bill number whose charges belong to another subscription cannot be taken: the limits are
-/// checked against one subscription's charge history, which a new id would not see.
-fn check_bill_number(
+/// The checks of the bill number `sub` takes, from one lookup of the other subscriptions that
+/// hold it:
+///
+/// - `charged`: a bill number whose charges belong to another subscription cannot be taken
+///   (the limits are checked against one subscription's charge history, which a new id would
+///   not see);
+/// - `elsewhere`: a bill number held by a subscription (another id) of another file that this
+///   sync keeps in force: the version in force wins, and the file that also takes it is refused.
+fn bill_checks(
     conn: &Connection,
+    file: &str,
     sub: &Subscription,
+    claims: &mut dyn Claims,
+    charged: bool,
+    elsewhere: bool,
     errors: &mut Vec<Diagnostic>,
 ) -> rusqlite::Result<()> {
-    let other: Option<String> = cached_query_row(
-        conn,
-        "SELECT s.id FROM subscriptions s WHERE s.bill_number = ?1 AND s.id <> ?2 \
-             AND EXISTS (SELECT 1 FROM charges c WHERE c.subscription_id = s.id) LIMIT 1",
-        params![sub.bill_number, sub.id],
-        |row| row.get(0),
-    )
-    .optional()?;
-    if let Some(other) = other {
+    if !charged && !elsewhere {
+        return Ok(());
+    }
+    let mut statement = conn.prepare_cached(
+        "SELECT s.id, s.file, s.line, s.removed_at IS NULL, \
+         EXISTS (SELECT 1 FROM charges c WHERE c.subscription_id = s.id) \
+         FROM subscriptions s WHERE s.bill_number = ?1 AND s.id <> ?2",
+    )?;
+    let holders = statement
+        .query_map(params![sub.bill_number, sub.id], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, bool>(3)?,
+                row.get::<_, bool>(4)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if charged && let Some((other, ..)) = holders.iter().find(|holder| holder.4) {
         errors.push(error_at(
             &sub.origin.path,
             sub.origin.line,
@@ -1027,33 +1051,11 @@ fn check_bill_number(
             ),
         ));
     }
-    Ok(())
-}
-
-/// A bill number held by a subscription (another id) of another file that this sync keeps in
-/// force: the version in force wins, and the file that also takes it is refused.
-fn check_bill_elsewhere(
-    conn: &Connection,
-    file: &str,
-    sub: &Subscription,
-    claims: &mut dyn Claims,
-    errors: &mut Vec<Diagnostic>,
-) -> rusqlite::Result<()> {
-    let mut statement = conn.prepare_cached(
-        "SELECT id, file, line FROM subscriptions WHERE bill_number = ?1 AND id <> ?2 \
-         AND file <> ?3 AND removed_at IS NULL",
-    )?;
-    let holders = statement
-        .query_map(params![sub.bill_number, sub.id, file], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (other, other_file, other_line) in holders {
-        if claims.claim(&other_file, &other) == Claim::Defines {
+    if !elsewhere {
+        return Ok(());
+    }
+    for (other, other_file, other_line, in_force, _) in &holders {
+        if other_file != file && *in_force && claims.claim(other_file, other) == Claim::Defines {
             errors.push(error_at(
                 &sub.origin.path,
                 sub.origin.line,
