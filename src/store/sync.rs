@@ -176,6 +176,66 @@ impl Def {
             .collect()
     }
 
+    /// The detail of the `subscription_added` event, written as text directly: the same text as
+    /// `json!({ "file": file, "line": line, "subscription": self.json() }).to_string()`
+    /// (serde_json's maps write their keys sorted; strings are escaped by serde_json itself),
+    /// without building a `Value` tree (a cold sync writes one per subscription).
+    fn added_detail(&self, file: &str, line: usize) -> String {
+        use std::io::Write as _;
+        let mut out = Vec::with_capacity(320);
+        out.extend_from_slice(b"{\"file\":");
+        json_string(&mut out, file);
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, ",\"line\":{line},\"subscription\":{{");
+        let money = |out: &mut Vec<u8>, cents: i64| {
+            let _ = match Money::from_cents(cents) {
+                Some(m) => write!(out, "\"{m}\""),
+                None => write!(out, "\"{cents} kopecks\""),
+            };
+        };
+        // Keys in sorted order, as serde_json's map writes them.
+        out.extend_from_slice(b"\"amount\":");
+        money(&mut out, self.amount_cents);
+        out.extend_from_slice(b",\"bill_number\":");
+        json_string(&mut out, &self.bill_number);
+        if let Some(catch_up) = &self.catch_up {
+            out.extend_from_slice(b",\"catch_up\":");
+            json_string(&mut out, catch_up);
+        }
+        out.extend_from_slice(b",\"currency\":");
+        json_string(&mut out, &self.currency);
+        if let Some(customer) = &self.customer {
+            out.extend_from_slice(b",\"customer\":");
+            json_string(&mut out, customer);
+        }
+        out.extend_from_slice(b",\"every\":");
+        json_string(&mut out, &self.cadence);
+        if let Some(cents) = self.max_cents {
+            out.extend_from_slice(b",\"limits.max_amount\":");
+            money(&mut out, cents);
+        }
+        if let Some(date) = &self.max_date {
+            out.extend_from_slice(b",\"limits.max_date\":");
+            json_string(&mut out, date);
+        }
+        if let Some(cents) = self.min_cents {
+            out.extend_from_slice(b",\"limits.min_amount\":");
+            money(&mut out, cents);
+        }
+        if let Some(days) = self.period_days {
+            let _ = write!(out, ",\"limits.period_days\":\"{days}\"");
+        }
+        out.extend_from_slice(b",\"start\":");
+        json_string(&mut out, &self.start_date);
+        out.extend_from_slice(b",\"state\":");
+        json_string(&mut out, &self.state);
+        out.extend_from_slice(b"}}");
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+
+    /// The definition as a JSON object, field by field: what `added_detail` writes as text.
+    #[cfg(test)]
     fn json(&self) -> Value {
         let mut map = Map::new();
         for (field, value) in self.fields() {
@@ -464,10 +524,8 @@ impl Store {
             let new = Def::from_subscription(sub);
             let old = load_row(&tx, &sub.id).ctx(&path, what)?;
             let Some(old) = old else {
-                check_bill_number(&tx, sub, &mut errors).ctx(&path, what)?;
-                if check_bills {
-                    check_bill_elsewhere(&tx, name, sub, claims, &mut errors).ctx(&path, what)?;
-                }
+                bill_checks(&tx, name, sub, claims, true, check_bills, &mut errors)
+                    .ctx(&path, what)?;
                 steps.push(Step::Add(sub, new, first_plan(sub, calendar.as_ref(), now)));
                 continue;
             };
@@ -537,12 +595,17 @@ impl Store {
                 }
                 continue;
             }
-            if old.def.bill_number != new.bill_number {
-                check_bill_number(&tx, sub, &mut errors).ctx(&path, what)?;
-            }
-            if check_bills && (old.def.bill_number != new.bill_number || moved_from.is_some()) {
-                check_bill_elsewhere(&tx, name, sub, claims, &mut errors).ctx(&path, what)?;
-            }
+            let bill_changed = old.def.bill_number != new.bill_number;
+            bill_checks(
+                &tx,
+                name,
+                sub,
+                claims,
+                bill_changed,
+                check_bills && (bill_changed || moved_from.is_some()),
+                &mut errors,
+            )
+            .ctx(&path, what)?;
             let line_moved = usize::try_from(old.line).ok() != Some(sub.origin.line);
             if !changes.is_empty() || moved_from.is_some() {
                 steps.push(Step::Update {
@@ -583,9 +646,19 @@ impl Store {
         }
 
         let mut changes = Changes::default();
+        // Consecutive additions are inserted a batch at a time (same rows, same ledger order).
+        let mut adds = Vec::new();
         for step in steps {
-            apply(&tx, name, step, at, &mut changes).ctx(&path, what)?;
+            match step {
+                Step::Add(sub, def, next_plan_at) => adds.push((sub, def, next_plan_at)),
+                step => {
+                    add_all(&tx, name, std::mem::take(&mut adds), at, &mut changes)
+                        .ctx(&path, what)?;
+                    apply(&tx, name, step, at, &mut changes).ctx(&path, what)?;
+                }
+            }
         }
+        add_all(&tx, name, adds, at, &mut changes).ctx(&path, what)?;
         let digest_changed = stored.as_ref().and_then(|(d, _)| d.as_deref()) != Some(&digest);
         // A pending hand-over leaves an id here that this file no longer defines: look again next
         // time (a NULL digest never matches).
@@ -697,38 +770,7 @@ fn apply(
 ) -> rusqlite::Result<()> {
     match step {
         Step::Add(sub, def, next_plan_at) => {
-            tx.prepare_cached(&format!(
-                "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}, next_plan_at) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, \
-                 NULL, ?17)"
-            ))?
-            .execute(params![
-                def.id,
-                file,
-                line(sub),
-                def.customer,
-                def.bill_number,
-                def.currency,
-                def.amount_cents,
-                def.cadence,
-                def.start_date,
-                def.state,
-                def.catch_up,
-                def.min_cents,
-                def.max_cents,
-                def.period_days,
-                def.max_date,
-                at,
-                next_plan_at,
-            ])?;
-            append(
-                tx,
-                at,
-                Some(&def.id),
-                kind::SUBSCRIPTION_ADDED,
-                json!({ "file": file, "line": sub.origin.line, "subscription": def.json() }),
-            )?;
-            changes.added.push(def.id);
+            add_all(tx, file, vec![(sub, def, next_plan_at)], at, changes)?;
         }
         Step::Update {
             sub,
@@ -787,6 +829,95 @@ fn apply(
     Ok(())
 }
 
+/// Rows per multi-row `INSERT` of [`add_all`], largest first: a statement's fixed cost (and the
+/// ledger's `sqlite_sequence` update, and the ephemeral table SQLite builds for the `state IN
+/// (...)` check) is paid once per batch instead of once per row.
+const ADD_BATCHES: [usize; 3] = [64, 8, 1];
+
+/// The `INSERT`s of `rows` new subscriptions and of their `subscription_added` events.
+fn add_sql(rows: usize) -> (String, String) {
+    let subscription = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)"; rows];
+    let ledger = vec!["(?, ?, NULL, ?, ?)"; rows];
+    (
+        format!(
+            "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}, next_plan_at) VALUES {}",
+            subscription.join(", ")
+        ),
+        format!(
+            "INSERT INTO ledger (at, subscription_id, charge_id, kind, detail) VALUES {}",
+            ledger.join(", ")
+        ),
+    )
+}
+
+/// Adds new subscriptions in order, each with its `subscription_added` event: what
+/// [`apply`] does for a [`Step::Add`], a batch of rows per statement.
+fn add_all(
+    tx: &Transaction<'_>,
+    file: &str,
+    adds: Vec<(&Subscription, Def, String)>,
+    at: &str,
+    changes: &mut Changes,
+) -> rusqlite::Result<()> {
+    use rusqlite::ToSql;
+    static SQL: std::sync::LazyLock<[(String, String); ADD_BATCHES.len()]> =
+        std::sync::LazyLock::new(|| ADD_BATCHES.map(add_sql));
+    let mut rest = adds.as_slice();
+    while !rest.is_empty() {
+        let Some(size) = ADD_BATCHES.iter().position(|&size| size <= rest.len()) else {
+            break;
+        };
+        let (batch, after) = rest.split_at(ADD_BATCHES[size]);
+        let (insert, append) = &SQL[size];
+        let lines: Vec<i64> = batch.iter().map(|(sub, _, _)| line(sub)).collect();
+        let details: Vec<String> = batch
+            .iter()
+            .map(|(sub, def, _)| def.added_detail(file, sub.origin.line))
+            .collect();
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(batch.len() * 18);
+        for ((_, def, next_plan_at), line) in batch.iter().zip(&lines) {
+            values.extend_from_slice(&[
+                &def.id as &dyn ToSql,
+                &file,
+                line,
+                &def.customer,
+                &def.bill_number,
+                &def.currency,
+                &def.amount_cents,
+                &def.cadence,
+                &def.start_date,
+                &def.state,
+                &def.catch_up,
+                &def.min_cents,
+                &def.max_cents,
+                &def.period_days,
+                &def.max_date,
+                &at,
+                &at,
+                next_plan_at,
+            ]);
+        }
+        tx.prepare_cached(insert)?
+            .execute(rusqlite::params_from_iter(values))?;
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(batch.len() * 4);
+        for ((_, def, _), detail) in batch.iter().zip(&details) {
+            values.extend_from_slice(&[
+                &at as &dyn ToSql,
+                &def.id,
+                &kind::SUBSCRIPTION_ADDED,
+                detail,
+            ]);
+        }
+        tx.prepare_cached(append)?
+            .execute(rusqlite::params_from_iter(values))?;
+        rest = after;
+    }
+    changes
+        .added
+        .extend(adds.into_iter().map(|(_, def, _)| def.id));
+    Ok(())
+}
+
 fn remove(
     tx: &Transaction<'_>,
     file: &str,
@@ -816,13 +947,31 @@ pub(super) fn append(
     kind: &str,
     detail: Value,
 ) -> rusqlite::Result<()> {
+    append_text(conn, at, subscription_id, kind, &detail.to_string())
+}
+
+/// Appends a ledger event whose detail is JSON text already.
+fn append_text(
+    conn: &Connection,
+    at: &str,
+    subscription_id: Option<&str>,
+    kind: &str,
+    detail: &str,
+) -> rusqlite::Result<()> {
     cached_execute(
         conn,
         "INSERT INTO ledger (at, subscription_id, charge_id, kind, detail) \
          VALUES (?1, ?2, NULL, ?3, ?4)",
-        params![at, subscription_id, kind, detail.to_string()],
+        params![at, subscription_id, kind, detail],
     )?;
     Ok(())
+}
+
+/// Writes `text` as a JSON string, escaped by serde_json (as `Value::to_string` escapes it).
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    use serde::Serializer as _;
+    // Writing to a Vec cannot fail.
+    let _ = (&mut serde_json::Serializer::new(&mut *out)).serialize_str(text);
 }
 
 pub(super) fn has_charges(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
@@ -854,22 +1003,43 @@ fn active_ids_of(conn: &Connection, file: &str) -> rusqlite::Result<Vec<String>>
     Ok(ids)
 }
 
-/// A bill number whose charges belong to another subscription cannot be taken: the limits are
-/// checked against one subscription's charge history, which a new id would not see.
-fn check_bill_number(
+/// The checks of the bill number `sub` takes, from one lookup of the other subscriptions that
+/// hold it:
+///
+/// - `charged`: a bill number whose charges belong to another subscription cannot be taken
+///   (the limits are checked against one subscription's charge history, which a new id would
+///   not see);
+/// - `elsewhere`: a bill number held by a subscription (another id) of another file that this
+///   sync keeps in force: the version in force wins, and the file that also takes it is refused.
+fn bill_checks(
     conn: &Connection,
+    file: &str,
     sub: &Subscription,
+    claims: &mut dyn Claims,
+    charged: bool,
+    elsewhere: bool,
     errors: &mut Vec<Diagnostic>,
 ) -> rusqlite::Result<()> {
-    let other: Option<String> = cached_query_row(
-        conn,
-        "SELECT s.id FROM subscriptions s WHERE s.bill_number = ?1 AND s.id <> ?2 \
-             AND EXISTS (SELECT 1 FROM charges c WHERE c.subscription_id = s.id) LIMIT 1",
-        params![sub.bill_number, sub.id],
-        |row| row.get(0),
-    )
-    .optional()?;
-    if let Some(other) = other {
+    if !charged && !elsewhere {
+        return Ok(());
+    }
+    let mut statement = conn.prepare_cached(
+        "SELECT s.id, s.file, s.line, s.removed_at IS NULL, \
+         EXISTS (SELECT 1 FROM charges c WHERE c.subscription_id = s.id) \
+         FROM subscriptions s WHERE s.bill_number = ?1 AND s.id <> ?2",
+    )?;
+    let holders = statement
+        .query_map(params![sub.bill_number, sub.id], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, bool>(3)?,
+                row.get::<_, bool>(4)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if charged && let Some((other, ..)) = holders.iter().find(|holder| holder.4) {
         errors.push(error_at(
             &sub.origin.path,
             sub.origin.line,
@@ -881,33 +1051,11 @@ fn check_bill_number(
             ),
         ));
     }
-    Ok(())
-}
-
-/// A bill number held by a subscription (another id) of another file that this sync keeps in
-/// force: the version in force wins, and the file that also takes it is refused.
-fn check_bill_elsewhere(
-    conn: &Connection,
-    file: &str,
-    sub: &Subscription,
-    claims: &mut dyn Claims,
-    errors: &mut Vec<Diagnostic>,
-) -> rusqlite::Result<()> {
-    let mut statement = conn.prepare_cached(
-        "SELECT id, file, line FROM subscriptions WHERE bill_number = ?1 AND id <> ?2 \
-         AND file <> ?3 AND removed_at IS NULL",
-    )?;
-    let holders = statement
-        .query_map(params![sub.bill_number, sub.id, file], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (other, other_file, other_line) in holders {
-        if claims.claim(&other_file, &other) == Claim::Defines {
+    if !elsewhere {
+        return Ok(());
+    }
+    for (other, other_file, other_line, in_force, _) in &holders {
+        if other_file != file && *in_force && claims.claim(other_file, other) == Claim::Defines {
             errors.push(error_at(
                 &sub.origin.path,
                 sub.origin.line,
@@ -1065,6 +1213,13 @@ enum Examined {
     Parsed { report: FileReport, digest: String },
 }
 
+/// A listed file whose metadata does not show it unchanged: what [`Listing::read`] needs.
+struct Looked<'a> {
+    path: &'a std::path::PathBuf,
+    stored: Option<FileDigest>,
+    stat: Option<String>,
+}
+
 /// What a file processed earlier in this folder sync wants (for the files after it).
 enum Processed {
     Unchanged,
@@ -1074,14 +1229,20 @@ enum Processed {
     Refused(Option<HashSet<String>>),
 }
 
-/// [`Claims`] for the folder sync: files after the current one are read only when an id or
-/// bill number of the current file involves them.
-struct Folder {
+/// What a folder sync knows of the folder and of `schedule_files` as it began: fixed for the
+/// sync, so files can be read (and parsed) ahead on another thread.
+struct Listing {
     canonical_dir: std::path::PathBuf,
     /// Names in the folder → path.
     listed: HashMap<String, std::path::PathBuf>,
     /// `schedule_files` as the sync began: name → (digest, last_error).
     stored: StoredFiles,
+}
+
+/// [`Claims`] for the folder sync: files after the current one are read only when an id or
+/// bill number of the current file involves them.
+struct Folder<'l> {
+    listing: &'l Listing,
     processed: HashMap<String, Processed>,
     /// Files after the current one, examined ahead (each parse is kept only as its ids).
     ahead: HashMap<String, Option<HashSet<String>>>,
@@ -1092,11 +1253,20 @@ struct Folder {
     index: Option<HashMap<String, Vec<String>>>,
 }
 
-impl Folder {
+impl Listing {
     /// Reads `name` as the sync will: unchanged by metadata or content, else parsed.
     fn examine(&self, name: &str) -> Examined {
+        match self.look(name) {
+            Ok(unchanged) => unchanged,
+            Err(looked) => self.read(looked),
+        }
+    }
+
+    /// The first step of [`Listing::examine`], which reads no file: unchanged by metadata (or
+    /// not listed), else what reading it needs.
+    fn look<'a>(&'a self, name: &str) -> Result<Examined, Looked<'a>> {
         let Some(path) = self.listed.get(name) else {
-            return Examined::Unchanged { refresh: None };
+            return Ok(Examined::Unchanged { refresh: None });
         };
         let stored = self
             .stored
@@ -1110,8 +1280,14 @@ impl Folder {
         if let (Some(stored), Some(stat)) = (&stored, &stat)
             && stored.stat.as_ref() == Some(stat)
         {
-            return Examined::Unchanged { refresh: None };
+            return Ok(Examined::Unchanged { refresh: None });
         }
+        Err(Looked { path, stored, stat })
+    }
+
+    /// The rest of [`Listing::examine`]: reads the file, unchanged by content, else parsed.
+    fn read(&self, looked: Looked<'_>) -> Examined {
+        let Looked { path, stored, stat } = looked;
         let text = match schedule::read_text(path, &self.canonical_dir) {
             Ok(text) => text,
             Err(diagnostic) => {
@@ -1141,7 +1317,9 @@ impl Folder {
             digest: digest.text(),
         }
     }
+}
 
+impl Folder<'_> {
     /// The ids a file not processed yet wants: `Some` if valid, `None` if it has errors, and
     /// `Err(())` if it is unchanged (its rows are its content).
     fn ahead(&mut self, name: &str) -> Result<Option<&HashSet<String>>, ()> {
@@ -1149,7 +1327,7 @@ impl Folder {
             return Err(());
         }
         if !self.ahead.contains_key(name) {
-            match self.examine(name) {
+            match self.listing.examine(name) {
                 Examined::Unchanged { .. } => {
                     self.ahead_unchanged.insert(name.to_string());
                     return Err(());
@@ -1165,9 +1343,9 @@ impl Folder {
     }
 }
 
-impl Claims for Folder {
+impl Claims for Folder<'_> {
     fn claim(&mut self, file: &str, id: &str) -> Claim {
-        if !self.listed.contains_key(file) {
+        if !self.listing.listed.contains_key(file) {
             return Claim::Gone;
         }
         match self.processed.get(file) {
@@ -1200,6 +1378,7 @@ impl Claims for Folder {
         // them are looked at, once.
         if self.index.is_none() {
             let names: Vec<String> = self
+                .listing
                 .listed
                 .keys()
                 .filter(|name| !self.processed.contains_key(*name))
@@ -1243,31 +1422,73 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<SyncSummary, SyncDirError> {
         self.require_write("schedule sync")?;
-        let at = timestamp(now);
         let (canonical_dir, paths) =
             schedule::list_dir(dir).map_err(|e| SyncDirError::Dir(e.to_string()))?;
-        let mut folder = Folder {
+        let mut listing = Listing {
             canonical_dir,
             listed: HashMap::new(),
             stored: self.stored_files()?,
-            processed: HashMap::new(),
-            ahead: HashMap::new(),
-            ahead_unchanged: HashSet::new(),
-            index: None,
         };
         let mut order: Vec<(Option<String>, std::path::PathBuf)> = Vec::new();
         for path in paths {
             match path.file_name().and_then(|n| n.to_str()) {
-                Some(name) if !folder.listed.contains_key(name) => {
-                    folder.listed.insert(name.to_string(), path.clone());
+                Some(name) if !listing.listed.contains_key(name) => {
+                    listing.listed.insert(name.to_string(), path.clone());
                     order.push((Some(name.to_string()), path));
                 }
                 _ => order.push((None, path)),
             }
         }
+        let listing = &listing;
+        let mut folder = Folder {
+            listing,
+            processed: HashMap::new(),
+            ahead: HashMap::new(),
+            ahead_unchanged: HashSet::new(),
+            index: None,
+        };
+        let reads: Vec<String> = order.iter().filter_map(|(name, _)| name.clone()).collect();
 
+        // Files are read and parsed one ahead on a thread of their own, in the order they are
+        // applied, while this thread applies the previous one (the channel holds one file: at
+        // most two files' subscriptions are in memory besides the one being applied).
+        std::thread::scope(|scope| {
+            let (sender, prefetched) = std::sync::mpsc::sync_channel::<(usize, Examined)>(1);
+            // Without the thread (it could not be started), each file is read here.
+            let _ = std::thread::Builder::new()
+                .name("schedule-read".to_string())
+                .spawn_scoped(scope, move || {
+                    for (index, name) in reads.iter().enumerate() {
+                        // Files unchanged by their metadata are left to the sync (no hand-over).
+                        if let Err(looked) = listing.look(name)
+                            && sender.send((index, listing.read(looked))).is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            let mut prefetched = Prefetched {
+                receiver: prefetched,
+                next: None,
+            };
+            self.sync_listed(order, &mut folder, &mut prefetched, now)
+        })
+    }
+
+    /// [`Store::sync_dir`] once the folder is listed: each file in `order` (its reading taken
+    /// from `prefetched` if it was read ahead), then the files that are gone.
+    fn sync_listed(
+        &mut self,
+        order: Vec<(Option<String>, std::path::PathBuf)>,
+        folder: &mut Folder<'_>,
+        prefetched: &mut Prefetched,
+        now: DateTime<Utc>,
+    ) -> Result<SyncSummary, SyncDirError> {
+        let at = timestamp(now);
         let mut summary = SyncSummary::default();
         let mut refreshed = Vec::new();
+        // The index of the named file in `order` (as the reading thread counts).
+        let mut named = 0;
         for (name, path) in order {
             let Some(name) = name else {
                 summary.files.push(FileSync {
@@ -1283,11 +1504,18 @@ impl Store {
                 });
                 continue;
             };
+            let index = named;
+            named += 1;
             let examined = if folder.ahead_unchanged.contains(&name) {
                 Examined::Unchanged { refresh: None }
             } else {
                 folder.ahead.remove(&name);
-                folder.examine(&name)
+                match folder.listing.look(&name) {
+                    Ok(unchanged) => unchanged,
+                    Err(looked) => prefetched
+                        .take(index)
+                        .unwrap_or_else(|| folder.listing.read(looked)),
+                }
             };
             let (outcome, processed) = match examined {
                 Examined::Unchanged { refresh } => {
@@ -1322,7 +1550,7 @@ impl Store {
                             .cloned(),
                     );
                     let (outcome, pending) =
-                        self.sync_file(&name, &report, digest, &mut folder, true, now)?;
+                        self.sync_file(&name, &report, digest, folder, true, now)?;
                     let processed = match &outcome {
                         FileOutcome::Refused { .. } => Processed::Refused(Some(
                             report.subscriptions.iter().map(|s| s.id.clone()).collect(),
@@ -1343,8 +1571,8 @@ impl Store {
         }
 
         for name in self.known_files()? {
-            if !folder.listed.contains_key(&name) {
-                let outcome = self.sync_gone(&name, &mut folder, &at)?;
+            if !folder.listing.listed.contains_key(&name) {
+                let outcome = self.sync_gone(&name, folder, &at)?;
                 summary.files.push(FileSync {
                     file: name,
                     outcome,
@@ -1385,6 +1613,31 @@ impl Store {
     }
 }
 
+/// Files read ahead by the folder sync's reading thread: (index among the named files of the
+/// listing, what reading it found), in order.
+struct Prefetched {
+    receiver: std::sync::mpsc::Receiver<(usize, Examined)>,
+    /// Received, for a file after the one asked for last.
+    next: Option<(usize, Examined)>,
+}
+
+impl Prefetched {
+    /// File `index` as read ahead, if it was (the thread reads only the files whose metadata
+    /// does not show them unchanged, as it saw them).
+    fn take(&mut self, index: usize) -> Option<Examined> {
+        loop {
+            if self.next.is_none() {
+                self.next = Some(self.receiver.recv().ok()?);
+            }
+            match &self.next {
+                Some((read, _)) if *read < index => self.next = None,
+                Some((read, _)) if *read == index => return self.next.take().map(|(_, e)| e),
+                _ => return None,
+            }
+        }
+    }
+}
+
 /// Why a folder sync stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncDirError {
@@ -1393,4 +1646,134 @@ pub enum SyncDirError {
     Dir(String),
     #[error("{0}")]
     Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(customer: Option<&str>, bill: &str, full: bool) -> Def {
+        Def {
+            id: "sub-1_x".to_string(),
+            customer: customer.map(str::to_string),
+            bill_number: bill.to_string(),
+            currency: "RUB".to_string(),
+            amount_cents: 49_900,
+            cadence: "1 month".to_string(),
+            start_date: "2026-12-01".to_string(),
+            state: "active".to_string(),
+            catch_up: full.then(|| "latest".to_string()),
+            min_cents: full.then_some(100),
+            max_cents: full.then_some(0),
+            period_days: full.then_some(28),
+            max_date: full.then(|| "2027-12-01".to_string()),
+        }
+    }
+
+    fn sub(n: usize, amount: &str) -> String {
+        format!(
+            "[[subscription]]\nid = \"s{n:03}\"\nbill_number = \"5899110210{n:06}\"\n\
+             customer = \"c\\\"{n}\"\ncurrency = \"RUB\"\namount = \"{amount}\"\n\
+             every = \"1 month\"\nstart = 2026-12-01\n\n"
+        )
+    }
+
+    /// Additions are inserted in batches (64, 8, then one by one) between the other steps: every
+    /// row and every event is what one-by-one inserts wrote, events in the order of the file.
+    #[test]
+    fn batched_additions_write_what_single_ones_did() {
+        use crate::store::Access;
+        use chrono::TimeZone;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("recurrentd.db"), Access::Daemon).unwrap();
+        let path = Path::new("schedules").join("a.toml");
+        let report = |text: &str| DirReport {
+            files: vec![schedule::parse_text(&path, text)],
+        };
+        let first: String = (0..10).map(|n| sub(n, "100.00")).collect();
+        let t1 = Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).unwrap();
+        store.sync_schedules(&report(&first), t1).unwrap();
+        // s000 and s005 change, s003 is dropped (its removal comes after the additions); 73 new
+        // ones: 64 + 8 + 1.
+        let second: String = (0..83)
+            .filter(|&n| n != 3)
+            .map(|n| sub(n, if n == 0 || n == 5 { "200.00" } else { "100.00" }))
+            .collect();
+        let second = report(&second);
+        let t2 = Utc.with_ymd_and_hms(2026, 11, 2, 12, 0, 0).unwrap();
+        let summary = store.sync_schedules(&second, t2).unwrap();
+        let Some(FileOutcome::Applied(changes)) = summary.outcome("a.toml") else {
+            panic!("{summary:?}");
+        };
+        let new: Vec<String> = (10..83).map(|n| format!("s{n:03}")).collect();
+        assert_eq!(changes.added, new);
+        assert_eq!(changes.updated, ["s000", "s005"]);
+        assert_eq!(changes.removed, ["s003"]);
+        let events: Vec<_> = store
+            .ledger(None)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.at == t2)
+            .collect();
+        let expected: Vec<(Option<String>, &str)> = ["s000", "s005"]
+            .into_iter()
+            .map(|id| (Some(id.to_string()), kind::SUBSCRIPTION_UPDATED))
+            .chain(
+                new.iter()
+                    .map(|id| (Some(id.clone()), kind::SUBSCRIPTION_ADDED)),
+            )
+            .chain([(Some("s003".to_string()), kind::SUBSCRIPTION_REMOVED)])
+            .collect();
+        let got: Vec<(Option<String>, &str)> = events
+            .iter()
+            .map(|e| (e.subscription_id.clone(), e.kind.as_str()))
+            .collect();
+        assert_eq!(got, expected);
+        for (event, parsed) in events[2..].iter().zip(&second.files[0].subscriptions[9..]) {
+            let def = Def::from_subscription(parsed);
+            let value =
+                json!({ "file": "a.toml", "line": parsed.origin.line, "subscription": def.json() });
+            assert_eq!(event.detail, value);
+            let stored = store.subscription(&parsed.id).unwrap().unwrap();
+            assert_eq!(
+                (
+                    stored.line,
+                    &stored.file,
+                    &stored.terms,
+                    &stored.customer,
+                    stored.created_at
+                ),
+                (
+                    parsed.origin.line,
+                    &"a.toml".to_string(),
+                    &parsed.terms,
+                    &parsed.customer,
+                    t2
+                )
+            );
+        }
+    }
+
+    /// The hand-written `subscription_added` detail is the text serde_json writes for the same
+    /// value (so it also parses to the same value), odd characters included.
+    #[test]
+    fn added_detail_is_what_serde_json_writes() {
+        let odd = "q\"uo\\te/\u{1}\u{8}\u{9}\u{a}\u{c}\u{d}\u{1f}\u{7f}é€😀\u{2028}";
+        let files = ["f.toml", "odd \"name\"\\\n.toml", odd];
+        let defs = [
+            def(None, "5899110210668265", false),
+            def(Some("cust-42"), "5899110210668265.1", true),
+            def(Some(odd), odd, true),
+        ];
+        for file in files {
+            for def in &defs {
+                for line in [1, 12_345_678] {
+                    let text = def.added_detail(file, line);
+                    let value = json!({ "file": file, "line": line, "subscription": def.json() });
+                    assert_eq!(text, value.to_string());
+                    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), value);
+                }
+            }
+        }
+    }
 }
