@@ -134,7 +134,8 @@ pub enum Command {
     /// leaves. --reference is your unique reference (a ticket number): running the same command
     /// again shows the first request and never charges twice. The daemon's next sweep sends it;
     /// `history SUBSCRIPTION` shows it as period `adhoc:<reference>`. Not retried after a
-    /// decline. Exit 0 queued or already requested; 1 refused (limits, unknown subscription,
+    /// decline. It counts as a charge for the agreement's period limit: a scheduled period that
+    /// falls due within period_days after it is deferred or skipped. Exit 0 queued or already requested; 1 refused (limits, unknown subscription,
     /// reference used for another amount).
     ///
     /// Example:

@@ -359,13 +359,22 @@ async fn reload(
     notifier.reloading();
     let seen = fingerprint(config).await;
     match sync(engine, config, &options.clock).await {
-        Ok(active) => *subscriptions = active,
-        Err(e) => tracing::error!(
-            error = %e,
-            "schedule reload failed; the previous schedules stay in force"
-        ),
+        Ok(active) => {
+            *subscriptions = active;
+            watch.reloaded(seen);
+        }
+        // Not marked as read: the watcher tries again at its next poll (a cancellation in the
+        // file must not wait for the next edit).
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                "schedule reload failed; the previous schedules stay in force and the reload is \
+                 tried again in {} s",
+                watch::RETRY.as_secs()
+            );
+            watch.failed();
+        }
     }
-    watch.reloaded(seen);
     notifier.ready(&status_line(*subscriptions, last_tick));
 }
 

@@ -14,6 +14,10 @@ use std::time::{Duration, SystemTime};
 /// Real time between looks at the folder (transport time: it does not follow a rehearsal clock).
 pub const POLL: Duration = Duration::from_secs(1);
 
+/// After a reload failed (the store or the folder could not be read), how long before the
+/// watcher tries it again.
+pub const RETRY: Duration = Duration::from_secs(30);
+
 /// What the folder looked like: each schedule file's name, size and modification time.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
@@ -46,6 +50,8 @@ pub struct Watch {
     applied: Fingerprint,
     /// The folder at the previous poll.
     previous: Fingerprint,
+    /// After a failed reload: no new try before this.
+    quiet_until: Option<std::time::Instant>,
 }
 
 impl Watch {
@@ -54,6 +60,7 @@ impl Watch {
         Watch {
             previous: applied.clone(),
             applied,
+            quiet_until: None,
         }
     }
 
@@ -62,13 +69,26 @@ impl Watch {
     pub fn poll(&mut self, now: Fingerprint) -> bool {
         let settled = now == self.previous;
         self.previous = now;
+        if self
+            .quiet_until
+            .is_some_and(|until| std::time::Instant::now() < until)
+        {
+            return false;
+        }
         settled && self.previous != self.applied
+    }
+
+    /// A reload failed: the folder still counts as unread, and the watcher tries again after
+    /// [`RETRY`] (sooner would only repeat the same error every second).
+    pub fn failed(&mut self) {
+        self.quiet_until = Some(std::time::Instant::now() + RETRY);
     }
 
     /// The schedules were just read (by this watcher or a SIGHUP) from the folder as `seen`,
     /// taken before reading, so a change made during the read is still noticed.
     pub fn reloaded(&mut self, seen: Fingerprint) {
         self.applied = seen;
+        self.quiet_until = None;
     }
 }
 
@@ -119,6 +139,25 @@ mod tests {
         std::fs::remove_file(dir.path().join("b.toml")).unwrap();
         watch.poll(Fingerprint::of(dir.path()));
         assert!(watch.poll(Fingerprint::of(dir.path())), "a removed file");
+    }
+
+    #[test]
+    fn a_failed_reload_is_tried_again_later_not_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut watch = Watch::new(Fingerprint::of(dir.path()));
+        write(&dir.path().join("a.toml"), "state = \"cancelled\"");
+        watch.poll(Fingerprint::of(dir.path()));
+        assert!(watch.poll(Fingerprint::of(dir.path())));
+        watch.failed();
+        assert!(
+            !watch.poll(Fingerprint::of(dir.path())),
+            "quiet for a while after a failure"
+        );
+        watch.quiet_until = Some(std::time::Instant::now());
+        assert!(
+            watch.poll(Fingerprint::of(dir.path())),
+            "the change still counts as unread"
+        );
     }
 
     #[test]

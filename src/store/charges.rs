@@ -1345,8 +1345,9 @@ impl PlanTx<'_> {
         )
     }
 
-    /// The oldest ad-hoc charge of a subscription waiting for an attempt: queued, or open again
-    /// after its attempt was not received (then not before its `next_attempt_at`).
+    /// The ad-hoc charge of a subscription to attempt first: queued ones (oldest first) before
+    /// those open again after an attempt was not received (not before their `next_attempt_at`,
+    /// earliest first), so a ready one never waits behind one that is backing off.
     pub fn adhoc_open(&self, subscription_id: &str) -> Result<Option<OpenCharge>, StoreError> {
         let path = self.path;
         cached_query_row(
@@ -1356,7 +1357,7 @@ impl PlanTx<'_> {
                  AND c.state = 'open' AND c.reference IS NOT NULL \
                  AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.charge_id = c.id AND a.state IN \
                      ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')) \
-                 ORDER BY c.id LIMIT 1"
+                 ORDER BY COALESCE(c.next_attempt_at, ''), c.id LIMIT 1"
             ),
             [subscription_id],
             open_charge_row,
