@@ -1067,18 +1067,7 @@ type OpenChargeRow = (
 );
 
 fn open_charge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpenChargeRow> {
-    Ok((
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-        row.get(5)?,
-        row.get(6)?,
-        row.get(7)?,
-        row.get(8)?,
-        row.get(9)?,
-    ))
+    OpenChargeRow::try_from(row)
 }
 
 fn decode_open_charge(path: &Path, row: OpenChargeRow) -> Result<OpenCharge, StoreError> {

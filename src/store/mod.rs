@@ -21,6 +21,8 @@ mod report;
 mod resolve;
 mod schema;
 mod sync;
+#[cfg(test)]
+mod test_support;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};

@@ -420,17 +420,7 @@ impl Store {
                     },
                 ),
                 Some(name) if file.has_errors() => {
-                    let errors: Vec<Diagnostic> = file
-                        .diagnostics
-                        .iter()
-                        .filter(|d| d.severity == Severity::Error)
-                        .cloned()
-                        .collect();
-                    let path = self.path.clone();
-                    let tx = self.write_tx("recording a refused schedule file")?;
-                    refuse(&tx, &path, name, &errors, &at)?;
-                    tx.commit()
-                        .ctx(&path, "recording a refused schedule file")?;
+                    let errors = self.refuse_file(name, file, &at)?;
                     (
                         name.to_string(),
                         FileOutcome::Refused {
@@ -461,6 +451,28 @@ impl Store {
             }
         }
         Ok(summary)
+    }
+
+    /// Refuses a file whose report has errors, in a transaction of its own (see [`refuse`]);
+    /// returns the errors.
+    fn refuse_file(
+        &mut self,
+        name: &str,
+        report: &FileReport,
+        at: &str,
+    ) -> Result<Vec<Diagnostic>, StoreError> {
+        let what = "recording a refused schedule file";
+        let errors: Vec<Diagnostic> = report
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .cloned()
+            .collect();
+        let path = self.path.clone();
+        let tx = self.write_tx(what)?;
+        refuse(&tx, &path, name, &errors, at)?;
+        tx.commit().ctx(&path, what)?;
+        Ok(errors)
     }
 
     fn write_tx(&mut self, what: &str) -> Result<Transaction<'_>, StoreError> {
@@ -1523,17 +1535,7 @@ impl Store {
                     (FileOutcome::Unchanged, Processed::Unchanged)
                 }
                 Examined::Parsed { report, .. } if report.has_errors() => {
-                    let errors: Vec<Diagnostic> = report
-                        .diagnostics
-                        .iter()
-                        .filter(|d| d.severity == Severity::Error)
-                        .cloned()
-                        .collect();
-                    let path = self.path.clone();
-                    let tx = self.write_tx("recording a refused schedule file")?;
-                    refuse(&tx, &path, &name, &errors, &at)?;
-                    tx.commit()
-                        .ctx(&path, "recording a refused schedule file")?;
+                    let errors = self.refuse_file(&name, &report, &at)?;
                     (
                         FileOutcome::Refused {
                             diagnostics: errors,

@@ -1,32 +1,10 @@
 use super::*;
 use crate::money::{Currency, Money};
-use crate::schedule::{DirReport, parse_text};
-use crate::store::{Access, timestamp};
-use chrono::TimeZone;
+use crate::store::timestamp;
 use rusqlite::params;
 use std::collections::BTreeMap;
-use std::path::Path;
 
-fn at(month: u32, day: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2027, month, day, 7, 0, 0).unwrap()
-}
-
-fn store_with(ids: &[&str]) -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("recurrentd.db"), Access::Daemon).unwrap();
-    let mut text = String::new();
-    for (i, id) in ids.iter().enumerate() {
-        text += &format!(
-            "[[subscription]]\nid = \"{id}\"\nbill_number = \"58991102100{i:05}\"\n\
-             currency = \"RUB\"\namount = \"499.00\"\nevery = \"1 month\"\nstart = 2027-01-01\n\n"
-        );
-    }
-    let report = DirReport {
-        files: vec![parse_text(Path::new("schedules/a.toml"), &text)],
-    };
-    store.sync_schedules(&report, at(1, 1)).unwrap();
-    (dir, store)
-}
+use crate::store::test_support::{at, store_with};
 
 fn charge(store: &Store, id: &str, period: i64, state: &str, next: Option<DateTime<Utc>>) -> i64 {
     store

@@ -1,28 +1,8 @@
 use super::*;
-use crate::schedule::{DirReport, parse_text};
 use crate::store::Access;
 use chrono::TimeZone;
 
-fn at(month: u32, day: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2027, month, day, 7, 0, 0).unwrap()
-}
-
-fn store_with(ids: &[&str]) -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("recurrentd.db"), Access::Daemon).unwrap();
-    let mut text = String::new();
-    for (i, id) in ids.iter().enumerate() {
-        text += &format!(
-            "[[subscription]]\nid = \"{id}\"\nbill_number = \"58991102100{i:05}\"\n\
-             currency = \"RUB\"\namount = \"499.00\"\nevery = \"1 month\"\nstart = 2027-01-01\n\n"
-        );
-    }
-    let report = DirReport {
-        files: vec![parse_text(Path::new("schedules/a.toml"), &text)],
-    };
-    store.sync_schedules(&report, at(1, 1)).unwrap();
-    (dir, store)
-}
+use crate::store::test_support::{at, store_with};
 
 fn charge(store: &Store, id: &str, period: i64, due: &str, state: &str, next: Option<&str>) -> i64 {
     store

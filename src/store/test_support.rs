@@ -1,0 +1,32 @@
+//! Helpers shared by the store's unit tests.
+
+use std::path::Path;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::{Access, Store};
+use crate::schedule::{DirReport, parse_text};
+
+/// 07:00 UTC on a day of 2027.
+pub fn at(month: u32, day: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2027, month, day, 7, 0, 0).unwrap()
+}
+
+/// A daemon store with one monthly subscription per id (499.00 RUB from 2027-01-01), synced on
+/// 2027-01-01 from `schedules/a.toml`.
+pub fn store_with(ids: &[&str]) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("recurrentd.db"), Access::Daemon).unwrap();
+    let mut text = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        text += &format!(
+            "[[subscription]]\nid = \"{id}\"\nbill_number = \"58991102100{i:05}\"\n\
+             currency = \"RUB\"\namount = \"499.00\"\nevery = \"1 month\"\nstart = 2027-01-01\n\n"
+        );
+    }
+    let report = DirReport {
+        files: vec![parse_text(Path::new("schedules/a.toml"), &text)],
+    };
+    store.sync_schedules(&report, at(1, 1)).unwrap();
+    (dir, store)
+}
