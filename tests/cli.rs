@@ -651,8 +651,8 @@ async fn status_all_and_resolving_parked_charges_on_a_live_database() {
     );
     assert_eq!(rows[0]["order_number"], order1.as_str());
     assert_eq!(
-        rows[0]["state"], "not_sent",
-        "not received: it never charged"
+        rows[0]["state"], "not_received",
+        "sent, then attested never charged: not received (not_sent means it never left)"
     );
     assert!(
         rows[0]["reason"]

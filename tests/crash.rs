@@ -259,6 +259,7 @@ fn check_operator_views(rig: &Rig) {
         "unknown",
         "approved",
         "declined",
+        "not_received",
         "quarantined",
         "blocked",
         "skipped",

@@ -33,7 +33,8 @@ pub struct HistoryRow {
     pub order_number: Option<String>,
     pub amount: String,
     pub currency: String,
-    /// pending, not_sent, unknown, approved, declined, quarantined, blocked, skipped, parked.
+    /// pending, not_sent, unknown, approved, declined, not_received, quarantined, blocked,
+    /// skipped, parked.
     pub state: &'static str,
     /// When the request was (last) sent, on the daemon's clock; `null` if never sent.
     pub sent_at: Option<String>,
@@ -57,8 +58,10 @@ fn shown_state(attempt_state: &str) -> &'static str {
         "approved" => "approved",
         "declined" => "declined",
         "quarantined" => "quarantined",
-        // The gateway never received it (proven by lookups after the settle window).
-        "not_received" => "not_sent",
+        // Sent, and then shown never to have reached the gateway (two not-found lookups after
+        // the settle window, or an operator's `resolve --not-charged`). Not `not_sent`: that
+        // means provably never left this host.
+        "not_received" => "not_received",
         // Refused before it was sent (a limit, a removed subscription).
         "rejected" => "blocked",
         _ => "unknown",
