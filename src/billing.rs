@@ -17,7 +17,8 @@ use chrono_tz::Tz;
 use crate::config::{BillingConfig, CatchUp};
 use crate::money::Money;
 
-/// Most periods the core will look through in one call (about 27 years of daily charges).
+/// Most periods `check_terms` looks through for the smallest gap between due dates (about 27
+/// years of daily charges; the gaps of monthly and yearly cadences repeat every eight years).
 const MAX_PERIOD_SCAN: u32 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,12 +330,57 @@ impl fmt::Display for SkipReason {
     }
 }
 
-/// A period settled without a charge by [`decide`].
+/// A period, or a run of consecutive periods, settled without a charge by [`decide`]. A run
+/// (`first < period`) is settled by one reason (superseded by the same latest period, or all
+/// missed) and recorded as one row under its last period: a gap of 80 000 daily periods is one
+/// record, not 80 000.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settled {
+    /// The first period of the run (`== period` for a single period).
+    pub first: u32,
+    /// The first period's due date.
+    pub first_due_date: NaiveDate,
+    /// The last period of the run: the one recorded, and the one after which billing continues.
     pub period: u32,
     pub due_date: NaiveDate,
     pub outcome: SettledOutcome,
+}
+
+impl Settled {
+    fn one(period: u32, due_date: NaiveDate, outcome: SettledOutcome) -> Settled {
+        Settled {
+            first: period,
+            first_due_date: due_date,
+            period,
+            due_date,
+            outcome,
+        }
+    }
+
+    /// How many periods this settles.
+    pub fn count(&self) -> u32 {
+        self.period - self.first + 1
+    }
+
+    /// The reason as an operator reads it: for a run, which periods and how many.
+    pub fn describe(&self) -> String {
+        let reason = match &self.outcome {
+            SettledOutcome::Skipped(r) => r.to_string(),
+            SettledOutcome::Blocked(r) => r.to_string(),
+        };
+        if self.first == self.period {
+            reason
+        } else {
+            format!(
+                "{} periods, #{} ({}) to #{} ({}): {reason}",
+                self.count(),
+                self.first,
+                self.first_due_date,
+                self.period,
+                self.due_date
+            )
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -446,41 +492,29 @@ pub fn decide(
             };
         }
 
-        // `period` is due. Find the latest period that is also due (within max_date).
-        let mut latest = period;
-        for _ in 0..MAX_PERIOD_SCAN {
-            let Some(later) = latest.checked_add(1) else {
-                break;
-            };
-            let Some(later_date) = due_date(terms, later) else {
-                break;
-            };
-            let in_terms = terms
-                .limits
-                .max_date
-                .is_none_or(|max_date| later_date <= max_date);
-            if !in_terms || calendar.due_instant(later_date) > now {
-                break;
-            }
-            latest = later;
-        }
+        // `period` is due. Find the latest period that is also due (within max_date): exact
+        // whatever the gap, in a logarithmic number of steps (a start date centuries ago costs
+        // no more than last month).
+        let latest = latest_due(terms, calendar, period, now);
         let latest_date = due_date(terms, latest).unwrap_or(date);
         let latest_due_at = calendar.due_instant(latest_date);
         let on_time = now - latest_due_at <= calendar.grace;
         // Only ever the latest due period is charged; "none" drops it too once it is late.
         let charge_latest = catch_up == CatchUp::Latest || on_time;
         let first_kept = if charge_latest { latest } else { latest + 1 };
-        for older in period..first_kept {
-            let older_date = due_date(terms, older).unwrap_or(date);
+        if first_kept > period {
+            let last = first_kept - 1;
             let reason = match catch_up {
                 CatchUp::Latest => SkipReason::Superseded { by_period: latest },
                 CatchUp::None => SkipReason::Missed {
-                    due_at: calendar.due_instant(older_date),
+                    due_at: calendar.due_instant(date),
                 },
             };
             settled.push(Settled {
-                period: older,
-                due_date: older_date,
+                first: period,
+                first_due_date: date,
+                period: last,
+                due_date: due_date(terms, last).unwrap_or(date),
                 outcome: SettledOutcome::Skipped(reason),
             });
         }
@@ -518,20 +552,58 @@ pub fn decide(
                         },
                     };
                 }
-                settled.push(Settled {
-                    period: target,
-                    due_date: latest_date,
-                    outcome: SettledOutcome::Skipped(SkipReason::TooSoon(reason)),
-                });
+                settled.push(Settled::one(
+                    target,
+                    latest_date,
+                    SettledOutcome::Skipped(SkipReason::TooSoon(reason)),
+                ));
             }
-            Err(reason) => settled.push(Settled {
-                period: target,
-                due_date: latest_date,
-                outcome: SettledOutcome::Blocked(reason),
-            }),
+            Err(reason) => settled.push(Settled::one(
+                target,
+                latest_date,
+                SettledOutcome::Blocked(reason),
+            )),
         }
         period = target + 1;
     }
+}
+
+/// The latest period at or after `from` (which is due) that is due at `now` and within
+/// `max_date`. Due dates and their instants only grow with the period, so "due" holds for a
+/// prefix of the periods: gallop up from `from`, then bisect.
+fn latest_due(terms: &Terms, calendar: &Calendar, from: u32, now: DateTime<Utc>) -> u32 {
+    let is_due = |period: u32| {
+        due_date(terms, period).is_some_and(|date| {
+            terms
+                .limits
+                .max_date
+                .is_none_or(|max_date| date <= max_date)
+                && calendar.due_instant(date) <= now
+        })
+    };
+    // Invariant: `due` is due; `not_due` (when known) is not.
+    let mut due = from;
+    let mut step: u32 = 1;
+    let mut not_due = loop {
+        match due.checked_add(step) {
+            Some(probe) if is_due(probe) => {
+                due = probe;
+                step = step.saturating_mul(2);
+            }
+            Some(probe) => break probe,
+            None if step == 1 => return due,
+            None => step = 1,
+        }
+    };
+    while not_due - due > 1 {
+        let mid = due + (not_due - due) / 2;
+        if is_due(mid) {
+            due = mid;
+        } else {
+            not_due = mid;
+        }
+    }
+    due
 }
 
 /// When [`decide`] must be asked again about a subscription whose terms and history do not
@@ -598,11 +670,29 @@ pub struct TermsProblem {
     pub message: String,
 }
 
+/// The earliest start date a schedule may give. Card-on-file agreements are younger; a start
+/// before it is a typo (1800 for 2800, say) whose catch-up would settle decades of periods.
+pub const EARLIEST_START: NaiveDate = match NaiveDate::from_ymd_opt(2000, 1, 1) {
+    Some(date) => date,
+    None => NaiveDate::MIN,
+};
+
 /// Checks that the terms cannot violate their own limits: the amount within min/max, min ≤ max,
 /// the start not after `max_date`, and no two consecutive due dates fewer than `period_days`
-/// apart (month lengths and leap years included).
+/// apart (month lengths and leap years included); and that the start is not before
+/// [`EARLIEST_START`].
 pub fn check_terms(terms: &Terms) -> Vec<TermsProblem> {
     let mut problems = Vec::new();
+    if terms.start < EARLIEST_START {
+        problems.push(TermsProblem {
+            field: "start",
+            message: format!(
+                "{} is before {EARLIEST_START}: no card agreement is that old (a typo?); the \
+                 catch-up would skip every period since",
+                terms.start
+            ),
+        });
+    }
     let limits = &terms.limits;
     if let (Some(min), Some(max)) = (limits.min_amount, limits.max_amount)
         && min > max

@@ -443,16 +443,16 @@ impl<'a> Simulation<'a> {
                 if due_at < self.from {
                     continue;
                 }
-                let (status, reason) = match settled.outcome {
-                    SettledOutcome::Blocked(reason) => (Status::Blocked, reason.to_string()),
-                    SettledOutcome::Skipped(reason) => (Status::Skipped, reason.to_string()),
+                let status = match settled.outcome {
+                    SettledOutcome::Blocked(_) => Status::Blocked,
+                    SettledOutcome::Skipped(_) => Status::Skipped,
                 };
                 entries.push(self.entry(
                     settled.period,
                     settled.due_date,
                     due_at,
                     status,
-                    Some(reason),
+                    Some(settled.describe()),
                 ));
             }
             match plan.next {

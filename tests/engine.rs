@@ -705,3 +705,49 @@ async fn an_adhoc_charge_is_checked_against_the_limits_made_once_and_counted_for
         assert!(gap.num_days() >= 28, "charges {pair:?} only {gap} apart");
     }
 }
+
+/// A daily plan that started long ago: the first sweep skips the missed periods as one run
+/// (one row, one ledger event) and charges today's period; later sweeps that day charge
+/// nothing (a period cap once made the engine charge a non-latest period as the latest, again
+/// at every sweep).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_date_decades_ago_is_caught_up_exactly_in_one_run() {
+    let text = "[[subscription]]\nid = \"old\"\nbill_number = \"5800000000000001\"\n\
+                currency = \"RUB\"\namount = \"100.00\"\nevery = \"1 day\"\nstart = 2000-01-01\n\n\
+                [subscription.limits]\nmin_amount = \"50.00\"\nmax_amount = \"150.00\"\n\
+                period_days = 1\nmax_date = 2030-12-31\n\n";
+    let world = World::new(text, DuplicatePolicy::Reject, ResponseFormat::Xml).await;
+    world.clock.set("2028-01-01T08:00:00Z".parse().unwrap());
+    let engine = world.start().await;
+    let engine = run(
+        &world,
+        engine,
+        "2028-01-01T16:00:00Z".parse().unwrap(),
+        Duration::minutes(30),
+        4,
+    )
+    .await;
+    quiesce(&world, &engine).await;
+    let today = NaiveDate::from_ymd_opt(2028, 1, 1).unwrap();
+    let start = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap();
+    let expected = u32::try_from((today - start).num_days()).unwrap();
+    let book = world.sandbox.book();
+    let approved: Vec<_> = book
+        .orders
+        .iter()
+        .filter(|o| o.state.as_str() == "Approved")
+        .map(|o| parse_order(&o.order_number))
+        .collect();
+    assert_eq!(
+        approved,
+        [("old".to_string(), expected)],
+        "today's period, once"
+    );
+    let ledger = engine.with_store(|s| s.ledger(Some("old"))).await.unwrap();
+    let skipped: Vec<_> = ledger
+        .iter()
+        .filter(|e| e.kind == "period_skipped")
+        .collect();
+    assert_eq!(skipped.len(), 1, "one event for the run: {skipped:?}");
+    assert!(ledger.len() < 20, "{} ledger rows", ledger.len());
+}

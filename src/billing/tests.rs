@@ -231,13 +231,57 @@ fn decide_waits_then_charges_on_time() {
     );
 }
 
+/// A start date centuries ago: the latest due period is found exactly (it was capped at 10 000
+/// periods by a scan, so a non-latest period was charged as the latest, again at every sweep),
+/// and everything before it is one skipped run.
+#[test]
+fn catch_up_is_exact_whatever_the_gap() {
+    let cal = moscow();
+    let t = terms("1 day", date(1800, 1, 1));
+    let now = utc("2026-12-06T12:00:00Z");
+    let today = date(2026, 12, 6);
+    let expected = u32::try_from((today - date(1800, 1, 1)).num_days()).unwrap();
+    let plan = decide(&t, &cal, 0, &[], now);
+    assert_eq!(
+        plan.next,
+        Next::Charge {
+            period: expected,
+            due_date: today
+        }
+    );
+    assert_eq!(plan.settled.len(), 1, "one run, not {expected} rows");
+    let run = &plan.settled[0];
+    assert_eq!((run.first, run.period), (0, expected - 1));
+    assert_eq!(run.first_due_date, date(1800, 1, 1));
+    assert!(
+        run.describe()
+            .starts_with(&format!("{expected} periods, #0 (1800-01-01)"))
+    );
+    // The next sweep, after that charge, waits for tomorrow instead of charging again.
+    let plan = decide(&t, &cal, expected + 1, &[now], now + Duration::minutes(1));
+    assert!(plan.settled.is_empty());
+    assert!(matches!(plan.next, Next::Wait { period, .. } if period == expected + 1));
+}
+
+#[test]
+fn a_start_before_2000_is_a_problem() {
+    let problems = check_terms(&terms("1 day", date(1800, 1, 1)));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.field == "start" && p.message.contains("before 2000-01-01")),
+        "{problems:?}"
+    );
+    assert!(check_terms(&terms("1 day", date(2000, 1, 1))).is_empty());
+}
+
 #[test]
 fn catch_up_latest_charges_only_the_latest_missed_period() {
     let cal = moscow();
     let t = terms("1 month", date(2027, 1, 1));
     let plan = decide(&t, &cal, 0, &[], utc("2027-04-15T12:00:00Z"));
-    let skipped: Vec<u32> = plan.settled.iter().map(|s| s.period).collect();
-    assert_eq!(skipped, [0, 1, 2]);
+    let skipped: Vec<(u32, u32)> = plan.settled.iter().map(|s| (s.first, s.period)).collect();
+    assert_eq!(skipped, [(0, 2)], "one run: periods 0 to 2");
     assert!(plan.settled.iter().all(|s| matches!(
         s.outcome,
         SettledOutcome::Skipped(SkipReason::Superseded { by_period: 3 })
@@ -257,7 +301,9 @@ fn catch_up_none_skips_missed_periods_and_resumes_at_the_next() {
     let mut t = terms("1 month", date(2027, 1, 1));
     t.catch_up = Some(CatchUp::None);
     let plan = decide(&t, &cal, 0, &[], utc("2027-04-15T12:00:00Z"));
-    assert_eq!(plan.settled.len(), 4);
+    assert_eq!(plan.settled.len(), 1);
+    assert_eq!((plan.settled[0].first, plan.settled[0].period), (0, 3));
+    assert_eq!(plan.settled[0].count(), 4);
     assert!(plan.settled.iter().all(|s| matches!(
         s.outcome,
         SettledOutcome::Skipped(SkipReason::Missed { .. })
@@ -272,7 +318,8 @@ fn catch_up_none_skips_missed_periods_and_resumes_at_the_next() {
     );
     // Within the grace time the latest period is still charged.
     let plan = decide(&t, &cal, 0, &[], utc("2027-04-01T20:00:00Z"));
-    assert_eq!(plan.settled.len(), 3);
+    assert_eq!(plan.settled.len(), 1);
+    assert_eq!(plan.settled[0].count(), 3);
     assert_eq!(
         plan.next,
         Next::Charge {
@@ -498,7 +545,8 @@ proptest! {
         for step in steps {
             let plan = decide(&terms, &calendar, next_period, &charges, now);
             for settled in &plan.settled {
-                prop_assert!(settled.period >= next_period);
+                prop_assert!(settled.first == next_period, "runs settle from the next period");
+                prop_assert!(settled.period >= settled.first);
                 next_period = settled.period + 1;
             }
             if let Next::Charge { period, due_date: _ } = plan.next {
@@ -610,4 +658,28 @@ fn no_later_than_brings_a_revisit_forward_never_back() {
     assert_eq!(no_later_than(Revisit::Never, Some(late)), Revisit::At(late));
     assert_eq!(no_later_than(Revisit::Never, None), Revisit::Never);
     assert_eq!(no_later_than(Revisit::At(late), None), Revisit::At(late));
+}
+
+proptest! {
+    /// The galloping search finds exactly the period a scan finds: the last one due at `now`
+    /// within `max_date`.
+    #[test]
+    fn latest_due_matches_a_scan(
+        terms in any_terms(),
+        calendar in any_calendar(),
+        from in 0u32..50,
+        later_days in 0i64..3_000,
+    ) {
+        let Some(from_date) = due_date(&terms, from) else { return Ok(()) };
+        prop_assume!(terms.limits.max_date.is_none_or(|max| from_date <= max));
+        let now = calendar.due_instant(from_date) + Duration::days(later_days);
+        let mut scanned = from;
+        while let Some(date) = due_date(&terms, scanned + 1) {
+            if terms.limits.max_date.is_some_and(|max| date > max) || calendar.due_instant(date) > now {
+                break;
+            }
+            scanned += 1;
+        }
+        prop_assert_eq!(latest_due(&terms, &calendar, from, now), scanned);
+    }
 }

@@ -1302,14 +1302,12 @@ fn plan_one(
 
     let plan = billing::decide(terms, calendar, history.next_period, &history.charged, now);
     for s in &plan.settled {
-        let (state, kind, reason) = match &s.outcome {
-            SettledOutcome::Skipped(r) => {
-                (ChargeState::Skipped, event::PERIOD_SKIPPED, r.to_string())
-            }
-            SettledOutcome::Blocked(r) => {
-                (ChargeState::Blocked, event::PERIOD_BLOCKED, r.to_string())
-            }
+        let (state, kind) = match &s.outcome {
+            SettledOutcome::Skipped(_) => (ChargeState::Skipped, event::PERIOD_SKIPPED),
+            SettledOutcome::Blocked(_) => (ChargeState::Blocked, event::PERIOD_BLOCKED),
         };
+        let reason = s.describe();
+        // A run of periods is one row (under its last period), one event and one log line.
         tx.settle(
             sub,
             s.period,
@@ -1318,11 +1316,18 @@ fn plan_one(
             &reason,
             Event {
                 kind,
-                detail: json!({ "period": s.period, "due_date": s.due_date.to_string(), "reason": reason }),
+                detail: json!({
+                    "period": s.period,
+                    "due_date": s.due_date.to_string(),
+                    "first_period": s.first,
+                    "first_due_date": s.first_due_date.to_string(),
+                    "periods": s.count(),
+                    "reason": reason,
+                }),
             },
         )?;
-        tracing::info!(subscription = %id, period = s.period, %reason, "period {}", state.as_str());
-        settled += 1;
+        tracing::info!(subscription = %id, period = s.period, periods = s.count(), %reason, "period {}", state.as_str());
+        settled += s.count();
     }
     let job = match plan.next {
         Next::Charge { period, due_date } => {
