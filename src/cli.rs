@@ -22,7 +22,9 @@ mod tokens;
 
 pub use charge::ChargeArgs;
 pub use enroll::{EnrollArgs, Enrolment};
-pub use ops::{BackupArgs, BreakerCommand, HistoryArgs, ResolveArgs, ResumeArgs, StatusArgs};
+pub use ops::{
+    BackupArgs, BreakerCommand, HistoryArgs, RemoveFileArgs, ResolveArgs, ResumeArgs, StatusArgs,
+};
 pub use run::RunArgs;
 pub use sandbox::SandboxArgs;
 pub use tokens::TokensCommand;
@@ -150,14 +152,16 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Resume(ResumeArgs),
 
-    /// Settle a parked charge (outcome still unknown after engine.park_after_hours) by hand,
-    /// after looking the order up at Assist's merchant portal.
+    /// Settle a parked or quarantined charge by hand (outcome still unknown after
+    /// engine.park_after_hours, or answers that failed verification), after looking the order
+    /// up at Assist's merchant portal.
     ///
     /// --paid: the portal shows it approved; it is booked as paid (checkvalue absent: attested
     /// by you, not verified) and the subscription goes on from its next period. --not-charged:
     /// the portal has no charge for it; the attempt becomes not_received and its period is open
     /// again, so the daemon's next sweep charges it under a NEW order number, within every limit
-    /// and the period's retry window. Only a parked attempt can be resolved. Your user name and
+    /// and the period's retry window. Only a parked or quarantined attempt can be resolved. Your
+    /// user name and
     /// --reason go into the ledger, in the same transaction as the change. If the daemon settles
     /// the attempt first, nothing is written and you are told what it became. Exit 0 recorded;
     /// 1 not found, not parked, or settled by the daemon meanwhile.
@@ -167,6 +171,20 @@ pub enum Command {
     ///   recurrentd resolve 7KQ2M9XA-acme-1001-3-1 --not-charged --reason "portal: no such order"
     #[command(verbatim_doc_comment)]
     Resolve(ResolveArgs),
+
+    /// Confirm that a missing schedule file is gone for good, removing its subscriptions.
+    ///
+    /// When a schedule file the daemon had accepted disappears from the folder (a rename, a
+    /// deploy that emptied the folder, a wrong schedules.dir), its subscriptions are held: not
+    /// charged and not removed, with an error in the log and an item in `status`. If the file
+    /// comes back they resume. If it is gone on purpose, this removes them for good (their ids
+    /// stay reserved: a new agreement needs a new id); your user name and --reason go into the
+    /// ledger. Refused while the file is in the folder. Exit 0 removed; 1 not missing or unknown.
+    ///
+    /// Example:
+    ///   recurrentd remove-file old-plans.toml --reason "plans moved to 2027.toml, ticket 88"
+    #[command(verbatim_doc_comment)]
+    RemoveFile(RemoveFileArgs),
 
     /// The circuit breaker that stops new charges after repeated integrity failures.
     #[command(subcommand)]
@@ -280,6 +298,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::History(args) => ops::history(&config, &args),
         Command::Resume(args) => ops::resume(&config, &args),
         Command::Resolve(args) => ops::resolve(&config, &args),
+        Command::RemoveFile(args) => ops::remove_file(&config, &args),
         Command::Charge(args) => charge::run(&config, &args),
         Command::Breaker(command) => ops::breaker(&config, &command),
         Command::Backup(args) => ops::backup(&config, &args),

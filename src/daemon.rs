@@ -142,7 +142,7 @@ async fn sync(
         .await?
         .try_into()
         .unwrap_or(usize::MAX);
-    let (mut unchanged, mut applied, mut refused, mut gone) = (0, 0, 0, 0);
+    let (mut unchanged, mut applied, mut refused, mut gone, mut missing) = (0, 0, 0, 0, 0);
     let (mut added, mut updated, mut removed) = (0, 0, 0);
     for file in &summary.files {
         match &file.outcome {
@@ -158,6 +158,17 @@ async fn sync(
                 removed += c.removed.len();
             }
             FileOutcome::Refused { .. } => refused += 1,
+            FileOutcome::Missing { held, since, new } => {
+                missing += 1;
+                let message = "schedule file missing from the folder: its subscriptions are \
+                               held (not charged, not removed) until it returns; if it is gone \
+                               for good, confirm with `recurrentd remove-file`";
+                if *new {
+                    tracing::error!(file = %file.file, held = held.len(), "{message}");
+                } else {
+                    tracing::warn!(file = %file.file, held = held.len(), %since, "{message}");
+                }
+            }
         }
     }
     tracing::info!(
@@ -166,6 +177,7 @@ async fn sync(
         files_unchanged = unchanged,
         files_refused = refused,
         files_gone = gone,
+        files_missing = missing,
         added,
         updated,
         removed,

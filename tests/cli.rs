@@ -693,3 +693,95 @@ async fn status_all_and_resolving_parked_charges_on_a_live_database() {
     daemon.wait().unwrap();
     sandbox.shutdown().await;
 }
+
+/// A schedule file that disappears while the daemon runs holds its subscriptions (not charged,
+/// not removed, named by `status`); when it returns they resume; `remove-file` confirms a
+/// removal. (A vanished file used to remove its subscriptions for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_schedule_file_holds_its_subscriptions_until_it_returns() {
+    use recurrentd::gateway::sandbox::{Sandbox, SandboxConfig};
+    let sandbox = Sandbox::start(SandboxConfig::builtin(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let rig = common::Rig::new(&sandbox, "");
+    let keep = common::subscription("keep-1", "5111113000000001", "99.00", "2027-01-05");
+    let gone = common::subscription("gone-1", "5111113000000002", "99.00", "2027-01-05");
+    rig.write_schedule("a.toml", &keep);
+    rig.write_schedule("b.toml", &gone);
+    // A virtual month in about 13 s of real time; the first charges fall due at 07:00Z.
+    let mut daemon = rig.spawn("2027-01-05T06:00:00Z", 200_000, None);
+    let approved = |id: &str| -> usize {
+        rig.try_history(Some(id))
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r["state"] == "approved")
+            .count()
+    };
+    common::until(
+        std::time::Duration::from_secs(60),
+        &rig.log(),
+        "both first periods approved",
+        || (approved("keep-1") == 1 && approved("gone-1") == 1).then_some(()),
+    );
+    std::fs::remove_file(rig.dir.path().join("schedules/b.toml")).unwrap();
+    let status = common::until(
+        std::time::Duration::from_secs(30),
+        &rig.log(),
+        "status names the held subscription",
+        || {
+            let out = rig.run(&["status", "--json"]);
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let held = json["needs_attention"]
+                .as_array()?
+                .iter()
+                .any(|a| a["subscription"] == "gone-1" && a["kind"] == "file_missing");
+            held.then_some(out)
+        },
+    );
+    assert_eq!(status.status.code(), Some(1), "needs attention");
+    // The next period (2027-02-05) is charged for keep-1 only.
+    common::until(
+        std::time::Duration::from_secs(90),
+        &rig.log(),
+        "keep-1's second period",
+        || (approved("keep-1") == 2).then_some(()),
+    );
+    assert_eq!(approved("gone-1"), 1, "held: not charged");
+    let out = rig.run(&["remove-file", "a.toml", "--reason", "not missing"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a file in the folder is refused"
+    );
+    // The identical file returns: gone-1 resumes and its due period is charged.
+    rig.write_schedule("b.toml", &gone);
+    common::until(
+        std::time::Duration::from_secs(60),
+        &rig.log(),
+        "gone-1 resumes",
+        || (approved("gone-1") == 2).then_some(()),
+    );
+    // Gone again, on purpose this time: the operator confirms.
+    std::fs::remove_file(rig.dir.path().join("schedules/b.toml")).unwrap();
+    common::until(
+        std::time::Duration::from_secs(30),
+        &rig.log(),
+        "the file found missing again",
+        || {
+            let out = rig.run(&["remove-file", "b.toml", "--reason", "customer left"]);
+            out.status.success().then_some(())
+        },
+    );
+    let out = rig.run(&["status", "--all", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = json["all_subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subscription"] == "gone-1")
+        .unwrap()
+        .clone();
+    assert_eq!(row["state"], "removed", "{row}");
+    common::signal(&daemon, "TERM");
+    common::wait(&mut daemon, std::time::Duration::from_secs(60), &rig.log());
+}

@@ -751,3 +751,127 @@ async fn a_start_date_decades_ago_is_caught_up_exactly_in_one_run() {
     assert_eq!(skipped.len(), 1, "one event for the run: {skipped:?}");
     assert!(ledger.len() < 20, "{} ledger rows", ledger.len());
 }
+
+/// An order the gateway showed In Process (AS300) and then stops finding is never taken as
+/// "not received": it is parked for an operator and its period is never sent again under a new
+/// OrderNumber (two not-found answers used to reopen the period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_seen_in_process_then_not_found_is_parked_not_sent_again() {
+    let text = subscription("seen", "999000000042300", "100.00", "2027-01-05");
+    let world = World::new(&text, DuplicatePolicy::Accept, ResponseFormat::Xml).await;
+    let engine = world.start().await;
+    // Due at 07:00 UTC: the charge is sent, answered AS300, and looked up: In Process.
+    let engine = run(
+        &world,
+        engine,
+        "2027-01-05T07:05:00Z".parse().unwrap(),
+        Duration::minutes(5),
+        0,
+    )
+    .await;
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert!(attempts[0].state.unresolved(), "{:?}", attempts[0].state);
+    world.sandbox.hide_from_status(&attempts[0].order_number);
+    // Well past the settle window, with restarts: every lookup now says "not found".
+    let engine = run(
+        &world,
+        engine,
+        "2027-01-06T07:00:00Z".parse().unwrap(),
+        Duration::minutes(20),
+        10,
+    )
+    .await;
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    assert_eq!(attempts.len(), 1, "no new OrderNumber: {attempts:?}");
+    assert_eq!(attempts[0].state, AttemptState::Parked);
+    assert_eq!(world.sandbox.book().rp_requests.len(), 1, "sent once");
+}
+
+/// A charge reply that names another order proves nothing (rp.cfm has no checkvalue): the order
+/// is looked up, and the verified status answer books it (it was quarantined at once, unpaid).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_reply_failing_a_field_check_is_looked_up_not_quarantined() {
+    let text = subscription("mism", "999000000042887", "100.00", "2027-01-05");
+    let world = World::new(&text, DuplicatePolicy::Reject, ResponseFormat::Xml).await;
+    let engine = world.start().await;
+    let engine = run(
+        &world,
+        engine,
+        "2027-01-05T08:00:00Z".parse().unwrap(),
+        Duration::minutes(10),
+        0,
+    )
+    .await;
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].state, AttemptState::Approved, "{attempts:?}");
+}
+
+/// A quarantined attempt (its status answers fail verification) holds its subscription: it is
+/// looked up again, no later period is charged while it is unsettled, and an operator's
+/// `resolve` (which accepts it) lets billing go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_attempt_is_looked_up_and_holds_its_subscription_until_resolved() {
+    let text = subscription("quar", "999000000042777", "100.00", "2027-01-05");
+    let world = World::new(&text, DuplicatePolicy::Reject, ResponseFormat::Xml).await;
+    let engine = world.start().await;
+    let engine = run(
+        &world,
+        engine,
+        "2027-01-05T08:00:00Z".parse().unwrap(),
+        Duration::minutes(10),
+        0,
+    )
+    .await;
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].state, AttemptState::Quarantined);
+    let checks = attempts[0].checks;
+    // Past the next period's due date (Feb 5), with restarts.
+    let engine = run(
+        &world,
+        engine,
+        "2027-02-10T08:00:00Z".parse().unwrap(),
+        Duration::hours(2),
+        50,
+    )
+    .await;
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    assert_eq!(attempts.len(), 1, "held: no new period while quarantined");
+    assert_eq!(attempts[0].state, AttemptState::Quarantined);
+    assert!(
+        attempts[0].checks > checks + 3,
+        "looked up again: {} checks",
+        attempts[0].checks
+    );
+    assert_eq!(world.sandbox.book().rp_requests.len(), 1);
+    let order = attempts[0].order_number.clone();
+    let resolved = engine
+        .with_store(move |s| {
+            s.resolve_parked(
+                &order,
+                recurrentd::store::Resolution::Paid,
+                "test",
+                "portal: approved",
+                "2027-02-10T08:00:00Z".parse().unwrap(),
+            )
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(resolved, recurrentd::store::Resolved::Done(_)),
+        "{resolved:?}"
+    );
+    let engine = run(
+        &world,
+        engine,
+        "2027-02-10T12:00:00Z".parse().unwrap(),
+        Duration::minutes(30),
+        0,
+    )
+    .await;
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    assert_eq!(attempts[0].state, AttemptState::Approved, "attested paid");
+    assert_eq!(attempts.len(), 2, "billing goes on: {attempts:?}");
+}

@@ -1135,17 +1135,31 @@ impl Model<'_> {
                 }
             }
 
-            // Periods: rows are the periods 0..=m, each consistent with its attempts.
+            // Periods: rows are the periods 0..=m (a run of skipped periods is one row, under
+            // its last period), each consistent with its attempts.
             let numbers: Vec<u32> = rows.iter().map(|p| p.period).collect();
-            if numbers != (0..numbers.len() as u32).collect::<Vec<_>>() {
-                bad(format!("{sub}: period rows {numbers:?} are not 0..n"));
+            let mut expected = 0;
+            for row in &rows {
+                let run = row.state == ChargeState::Skipped && row.period > expected;
+                if row.period != expected && !run {
+                    bad(format!("{sub}: period rows {numbers:?} are not 0..n"));
+                }
+                expected = row.period + 1;
             }
             for row in &rows {
                 let mine: Vec<&&Job> = attempts.iter().filter(|a| pn(a) == row.period).collect();
                 let last = mine.iter().max_by_key(|a| a.attempt).map(|a| a.state);
                 let ok = match row.state {
                     ChargeState::Paid => last == Some(AttemptState::Approved),
-                    ChargeState::Quarantined => last == Some(AttemptState::Quarantined),
+                    // Still looked up: a later answer may leave it unknown or parked.
+                    ChargeState::Quarantined => matches!(
+                        last,
+                        Some(
+                            AttemptState::Quarantined
+                                | AttemptState::Unknown
+                                | AttemptState::Parked
+                        )
+                    ),
                     ChargeState::Failed | ChargeState::Open => matches!(
                         last,
                         Some(AttemptState::Declined | AttemptState::NotReceived)
@@ -1190,7 +1204,13 @@ impl Model<'_> {
                     && spec.max_date().is_none_or(|max| spec.due_date(k) <= max)
             };
             let due_count = (0..).take_while(|k| due(*k)).count() as u32;
-            let rows_count = rows.len() as u32;
+            // A run of skipped periods is one row, under its last period: count periods.
+            let rows_count = rows.iter().map(|r| r.period + 1).max().unwrap_or(0);
+            // An unsettled (quarantined) attempt holds its subscription: no later period is
+            // planned until it is settled or resolved.
+            let held = attempts
+                .iter()
+                .any(|a| a.state == AttemptState::Quarantined);
             // A charge made after its due date (a retry, a late tick) may push the next period
             // to a later date (deferred: no row yet).
             let late_charge = attempts.iter().any(|a| {
@@ -1202,7 +1222,7 @@ impl Model<'_> {
                     "{sub}: {rows_count} period rows but only {due_count} periods due"
                 ));
             }
-            if !o.attention.contains_key(&sub) && rows_count < due_count {
+            if !o.attention.contains_key(&sub) && !held && rows_count < due_count {
                 let deferred = rows_count + 1 == due_count && late_charge;
                 if !deferred {
                     bad(format!(

@@ -13,7 +13,8 @@ use super::exit;
 use crate::billing::{self, Calendar, Next, SubscriptionState};
 use crate::config::Config;
 use crate::store::{
-    self, Access, ChargeState, Resolution, Resolved, Store, StoreError, SubscriptionOverview,
+    self, Access, ChargeState, RemovedFile, Resolution, Resolved, Store, StoreError,
+    SubscriptionOverview,
 };
 
 #[derive(Debug, Args)]
@@ -67,6 +68,16 @@ pub struct ResolveArgs {
     #[arg(long)]
     pub not_charged: bool,
     /// What you checked (recorded in the ledger with your user name).
+    #[arg(long)]
+    pub reason: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveFileArgs {
+    /// The schedule file's name inside the schedules folder (as `status` and the log name it),
+    /// or a path to it.
+    pub file: std::path::PathBuf,
+    /// Why it is gone for good (recorded in the ledger with your user name).
     #[arg(long)]
     pub reason: String,
 }
@@ -503,6 +514,62 @@ pub fn resume(config: &Config, args: &ResumeArgs) -> u8 {
     }
 }
 
+/// Confirms that a schedule file the daemon found missing is gone for good: its held
+/// subscriptions are removed (their ids stay reserved).
+pub fn remove_file(config: &Config, args: &RemoveFileArgs) -> u8 {
+    let Some(name) = args.file.file_name().and_then(|n| n.to_str()) else {
+        eprintln!(
+            "recurrentd: {} does not name a schedule file",
+            args.file.display()
+        );
+        return exit::USAGE;
+    };
+    let in_folder = config.schedules.dir.join(name);
+    if in_folder.exists() {
+        eprintln!(
+            "recurrentd: {} is in the schedules folder: it is not missing; delete its \
+             subscriptions from it instead (or remove the file, let the daemon notice, then run \
+             this again)",
+            in_folder.display()
+        );
+        return exit::PROBLEMS;
+    }
+    let mut store = match open(config, Access::Write) {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let by = operator();
+    match store.remove_missing_file(name, &by, &args.reason, Utc::now()) {
+        Ok(RemovedFile::Removed(ids)) => {
+            println!(
+                "{name}: removal confirmed by {by}; {} subscription(s) removed for good: {}",
+                ids.len(),
+                if ids.is_empty() {
+                    "none".to_string()
+                } else {
+                    ids.join(", ")
+                }
+            );
+            exit::OK
+        }
+        Ok(RemovedFile::Unknown) => {
+            eprintln!("recurrentd: the database knows no schedule file named {name}");
+            exit::PROBLEMS
+        }
+        Ok(RemovedFile::NotMissing) => {
+            eprintln!(
+                "recurrentd: {name} was in the folder at the daemon's last sync: it is not \
+                 missing; nothing was changed"
+            );
+            exit::PROBLEMS
+        }
+        Err(error) => {
+            eprintln!("recurrentd: {error}");
+            exit::UNAVAILABLE
+        }
+    }
+}
+
 pub fn resolve(config: &Config, args: &ResolveArgs) -> u8 {
     let mut store = match open(config, Access::Write) {
         Ok(store) => store,
@@ -549,8 +616,8 @@ pub fn resolve(config: &Config, args: &ResolveArgs) -> u8 {
                 "its outcome is already recorded"
             };
             eprintln!(
-                "recurrentd: {order} ({}) is {}, not parked: only a parked attempt is resolved \
-                 by hand ({hint}); nothing was changed",
+                "recurrentd: {order} ({}) is {}, not parked or quarantined: only those are \
+                 resolved by hand ({hint}); nothing was changed",
                 job.subscription_id, job.state
             );
             exit::PROBLEMS

@@ -437,9 +437,10 @@ impl Inner {
         match job.state {
             AttemptState::Pending if fresh => self.send(job).await,
             AttemptState::NotSent => self.send(job).await,
-            AttemptState::Pending | AttemptState::Unknown | AttemptState::Parked => {
-                self.check(job).await
-            }
+            AttemptState::Pending
+            | AttemptState::Unknown
+            | AttemptState::Parked
+            | AttemptState::Quarantined => self.check(job).await,
             _ => Ok(Step::Other),
         }
     }
@@ -569,12 +570,17 @@ impl Inner {
                 self.log_outcome(&job, "not_sent", &reply.claim, None, "absent");
                 Ok(Step::NotSent)
             }
-            Outcome::IntegrityFailure(why) => {
-                self.quarantine(&job, why, reply.raw.as_deref(), Some(wall))
-                    .await
-            }
             _ => {
                 match &reply.claim {
+                    // The charge reply carries no checkvalue: a field that does not match
+                    // proves nothing either way. The order is looked up like any unknown one,
+                    // and quarantined only if a status answer fails verification.
+                    Outcome::IntegrityFailure(why) => tracing::warn!(
+                        subscription = %job.subscription_id,
+                        order_number = %job.order_number,
+                        reason = %why,
+                        "the charge reply does not match the request; looking the order up"
+                    ),
                     Outcome::RateLimited => {
                         self.pacer
                             .pause(reply.retry_after.unwrap_or(RATE_PAUSE).min(MAX_PAUSE));
@@ -681,8 +687,20 @@ impl Inner {
             .as_ref()
             .map(|c| c.sent_at)
             .or_else(|| (found && job.sent_at.is_none()).then_some(job.created_at));
+        // Evidence that the gateway holds the order: a status answer found it, or the charge
+        // reply (unverified, but only ever trusted in the cautious direction) said it was
+        // approved, declined or in process (AS300). Once seen, not-found answers never make it
+        // "not received".
+        let seen_now = found
+            || claim.as_ref().is_some_and(|c| {
+                matches!(
+                    c.outcome,
+                    Outcome::Approved | Outcome::Declined(_) | Outcome::Pending
+                )
+            });
         let base = |state| {
             let mut change = AttemptChange::to(state);
+            change.seen = seen_now;
             change.checked = !sent_now;
             change.sent = sent_now || found;
             change.sent_at = sent_at;
@@ -770,6 +788,32 @@ impl Inner {
             Outcome::IntegrityFailure(why) => {
                 self.quarantine(&job, why, answer.raw.as_deref(), claim.map(|c| c.wall))
                     .await
+            }
+            Outcome::NotFound if job.seen || seen_now => {
+                // The gateway showed this order before (in process, say) and now says it has
+                // none: that contradiction is not "never received". Sending the period again
+                // under a new OrderNumber could charge twice, so an operator decides; it is
+                // still looked up meanwhile, and settles if the order shows up.
+                let mut change = base(AttemptState::Parked);
+                change.not_found = Some(job.not_found.saturating_add(1));
+                change.next_check_at = Some(now + PARKED_EVERY);
+                change.detail = Some(
+                    "not found at the gateway after it showed the order: parked, never re-sent"
+                        .into(),
+                );
+                if job.state != AttemptState::Parked {
+                    change.event =
+                        Some(self.outcome_event(event::PARKED, &job, &verified.outcome, None));
+                    tracing::warn!(
+                        subscription = %job.subscription_id,
+                        order_number = %job.order_number,
+                        "the gateway now says it has no such order, after it showed the order \
+                         earlier: parked for an operator (resolve it once the order is checked \
+                         at the merchant portal); it is never sent again under a new number"
+                    );
+                }
+                self.apply(&job, change).await?;
+                Ok(Step::Unknown)
             }
             Outcome::NotFound => {
                 // Only answers after the settle window count: before it, the gateway may simply
@@ -903,6 +947,20 @@ impl Inner {
     ) -> Result<Step, EngineError> {
         let now = self.clock.now();
         let mut change = AttemptChange::to(AttemptState::Quarantined);
+        // Looked up again later (with backoff, at least every few hours) until a verified
+        // answer settles it or an operator resolves it; its subscription is held meanwhile.
+        change.next_check_at =
+            Some(now + backoff(STATUS_BASE, PARKED_EVERY, job.checks, &job.order_number));
+        if job.state == AttemptState::Quarantined {
+            // A lookup of a quarantined attempt failed verification again: nothing new to
+            // record, and not another quarantine for the breaker.
+            change.checked = true;
+            self.apply(job, change).await?;
+            return Ok(Step::Other);
+        }
+        // A reply that failed verification names an order: taken as evidence that the gateway
+        // may hold it, so later not-found answers park it instead of re-sending the period.
+        change.seen = true;
         change.sent = wall.is_some();
         change.sent_at = wall.map(|_| now);
         change.wall_at = wall;

@@ -194,8 +194,10 @@ pub(crate) fn charge_claim(reply: &Reply, expected: &Expected<'_>) -> (Outcome, 
 
 /// Verifies and classifies an order-status reply (orderstate.cfm or orderresult.cfm).
 ///
-/// Not found (no orders, or `firstcode 10`) is [`Outcome::NotFound`]. A failed query (any
-/// other fault) is `Unknown`, `RateLimited` or `Rejected`: it says nothing about the order.
+/// Not found (no orders, or `firstcode 10` "missing object" qualified by secondcode 107
+/// OrderNumber or 201 order) is [`Outcome::NotFound`]. A failed query (any other fault, a
+/// missing Merchant_ID or card among them) is `Unknown`, `RateLimited` or `Rejected`: it says
+/// nothing about the order, and only a proven absence may ever lead to a new OrderNumber.
 pub(crate) fn status(reply: &Reply, expected: &Expected<'_>, salt: &SecretString) -> Verified {
     let failed = |outcome: Outcome| Verified {
         outcome,
@@ -206,7 +208,11 @@ pub(crate) fn status(reply: &Reply, expected: &Expected<'_>, salt: &SecretString
         checkvalue_verified: false,
     };
     let orders = match reply {
-        Reply::Fault { firstcode: 10, .. } => return failed(Outcome::NotFound),
+        Reply::Fault {
+            firstcode: 10,
+            secondcode: 107 | 201,
+            ..
+        } => return failed(Outcome::NotFound),
         Reply::Fault {
             firstcode,
             secondcode,
@@ -431,10 +437,21 @@ mod tests {
             secondcode,
             detail: None,
         };
-        assert_eq!(
-            status(&fault(10, 100), &expected(), &salt()).outcome,
-            Outcome::NotFound
-        );
+        for order in [107, 201] {
+            assert_eq!(
+                status(&fault(10, order), &expected(), &salt()).outcome,
+                Outcome::NotFound
+            );
+        }
+        // "Missing object" about something else (the merchant, a card, unqualified) says
+        // nothing about our order: never a not-found that could lead to a new OrderNumber.
+        for other in [0, 100, 203] {
+            assert_ne!(
+                status(&fault(10, other), &expected(), &salt()).outcome,
+                Outcome::NotFound,
+                "10/{other}"
+            );
+        }
         assert_eq!(
             status(&fault(1, 3), &expected(), &salt()).outcome,
             Outcome::RateLimited

@@ -244,6 +244,9 @@ pub struct Job {
     pub response_code: Option<String>,
     /// Engine-clock instant of the latest send, if one was made.
     pub sent_at: Option<DateTime<Utc>>,
+    /// The gateway has shown that it holds this order (`attempts.seen_at`): not-found answers
+    /// no longer prove it was never received.
+    pub seen: bool,
 }
 
 /// One billing period's row, for reports.
@@ -287,6 +290,8 @@ pub struct AttemptChange {
     pub state: AttemptState,
     /// The request left (or may have) in this step, or the gateway showed it had.
     pub sent: bool,
+    /// The gateway showed in this step that it holds the order (sets `seen_at` once).
+    pub seen: bool,
     /// When it was sent (engine clock), when this step knows.
     pub sent_at: Option<DateTime<Utc>>,
     /// The real time of this send, when one was made.
@@ -311,6 +316,7 @@ impl AttemptChange {
         AttemptChange {
             state,
             sent: false,
+            seen: false,
             sent_at: None,
             wall_at: None,
             next_check_at: None,
@@ -356,7 +362,8 @@ pub mod event {
 
 const JOB_COLUMNS: &str = "a.id, a.charge_id, c.subscription_id, c.period, a.attempt, \
     a.order_number, c.bill_number, c.amount_cents, c.currency, a.state, a.created_at, a.wall_at, \
-    a.sent, a.checks, a.not_found, a.test_mode, a.response_code, a.sent_at, c.reference";
+    a.sent, a.checks, a.not_found, a.test_mode, a.response_code, a.sent_at, c.reference, \
+    a.seen_at IS NOT NULL";
 
 type JobRow = (
     i64,
@@ -378,6 +385,7 @@ type JobRow = (
     Option<String>,
     Option<String>,
     Option<String>,
+    bool,
 );
 
 fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
@@ -401,6 +409,7 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         row.get(16)?,
         row.get(17)?,
         row.get(18)?,
+        row.get(19)?,
     ))
 }
 
@@ -433,6 +442,7 @@ fn decode_job(path: &Path, r: JobRow) -> Result<Job, StoreError> {
         response_code,
         sent_at,
         reference,
+        seen,
     ) = r;
     Ok(Job {
         attempt_id,
@@ -458,6 +468,7 @@ fn decode_job(path: &Path, r: JobRow) -> Result<Job, StoreError> {
         sent_at: sent_at
             .map(|t| parse_timestamp(path, "attempts.sent_at", &t))
             .transpose()?,
+        seen,
     })
 }
 
@@ -497,9 +508,11 @@ impl Store {
                 "SELECT s.id FROM subscriptions s INDEXED BY subscriptions_to_plan \
                  WHERE s.removed_at IS NULL AND s.next_plan_at <= ?1 \
                  AND NOT EXISTS (SELECT 1 FROM attention t WHERE t.subscription_id = s.id) \
+                 AND NOT EXISTS (SELECT 1 FROM schedule_files f WHERE f.file = s.file \
+                     AND f.missing_since IS NOT NULL) \
                  AND NOT EXISTS (SELECT 1 FROM charges c JOIN attempts a ON a.charge_id = c.id \
                      WHERE c.subscription_id = s.id \
-                     AND a.state IN ('pending', 'not_sent', 'unknown', 'parked')) \
+                     AND a.state IN ('pending', 'not_sent', 'unknown', 'parked', 'quarantined')) \
                  ORDER BY s.next_plan_at",
             )
             .ctx(&self.path, what)?;
@@ -523,11 +536,11 @@ impl Store {
         Ok((!text.is_empty()).then_some(text))
     }
 
-    /// Attempts due for work at `now`: never-answered intents and unknown ones to look up, and
-    /// not-sent ones to send again, oldest first.
+    /// Attempts due for work at `now`: never-answered intents, unknown and quarantined ones to
+    /// look up, and not-sent ones to send again, oldest first.
     pub fn due_attempts(&self, now: DateTime<Utc>) -> Result<Vec<Job>, StoreError> {
         self.jobs(
-            "WHERE a.state IN ('pending', 'not_sent', 'unknown', 'parked') \
+            "WHERE a.state IN ('pending', 'not_sent', 'unknown', 'parked', 'quarantined') \
              AND (a.next_check_at IS NULL OR a.next_check_at <= ?1) ORDER BY a.id",
             params![timestamp(now)],
         )
@@ -853,6 +866,7 @@ fn apply_one(
              response_code = COALESCE(?9, response_code), \
              checkvalue = COALESCE(?10, checkvalue), \
              detail = COALESCE(?11, detail), \
+             seen_at = CASE WHEN ?15 THEN COALESCE(seen_at, ?12) ELSE seen_at END, \
              updated_at = ?12 \
          WHERE id = ?1 AND state = ?13",
         params![
@@ -870,6 +884,7 @@ fn apply_one(
             at,
             expected.as_str(),
             change.sent_at.map(timestamp),
+            change.seen,
         ],
     )
     .ctx(&path, what)?;
@@ -921,6 +936,22 @@ fn apply_one(
         )?;
     }
     Ok(true)
+}
+
+/// Whether a schedule file was found missing (its subscriptions are held).
+pub(super) fn file_missing(
+    conn: &rusqlite::Connection,
+    path: &Path,
+    file: &str,
+) -> Result<bool, StoreError> {
+    cached_query_row(
+        conn,
+        "SELECT EXISTS (SELECT 1 FROM schedule_files WHERE file = ?1 \
+             AND missing_since IS NOT NULL)",
+        [file],
+        |row| row.get(0),
+    )
+    .ctx(path, "reading whether a schedule file is missing")
 }
 
 fn charged_instants(
@@ -1103,7 +1134,8 @@ impl PlanTx<'_> {
         let Some(subscription) = super::read_subscription(tx, path, subscription_id)? else {
             return Ok(None);
         };
-        if subscription.removed_at.is_some() {
+        if subscription.removed_at.is_some() || file_missing(tx, path, &subscription.file)? {
+            // Removed, or held while its schedule file is missing: not planned.
             return Ok(None);
         }
         let next_period: i64 = cached_query_row(
@@ -1131,7 +1163,7 @@ impl PlanTx<'_> {
             tx,
             "SELECT EXISTS (SELECT 1 FROM attempts a JOIN charges c ON c.id = a.charge_id \
                  WHERE c.subscription_id = ?1 AND a.state IN \
-                 ('pending', 'not_sent', 'unknown', 'parked'))",
+                 ('pending', 'not_sent', 'unknown', 'parked', 'quarantined'))",
             [subscription_id],
             |row| row.get(0),
         )
@@ -1304,6 +1336,7 @@ impl PlanTx<'_> {
             test_mode: None,
             response_code: None,
             sent_at: None,
+            seen: false,
         })
     }
 

@@ -47,7 +47,7 @@ pub use report::{
     daemon_running,
 };
 pub use resolve::{Resolution, Resolved};
-pub use sync::{Changes, FileOutcome, FileSync, SyncDirError, SyncSummary};
+pub use sync::{Changes, FileOutcome, FileSync, RemovedFile, SyncDirError, SyncSummary};
 
 /// How long a statement waits for another connection's write lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -215,6 +215,8 @@ pub mod kind {
     pub const SUBSCRIPTION_UPDATED: &str = "subscription_updated";
     pub const SUBSCRIPTION_REMOVED: &str = "subscription_removed";
     pub const SCHEDULE_REFUSED: &str = "schedule_refused";
+    pub const SCHEDULE_FILE_MISSING: &str = "schedule_file_missing";
+    pub const SCHEDULE_FILE_RETURNED: &str = "schedule_file_returned";
 }
 
 impl Store {

@@ -418,6 +418,12 @@ impl Store {
                  SELECT c.subscription_id, a.state, a.updated_at, COALESCE(a.detail, ''), \
                  a.order_number FROM attempts a JOIN charges c ON c.id = a.charge_id \
                  WHERE a.state IN ('parked', 'quarantined') \
+                 UNION ALL \
+                 SELECT s.id, 'file_missing', f.missing_since, \
+                 'held: its schedule file ' || f.file || ' is missing from the folder (restore \
+                 it, or confirm with `recurrentd remove-file ' || f.file || '`)', NULL \
+                 FROM subscriptions s JOIN schedule_files f ON f.file = s.file \
+                 WHERE f.missing_since IS NOT NULL AND s.removed_at IS NULL \
                  ORDER BY 3",
             )
             .ctx(&self.path, what)?;
@@ -439,6 +445,7 @@ impl Store {
                 kind: match kind.as_str() {
                     "parked" => "parked",
                     "quarantined" => "quarantined",
+                    "file_missing" => "file_missing",
                     _ => "hard_decline",
                 },
                 since,

@@ -1,10 +1,12 @@
 //! An operator settles a parked attempt by hand (`recurrentd resolve`), after looking the order up
 //! at the gateway's merchant portal.
 //!
-//! Only a `parked` attempt can be resolved: anything else is the daemon's to settle (or already
+//! Only a `parked` or `quarantined` attempt can be resolved (the daemon keeps looking both up,
+//! and holds the subscription meanwhile): anything else is the daemon's to settle (or already
 //! settled). The change and its ledger event are written by [`Store::apply`] in one transaction,
-//! guarded by the state `parked`: if the daemon settled the attempt meanwhile (its rare status
-//! lookup finally got an answer), nothing is written and [`Resolved::Raced`] says what it became.
+//! guarded by the state it was read in: if the daemon settled the attempt meanwhile (its rare
+//! status lookup finally got an answer), nothing is written and [`Resolved::Raced`] says what it
+//! became.
 //!
 //! - **Paid**: the attempt becomes `approved` and its period (or ad-hoc charge) `paid`, with
 //!   checkvalue `absent`: recurrentd did not verify it, an operator attested it, and the ledger
@@ -47,7 +49,7 @@ pub enum Resolved {
     Done(Job),
     /// No attempt has this OrderNumber.
     NotFound,
-    /// The attempt is not parked: nothing to resolve by hand.
+    /// The attempt is neither parked nor quarantined: nothing to resolve by hand.
     NotParked(Job),
     /// It was parked when read, but the daemon settled it before this change could be written:
     /// nothing was written; the attempt as it is now.
@@ -69,13 +71,13 @@ impl Store {
         let Some(job) = self.attempt_by_order_number(order_number)? else {
             return Ok(Resolved::NotFound);
         };
-        if job.state != AttemptState::Parked {
+        if !matches!(job.state, AttemptState::Parked | AttemptState::Quarantined) {
             return Ok(Resolved::NotParked(job));
         }
         self.resolve_seen(job, resolution, by, why, now)
     }
 
-    /// Writes the resolution of `job`, read as parked, only if it is still parked.
+    /// Writes the resolution of `job`, read as parked or quarantined, only if it still is.
     fn resolve_seen(
         &mut self,
         job: Job,
@@ -85,7 +87,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Resolved, StoreError> {
         let change = resolution_change(&job, resolution, by, why);
-        if self.apply(job.attempt_id, AttemptState::Parked, &change, now)? {
+        if self.apply(job.attempt_id, job.state, &change, now)? {
             return Ok(Resolved::Done(job));
         }
         let current = self.attempt_by_order_number(&job.order_number)?;

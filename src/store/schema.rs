@@ -8,7 +8,13 @@
 //! as it reads), dates are `YYYY-MM-DD`, money is INTEGER minor units (kopecks).
 
 /// The migrations, oldest first. Not released yet: migration 1 may still change.
-pub(super) const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, ADHOC_CHARGES, DUE_SWEEP_INDEX];
+pub(super) const MIGRATIONS: &[&str] = &[
+    MIGRATION_1,
+    MIGRATION_2,
+    ADHOC_CHARGES,
+    DUE_SWEEP_INDEX,
+    SECOND_PASS,
+];
 
 const MIGRATION_1: &str = r#"
 CREATE TABLE meta (
@@ -209,4 +215,24 @@ CREATE INDEX charges_retry ON charges (next_attempt_at) WHERE state = 'open';
 const DUE_SWEEP_INDEX: &str = r#"
 ALTER TABLE subscriptions ADD COLUMN next_plan_at TEXT NOT NULL DEFAULT '';
 CREATE INDEX subscriptions_to_plan ON subscriptions (next_plan_at) WHERE removed_at IS NULL;
+"#;
+
+/// `attempts.seen_at`: when the gateway first showed that it holds this order (a status answer
+/// found it, or the charge reply said it was approved, declined or in process). An order once
+/// seen is never taken as "not received" by later not-found answers, so its period is never
+/// charged again under a new OrderNumber; it is parked for an operator instead.
+///
+/// Quarantined attempts are looked up again like unknown ones: the work index covers them, and
+/// those quarantined before this version are seen (an answer named them) and due at once.
+///
+/// `schedule_files.missing_since`: when a file the store had accepted was first found missing
+/// from the folder. Its subscriptions are held (neither charged nor removed) until it returns or
+/// an operator confirms the removal (`recurrentd remove-file`).
+const SECOND_PASS: &str = r#"
+ALTER TABLE schedule_files ADD COLUMN missing_since TEXT;
+ALTER TABLE attempts ADD COLUMN seen_at TEXT;
+UPDATE attempts SET seen_at = updated_at, next_check_at = NULL WHERE state = 'quarantined';
+DROP INDEX attempts_unresolved;
+CREATE INDEX attempts_unresolved ON attempts (next_check_at)
+    WHERE state IN ('pending', 'not_sent', 'unknown', 'parked', 'quarantined');
 "#;

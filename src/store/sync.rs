@@ -7,7 +7,11 @@
 //! - a file with errors keeps its last accepted version in force; `last_error` records why;
 //! - a valid file replaces its subscriptions: new ids are added, changed ones updated, ids no
 //!   longer in it removed (the row stays, `removed_at` set, and the id is reserved for ever);
-//! - a file that is gone removes its subscriptions;
+//! - a file that is gone *holds* its subscriptions (`schedule_files.missing_since`): they are
+//!   neither charged nor removed until the file returns (then they resume, under the usual rules
+//!   for a changed file) or an operator confirms the removal ([`Store::remove_missing_file`],
+//!   `recurrentd remove-file`). An editor's rename, a deploy that empties the folder or a wrong
+//!   `schedules.dir` therefore never ends a subscription; an empty folder removes nothing;
 //! - the whole file is refused (last accepted version kept) if it defines a removed id, changes
 //!   the agreed terms (bill number, currency, limits) of a subscription that has charges, takes a
 //!   bill number whose charges belong to another subscription, or takes an id that a file with
@@ -74,8 +78,28 @@ pub enum FileOutcome {
     /// The file's current content is refused; its last accepted version stays in force. Every
     /// error is a `path:line:column: field: message` diagnostic.
     Refused { diagnostics: Vec<Diagnostic> },
-    /// The file is no longer in the folder; its subscriptions were removed.
+    /// The file is no longer in the folder and none of its subscriptions is in force (they all
+    /// moved to other files): it is forgotten.
     Gone(Changes),
+    /// The file is no longer in the folder: its subscriptions `held` are kept (neither charged
+    /// nor removed) until it returns or an operator runs `remove-file`. `since`: when it was
+    /// first found missing; `new`: first found missing by this sync.
+    Missing {
+        held: Vec<String>,
+        since: String,
+        new: bool,
+    },
+}
+
+/// What [`Store::remove_missing_file`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemovedFile {
+    /// The file's subscriptions (these ids) are removed and the file is forgotten.
+    Removed(Vec<String>),
+    /// The store does not know a file of that name.
+    Unknown,
+    /// The file was present at the last sync: it is not missing.
+    NotMissing,
 }
 
 /// Subscription ids touched by a file.
@@ -441,6 +465,8 @@ impl Store {
             });
         }
 
+        let listed: Vec<&str> = wanted.keys().copied().collect();
+        self.returned_files(&listed, &at)?;
         for name in self.known_files()? {
             if !wanted.contains_key(name.as_str()) {
                 let outcome = self.sync_gone(&name, &mut wanted, &at)?;
@@ -689,9 +715,9 @@ impl Store {
         Ok((FileOutcome::Applied(changes), pending))
     }
 
-    /// A file the store knows that is no longer in the folder: its subscriptions are removed
+    /// A file the store knows that is no longer in the folder: its subscriptions are held
     /// (except those a valid file of this sync defines, which it takes over or, if refused,
-    /// leaves here until the next sync).
+    /// leaves here until the next sync); once none is left, the file is forgotten.
     fn sync_gone(
         &mut self,
         name: &str,
@@ -699,33 +725,166 @@ impl Store {
         at: &str,
     ) -> Result<FileOutcome, StoreError> {
         let path = self.path.clone();
-        let what = format!("removing the subscriptions of the gone schedule file {name}");
+        let what = format!("holding the subscriptions of the missing schedule file {name}");
         let what = what.as_str();
         let tx = self.write_tx(what)?;
-        let mut changes = Changes::default();
+        let mut held = Vec::new();
         let mut pending = false;
         for id in active_ids_of(&tx, name).ctx(&path, what)? {
             if claims.claimed_elsewhere(name, &id) {
                 pending = true;
                 continue;
             }
-            remove(&tx, name, &id, "its schedule file is gone", at).ctx(&path, what)?;
-            changes.removed.push(id);
+            held.push(id);
         }
-        if pending {
+        if held.is_empty() {
+            if pending {
+                cached_execute(
+                    &tx,
+                    "UPDATE schedule_files SET digest = NULL, \
+                     last_error = 'the file is no longer in the schedules folder' WHERE file = ?1",
+                    [name],
+                )
+                .ctx(&path, what)?;
+            } else {
+                cached_execute(&tx, "DELETE FROM schedule_files WHERE file = ?1", [name])
+                    .ctx(&path, what)?;
+            }
+            tx.commit().ctx(&path, what)?;
+            return Ok(FileOutcome::Gone(Changes::default()));
+        }
+        let since: Option<String> = cached_query_row(
+            &tx,
+            "SELECT missing_since FROM schedule_files WHERE file = ?1",
+            [name],
+            |row| row.get(0),
+        )
+        .ctx(&path, what)?;
+        let new = since.is_none();
+        if new {
             cached_execute(
                 &tx,
-                "UPDATE schedule_files SET digest = NULL, \
-                 last_error = 'the file is no longer in the schedules folder' WHERE file = ?1",
+                "UPDATE schedule_files SET missing_since = ?2 WHERE file = ?1",
+                params![name, at],
+            )
+            .ctx(&path, what)?;
+            append(
+                &tx,
+                at,
+                None,
+                kind::SCHEDULE_FILE_MISSING,
+                json!({
+                    "file": name,
+                    "held": held,
+                    "message": "the schedule file is missing: its subscriptions are held (not \
+                                charged, not removed) until it returns or `recurrentd \
+                                remove-file` confirms the removal",
+                }),
+            )
+            .ctx(&path, what)?;
+        }
+        tx.commit().ctx(&path, what)?;
+        Ok(FileOutcome::Missing {
+            held,
+            since: since.unwrap_or_else(|| at.to_string()),
+            new,
+        })
+    }
+
+    /// Files found missing by an earlier sync that are in the folder again: no longer missing
+    /// (their content was applied or refused by this sync like any file's), with a ledger
+    /// event, and their subscriptions looked at by the next sweep.
+    fn returned_files(&mut self, listed: &[&str], at: &str) -> Result<(), StoreError> {
+        let what = "marking returned schedule files";
+        let missing: Vec<String> = {
+            let mut statement = self
+                .conn
+                .prepare_cached("SELECT file FROM schedule_files WHERE missing_since IS NOT NULL")
+                .ctx(&self.path, what)?;
+            statement
+                .query_map([], |row| row.get(0))
+                .ctx(&self.path, what)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .ctx(&self.path, what)?
+        };
+        let listed: HashSet<&str> = listed.iter().copied().collect();
+        let path = self.path.clone();
+        for name in missing.iter().filter(|n| listed.contains(n.as_str())) {
+            let tx = self.write_tx(what)?;
+            let since: Option<String> = cached_query_row(
+                &tx,
+                "SELECT missing_since FROM schedule_files WHERE file = ?1",
+                [name],
+                |row| row.get(0),
+            )
+            .optional()
+            .ctx(&path, what)?
+            .flatten();
+            cached_execute(
+                &tx,
+                "UPDATE schedule_files SET missing_since = NULL WHERE file = ?1",
                 [name],
             )
             .ctx(&path, what)?;
-        } else {
-            cached_execute(&tx, "DELETE FROM schedule_files WHERE file = ?1", [name])
-                .ctx(&path, what)?;
+            let resumed = active_ids_of(&tx, name).ctx(&path, what)?;
+            cached_execute(
+                &tx,
+                "UPDATE subscriptions SET next_plan_at = '' WHERE file = ?1 AND removed_at IS NULL",
+                [name],
+            )
+            .ctx(&path, what)?;
+            append(
+                &tx,
+                at,
+                None,
+                kind::SCHEDULE_FILE_RETURNED,
+                json!({ "file": name, "missing_since": since, "resumed": resumed }),
+            )
+            .ctx(&path, what)?;
+            tx.commit().ctx(&path, what)?;
+            tracing::info!(file = %name, subscriptions = resumed.len(), "schedule file is back: its subscriptions resume");
         }
+        Ok(())
+    }
+
+    /// An operator confirms that a missing schedule file is gone for good: its held
+    /// subscriptions are removed (ids reserved for ever), with who and why in the ledger, and the
+    /// file is forgotten. Only a file found missing by the daemon's last sync qualifies; the
+    /// caller also checks that it is not in the folder now.
+    pub fn remove_missing_file(
+        &mut self,
+        name: &str,
+        by: &str,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<RemovedFile, StoreError> {
+        self.require_write("removing a missing schedule file")?;
+        let path = self.path.clone();
+        let what = "removing a missing schedule file";
+        let at = timestamp(now);
+        let tx = self.write_tx(what)?;
+        let missing: Option<Option<String>> = cached_query_row(
+            &tx,
+            "SELECT missing_since FROM schedule_files WHERE file = ?1",
+            [name],
+            |row| row.get(0),
+        )
+        .optional()
+        .ctx(&path, what)?;
+        match missing {
+            None => return Ok(RemovedFile::Unknown),
+            Some(None) => return Ok(RemovedFile::NotMissing),
+            Some(Some(_)) => {}
+        }
+        let ids = active_ids_of(&tx, name).ctx(&path, what)?;
+        let reason = format!("its schedule file is gone: removal confirmed by {by}: {why}");
+        for id in &ids {
+            remove(&tx, name, id, &reason, &at).ctx(&path, what)?;
+        }
+        cached_execute(&tx, "DELETE FROM schedule_files WHERE file = ?1", [name])
+            .ctx(&path, what)?;
         tx.commit().ctx(&path, what)?;
-        Ok(FileOutcome::Gone(changes))
+        Ok(RemovedFile::Removed(ids))
     }
 }
 
@@ -1572,6 +1731,8 @@ impl Store {
             self.refresh_digests(&refreshed)?;
         }
 
+        let listed: Vec<&str> = folder.listing.listed.keys().map(String::as_str).collect();
+        self.returned_files(&listed, &at)?;
         for name in self.known_files()? {
             if !folder.listing.listed.contains_key(&name) {
                 let outcome = self.sync_gone(&name, folder, &at)?;

@@ -902,33 +902,101 @@ fn a_hand_over_to_a_refused_file_keeps_the_id_where_it_was() {
     assert!(active(&store).is_empty());
 }
 
+/// A file missing at one sync (an editor's rename, a deploy that empties the folder) holds its
+/// subscriptions: not removed, not planned, until it returns (identical: they resume) or an
+/// operator confirms the removal. It used to remove them for good, and the identical file was
+/// then refused for ever ("ids are never reused").
 #[test]
-fn a_file_that_disappears_removes_its_subscriptions() {
+fn a_file_that_disappears_holds_its_subscriptions_until_it_returns_or_removal_is_confirmed() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = daemon(&dir);
+    let a = file("a.toml", &sub("s1", "1001", "499.00", ""));
+    let b = file("b.toml", &sub("s2", "1002", "199.00", ""));
     store
-        .sync_schedules(
-            &report(vec![
-                file("a.toml", &sub("s1", "1001", "499.00", "")),
-                file("b.toml", &sub("s2", "1002", "199.00", "")),
-            ]),
-            at(1),
-        )
+        .sync_schedules(&report(vec![a.clone(), b.clone()]), at(1))
         .unwrap();
     let summary = store
-        .sync_schedules(
-            &report(vec![file("a.toml", &sub("s1", "1001", "499.00", ""))]),
-            at(2),
-        )
+        .sync_schedules(&report(vec![a.clone()]), at(2))
         .unwrap();
     assert_eq!(summary.outcome("a.toml"), Some(&FileOutcome::Unchanged));
     match summary.outcome("b.toml") {
-        Some(FileOutcome::Gone(changes)) => assert_eq!(changes.removed, ["s2"]),
+        Some(FileOutcome::Missing { held, new, .. }) => {
+            assert_eq!(held, &["s2"]);
+            assert!(new);
+        }
         other => panic!("{other:?}"),
     }
+    assert_eq!(active(&store).len(), 2, "nothing removed");
+    assert!(
+        !store.plannable(at(3)).unwrap().contains(&"s2".to_string()),
+        "held: not planned"
+    );
+    // Still missing at the next sync: no second event.
+    let summary = store
+        .sync_schedules(&report(vec![a.clone()]), at(3))
+        .unwrap();
+    assert!(matches!(
+        summary.outcome("b.toml"),
+        Some(FileOutcome::Missing { new: false, .. })
+    ));
+    let missing_events = store
+        .ledger(None)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == kind::SCHEDULE_FILE_MISSING)
+        .count();
+    assert_eq!(missing_events, 1);
+
+    // An empty folder removes nothing either.
+    store.sync_schedules(&report(vec![]), at(4)).unwrap();
+    assert_eq!(active(&store).len(), 2);
+
+    // The identical file returns: accepted, its subscription resumes.
+    store
+        .sync_schedules(&report(vec![a.clone(), b.clone()]), at(5))
+        .unwrap();
+    assert_eq!(active(&store).len(), 2);
+    let plannable = store.plannable(at(6)).unwrap();
+    assert!(plannable.contains(&"s1".to_string()) && plannable.contains(&"s2".to_string()));
+    assert!(
+        store
+            .ledger(None)
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == kind::SCHEDULE_FILE_RETURNED && e.detail["file"] == "b.toml")
+    );
+
+    // Missing again, and the operator confirms: removed for good, with who and why.
+    store
+        .sync_schedules(&report(vec![a.clone()]), at(7))
+        .unwrap();
+    assert_eq!(
+        store
+            .remove_missing_file("a.toml", "ops", "present", at(8))
+            .unwrap(),
+        RemovedFile::NotMissing
+    );
+    assert_eq!(
+        store
+            .remove_missing_file("nope.toml", "ops", "typo", at(8))
+            .unwrap(),
+        RemovedFile::Unknown
+    );
+    assert_eq!(
+        store
+            .remove_missing_file("b.toml", "ops", "customer left, ticket 12", at(8))
+            .unwrap(),
+        RemovedFile::Removed(vec!["s2".to_string()])
+    );
     assert_eq!(active(&store), [("s1".into(), "a.toml".into())]);
     let event = store.ledger(Some("s2")).unwrap().pop().unwrap();
-    assert_eq!(event.detail["reason"], "its schedule file is gone");
+    assert!(
+        event.detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("removal confirmed by ops: customer left"),
+        "{event:?}"
+    );
     let files: Vec<_> = store
         .schedule_files()
         .unwrap()
@@ -936,14 +1004,18 @@ fn a_file_that_disappears_removes_its_subscriptions() {
         .map(|f| f.file)
         .collect();
     assert_eq!(files, ["a.toml"]);
-    // A file moved to a new name keeps its ids: a move, not a removal.
+    // A file moved to a new name keeps its ids: a move, not a hold or a removal.
     let summary = store
         .sync_schedules(
             &report(vec![file("renamed.toml", &sub("s1", "1001", "499.00", ""))]),
-            at(3),
+            at(9),
         )
         .unwrap();
     assert_eq!(applied(&summary, "renamed.toml").updated, ["s1"]);
+    assert_eq!(
+        summary.outcome("a.toml"),
+        Some(&FileOutcome::Gone(Changes::default()))
+    );
     assert_eq!(active(&store), [("s1".into(), "renamed.toml".into())]);
 }
 
@@ -1078,13 +1150,23 @@ fn folder_sync_skips_unchanged_files_and_applies_changed_ones() {
     let summary = store.sync_dir(&folder, at(8)).unwrap();
     assert_eq!(applied(&summary, "a.toml"), Changes::default());
 
-    // Gone: its subscriptions are removed.
+    // Gone: its subscriptions are held until it returns or removal is confirmed.
+    let b = std::fs::read(folder.join("b.toml")).unwrap();
     std::fs::remove_file(folder.join("b.toml")).unwrap();
     let summary = store.sync_dir(&folder, at(9)).unwrap();
     match summary.outcome("b.toml") {
-        Some(FileOutcome::Gone(changes)) => assert_eq!(changes.removed, vec!["s2"]),
+        Some(FileOutcome::Missing { held, .. }) => assert_eq!(held, &["s2"]),
         other => panic!("{other:?}"),
     }
+    assert_eq!(active(&store).len(), 2);
+    // Back unchanged (same bytes): skipped unread, and no longer missing.
+    std::fs::write(folder.join("b.toml"), b).unwrap();
+    let summary = store.sync_dir(&folder, at(10)).unwrap();
+    assert!(matches!(
+        summary.outcome("b.toml"),
+        Some(FileOutcome::Unchanged | FileOutcome::Applied(_))
+    ));
+    assert!(store.plannable(at(11)).unwrap().contains(&"s2".to_string()));
 }
 
 #[test]

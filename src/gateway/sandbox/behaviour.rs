@@ -32,6 +32,9 @@ pub enum Behaviour {
     WrongCheckvalue,
     /// `888`: applied (Approved), but replies name the order number with `-X` appended.
     OtherOrderNumber,
+    /// `887`: applied (Approved), but only the rp.cfm reply names another order number (`-X`
+    /// appended); status replies are right.
+    ChargeReplyMismatch,
     /// `998`: applied (Approved in the book), but the rp.cfm reply says AS998, In Process.
     SystemError,
 }
@@ -136,6 +139,7 @@ pub fn of_bill(bill_number: &str) -> BillBehaviour {
         "666" => Behaviour::Garbage,
         "777" => Behaviour::WrongCheckvalue,
         "888" => Behaviour::OtherOrderNumber,
+        "887" => Behaviour::ChargeReplyMismatch,
         "998" => Behaviour::SystemError,
         // "000" and any suffix the table does not know.
         _ => Behaviour::Approve,

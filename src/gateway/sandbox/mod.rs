@@ -270,6 +270,12 @@ impl Sandbox {
         self.shared.book().add_token(customer, card);
     }
 
+    /// From now on the status services answer "not found" for this order number, though the
+    /// order stays in the book: a gateway that loses sight of an order it showed before.
+    pub fn hide_from_status(&self, order_number: &str) {
+        self.shared.book().hide_from_status(order_number);
+    }
+
     /// A copy of the book: every order, every rp.cfm request, the rate-limited count, the
     /// agreements and the stored cards.
     pub fn book(&self) -> BookSnapshot {

@@ -454,7 +454,14 @@ fn rp_fields(order: &OrderRecord) -> Fields {
         String::new()
     };
     vec![
-        ("ordernumber", told_order_number(order)),
+        ("ordernumber", {
+            // 887: only this reply (rp.cfm's) names another order.
+            if order.behaviour == Behaviour::ChargeReplyMismatch {
+                format!("{}-X", order.order_number)
+            } else {
+                told_order_number(order)
+            }
+        }),
         ("billnumber", order.bill_number.clone()),
         ("responsecode", code),
         ("message", message),
