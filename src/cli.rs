@@ -80,11 +80,16 @@ pub enum Command {
     /// re-reads the schedule files; SIGTERM or Ctrl-C stops creating charges, settles what is
     /// in flight, and exits 0.
     ///
+    /// It never creates a missing database by itself (a new one would charge every current
+    /// period again): only with --init, or on the first start under systemd in an empty
+    /// $STATE_DIRECTORY. After losing a database, restore the backup instead.
+    ///
     /// --sandbox runs it against the built-in Assist sandbox with demo secrets and a fresh
     /// database, on a rehearsal clock where a month passes in about ten seconds.
     ///
     /// Examples:
     ///   recurrentd run
+    ///   recurrentd run --init      (a new installation's first start, outside systemd)
     ///   recurrentd run --sandbox
     ///   recurrentd run --clock-start 2027-01-01T00:00:00Z --clock-speed 86400 --until 2028-01-01T00:00:00Z
     #[command(verbatim_doc_comment)]

@@ -57,6 +57,10 @@ pub struct RunOptions {
     /// Real time between summary lines.
     pub summary_every: StdDuration,
     pub database: PathBuf,
+    /// Why the daemon may create the database if there is none (`run --init`, a first start
+    /// in an empty systemd state directory, a sandbox run): logged when it does. `None`: a
+    /// missing database is refused ([`StoreError::NoDatabase`]).
+    pub create: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +86,7 @@ impl DaemonError {
             self,
             DaemonError::Store(StoreError::Locked { .. })
                 | DaemonError::Store(StoreError::TooNew { .. })
+                | DaemonError::Store(StoreError::NoDatabase { .. })
                 | DaemonError::Gateway(_)
         )
     }
@@ -307,9 +312,24 @@ async fn start(
 ) -> Result<(Engine, usize, Watch), DaemonError> {
     notifier.status("opening the store");
     let database = options.database.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&database, Access::Daemon))
-        .await
-        .map_err(|e| DaemonError::Schedules(e.to_string()))??;
+    let create = options.create.is_some();
+    let store = tokio::task::spawn_blocking(move || {
+        if create {
+            Store::open_or_create(&database)
+        } else {
+            Store::open(&database, Access::Daemon)
+        }
+    })
+    .await
+    .map_err(|e| DaemonError::Schedules(e.to_string()))??;
+    if store.created() {
+        tracing::warn!(
+            database = %options.database.display(),
+            order_prefix = %store.order_prefix()?,
+            reason = options.create.as_deref().unwrap_or_default(),
+            "created a new, empty database: it knows of no past charge"
+        );
+    }
     let client = Client::new(gateway).map_err(DaemonError::Gateway)?;
     let engine = Engine::new(
         store,

@@ -205,8 +205,8 @@ fn charge_queues_an_adhoc_charge_once_and_refuses_what_the_limits_forbid() {
     let (dir, config) = setup(&[("subs.toml", sub)]);
     // The database as the daemon leaves it after its first sync.
     {
-        use recurrentd::store::{Access, Store};
-        let mut store = Store::open(&dir.path().join("recurrentd.db"), Access::Daemon).unwrap();
+        use recurrentd::store::Store;
+        let mut store = Store::open_or_create(&dir.path().join("recurrentd.db")).unwrap();
         let report = recurrentd::schedule::load_dir(&dir.path().join("schedules")).unwrap();
         store.sync_schedules(&report, chrono::Utc::now()).unwrap();
     }

@@ -181,3 +181,109 @@ async fn sigterm_during_an_in_flight_charge_records_its_outcome_and_exits_0() {
 fn log_has(rig: &Rig, text: &str) -> bool {
     rig.log_text().contains(text)
 }
+
+/// `run` on a short rehearsal (nine virtual days at ten days per second) with `extra`
+/// arguments and, when given, `$STATE_DIRECTORY`; run to the end.
+fn run_briefly(rig: &Rig, extra: &[&str], state: Option<&std::path::Path>) -> std::process::Output {
+    let mut command = rig.command();
+    command
+        .args(["run", "--clock-start", "2027-01-01T00:00:00Z"])
+        .args(["--clock-speed", "864000", "--until", "2027-01-10T00:00:00Z"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET");
+    if let Some(state) = state {
+        command.env("STATE_DIRECTORY", state);
+    }
+    command.output().unwrap()
+}
+
+/// Issue 12, item 6: a fresh database would charge every current period again, so `run`
+/// creates one only when told to: `--init`, or the first start under systemd in an empty state
+/// directory. Otherwise it refuses (78) before touching anything, and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_creates_a_database_only_when_told_to() {
+    let sandbox = Sandbox::start(SandboxConfig::builtin(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let rig = Rig::new(&sandbox, "");
+    rig.write_schedule(
+        "subs.toml",
+        &subscription("s1", "5111112000000001", "99.00", "2027-01-02"),
+    );
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let db = rig.db();
+
+    // No database and no flag: refused, nothing created, nothing sent.
+    let out = run_briefly(&rig, &[], None);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("no recurrentd database"))
+        .unwrap_or_else(|| panic!("no refusal line:\n{stderr}"));
+    assert!(
+        line.contains(&db.display().to_string())
+            && line.contains("--init")
+            && line.contains("Never use --init after losing a database")
+            && line.contains("backup"),
+        "{line}"
+    );
+    assert!(!db.exists(), "a database was created");
+    assert!(!rig.dir.path().join("recurrentd.db.lock").exists());
+    assert!(sandbox.book().rp_requests.is_empty());
+
+    // Under systemd with a state directory that is not empty (a lost database's leftovers,
+    // here its WAL): refused too.
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(state.path().join("recurrentd.db-wal"), "").unwrap();
+    let out = run_briefly(&rig, &[], Some(state.path()));
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
+    assert!(!state.path().join("recurrentd.db").exists());
+
+    // Under systemd, the first start in an empty state directory creates it, and says why.
+    let state = tempfile::tempdir().unwrap();
+    let out = run_briefly(&rig, &[], Some(state.path()));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(state.path().join("recurrentd.db").exists());
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("created a new, empty database")
+                && l.contains("first start under systemd")),
+        "{stderr}"
+    );
+
+    // --init creates it (and says so), once; a second --init is refused; a plain restart runs.
+    let out = run_briefly(&rig, &["--init"], None);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("created a new, empty database") && l.contains("run --init")),
+        "{stderr}"
+    );
+    let prefix = Store::open(&db, Access::ReadOnly)
+        .unwrap()
+        .order_prefix()
+        .unwrap();
+    let out = run_briefly(&rig, &["--init"], None);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let out = run_briefly(&rig, &[], None);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("created a new"), "{stderr}");
+    let same = Store::open(&db, Access::ReadOnly)
+        .unwrap()
+        .order_prefix()
+        .unwrap();
+    assert_eq!(
+        same, prefix,
+        "the order-number prefix is the database's for good"
+    );
+    sandbox.shutdown().await;
+}

@@ -89,6 +89,10 @@ pub enum StoreError {
     },
     #[error("no database at {path}; has the daemon ever run?")]
     Missing { path: PathBuf },
+    /// The daemon was not allowed to create a database ([`Store::open`] with
+    /// [`Access::Daemon`]) and there is none: no file, or an empty one.
+    #[error("no recurrentd database at {path}{}", if *.empty { " (the file is empty)" } else { "" })]
+    NoDatabase { path: PathBuf, empty: bool },
     #[error("database {path}: PRAGMA {pragma} reads back {got:?}, expected {wanted:?}{hint}")]
     Pragma {
         path: PathBuf,
@@ -160,6 +164,8 @@ pub struct Store {
     /// The billing calendar the engine plans with (set by [`Store::use_calendar`]): a new
     /// subscription's first `next_plan_at` is then its first due instant, else "now".
     calendar: Option<Calendar>,
+    /// This open created the database (see [`Store::open_or_create`]).
+    created: bool,
     _lock: Option<File>,
 }
 
@@ -218,12 +224,37 @@ pub mod kind {
 }
 
 impl Store {
-    /// Opens (the daemon: creates) the database at `path`. See [`Access`].
+    /// Opens the database at `path`. See [`Access`]. The daemon's access never creates a
+    /// database: a missing or empty file is [`StoreError::NoDatabase`] (see
+    /// [`Store::open_or_create`]).
     pub fn open(path: &Path, access: Access) -> Result<Store, StoreError> {
+        Store::open_with(path, access, false)
+    }
+
+    /// Opens the database at `path` as the daemon ([`Access::Daemon`]), creating it when there
+    /// is none, with a new random order-number prefix. [`Store::created`] then
+    /// says so. Only for a database that is meant to be new (`run --init`, a first start under
+    /// systemd in an empty state directory, a sandbox run, tests): a new database knows
+    /// nothing of past charges, so every current period would be charged again.
+    pub fn open_or_create(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, Access::Daemon, true)
+    }
+
+    fn open_with(path: &Path, access: Access, create: bool) -> Result<Store, StoreError> {
+        let exists = path.try_exists().unwrap_or(true);
         let lock = match access {
-            Access::Daemon => Some(take_daemon_lock(path)?),
+            Access::Daemon => {
+                // Before the lock file: a refused start leaves nothing behind.
+                if !exists && !create {
+                    return Err(StoreError::NoDatabase {
+                        path: path.to_path_buf(),
+                        empty: false,
+                    });
+                }
+                Some(take_daemon_lock(path)?)
+            }
             Access::Write | Access::ReadOnly => {
-                if !path.exists() {
+                if !exists {
                     return Err(StoreError::Missing {
                         path: path.to_path_buf(),
                     });
@@ -232,12 +263,14 @@ impl Store {
             }
         };
         let flags = match access {
-            Access::Daemon => {
+            Access::Daemon if create => {
                 OpenFlags::SQLITE_OPEN_READ_WRITE
                     | OpenFlags::SQLITE_OPEN_CREATE
                     | OpenFlags::SQLITE_OPEN_NO_MUTEX
             }
-            Access::Write => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            Access::Daemon | Access::Write => {
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            }
             Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         };
         let conn = Connection::open_with_flags(path, flags).ctx(path, "cannot open it")?;
@@ -258,10 +291,19 @@ impl Store {
             access,
             commits,
             calendar: None,
+            created: false,
             _lock: lock,
         };
-        store.set_pragmas()?;
+        // Read before any pragma writes to the file: an empty file (version 0) is not a
+        // database the daemon may take over unless it was allowed to create one.
         let version = store.schema_version()?;
+        if access == Access::Daemon && version == 0 && !create {
+            return Err(StoreError::NoDatabase {
+                path: store.path,
+                empty: true,
+            });
+        }
+        store.set_pragmas()?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
                 path: store.path,
@@ -271,7 +313,7 @@ impl Store {
         }
         if access == Access::Daemon {
             store.migrate(version)?;
-            store.ensure_meta()?;
+            store.created = store.ensure_meta(create)?;
         } else if version < SCHEMA_VERSION {
             return Err(StoreError::NotMigrated {
                 path: store.path,
@@ -280,6 +322,11 @@ impl Store {
             });
         }
         Ok(store)
+    }
+
+    /// Whether this open created the database (only [`Store::open_or_create`] does).
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     pub fn path(&self) -> &Path {
@@ -466,8 +513,10 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the order-number prefix and the creation time once, when the database is new.
-    fn ensure_meta(&mut self) -> Result<(), StoreError> {
+    /// Writes the order-number prefix and the creation time once, when the database is new
+    /// (`create`); returns whether it did. A database without its prefix that may not be
+    /// created is refused: a new prefix would make every period's order numbers new.
+    fn ensure_meta(&mut self, create: bool) -> Result<bool, StoreError> {
         let what = "initialising meta";
         let tx = self
             .conn
@@ -480,6 +529,13 @@ impl Store {
                 |row| row.get(0),
             )
             .ctx(&self.path, what)?;
+        if !exists && !create {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                what: "meta.order_prefix".into(),
+                value: "missing".into(),
+            });
+        }
         if !exists {
             let prefix = random_order_prefix().map_err(|message| StoreError::Random {
                 path: self.path.clone(),
@@ -493,7 +549,8 @@ impl Store {
             )
             .ctx(&self.path, what)?;
         }
-        tx.commit().ctx(&self.path, what)
+        tx.commit().ctx(&self.path, what)?;
+        Ok(!exists)
     }
 
     fn require_write(&self, what: &'static str) -> Result<(), StoreError> {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use super::{Access, Store};
+use super::Store;
 use crate::schedule::{DirReport, parse_text};
 
 /// 07:00 UTC on a day of 2027.
@@ -16,7 +16,7 @@ pub fn at(month: u32, day: u32) -> DateTime<Utc> {
 /// 2027-01-01 from `schedules/a.toml`.
 pub fn store_with(ids: &[&str]) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("recurrentd.db"), Access::Daemon).unwrap();
+    let mut store = Store::open_or_create(&dir.path().join("recurrentd.db")).unwrap();
     let mut text = String::new();
     for (i, id) in ids.iter().enumerate() {
         text += &format!(
