@@ -39,8 +39,12 @@ pub mod exit {
     pub const CONFIG: u8 = 78;
     /// The gateway could not be reached or did not give a usable answer (EX_UNAVAILABLE).
     pub const UNAVAILABLE: u8 = 69;
-    /// An unexpected failure (EX_SOFTWARE).
+    /// An unexpected failure (EX_SOFTWARE); also the daemon giving up after
+    /// `daemon.max_failed_ticks` failed ticks in a row (systemd restarts it).
     pub const INTERNAL: u8 = 70;
+    /// The database file is damaged (EX_IOERR): `PRAGMA quick_check` failed at start, or SQLite
+    /// found it corrupt. Restarting cannot fix it; systemd must not restart on it.
+    pub const IO_ERROR: u8 = 74;
 }
 
 const AFTER_HELP: &str = "\
@@ -53,7 +57,8 @@ Examples:
   recurrentd tokens list --customer 1234 a customer's saved cards at the gateway
 
 Exit codes: 0 ok, 1 problems found (e.g. an invalid schedule file), 2 bad command line,
-69 gateway unavailable or no usable answer, 78 configuration error, 70 internal error.
+69 gateway unavailable or no usable answer, 78 configuration error, 74 the database is
+damaged, 70 internal error (and `run` after too many failed ticks).
 
 The config file is --config, else $RECURRENTD_CONFIG, else $CONFIGURATION_DIRECTORY/config.toml
 (under systemd), else ./config.toml. Keys can be overridden with RECURRENTD_SECTION__KEY.";

@@ -60,6 +60,9 @@ pub struct DaemonConfig {
     /// How long a stopping daemon lets outstanding charges settle before exiting (below
     /// systemd's `TimeoutStopSec`).
     pub shutdown_deadline_secs: u32,
+    /// Ticks failing in a row (a storage error, say) after which the daemon exits with an error
+    /// (70) instead of retrying for ever; systemd restarts it.
+    pub max_failed_ticks: u32,
 }
 
 impl Default for DaemonConfig {
@@ -68,6 +71,7 @@ impl Default for DaemonConfig {
             sweep_cron: "0 * * * * *".to_string(),
             watch_schedules: true,
             shutdown_deadline_secs: 50,
+            max_failed_ticks: 5,
         }
     }
 }
@@ -238,6 +242,7 @@ struct RawDaemon {
     sweep_cron: String,
     watch_schedules: bool,
     shutdown_deadline_secs: u32,
+    max_failed_ticks: u32,
 }
 
 impl Default for RawDaemon {
@@ -247,6 +252,7 @@ impl Default for RawDaemon {
             sweep_cron: d.sweep_cron,
             watch_schedules: d.watch_schedules,
             shutdown_deadline_secs: d.shutdown_deadline_secs,
+            max_failed_ticks: d.max_failed_ticks,
         }
     }
 }
@@ -663,10 +669,17 @@ fn check_daemon(raw: RawDaemon) -> Result<DaemonConfig, String> {
             raw.shutdown_deadline_secs
         ));
     }
+    if !(1..=1000).contains(&raw.max_failed_ticks) {
+        return Err(format!(
+            "daemon.max_failed_ticks: must be 1..=1000, got {}",
+            raw.max_failed_ticks
+        ));
+    }
     Ok(DaemonConfig {
         sweep_cron: expression,
         watch_schedules: raw.watch_schedules,
         shutdown_deadline_secs: raw.shutdown_deadline_secs,
+        max_failed_ticks: raw.max_failed_ticks,
     })
 }
 
@@ -927,6 +940,7 @@ catch_up = "none"
         assert_eq!(config.log.format, LogFormat::Text);
         assert_eq!(config.daemon, DaemonConfig::default());
         assert_eq!(config.daemon.sweep_cron, "0 * * * * *");
+        assert_eq!(config.daemon.max_failed_ticks, 5);
     }
 
     #[test]
@@ -942,6 +956,7 @@ catch_up = "none"
                 "shutdown_deadline_secs = 0",
                 "daemon.shutdown_deadline_secs",
             ),
+            ("max_failed_ticks = 0", "daemon.max_failed_ticks"),
             ("watch = true", "watch"),
         ] {
             let text = GOOD.to_string() + "\n[daemon]\n" + bad + "\n";

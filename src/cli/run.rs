@@ -207,6 +207,7 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
         summary_every: StdDuration::from_secs(if rehearsal { 5 } else { 600 }),
         database: database.clone(),
         create,
+        max_failed_ticks: config.daemon.max_failed_ticks,
     };
     let mut sandbox_config = None;
     if let Some(schedules) = sandbox_config_override {
@@ -249,6 +250,17 @@ fn report_failure(error: &DaemonError) -> u8 {
                 path.display()
             );
             exit::CONFIG
+        }
+        _ if error.is_damaged() => {
+            eprintln!(
+                "recurrentd: {error}; refusing to start, nothing was sent. Restarting cannot repair \
+                 the file: restore the latest backup in its place"
+            );
+            exit::IO_ERROR
+        }
+        DaemonError::TicksFailed { .. } => {
+            eprintln!("recurrentd: {error}");
+            exit::INTERNAL
         }
         _ => {
             eprintln!("recurrentd: {error}");

@@ -93,6 +93,14 @@ pub enum StoreError {
     /// [`Access::Daemon`]) and there is none: no file, or an empty one.
     #[error("no recurrentd database at {path}{}", if *.empty { " (the file is empty)" } else { "" })]
     NoDatabase { path: PathBuf, empty: bool },
+    /// `PRAGMA quick_check` (at the daemon's start) or `PRAGMA integrity_check` (of a backup)
+    /// found the file damaged.
+    #[error("database {path} is damaged: PRAGMA {check}: {problem}")]
+    Damaged {
+        path: PathBuf,
+        check: &'static str,
+        problem: String,
+    },
     #[error("database {path}: PRAGMA {pragma} reads back {got:?}, expected {wanted:?}{hint}")]
     Pragma {
         path: PathBuf,
@@ -135,6 +143,18 @@ pub enum StoreError {
     },
     #[error("database {path}: no OS randomness for the order-number prefix: {message}")]
     Random { path: PathBuf, message: String },
+}
+
+impl StoreError {
+    /// The file itself is damaged: `quick_check`/`integrity_check` failed, or SQLite said it is
+    /// corrupt or not a database. Restarting cannot fix that; restoring a backup can.
+    pub fn is_damaged(&self) -> bool {
+        match self {
+            StoreError::Damaged { .. } => true,
+            StoreError::Sqlite { source, .. } => is_damage(source),
+            _ => false,
+        }
+    }
 }
 
 /// Adds the database path and what was being done to a rusqlite error.
@@ -226,7 +246,8 @@ pub mod kind {
 impl Store {
     /// Opens the database at `path`. See [`Access`]. The daemon's access never creates a
     /// database: a missing or empty file is [`StoreError::NoDatabase`] (see
-    /// [`Store::open_or_create`]).
+    /// [`Store::open_or_create`]). The daemon's open also runs `PRAGMA quick_check` and refuses
+    /// a damaged file ([`StoreError::Damaged`]) before it migrates or writes anything.
     pub fn open(path: &Path, access: Access) -> Result<Store, StoreError> {
         Store::open_with(path, access, false)
     }
@@ -312,6 +333,10 @@ impl Store {
             });
         }
         if access == Access::Daemon {
+            // Nothing is migrated, written or charged from a damaged file.
+            if version > 0 {
+                store.check("quick_check")?;
+            }
             store.migrate(version)?;
             store.created = store.ensure_meta(create)?;
         } else if version < SCHEMA_VERSION {
@@ -327,6 +352,11 @@ impl Store {
     /// Whether this open created the database (only [`Store::open_or_create`] does).
     pub fn created(&self) -> bool {
         self.created
+    }
+
+    /// Runs `PRAGMA quick_check` or `PRAGMA integrity_check` (see [`check_file`]).
+    fn check(&self, pragma: &'static str) -> Result<(), StoreError> {
+        check_file(&self.conn, &self.path, pragma)
     }
 
     pub fn path(&self) -> &Path {
@@ -783,6 +813,45 @@ fn take_daemon_lock(path: &Path) -> Result<File, StoreError> {
             source,
         }),
     }
+}
+
+/// `PRAGMA quick_check` or `integrity_check` on `conn`: anything but one `ok` row is
+/// [`StoreError::Damaged`], with the first problem SQLite names; so is a file too damaged for
+/// the check to run at all (SQLite's "malformed" or "not a database").
+fn check_file(conn: &Connection, path: &Path, pragma: &'static str) -> Result<(), StoreError> {
+    let what = format!("PRAGMA {pragma}");
+    let rows = conn.prepare(&what).and_then(|mut statement| {
+        statement
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()
+    });
+    let damaged = |problem: String| StoreError::Damaged {
+        path: path.to_path_buf(),
+        check: pragma,
+        problem,
+    };
+    match rows {
+        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => Ok(()),
+        Ok(rows) => Err(damaged(format!(
+            "{} problem(s), the first: {}",
+            rows.len(),
+            rows.first().map_or("no answer", String::as_str)
+        ))),
+        Err(source) if is_damage(&source) => Err(damaged(source.to_string())),
+        Err(source) => Err(StoreError::Sqlite {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }),
+    }
+}
+
+/// SQLite says the file is corrupt or not a database.
+fn is_damage(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
 }
 
 /// 8 characters of Crockford base32 from 40 bits of OS randomness.

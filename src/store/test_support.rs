@@ -30,3 +30,20 @@ pub fn store_with(ids: &[&str]) -> (tempfile::TempDir, Store) {
     store.sync_schedules(&report, at(1, 1)).unwrap();
     (dir, store)
 }
+
+/// Overwrites one page in the middle of the database file at `path` with garbage (the file
+/// must hold everything: no WAL left to checkpoint).
+pub fn scramble_middle_page(path: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let len = std::fs::metadata(path).unwrap().len();
+    let page_size = 4096;
+    let pages = len / page_size;
+    assert!(pages >= 3, "{} has only {pages} page(s)", path.display());
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.seek(SeekFrom::Start(pages / 2 * page_size)).unwrap();
+    let garbage: Vec<u8> = (0..page_size)
+        .map(|i| (i * 151 % 251) as u8 ^ 0xA5)
+        .collect();
+    file.write_all(&garbage).unwrap();
+    file.sync_all().unwrap();
+}
