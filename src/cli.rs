@@ -348,8 +348,8 @@ fn check(config: &Config) -> u8 {
             Ok(None) => {
                 secret_warnings += 1;
                 eprintln!(
-                    "{}: warning: the {name} is not configured ({}, $CREDENTIALS_DIRECTORY/{} or \
-                     {}); commands that talk to the gateway will refuse to start",
+                    "{}: warning: the {name} is not configured ({}, $CREDENTIALS_DIRECTORY/{}, or \
+                     {} in test mode); commands that talk to the gateway will refuse to start",
                     config.source.display(),
                     name.config_key(),
                     name.credential(),

@@ -145,6 +145,34 @@ fn a_broken_config_is_one_line_and_exit_78() {
     assert!(text(&out.stderr).contains("missing.toml"));
 }
 
+/// Issue 12, item 12 (R36): outside test mode a secret in the environment is refused, with
+/// one line that says where to put it instead; the value is never echoed.
+#[test]
+fn environment_secrets_are_refused_outside_test_mode() {
+    let (_dir, config) = setup(&[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_recurrentd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["run"])
+        .env_remove("RECURRENTD_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("STATE_DIRECTORY")
+        .env("RECURRENTD_SECRET_PASSWORD", "env-pa55-visible")
+        .env("RECURRENTD_SECRET_SALT", "env-s4lt-visible")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("RECURRENTD_SECRET_PASSWORD")
+            && stderr.contains("test mode")
+            && stderr.contains("$CREDENTIALS_DIRECTORY"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("visible"), "{stderr}");
+}
+
 #[test]
 fn environment_overrides_config_keys_even_numeric_ids() {
     let (_dir, config) = setup(&[]);
