@@ -456,3 +456,79 @@ async fn ticks_that_keep_failing_stop_the_daemon_with_70() {
     );
     sandbox.shutdown().await;
 }
+
+/// Issue 12, item 12: the database holds the whole ledger, so it is created owner-only (0600)
+/// whatever the umask, and so are its `-wal` and `-shm` files and the daemon's lock file. Here
+/// the daemon runs under umask 000, which would leave them writable by anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_and_its_sidecars_are_owner_only_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::start(SandboxConfig::builtin(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let rig = Rig::new(&sandbox, "");
+    rig.write_schedule(
+        "subs.toml",
+        &subscription("s1", "5111112000000001", "99.00", "2027-01-02"),
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_recurrentd"))
+        .arg("--config")
+        .arg(rig.config())
+        .args(["run", "--init", "--clock-start", "2027-01-01T00:00:00Z"])
+        .args(["--clock-speed", "86400"])
+        .env_remove("RECURRENTD_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .env(
+            "RECURRENTD_SECRET_PASSWORD",
+            recurrentd::gateway::sandbox::BUILTIN_PASSWORD,
+        )
+        .env(
+            "RECURRENTD_SECRET_SALT",
+            recurrentd::gateway::sandbox::BUILTIN_SALT,
+        )
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(rig.log()).unwrap())
+        .spawn()
+        .unwrap();
+    let log = rig.log();
+    // A file made under umask 000 by default is 0666: check that the umask really applies.
+    let probe = std::process::Command::new("sh")
+        .args(["-c", "umask 000 && : > \"$0\" && stat -c %a \"$0\""])
+        .arg(rig.dir.path().join("probe"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "666");
+    until(Duration::from_secs(30), &log, "the first charge", || {
+        let history = rig.try_history(None)?;
+        history
+            .iter()
+            .any(|e| e["state"] == "approved")
+            .then_some(())
+    });
+    let mode = |suffix: &str| {
+        let mut path = rig.db().into_os_string();
+        path.push(suffix);
+        std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.to_string_lossy()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        assert_eq!(
+            mode(suffix),
+            0o600,
+            "recurrentd.db{suffix} is {:o}",
+            mode(suffix)
+        );
+    }
+    signal(&child, "TERM");
+    let status = wait(&mut child, Duration::from_secs(60), &log);
+    assert!(status.success(), "{status:?}\n{}", rig.log_text());
+    sandbox.shutdown().await;
+}

@@ -25,6 +25,7 @@ mod sync;
 mod test_support;
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,6 +142,12 @@ pub enum StoreError {
         what: String,
         value: String,
     },
+    #[error("database {path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("database {path}: no OS randomness for the order-number prefix: {message}")]
     Random { path: PathBuf, message: String },
 }
@@ -253,7 +260,8 @@ impl Store {
     }
 
     /// Opens the database at `path` as the daemon ([`Access::Daemon`]), creating it when there
-    /// is none, with a new random order-number prefix. [`Store::created`] then
+    /// is none: owner-only (0600, whatever the umask; SQLite gives the `-wal` and `-shm` files
+    /// it makes the database's mode), with a new random order-number prefix. [`Store::created`] then
     /// says so. Only for a database that is meant to be new (`run --init`, a first start under
     /// systemd in an empty state directory, a sandbox run, tests): a new database knows
     /// nothing of past charges, so every current period would be charged again.
@@ -272,7 +280,11 @@ impl Store {
                         empty: false,
                     });
                 }
-                Some(take_daemon_lock(path)?)
+                let lock = take_daemon_lock(path)?;
+                if !exists {
+                    create_private(path)?;
+                }
+                Some(lock)
             }
             Access::Write | Access::ReadOnly => {
                 if !exists {
@@ -284,11 +296,7 @@ impl Store {
             }
         };
         let flags = match access {
-            Access::Daemon if create => {
-                OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | OpenFlags::SQLITE_OPEN_CREATE
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            }
+            // The file exists by now (made above, owner-only): SQLite never creates it.
             Access::Daemon | Access::Write => {
                 OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
             }
@@ -773,7 +781,7 @@ const SUBSCRIPTION_COLUMNS: &str = "id, file, line, customer, bill_number, curre
     amount_cents, cadence, start_date, state, catch_up, min_cents, max_cents, period_days, \
     max_date, created_at, updated_at, removed_at";
 
-/// Takes the daemon's exclusive lock on `<db>.lock`, creating the file if needed. The lock is an
+/// Takes the daemon's exclusive lock on `<db>.lock`, creating the file (0600) if needed. The lock is an
 /// OS lock (`flock`): it is released when the file is closed or the process dies, so it is never
 /// stale; the file itself may stay behind and means nothing when no one holds it.
 fn take_daemon_lock(path: &Path) -> Result<File, StoreError> {
@@ -785,6 +793,7 @@ fn take_daemon_lock(path: &Path) -> Result<File, StoreError> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&lock_path)
         .map_err(|source| StoreError::LockFile {
             path: path.to_path_buf(),
@@ -813,6 +822,32 @@ fn take_daemon_lock(path: &Path) -> Result<File, StoreError> {
             source,
         }),
     }
+}
+
+/// Creates an empty database file readable and writable by its owner only, whatever the
+/// umask: the mode is set again after creation, since the umask can only take bits away and
+/// SQLite itself would make the file 0644. SQLite gives the `-wal` and `-shm` files it makes the
+/// database file's mode (it `fchmod`s them to it), so they are 0600 too.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        what: "cannot create it",
+        source,
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(failed)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(failed)?;
+    file.sync_all().map_err(failed)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// `PRAGMA quick_check` or `integrity_check` on `conn`: anything but one `ok` row is
