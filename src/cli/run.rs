@@ -253,8 +253,8 @@ fn report_failure(error: &DaemonError) -> u8 {
         }
         _ if error.is_damaged() => {
             eprintln!(
-                "recurrentd: {error}; refusing to start, nothing was sent. Restarting cannot repair \
-                 the file: restore the latest backup in its place"
+                "recurrentd: {error}; refusing to run on it (a restart cannot repair the file): \
+                 restore the latest backup in its place"
             );
             exit::IO_ERROR
         }
