@@ -256,7 +256,7 @@ fn client(sandbox: &Sandbox) -> Result<Client, Fail> {
 /// Opens the daemon's store on `db` and syncs `schedules` into it at `now`, as the daemon does
 /// (its `Engine::new` records the calendar before the first sync).
 fn open_and_sync(db: &Path, schedules: &Path, now: DateTime<Utc>) -> Result<Store, Fail> {
-    let mut store = Store::open(db, Access::Daemon)?;
+    let mut store = Store::open_or_create(db)?;
     store.use_calendar(&calendar())?;
     sync(&mut store, schedules, now)?;
     Ok(store)

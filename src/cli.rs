@@ -41,8 +41,12 @@ pub mod exit {
     pub const CONFIG: u8 = 78;
     /// The gateway could not be reached or did not give a usable answer (EX_UNAVAILABLE).
     pub const UNAVAILABLE: u8 = 69;
-    /// An unexpected failure (EX_SOFTWARE).
+    /// An unexpected failure (EX_SOFTWARE); also the daemon giving up after
+    /// `daemon.max_failed_ticks` failed ticks in a row (systemd restarts it).
     pub const INTERNAL: u8 = 70;
+    /// The database file is damaged (EX_IOERR): `PRAGMA quick_check` failed at start, or SQLite
+    /// found it corrupt. Restarting cannot fix it; systemd must not restart on it.
+    pub const IO_ERROR: u8 = 74;
 }
 
 const AFTER_HELP: &str = "\
@@ -55,7 +59,8 @@ Examples:
   recurrentd tokens list --customer 1234 a customer's saved cards at the gateway
 
 Exit codes: 0 ok, 1 problems found (e.g. an invalid schedule file), 2 bad command line,
-69 gateway unavailable or no usable answer, 78 configuration error, 70 internal error.
+69 gateway unavailable or no usable answer, 78 configuration error, 74 the database is
+damaged, 70 internal error (and `run` after too many failed ticks).
 
 The config file is --config, else $RECURRENTD_CONFIG, else $CONFIGURATION_DIRECTORY/config.toml
 (under systemd), else ./config.toml. Keys can be overridden with RECURRENTD_SECTION__KEY.";
@@ -82,11 +87,16 @@ pub enum Command {
     /// re-reads the schedule files; SIGTERM or Ctrl-C stops creating charges, settles what is
     /// in flight, and exits 0.
     ///
+    /// It never creates a missing database by itself (a new one would charge every current
+    /// period again): only with --init, or on the first start under systemd in an empty
+    /// $STATE_DIRECTORY. After losing a database, restore the backup instead.
+    ///
     /// --sandbox runs it against the built-in Assist sandbox with demo secrets and a fresh
     /// database, on a rehearsal clock where a month passes in about ten seconds.
     ///
     /// Examples:
     ///   recurrentd run
+    ///   recurrentd run --init      (a new installation's first start, outside systemd)
     ///   recurrentd run --sandbox
     ///   recurrentd run --clock-start 2027-01-01T00:00:00Z --clock-speed 86400 --until 2028-01-01T00:00:00Z
     #[command(verbatim_doc_comment)]
@@ -357,8 +367,8 @@ fn check(config: &Config) -> u8 {
             Ok(None) => {
                 secret_warnings += 1;
                 eprintln!(
-                    "{}: warning: the {name} is not configured ({}, $CREDENTIALS_DIRECTORY/{} or \
-                     {}); commands that talk to the gateway will refuse to start",
+                    "{}: warning: the {name} is not configured ({}, $CREDENTIALS_DIRECTORY/{}, or \
+                     {} in test mode); commands that talk to the gateway will refuse to start",
                     config.source.display(),
                     name.config_key(),
                     name.credential(),

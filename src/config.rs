@@ -7,8 +7,10 @@
 //!
 //! Secrets never pass through figment, whose error messages quote the offending value. They are
 //! read by [`load_secret`] from a file named in config, from `$CREDENTIALS_DIRECTORY/<name>`
-//! (systemd `LoadCredential=`), or from an environment variable for local use, and are held as
-//! [`SecretString`], whose `Debug` is redacted.
+//! (systemd `LoadCredential=`), or from an environment variable in test mode only, and are held
+//! as [`SecretString`], whose `Debug` is redacted. A secret file outside the credentials
+//! directory must be the file itself (no symbolic link) and owned by the user running
+//! recurrentd.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -60,6 +62,9 @@ pub struct DaemonConfig {
     /// How long a stopping daemon lets outstanding charges settle before exiting (below
     /// systemd's `TimeoutStopSec`).
     pub shutdown_deadline_secs: u32,
+    /// Ticks failing in a row (a storage error, say) after which the daemon exits with an error
+    /// (70) instead of retrying for ever; systemd restarts it.
+    pub max_failed_ticks: u32,
 }
 
 impl Default for DaemonConfig {
@@ -68,6 +73,7 @@ impl Default for DaemonConfig {
             sweep_cron: "0 * * * * *".to_string(),
             watch_schedules: true,
             shutdown_deadline_secs: 50,
+            max_failed_ticks: 5,
         }
     }
 }
@@ -238,6 +244,7 @@ struct RawDaemon {
     sweep_cron: String,
     watch_schedules: bool,
     shutdown_deadline_secs: u32,
+    max_failed_ticks: u32,
 }
 
 impl Default for RawDaemon {
@@ -247,6 +254,7 @@ impl Default for RawDaemon {
             sweep_cron: d.sweep_cron,
             watch_schedules: d.watch_schedules,
             shutdown_deadline_secs: d.shutdown_deadline_secs,
+            max_failed_ticks: d.max_failed_ticks,
         }
     }
 }
@@ -663,10 +671,17 @@ fn check_daemon(raw: RawDaemon) -> Result<DaemonConfig, String> {
             raw.shutdown_deadline_secs
         ));
     }
+    if !(1..=1000).contains(&raw.max_failed_ticks) {
+        return Err(format!(
+            "daemon.max_failed_ticks: must be 1..=1000, got {}",
+            raw.max_failed_ticks
+        ));
+    }
     Ok(DaemonConfig {
         sweep_cron: expression,
         watch_schedules: raw.watch_schedules,
         shutdown_deadline_secs: raw.shutdown_deadline_secs,
+        max_failed_ticks: raw.max_failed_ticks,
     })
 }
 
@@ -706,7 +721,7 @@ impl SecretName {
         }
     }
 
-    /// The environment variable holding the value itself, for local use.
+    /// The environment variable holding the value itself: in test mode only (the sandbox).
     pub fn env_var(self) -> &'static str {
         match self {
             SecretName::Password => "RECURRENTD_SECRET_PASSWORD",
@@ -744,8 +759,9 @@ impl fmt::Display for SecretName {
 }
 
 /// Finds a secret: the file named in config first, then `$CREDENTIALS_DIRECTORY/<credential>`,
-/// then the environment variable. `Ok(None)` when none of them is set. One trailing newline
-/// (`\n` or `\r\n`) of a file is removed. Errors name the file and the problem, never the value.
+/// then the environment variable (only with `gateway.test_mode`: outside test mode a set
+/// variable is an error). `Ok(None)` when none of them is set. One trailing newline (`\n` or
+/// `\r\n`) of a file is removed. Errors name the file and the problem, never the value.
 pub fn load_secret(
     gateway: &GatewayConfig,
     name: SecretName,
@@ -761,19 +777,32 @@ fn load_secret_from(
     credentials_dir: Option<&Path>,
     env_value: Option<String>,
 ) -> Result<Option<SecretString>, ConfigError> {
+    // R36: a secret in the environment is visible to every process of the user and in
+    // /proc/<pid>/environ; it is for the sandbox and test mode only. Refused outside test mode
+    // even when a file would be found first: the value is in the environment all the same.
+    let env_value = env_value.filter(|value| !value.is_empty());
+    if env_value.is_some() && !gateway.test_mode {
+        return Err(err(format!(
+            "the {name} is in the environment variable {}, which is accepted only in test \
+             mode (gateway.test_mode = true, as for the sandbox); unset it and put the {name} in \
+             a file named by {} (mode 0600), or in $CREDENTIALS_DIRECTORY/{} (systemd \
+             LoadCredential=)",
+            name.env_var(),
+            name.config_key(),
+            name.credential()
+        )));
+    }
     if let Some(file) = name.configured_file(gateway) {
-        return read_secret_file(file, name, name.config_key()).map(Some);
+        return read_secret_file(file, name, name.config_key(), credentials_dir).map(Some);
     }
     if let Some(dir) = credentials_dir {
         let file = dir.join(name.credential());
-        if file.exists() {
-            return read_secret_file(&file, name, "$CREDENTIALS_DIRECTORY").map(Some);
+        if file.symlink_metadata().is_ok() {
+            return read_secret_file(&file, name, "$CREDENTIALS_DIRECTORY", credentials_dir)
+                .map(Some);
         }
     }
-    match env_value {
-        Some(value) if !value.is_empty() => Ok(Some(SecretString::from(value))),
-        _ => Ok(None),
-    }
+    Ok(env_value.map(SecretString::from))
 }
 
 /// Like [`load_secret`], but a missing secret is an error that says where it was looked for.
@@ -783,8 +812,8 @@ pub fn require_secret(
 ) -> Result<SecretString, ConfigError> {
     load_secret(gateway, name)?.ok_or_else(|| {
         err(format!(
-            "the {name} is not configured: set {}, or provide $CREDENTIALS_DIRECTORY/{}, or (for \
-             local use) the environment variable {}",
+            "the {name} is not configured: set {}, or provide $CREDENTIALS_DIRECTORY/{}, or (in \
+             test mode only) the environment variable {}",
             name.config_key(),
             name.credential(),
             name.env_var()
@@ -792,56 +821,107 @@ pub fn require_secret(
     })
 }
 
+/// The effective user id of this process: a secret file outside `$CREDENTIALS_DIRECTORY`
+/// must be owned by it.
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Reads one secret file, refusing what R37 refuses; errors name the file and the problem,
+/// never the content.
+///
+/// Outside `$CREDENTIALS_DIRECTORY` (`credentials_dir`) the file must be the file itself, not
+/// a symbolic link (opened with `O_NOFOLLOW`), and owned by this process's effective user.
+/// Inside it, systemd made the files (owned as systemd chose): a link is followed only if it
+/// stays inside the directory. Everywhere: a regular file, mode 0600 or 0400, at most 64 KiB,
+/// UTF-8, not empty. The checks are made on the opened file (`fstat`), which is then read.
 fn read_secret_file(
     file: &Path,
     name: SecretName,
     origin: &str,
+    credentials_dir: Option<&Path>,
 ) -> Result<SecretString, ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let shown = file.display();
-    let meta = std::fs::metadata(file).map_err(|e| {
-        err(format!(
-            "{name} file {shown} (from {origin}): cannot read it: {e}"
-        ))
+    let problem = |what: String| err(format!("{name} file {shown} (from {origin}): {what}"));
+    let in_credentials = credentials_dir.and_then(|dir| {
+        let dir = dir.canonicalize().ok()?;
+        let parent = file.parent()?.canonicalize().ok()?;
+        parent.starts_with(&dir).then_some(dir)
+    });
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    match &in_credentials {
+        Some(dir) => {
+            let target = file
+                .canonicalize()
+                .map_err(|e| problem(format!("cannot read it: {e}")))?;
+            if !target.starts_with(dir) {
+                return Err(problem(
+                    "a symbolic link out of $CREDENTIALS_DIRECTORY; refused".to_string(),
+                ));
+            }
+        }
+        None => {
+            options.custom_flags(libc::O_NOFOLLOW);
+        }
+    }
+    let mut opened = options.open(file).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            problem(
+                "is a symbolic link; outside $CREDENTIALS_DIRECTORY a secret file must be the \
+                 file itself (name the target, or use LoadCredential=)"
+                    .to_string(),
+            )
+        } else {
+            problem(format!("cannot read it: {e}"))
+        }
     })?;
+    let meta = opened
+        .metadata()
+        .map_err(|e| problem(format!("cannot read it: {e}")))?;
     if !meta.is_file() {
-        return Err(err(format!(
-            "{name} file {shown} (from {origin}): not a regular file"
-        )));
+        return Err(problem("not a regular file".to_string()));
+    }
+    if in_credentials.is_none() {
+        let euid = effective_uid();
+        if meta.uid() != euid {
+            return Err(problem(format!(
+                "owned by uid {}, not by the user running recurrentd (uid {euid}); run `chown` \
+                 on it, or provide it through $CREDENTIALS_DIRECTORY (LoadCredential=)",
+                meta.uid()
+            )));
+        }
     }
     let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
-        return Err(err(format!(
-            "{name} file {shown} (from {origin}): group or others may access it (mode {:o}); \
-             run `chmod 600 {shown}`",
+        return Err(problem(format!(
+            "group or others may access it (mode {:o}); run `chmod 600 {shown}`",
             mode & 0o777
         )));
     }
     const MAX_SECRET_BYTES: u64 = 64 * 1024;
     if meta.len() > MAX_SECRET_BYTES {
-        return Err(err(format!(
-            "{name} file {shown} (from {origin}): larger than {MAX_SECRET_BYTES} bytes"
-        )));
+        return Err(problem(format!("larger than {MAX_SECRET_BYTES} bytes")));
     }
-    let bytes = std::fs::read(file).map_err(|e| {
-        err(format!(
-            "{name} file {shown} (from {origin}): cannot read it: {e}"
-        ))
-    })?;
-    let mut text = String::from_utf8(bytes).map_err(|_| {
-        err(format!(
-            "{name} file {shown} (from {origin}): not UTF-8 text"
-        ))
-    })?;
+    let mut bytes = Vec::new();
+    (&mut opened)
+        .take(MAX_SECRET_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| problem(format!("cannot read it: {e}")))?;
+    if bytes.len() as u64 > MAX_SECRET_BYTES {
+        return Err(problem(format!("larger than {MAX_SECRET_BYTES} bytes")));
+    }
+    let mut text = String::from_utf8(bytes).map_err(|_| problem("not UTF-8 text".to_string()))?;
     if text.ends_with("\r\n") {
         text.truncate(text.len() - 2);
     } else if text.ends_with('\n') {
         text.truncate(text.len() - 1);
     }
     if text.is_empty() {
-        return Err(err(format!(
-            "{name} file {shown} (from {origin}): is empty"
-        )));
+        return Err(problem("is empty".to_string()));
     }
     Ok(SecretString::from(text))
 }
@@ -927,6 +1007,7 @@ catch_up = "none"
         assert_eq!(config.log.format, LogFormat::Text);
         assert_eq!(config.daemon, DaemonConfig::default());
         assert_eq!(config.daemon.sweep_cron, "0 * * * * *");
+        assert_eq!(config.daemon.max_failed_ticks, 5);
     }
 
     #[test]
@@ -942,6 +1023,7 @@ catch_up = "none"
                 "shutdown_deadline_secs = 0",
                 "daemon.shutdown_deadline_secs",
             ),
+            ("max_failed_ticks = 0", "daemon.max_failed_ticks"),
             ("watch = true", "watch"),
         ] {
             let text = GOOD.to_string() + "\n[daemon]\n" + bad + "\n";
@@ -1067,6 +1149,134 @@ catch_up = "none"
             "{message}"
         );
         assert!(!message.contains("very-secret-salt"));
+    }
+
+    /// R37: outside `$CREDENTIALS_DIRECTORY` a secret file must be the file itself (not a
+    /// symbolic link: its metadata would be the target's) and owned by the user running
+    /// recurrentd. Inside it, systemd made the files: a link within the directory is followed
+    /// and the owner is systemd's choice, but a link out of the directory is refused.
+    #[test]
+    fn symlinked_or_foreign_secret_files_are_refused_outside_the_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "config.toml", GOOD);
+        let config = load(&path).unwrap();
+        let real = secret_file(dir.path(), "elsewhere/password", "linked-secret", 0o600);
+        std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("secrets/password")).unwrap();
+        let message = load_secret_from(&config.gateway, SecretName::Password, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("secrets/password") && message.contains("symbolic link"),
+            "{message}"
+        );
+        assert!(!message.contains("linked-secret"), "{message}");
+
+        // Owned by another user (a file someone else could rewrite): refused. Only root can
+        // give a file away, so without root this part is skipped.
+        let foreign = secret_file(dir.path(), "secrets/salt", "foreign-salt", 0o600);
+        let euid = effective_uid();
+        let other = 65_534;
+        if euid == 0 {
+            std::os::unix::fs::chown(&foreign, Some(other), None).unwrap();
+            let message = load_secret_from(&config.gateway, SecretName::Salt, None, None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains("secrets/salt")
+                    && message.contains(&format!("owned by uid {other}"))
+                    && message.contains(&format!("uid {euid}")),
+                "{message}"
+            );
+            assert!(!message.contains("foreign-salt"), "{message}");
+        } else {
+            eprintln!("skipped the foreign-owner case: it needs root to chown a file");
+        }
+
+        // In the credentials directory: a link within it is followed, a foreign owner is
+        // systemd's business, a link out of it is refused.
+        let creds = dir.path().join("creds");
+        let mut gateway = config.gateway.clone();
+        gateway.password_file = None;
+        gateway.salt_file = None;
+        secret_file(&creds, "real-password", "cred-password", 0o400);
+        std::os::unix::fs::symlink("real-password", creds.join("assist-password")).unwrap();
+        let password = load_secret_from(&gateway, SecretName::Password, Some(&creds), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(password.expose_secret(), "cred-password");
+        let salt = secret_file(&creds, "assist-salt", "cred-salt", 0o400);
+        if euid == 0 {
+            std::os::unix::fs::chown(&salt, Some(other), None).unwrap();
+        }
+        let salt = load_secret_from(&gateway, SecretName::Salt, Some(&creds), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(salt.expose_secret(), "cred-salt");
+        std::os::unix::fs::symlink(&real, creds.join("assist-private-key")).unwrap();
+        let message = load_secret_from(&gateway, SecretName::PrivateKey, Some(&creds), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("assist-private-key")
+                && message.contains("symbolic link out of $CREDENTIALS_DIRECTORY"),
+            "{message}"
+        );
+    }
+
+    /// R36: a secret in an environment variable is for the sandbox and test mode only.
+    #[test]
+    fn environment_secrets_are_refused_outside_test_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "config.toml", GOOD);
+        let config = load(&path).unwrap();
+        let mut gateway = config.gateway.clone();
+        gateway.password_file = None;
+        assert!(gateway.test_mode);
+        let password = load_secret_from(
+            &gateway,
+            SecretName::Password,
+            None,
+            Some("env-pa55".into()),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(password.expose_secret(), "env-pa55");
+
+        gateway.test_mode = false;
+        let message = load_secret_from(
+            &gateway,
+            SecretName::Password,
+            None,
+            Some("env-pa55".into()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.contains("RECURRENTD_SECRET_PASSWORD")
+                && message.contains("test mode")
+                && message.contains("gateway.password_file")
+                && message.contains("$CREDENTIALS_DIRECTORY/assist-password"),
+            "{message}"
+        );
+        assert!(!message.contains("env-pa55"), "{message}");
+        // Refused even when a file would be found first: the secret is in the environment.
+        secret_file(dir.path(), "secrets/password", "pa55word-file", 0o600);
+        gateway.password_file = config.gateway.password_file.clone();
+        load_secret_from(
+            &gateway,
+            SecretName::Password,
+            None,
+            Some("env-pa55".into()),
+        )
+        .unwrap_err();
+        // An empty variable is no secret at all.
+        gateway.password_file = None;
+        assert!(
+            load_secret_from(&gateway, SecretName::Password, None, Some(String::new()))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub struct RunOptions {
     /// Real time between summary lines.
     pub summary_every: StdDuration,
     pub database: PathBuf,
+    /// Why the daemon may create the database if there is none (`run --init`, a first start
+    /// in an empty systemd state directory, a sandbox run): logged when it does. `None`: a
+    /// missing database is refused ([`StoreError::NoDatabase`]).
+    pub create: Option<String>,
+    /// Consecutive failed ticks after which the daemon gives up ([`DaemonError::TicksFailed`]).
+    pub max_failed_ticks: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,15 +79,29 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error("the sweep scheduler: {0}")]
     Scheduler(String),
+    #[error(
+        "{count} ticks in a row failed (daemon.max_failed_ticks), the last with: {last}; \
+         stopping instead of retrying for ever"
+    )]
+    TicksFailed { count: u32, last: EngineError },
 }
 
 impl DaemonError {
+    /// The database file is damaged (see [`StoreError::is_damaged`]): restarting cannot help.
+    pub fn is_damaged(&self) -> bool {
+        match self {
+            DaemonError::Store(e) | DaemonError::Engine(EngineError::Store(e)) => e.is_damaged(),
+            _ => false,
+        }
+    }
+
     /// A second daemon on the same database, or a configuration problem: not worth restarting.
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
             DaemonError::Store(StoreError::Locked { .. })
                 | DaemonError::Store(StoreError::TooNew { .. })
+                | DaemonError::Store(StoreError::NoDatabase { .. })
                 | DaemonError::Gateway(_)
         )
     }
@@ -231,6 +251,8 @@ pub async fn run(
     let mut totals = Totals::default();
     let mut last_summary = Instant::now();
     let mut last_tick: Option<(DateTime<Utc>, TickReport)> = None;
+    let mut failed_ticks = FailedTicks::new(options.max_failed_ticks);
+    let mut gave_up: Option<EngineError> = None;
     tracing::info!(sweep = %sweep.describe(), "running");
     notifier.ready(&status_line(subscriptions, last_tick.as_ref()));
     let stop_reason = loop {
@@ -259,18 +281,40 @@ pub async fn run(
                 };
                 match result {
                     Ok(report) => {
+                        failed_ticks.succeeded();
                         notifier.watchdog();
                         totals.add(&report);
                         last_tick = Some((options.clock.now(), report));
                     }
                     // A database or task failure: logged, and the next tick tries again (the
-                    // state in the database is always consistent).
-                    Err(e) => tracing::error!(error = %e, "tick failed"),
+                    // state in the database is always consistent) — but not for ever: after
+                    // `daemon.max_failed_ticks` in a row the daemon stops with an error.
+                    Err(e) => {
+                        let in_a_row = failed_ticks.failed();
+                        if in_a_row >= failed_ticks.max {
+                            tracing::error!(
+                                error = %e,
+                                failed_in_a_row = in_a_row,
+                                "tick failed; too many in a row (daemon.max_failed_ticks): stopping"
+                            );
+                            gave_up = Some(e);
+                        } else {
+                            tracing::error!(
+                                error = %e,
+                                failed_in_a_row = in_a_row,
+                                max_failed_ticks = failed_ticks.max,
+                                "tick failed; the next tick tries again"
+                            );
+                        }
+                    }
                 }
                 if last_summary.elapsed() >= options.summary_every {
                     log_summary(&totals, options.clock.now());
                     totals = Totals::default();
                     last_summary = Instant::now();
+                }
+                if gave_up.is_some() {
+                    break "too many failed ticks";
                 }
                 if let Some(signal) = stop {
                     tracing::info!("{signal}: stopping");
@@ -297,6 +341,23 @@ pub async fn run(
         }
     };
     sweep.shutdown().await;
+    if let Some(last) = gave_up {
+        // No drain: with the store failing, nothing more is sent (the next start reconciles
+        // whatever is outstanding). The non-zero exit makes systemd restart the daemon, and
+        // shows the failure to the operator.
+        engine.stop_creating();
+        notifier.stopping(&format!(
+            "stopping: {} failed ticks in a row",
+            failed_ticks.count
+        ));
+        if totals.ticks > 0 {
+            log_summary(&totals, options.clock.now());
+        }
+        return Err(DaemonError::TicksFailed {
+            count: failed_ticks.count,
+            last,
+        });
+    }
     notifier.stopping(&format!(
         "stopping ({stop_reason}): settling outstanding attempts (up to {} s)",
         options.drain_deadline.as_secs()
@@ -309,6 +370,36 @@ pub async fn run(
     Ok(())
 }
 
+/// Consecutive failed ticks: a storage error that keeps failing stops the daemon instead of
+/// being retried silently for ever (R29: no commit retried in a loop).
+#[derive(Debug)]
+struct FailedTicks {
+    /// How many in a row stop the daemon (at least 1).
+    max: u32,
+    /// Failed ticks since the last one that succeeded.
+    count: u32,
+}
+
+impl FailedTicks {
+    fn new(max: u32) -> FailedTicks {
+        FailedTicks {
+            max: max.max(1),
+            count: 0,
+        }
+    }
+
+    /// A tick succeeded: the count starts again.
+    fn succeeded(&mut self) {
+        self.count = 0;
+    }
+
+    /// A tick failed: how many have failed in a row now.
+    fn failed(&mut self) -> u32 {
+        self.count = self.count.saturating_add(1);
+        self.count
+    }
+}
+
 /// Start-up: open the store (the daemon lock), sync the schedule files, reconcile every
 /// unresolved attempt. Nothing is charged before this has finished.
 async fn start(
@@ -319,9 +410,25 @@ async fn start(
 ) -> Result<(Engine, usize, Watch), DaemonError> {
     notifier.status("opening the store");
     let database = options.database.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&database, Access::Daemon))
-        .await
-        .map_err(|e| DaemonError::Schedules(e.to_string()))??;
+    let create = options.create.is_some();
+    // The daemon's open checks the file (`PRAGMA quick_check`) before anything else.
+    let store = tokio::task::spawn_blocking(move || {
+        if create {
+            Store::open_or_create(&database)
+        } else {
+            Store::open(&database, Access::Daemon)
+        }
+    })
+    .await
+    .map_err(|e| DaemonError::Schedules(e.to_string()))??;
+    if store.created() {
+        tracing::warn!(
+            database = %options.database.display(),
+            order_prefix = %store.order_prefix()?,
+            reason = options.create.as_deref().unwrap_or_default(),
+            "created a new, empty database: it knows of no past charge"
+        );
+    }
     let client = Client::new(gateway).map_err(DaemonError::Gateway)?;
     let engine = Engine::new(
         store,
@@ -578,4 +685,22 @@ fn log_summary(totals: &Totals, now: DateTime<Utc>) {
         breaker_open = r.breaker_open,
         "summary"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_ticks_count_in_a_row_and_a_success_starts_again() {
+        let mut failed = FailedTicks::new(3);
+        assert_eq!(failed.failed(), 1);
+        assert_eq!(failed.failed(), 2);
+        failed.succeeded();
+        assert_eq!(failed.failed(), 1);
+        assert_eq!(failed.failed(), 2);
+        assert_eq!(failed.failed(), 3, "the third in a row stops the daemon");
+        // A limit of 0 would never stop it: at least one.
+        assert_eq!(FailedTicks::new(0).max, 1);
+    }
 }

@@ -145,6 +145,34 @@ fn a_broken_config_is_one_line_and_exit_78() {
     assert!(text(&out.stderr).contains("missing.toml"));
 }
 
+/// Issue 12, item 12 (R36): outside test mode a secret in the environment is refused, with
+/// one line that says where to put it instead; the value is never echoed.
+#[test]
+fn environment_secrets_are_refused_outside_test_mode() {
+    let (_dir, config) = setup(&[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_recurrentd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["run"])
+        .env_remove("RECURRENTD_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("STATE_DIRECTORY")
+        .env("RECURRENTD_SECRET_PASSWORD", "env-pa55-visible")
+        .env("RECURRENTD_SECRET_SALT", "env-s4lt-visible")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("RECURRENTD_SECRET_PASSWORD")
+            && stderr.contains("test mode")
+            && stderr.contains("$CREDENTIALS_DIRECTORY"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("visible"), "{stderr}");
+}
+
 #[test]
 fn environment_overrides_config_keys_even_numeric_ids() {
     let (_dir, config) = setup(&[]);
@@ -205,8 +233,8 @@ fn charge_queues_an_adhoc_charge_once_and_refuses_what_the_limits_forbid() {
     let (dir, config) = setup(&[("subs.toml", sub)]);
     // The database as the daemon leaves it after its first sync.
     {
-        use recurrentd::store::{Access, Store};
-        let mut store = Store::open(&dir.path().join("recurrentd.db"), Access::Daemon).unwrap();
+        use recurrentd::store::Store;
+        let mut store = Store::open_or_create(&dir.path().join("recurrentd.db")).unwrap();
         let report = recurrentd::schedule::load_dir(&dir.path().join("schedules")).unwrap();
         store.sync_schedules(&report, chrono::Utc::now()).unwrap();
     }

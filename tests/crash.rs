@@ -102,6 +102,10 @@ impl Rig {
         if let Some(failpoint) = failpoint {
             command.env("RECURRENTD_FAILPOINT", failpoint);
         }
+        // The first run is a new installation's: `--init` creates the database.
+        if !self.db().exists() {
+            command.arg("--init");
+        }
         (command.spawn().unwrap(), Instant::now())
     }
 

@@ -181,3 +181,354 @@ async fn sigterm_during_an_in_flight_charge_records_its_outcome_and_exits_0() {
 fn log_has(rig: &Rig, text: &str) -> bool {
     rig.log_text().contains(text)
 }
+
+/// `run` on a short rehearsal (nine virtual days at ten days per second) with `extra`
+/// arguments and, when given, `$STATE_DIRECTORY`; run to the end.
+fn run_briefly(rig: &Rig, extra: &[&str], state: Option<&std::path::Path>) -> std::process::Output {
+    let mut command = rig.command();
+    command
+        .args(["run", "--clock-start", "2027-01-01T00:00:00Z"])
+        .args(["--clock-speed", "864000", "--until", "2027-01-10T00:00:00Z"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET");
+    if let Some(state) = state {
+        command.env("STATE_DIRECTORY", state);
+    }
+    command.output().unwrap()
+}
+
+/// Issue 12, item 6: a fresh database would charge every current period again, so `run`
+/// creates one only when told to: `--init`, or the first start under systemd in an empty state
+/// directory. Otherwise it refuses (78) before touching anything, and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_creates_a_database_only_when_told_to() {
+    let sandbox = Sandbox::start(SandboxConfig::builtin(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let rig = Rig::new(&sandbox, "");
+    rig.write_schedule(
+        "subs.toml",
+        &subscription("s1", "5111112000000001", "99.00", "2027-01-02"),
+    );
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let db = rig.db();
+
+    // No database and no flag: refused, nothing created, nothing sent.
+    let out = run_briefly(&rig, &[], None);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("no recurrentd database"))
+        .unwrap_or_else(|| panic!("no refusal line:\n{stderr}"));
+    assert!(
+        line.contains(&db.display().to_string())
+            && line.contains("--init")
+            && line.contains("Never use --init after losing a database")
+            && line.contains("backup"),
+        "{line}"
+    );
+    assert!(!db.exists(), "a database was created");
+    assert!(!rig.dir.path().join("recurrentd.db.lock").exists());
+    assert!(sandbox.book().rp_requests.is_empty());
+
+    // Under systemd with a state directory that is not empty (a lost database's leftovers,
+    // here its WAL): refused too.
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(state.path().join("recurrentd.db-wal"), "").unwrap();
+    let out = run_briefly(&rig, &[], Some(state.path()));
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
+    assert!(!state.path().join("recurrentd.db").exists());
+
+    // Under systemd, the first start in an empty state directory creates it, and says why.
+    let state = tempfile::tempdir().unwrap();
+    let out = run_briefly(&rig, &[], Some(state.path()));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(state.path().join("recurrentd.db").exists());
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("created a new, empty database")
+                && l.contains("first start under systemd")),
+        "{stderr}"
+    );
+
+    // --init creates it (and says so), once; a second --init is refused; a plain restart runs.
+    let out = run_briefly(&rig, &["--init"], None);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("created a new, empty database") && l.contains("run --init")),
+        "{stderr}"
+    );
+    let prefix = Store::open(&db, Access::ReadOnly)
+        .unwrap()
+        .order_prefix()
+        .unwrap();
+    let out = run_briefly(&rig, &["--init"], None);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let out = run_briefly(&rig, &[], None);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("created a new"), "{stderr}");
+    let same = Store::open(&db, Access::ReadOnly)
+        .unwrap()
+        .order_prefix()
+        .unwrap();
+    assert_eq!(
+        same, prefix,
+        "the order-number prefix is the database's for good"
+    );
+    sandbox.shutdown().await;
+}
+
+/// `run` on a rehearsal from `from` to `until` at ten virtual days per second; run to the end.
+fn rehearse(rig: &Rig, from: &str, until: &str, extra: &[&str]) -> std::process::Output {
+    rig.command()
+        .args(["run", "--clock-start", from, "--clock-speed", "864000"])
+        .args(["--until", until])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap()
+}
+
+/// Issue 12, item 11: a database with a scrambled ledger page started and charged. The daemon
+/// now runs `PRAGMA quick_check` when it opens the store and refuses a damaged file with one
+/// line and exit 74 (EX_IOERR) before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_database_is_refused_at_start_with_74_and_nothing_is_sent() {
+    let sandbox = Sandbox::start(SandboxConfig::builtin(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let rig = Rig::new(&sandbox, "");
+    let subs: String = (0..40)
+        .map(|i| {
+            subscription(
+                &format!("s{i}"),
+                &format!("51111120000{i:05}"),
+                "99.00",
+                "2027-01-02",
+            )
+        })
+        .collect();
+    rig.write_schedule("subs.toml", &subs);
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+
+    // January is charged: a real database with ledger rows over several pages.
+    let out = rehearse(
+        &rig,
+        "2027-01-01T00:00:00Z",
+        "2027-01-10T00:00:00Z",
+        &["--init"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sent = sandbox.book().rp_requests.len();
+    assert_eq!(sent, 40, "{}", text(&out.stderr));
+
+    // Scramble one of the ledger's pages in the middle of the file (everything checkpointed
+    // into the file first, so the WAL does not hide the damage).
+    let db = rig.db();
+    let (page_size, page, pages) = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .unwrap();
+        let ledger: Vec<i64> = conn
+            .prepare("SELECT pageno FROM dbstat WHERE name = 'ledger' ORDER BY pageno")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            ledger.len() >= 3,
+            "the ledger spans {} page(s)",
+            ledger.len()
+        );
+        (
+            page_size as u64,
+            ledger[ledger.len() / 2] as u64,
+            pages as u64,
+        )
+    };
+    assert!(page > 1 && page < pages, "page {page} of {pages}");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        file.seek(SeekFrom::Start((page - 1) * page_size)).unwrap();
+        let garbage: Vec<u8> = (0..page_size)
+            .map(|i| (i * 151 % 251) as u8 ^ 0xA5)
+            .collect();
+        file.write_all(&garbage).unwrap();
+        file.sync_all().unwrap();
+    }
+
+    // February falls due in this run: refused at start, nothing sent.
+    let out = rehearse(&rig, "2027-02-01T00:00:00Z", "2027-02-10T00:00:00Z", &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(74), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("recurrentd: "))
+        .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    assert!(
+        line.contains(&db.display().to_string())
+            && line.contains("damaged")
+            && line.contains("quick_check")
+            && line.contains("backup"),
+        "{line}"
+    );
+    assert_eq!(
+        sandbox.book().rp_requests.len(),
+        sent,
+        "a charge was sent from a damaged database"
+    );
+    sandbox.shutdown().await;
+}
+
+/// Issue 12, item 11: a tick that fails on a storage error is not retried silently for ever.
+/// Here every write of an attempt fails (a trigger added beside the running daemon makes the
+/// database refuse them, as a failing disk would): after `daemon.max_failed_ticks` (3 here)
+/// failed ticks in a row the daemon exits 70, so that systemd restarts it and it shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticks_that_keep_failing_stop_the_daemon_with_70() {
+    let sandbox = Sandbox::start(SandboxConfig::builtin(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let rig = Rig::new(&sandbox, "");
+    let config = std::fs::read_to_string(rig.config()).unwrap();
+    std::fs::write(rig.config(), config + "\n[daemon]\nmax_failed_ticks = 3\n").unwrap();
+    // Charged every day: at a day per second something is due every second.
+    rig.write_schedule(
+        "daily.toml",
+        "[[subscription]]\nid = \"daily\"\nbill_number = \"5111112000000001\"\n\
+         currency = \"RUB\"\namount = \"99.00\"\nevery = \"1 day\"\nstart = 2027-01-02\n\n\
+         [subscription.limits]\nmin_amount = \"50.00\"\nmax_amount = \"150.00\"\n\
+         period_days = 1\nmax_date = 2027-12-31\n",
+    );
+    let mut child = rig.spawn("2027-01-01T00:00:00Z", 86_400, None);
+    let log = rig.log();
+    until(Duration::from_secs(30), &log, "a first charge", || {
+        let history = rig.try_history(Some("daily"))?;
+        history
+            .iter()
+            .any(|e| e["state"] == "approved")
+            .then_some(())
+    });
+    {
+        let conn = rusqlite::Connection::open(rig.db()).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER failing_disk BEFORE INSERT ON attempts \
+             BEGIN SELECT RAISE(ABORT, 'simulated storage failure'); END;",
+        )
+        .unwrap();
+    }
+    let sent = sandbox.book().rp_requests.len();
+    let status = wait(&mut child, Duration::from_secs(30), &log);
+    let logged = rig.log_text();
+    assert_eq!(status.code(), Some(70), "{logged}");
+    assert!(
+        logged.contains("3 ticks in a row failed") && logged.contains("simulated storage failure"),
+        "{logged}"
+    );
+    assert!(
+        logged.contains("failed_in_a_row=1") && logged.contains("failed_in_a_row=2"),
+        "each failed tick is logged with its count:\n{logged}"
+    );
+    assert_eq!(
+        sandbox.book().rp_requests.len(),
+        sent,
+        "nothing new could be committed, so nothing new was sent"
+    );
+    sandbox.shutdown().await;
+}
+
+/// Issue 12, item 12: the database holds the whole ledger, so it is created owner-only (0600)
+/// whatever the umask, and so are its `-wal` and `-shm` files and the daemon's lock file. Here
+/// the daemon runs under umask 000, which would leave them writable by anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_and_its_sidecars_are_owner_only_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::start(SandboxConfig::builtin(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let rig = Rig::new(&sandbox, "");
+    rig.write_schedule(
+        "subs.toml",
+        &subscription("s1", "5111112000000001", "99.00", "2027-01-02"),
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_recurrentd"))
+        .arg("--config")
+        .arg(rig.config())
+        .args(["run", "--init", "--clock-start", "2027-01-01T00:00:00Z"])
+        .args(["--clock-speed", "86400"])
+        .env_remove("RECURRENTD_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .env(
+            "RECURRENTD_SECRET_PASSWORD",
+            recurrentd::gateway::sandbox::BUILTIN_PASSWORD,
+        )
+        .env(
+            "RECURRENTD_SECRET_SALT",
+            recurrentd::gateway::sandbox::BUILTIN_SALT,
+        )
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(rig.log()).unwrap())
+        .spawn()
+        .unwrap();
+    let log = rig.log();
+    // A file made under umask 000 by default is 0666: check that the umask really applies.
+    let probe = std::process::Command::new("sh")
+        .args(["-c", "umask 000 && : > \"$0\" && stat -c %a \"$0\""])
+        .arg(rig.dir.path().join("probe"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "666");
+    until(Duration::from_secs(30), &log, "the first charge", || {
+        let history = rig.try_history(None)?;
+        history
+            .iter()
+            .any(|e| e["state"] == "approved")
+            .then_some(())
+    });
+    let mode = |suffix: &str| {
+        let mut path = rig.db().into_os_string();
+        path.push(suffix);
+        std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.to_string_lossy()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        assert_eq!(
+            mode(suffix),
+            0o600,
+            "recurrentd.db{suffix} is {:o}",
+            mode(suffix)
+        );
+    }
+    signal(&child, "TERM");
+    let status = wait(&mut child, Duration::from_secs(60), &log);
+    assert!(status.success(), "{status:?}\n{}", rig.log_text());
+    sandbox.shutdown().await;
+}

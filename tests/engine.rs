@@ -78,7 +78,7 @@ impl World {
 
     /// Starts (or restarts) the daemon's engine: open the store, sync the files, reconcile.
     async fn start(&self) -> Engine {
-        let mut store = Store::open(&self.db(), Access::Daemon).unwrap();
+        let mut store = Store::open_or_create(&self.db()).unwrap();
         let report = schedule::load_dir(&self.dir.path().join("schedules")).unwrap();
         assert_eq!(
             report.error_count(),
@@ -473,7 +473,7 @@ async fn a_gateway_that_is_down_gets_the_same_order_number_again_and_nothing_is_
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
-    let mut store = Store::open(&world.db(), Access::Daemon).unwrap();
+    let mut store = Store::open_or_create(&world.db()).unwrap();
     let report = schedule::load_dir(&world.dir.path().join("schedules")).unwrap();
     store.sync_schedules(&report, world.clock.now()).unwrap();
     let client = Client::new(Settings {

@@ -323,13 +323,7 @@ fn setup(url: &str, sign: bool, key: &RsaPrivateKey) -> Setup {
     .unwrap();
     std::fs::create_dir(dir.path().join("schedules")).unwrap();
     // The daemon's database, as its first start leaves it: enrolment records the payment there.
-    drop(
-        recurrentd::store::Store::open(
-            &dir.path().join("recurrentd.db"),
-            recurrentd::store::Access::Daemon,
-        )
-        .unwrap(),
-    );
+    drop(recurrentd::store::Store::open_or_create(&dir.path().join("recurrentd.db")).unwrap());
     Setup {
         dir,
         config,

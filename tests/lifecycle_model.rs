@@ -38,7 +38,7 @@ use recurrentd::gateway::sandbox::{
 };
 use recurrentd::money::Money;
 use recurrentd::schedule;
-use recurrentd::store::{Access, AttemptState, ChargeState, Job, PeriodRow, Store};
+use recurrentd::store::{AttemptState, ChargeState, Job, PeriodRow, Store};
 use secrecy::SecretString;
 
 const PASSWORD: &str = "model-test-password";
@@ -421,7 +421,7 @@ impl World {
 
     /// Opens the store as the daemon does, syncs the schedule files, reconciles.
     async fn start(&self) -> Result<Engine, String> {
-        let mut store = Store::open(&self.dir.path().join("recurrentd.db"), Access::Daemon)
+        let mut store = Store::open_or_create(&self.dir.path().join("recurrentd.db"))
             .map_err(|e| format!("opening the store: {e}"))?;
         let report = schedule::load_dir(&self.dir.path().join("schedules")).unwrap();
         if report.error_count() != 0 {

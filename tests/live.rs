@@ -104,7 +104,8 @@ async fn the_live_daemon_sweeps_on_its_cron_follows_file_changes_and_makes_adhoc
         child: Command::new(env!("CARGO_BIN_EXE_recurrentd"))
             .arg("--config")
             .arg(&config)
-            .arg("run")
+            // A new installation: the first start creates the database.
+            .args(["run", "--init"])
             .env("RECURRENTD_SECRET_PASSWORD", PASSWORD)
             .env("RECURRENTD_SECRET_SALT", SALT)
             .env("RUST_LOG", "info")

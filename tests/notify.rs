@@ -173,6 +173,14 @@ async fn ready_watchdog_and_stopping_over_a_fake_notify_socket() {
     ] {
         assert!(logged.contains(step), "READY=1 before {step:?}:\n{logged}");
     }
+    // The first start in an empty state directory created the database, and said why.
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains("created a new, empty database")
+                && l.contains("first start under systemd")),
+        "{logged}"
+    );
     assert!(
         state.join("recurrentd.db").exists(),
         "the database is not in $STATE_DIRECTORY"

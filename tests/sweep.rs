@@ -14,7 +14,7 @@ use recurrentd::gateway::client::{Client, Settings};
 use recurrentd::gateway::sandbox::{
     BUILTIN_LOGIN, BUILTIN_MERCHANT_ID, BUILTIN_PASSWORD, BUILTIN_SALT, Sandbox, SandboxConfig,
 };
-use recurrentd::store::{Access, FileOutcome, Store};
+use recurrentd::store::{FileOutcome, Store};
 use secrecy::SecretString;
 
 fn subscription(id: &str, bill: &str, start: &str) -> String {
@@ -65,7 +65,7 @@ async fn the_sweep_plans_a_subscription_exactly_when_it_is_due() {
         grace_hours: 24,
     });
     let clock = ManualClock::new(instant("2027-01-01T00:00:00Z"));
-    let store = Store::open(&dir.path().join("recurrentd.db"), Access::Daemon).unwrap();
+    let store = Store::open_or_create(&dir.path().join("recurrentd.db")).unwrap();
     let client = Client::new(Settings {
         url: sandbox.url(),
         merchant_id: BUILTIN_MERCHANT_ID.into(),

@@ -673,8 +673,16 @@ pub fn backup(config: &Config, args: &BackupArgs) -> u8 {
     };
     match store.backup_to(&args.path) {
         Ok(()) => {
-            println!("Backup written to {}", args.path.display());
+            println!(
+                "Backup written to {} (PRAGMA integrity_check: ok)",
+                args.path.display()
+            );
             exit::OK
+        }
+        // A copy that failed its check is removed.
+        Err(error) if error.is_damaged() => {
+            eprintln!("recurrentd: {error}; no backup was written");
+            exit::IO_ERROR
         }
         Err(error) => {
             eprintln!("recurrentd: {error}");

@@ -1,6 +1,7 @@
 //! `recurrentd run`: the daemon, on the real clock or a rehearsal clock, against the configured
 //! gateway or the built-in sandbox.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -12,10 +13,10 @@ use super::exit;
 use crate::billing::Calendar;
 use crate::clock::{Clock, RehearsalClock, SystemClock};
 use crate::config::{self, Config, SecretName};
-use crate::daemon::{self, RunOptions, Sweep};
+use crate::daemon::{self, DaemonError, RunOptions, Sweep};
 use crate::gateway::client::{Settings, check_base_url};
 use crate::gateway::sandbox::{self, Sandbox, SandboxConfig};
-use crate::store::{Access, AttemptState, ChargeState, Store};
+use crate::store::{Access, AttemptState, ChargeState, Store, StoreError};
 
 /// Rehearsal speed of `--sandbox` when `--clock-speed` is not given: a 30-day month in ten
 /// seconds.
@@ -42,6 +43,15 @@ pub struct RunArgs {
     /// what is outstanding, and exit 0.
     #[arg(long, value_name = "RFC3339")]
     pub until: Option<DateTime<Utc>>,
+
+    /// Create the database (`database.path`) because there is none: a new, empty database with
+    /// a new order-number prefix. Only for the first start of a new installation; refused when
+    /// the database exists. Never after losing a database: restore the backup instead, since a
+    /// new database knows of no past charge and would charge every current period again. Under
+    /// systemd, the first start in an empty state directory ($STATE_DIRECTORY) creates it
+    /// without this flag.
+    #[arg(long, conflicts_with = "sandbox")]
+    pub init: bool,
 }
 
 pub fn run(config: &Config, args: &RunArgs) -> u8 {
@@ -159,6 +169,24 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
         )
     };
 
+    // A missing database is created only when that is what was meant: a sandbox run's own, an
+    // explicit --init, or the first start under systemd in an empty state directory.
+    let create = if args.sandbox {
+        Some("a sandbox run's own database".to_string())
+    } else if args.init {
+        if database_exists(&database) {
+            eprintln!(
+                "recurrentd: --init creates a new database, but {} already exists: run without \
+                 --init",
+                database.display()
+            );
+            return exit::CONFIG;
+        }
+        Some("run --init".to_string())
+    } else {
+        first_start_under_systemd(&database, std::env::var_os("STATE_DIRECTORY").as_deref())
+    };
+
     let options = RunOptions {
         clock: Arc::clone(&clock),
         // A rehearsal sweeps on a real-time interval (the cron expression reads the wall clock,
@@ -178,6 +206,8 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
         }),
         summary_every: StdDuration::from_secs(if rehearsal { 5 } else { 600 }),
         database: database.clone(),
+        create,
+        max_failed_ticks: config.daemon.max_failed_ticks,
     };
     let mut sandbox_config = None;
     if let Some(schedules) = sandbox_config_override {
@@ -197,7 +227,42 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
     let result = daemon::run(config, settings, options).await;
     let code = match result {
         Ok(()) => exit::OK,
-        Err(error) => {
+        Err(error) => report_failure(&error),
+    };
+    if let Some(sandbox) = sandbox_handle {
+        print_sandbox_summary(&sandbox, &database);
+        sandbox.shutdown().await;
+    }
+    code
+}
+
+/// Says why the daemon stopped (one line on stderr) and returns the exit code.
+fn report_failure(error: &DaemonError) -> u8 {
+    match error {
+        DaemonError::Store(StoreError::NoDatabase { path, .. }) => {
+            eprintln!(
+                "recurrentd: {error}, and `run` creates one only when told to. On the first start \
+                 of a new installation, run `recurrentd run --init` once: it creates an empty \
+                 database with a new order-number prefix (under systemd, the first start in an \
+                 empty state directory does that by itself). Never use --init after losing a \
+                 database: restore the latest backup to {} instead, since a new database knows of \
+                 no past charge and would charge every current period again",
+                path.display()
+            );
+            exit::CONFIG
+        }
+        _ if error.is_damaged() => {
+            eprintln!(
+                "recurrentd: {error}; refusing to run on it (a restart cannot repair the file): \
+                 restore the latest backup in its place"
+            );
+            exit::IO_ERROR
+        }
+        DaemonError::TicksFailed { .. } => {
+            eprintln!("recurrentd: {error}");
+            exit::INTERNAL
+        }
+        _ => {
             eprintln!("recurrentd: {error}");
             if error.is_permanent() {
                 exit::CONFIG
@@ -205,12 +270,33 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
                 exit::UNAVAILABLE
             }
         }
-    };
-    if let Some(sandbox) = sandbox_handle {
-        print_sandbox_summary(&sandbox, &database);
-        sandbox.shutdown().await;
     }
-    code
+}
+
+/// Whether a database file is there to open (an empty file is not one yet).
+fn database_exists(database: &Path) -> bool {
+    std::fs::metadata(database).is_ok_and(|meta| meta.len() > 0)
+}
+
+/// The first start under systemd: `$STATE_DIRECTORY` (one directory, or several separated by
+/// colons) names a directory the database is inside, and that directory holds nothing at all.
+/// Then the database may be created, and the reason is what the log says.
+fn first_start_under_systemd(
+    database: &Path,
+    state_directory: Option<&std::ffi::OsStr>,
+) -> Option<String> {
+    let dirs = state_directory?.to_str()?;
+    let parent = database.parent()?.canonicalize().ok()?;
+    dirs.split(':').filter(|d| !d.is_empty()).find_map(|dir| {
+        let canonical = Path::new(dir).canonicalize().ok()?;
+        let empty = std::fs::read_dir(&canonical).ok()?.next().is_none();
+        (parent.starts_with(&canonical) && empty).then(|| {
+            format!(
+                "first start under systemd: the state directory {dir} ($STATE_DIRECTORY) was \
+                 empty"
+            )
+        })
+    })
 }
 
 /// What a sandbox run did, checked against the sandbox's own book.
@@ -336,5 +422,43 @@ mod tests {
         assert_eq!(rehearsal_sweep(3600 * 4), StdDuration::from_millis(250));
         assert_eq!(rehearsal_sweep(86_400).as_micros(), 41_666);
         assert_eq!(rehearsal_sweep(SANDBOX_SPEED), StdDuration::from_millis(20));
+    }
+
+    #[test]
+    fn only_an_empty_state_directory_holding_the_database_allows_creating_it() {
+        let state = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let db = state.path().join("recurrentd.db");
+        let var = |dirs: &[&Path]| std::env::join_paths(dirs.iter().copied()).unwrap();
+        // Not under systemd, or the database elsewhere: no.
+        assert_eq!(first_start_under_systemd(&db, None), None);
+        assert_eq!(
+            first_start_under_systemd(&db, Some(&var(&[other.path()]))),
+            None
+        );
+        assert_eq!(
+            first_start_under_systemd(&other.path().join("x.db"), Some(&var(&[state.path()]))),
+            None,
+            "the database is not inside the state directory"
+        );
+        // The first start: the state directory (one of several) is empty.
+        let reason = first_start_under_systemd(&db, Some(&var(&[other.path(), state.path()])))
+            .expect("an empty state directory");
+        assert!(
+            reason.contains("first start under systemd") && reason.contains("was empty"),
+            "{reason}"
+        );
+        // Anything in it (a leftover lock, a WAL of a lost database): no.
+        std::fs::write(state.path().join("recurrentd.db-wal"), "").unwrap();
+        assert_eq!(
+            first_start_under_systemd(&db, Some(&var(&[state.path()]))),
+            None
+        );
+        std::fs::remove_file(state.path().join("recurrentd.db-wal")).unwrap();
+        std::fs::create_dir(state.path().join("sub")).unwrap();
+        assert_eq!(
+            first_start_under_systemd(&db, Some(&var(&[state.path()]))),
+            None
+        );
     }
 }

@@ -25,6 +25,7 @@ mod sync;
 mod test_support;
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +90,18 @@ pub enum StoreError {
     },
     #[error("no database at {path}; has the daemon ever run?")]
     Missing { path: PathBuf },
+    /// The daemon was not allowed to create a database ([`Store::open`] with
+    /// [`Access::Daemon`]) and there is none: no file, or an empty one.
+    #[error("no recurrentd database at {path}{}", if *.empty { " (the file is empty)" } else { "" })]
+    NoDatabase { path: PathBuf, empty: bool },
+    /// `PRAGMA quick_check` (at the daemon's start) or `PRAGMA integrity_check` (of a backup)
+    /// found the file damaged.
+    #[error("database {path} is damaged: PRAGMA {check}: {problem}")]
+    Damaged {
+        path: PathBuf,
+        check: &'static str,
+        problem: String,
+    },
     #[error("database {path}: PRAGMA {pragma} reads back {got:?}, expected {wanted:?}{hint}")]
     Pragma {
         path: PathBuf,
@@ -129,8 +142,26 @@ pub enum StoreError {
         what: String,
         value: String,
     },
+    #[error("database {path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("database {path}: no OS randomness for the order-number prefix: {message}")]
     Random { path: PathBuf, message: String },
+}
+
+impl StoreError {
+    /// The file itself is damaged: `quick_check`/`integrity_check` failed, or SQLite said it is
+    /// corrupt or not a database. Restarting cannot fix that; restoring a backup can.
+    pub fn is_damaged(&self) -> bool {
+        match self {
+            StoreError::Damaged { .. } => true,
+            StoreError::Sqlite { source, .. } => is_damage(source),
+            _ => false,
+        }
+    }
 }
 
 /// Adds the database path and what was being done to a rusqlite error.
@@ -160,6 +191,8 @@ pub struct Store {
     /// The billing calendar the engine plans with (set by [`Store::use_calendar`]): a new
     /// subscription's first `next_plan_at` is then its first due instant, else "now".
     calendar: Option<Calendar>,
+    /// This open created the database (see [`Store::open_or_create`]).
+    created: bool,
     _lock: Option<File>,
 }
 
@@ -220,12 +253,43 @@ pub mod kind {
 }
 
 impl Store {
-    /// Opens (the daemon: creates) the database at `path`. See [`Access`].
+    /// Opens the database at `path`. See [`Access`]. The daemon's access never creates a
+    /// database: a missing or empty file is [`StoreError::NoDatabase`] (see
+    /// [`Store::open_or_create`]). The daemon's open also runs `PRAGMA quick_check` and refuses
+    /// a damaged file ([`StoreError::Damaged`]) before it migrates or writes anything.
     pub fn open(path: &Path, access: Access) -> Result<Store, StoreError> {
+        Store::open_with(path, access, false)
+    }
+
+    /// Opens the database at `path` as the daemon ([`Access::Daemon`]), creating it when there
+    /// is none: owner-only (0600, whatever the umask; SQLite gives the `-wal` and `-shm` files
+    /// it makes the database's mode), with a new random order-number prefix. [`Store::created`] then
+    /// says so. Only for a database that is meant to be new (`run --init`, a first start under
+    /// systemd in an empty state directory, a sandbox run, tests): a new database knows
+    /// nothing of past charges, so every current period would be charged again.
+    pub fn open_or_create(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, Access::Daemon, true)
+    }
+
+    fn open_with(path: &Path, access: Access, create: bool) -> Result<Store, StoreError> {
+        let exists = path.try_exists().unwrap_or(true);
         let lock = match access {
-            Access::Daemon => Some(take_daemon_lock(path)?),
+            Access::Daemon => {
+                // Before the lock file: a refused start leaves nothing behind.
+                if !exists && !create {
+                    return Err(StoreError::NoDatabase {
+                        path: path.to_path_buf(),
+                        empty: false,
+                    });
+                }
+                let lock = take_daemon_lock(path)?;
+                if !exists {
+                    create_private(path)?;
+                }
+                Some(lock)
+            }
             Access::Write | Access::ReadOnly => {
-                if !path.exists() {
+                if !exists {
                     return Err(StoreError::Missing {
                         path: path.to_path_buf(),
                     });
@@ -234,12 +298,10 @@ impl Store {
             }
         };
         let flags = match access {
-            Access::Daemon => {
-                OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | OpenFlags::SQLITE_OPEN_CREATE
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            // The file exists by now (made above, owner-only): SQLite never creates it.
+            Access::Daemon | Access::Write => {
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
             }
-            Access::Write => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         };
         let conn = Connection::open_with_flags(path, flags).ctx(path, "cannot open it")?;
@@ -260,10 +322,19 @@ impl Store {
             access,
             commits,
             calendar: None,
+            created: false,
             _lock: lock,
         };
-        store.set_pragmas()?;
+        // Read before any pragma writes to the file: an empty file (version 0) is not a
+        // database the daemon may take over unless it was allowed to create one.
         let version = store.schema_version()?;
+        if access == Access::Daemon && version == 0 && !create {
+            return Err(StoreError::NoDatabase {
+                path: store.path,
+                empty: true,
+            });
+        }
+        store.set_pragmas()?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
                 path: store.path,
@@ -272,8 +343,12 @@ impl Store {
             });
         }
         if access == Access::Daemon {
+            // Nothing is migrated, written or charged from a damaged file.
+            if version > 0 {
+                store.check("quick_check")?;
+            }
             store.migrate(version)?;
-            store.ensure_meta()?;
+            store.created = store.ensure_meta(create)?;
         } else if version < SCHEMA_VERSION {
             return Err(StoreError::NotMigrated {
                 path: store.path,
@@ -282,6 +357,16 @@ impl Store {
             });
         }
         Ok(store)
+    }
+
+    /// Whether this open created the database (only [`Store::open_or_create`] does).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Runs `PRAGMA quick_check` or `PRAGMA integrity_check` (see [`check_file`]).
+    fn check(&self, pragma: &'static str) -> Result<(), StoreError> {
+        check_file(&self.conn, &self.path, pragma)
     }
 
     pub fn path(&self) -> &Path {
@@ -468,8 +553,10 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the order-number prefix and the creation time once, when the database is new.
-    fn ensure_meta(&mut self) -> Result<(), StoreError> {
+    /// Writes the order-number prefix and the creation time once, when the database is new
+    /// (`create`); returns whether it did. A database without its prefix that may not be
+    /// created is refused: a new prefix would make every period's order numbers new.
+    fn ensure_meta(&mut self, create: bool) -> Result<bool, StoreError> {
         let what = "initialising meta";
         let tx = self
             .conn
@@ -482,6 +569,13 @@ impl Store {
                 |row| row.get(0),
             )
             .ctx(&self.path, what)?;
+        if !exists && !create {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                what: "meta.order_prefix".into(),
+                value: "missing".into(),
+            });
+        }
         if !exists {
             let prefix = random_order_prefix().map_err(|message| StoreError::Random {
                 path: self.path.clone(),
@@ -495,7 +589,8 @@ impl Store {
             )
             .ctx(&self.path, what)?;
         }
-        tx.commit().ctx(&self.path, what)
+        tx.commit().ctx(&self.path, what)?;
+        Ok(!exists)
     }
 
     fn require_write(&self, what: &'static str) -> Result<(), StoreError> {
@@ -688,7 +783,7 @@ const SUBSCRIPTION_COLUMNS: &str = "id, file, line, customer, bill_number, curre
     amount_cents, cadence, start_date, state, catch_up, min_cents, max_cents, period_days, \
     max_date, created_at, updated_at, removed_at";
 
-/// Takes the daemon's exclusive lock on `<db>.lock`, creating the file if needed. The lock is an
+/// Takes the daemon's exclusive lock on `<db>.lock`, creating the file (0600) if needed. The lock is an
 /// OS lock (`flock`): it is released when the file is closed or the process dies, so it is never
 /// stale; the file itself may stay behind and means nothing when no one holds it.
 fn take_daemon_lock(path: &Path) -> Result<File, StoreError> {
@@ -700,6 +795,7 @@ fn take_daemon_lock(path: &Path) -> Result<File, StoreError> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&lock_path)
         .map_err(|source| StoreError::LockFile {
             path: path.to_path_buf(),
@@ -728,6 +824,71 @@ fn take_daemon_lock(path: &Path) -> Result<File, StoreError> {
             source,
         }),
     }
+}
+
+/// Creates an empty database file readable and writable by its owner only, whatever the
+/// umask: the mode is set again after creation, since the umask can only take bits away and
+/// SQLite itself would make the file 0644. SQLite gives the `-wal` and `-shm` files it makes the
+/// database file's mode (it `fchmod`s them to it), so they are 0600 too.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        what: "cannot create it",
+        source,
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(failed)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(failed)?;
+    file.sync_all().map_err(failed)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// `PRAGMA quick_check` or `integrity_check` on `conn`: anything but one `ok` row is
+/// [`StoreError::Damaged`], with the first problem SQLite names; so is a file too damaged for
+/// the check to run at all (SQLite's "malformed" or "not a database").
+fn check_file(conn: &Connection, path: &Path, pragma: &'static str) -> Result<(), StoreError> {
+    let what = format!("PRAGMA {pragma}");
+    let rows = conn.prepare(&what).and_then(|mut statement| {
+        statement
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()
+    });
+    let damaged = |problem: String| StoreError::Damaged {
+        path: path.to_path_buf(),
+        check: pragma,
+        problem,
+    };
+    match rows {
+        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => Ok(()),
+        Ok(rows) => Err(damaged(format!(
+            "{} problem(s), the first: {}",
+            rows.len(),
+            rows.first().map_or("no answer", String::as_str)
+        ))),
+        Err(source) if is_damage(&source) => Err(damaged(source.to_string())),
+        Err(source) => Err(StoreError::Sqlite {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }),
+    }
+}
+
+/// SQLite says the file is corrupt or not a database.
+fn is_damage(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
 }
 
 /// 8 characters of Crockford base32 from 40 bits of OS randomness.

@@ -466,34 +466,57 @@ impl Store {
     }
 
     /// A consistent copy of the database at `target` (`VACUUM INTO`), which must not exist:
-    /// created owner-only (it holds the whole ledger), synced to disk with its folder.
+    /// created owner-only (it holds the whole ledger), synced to disk with its folder, then
+    /// opened again and checked with `PRAGMA integrity_check`. A copy that fails the check, or
+    /// that could not be finished, is removed: a backup is either whole and checked or absent.
     pub fn backup_to(&self, target: &Path) -> Result<(), StoreError> {
+        self.backup_checked(target, check_copy)
+    }
+
+    /// [`Store::backup_to`] with the check of the copy given (tests damage the copy first).
+    fn backup_checked(
+        &self,
+        target: &Path,
+        check: impl FnOnce(&Path) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         use std::os::unix::fs::OpenOptionsExt;
-        let io = |what: &str, e: std::io::Error| StoreError::Corrupt {
-            path: self.path.clone(),
-            what: format!("backup {}: {what}", target.display()),
-            value: e.to_string(),
-        };
         // An empty file, made here with mode 0600, is what VACUUM INTO fills.
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(target)
-            .map_err(|e| io("cannot create it", e))?;
+            .map_err(|e| self.backup_io(target, "cannot create it", e))?;
+        let result = self.write_backup(target).and_then(|()| check(target));
+        if result.is_err() {
+            // Ours (made above with create_new): never a file someone else put there.
+            let _ = std::fs::remove_file(target);
+        }
+        result
+    }
+
+    fn write_backup(&self, target: &Path) -> Result<(), StoreError> {
         let text = target.to_string_lossy().into_owned();
         self.conn
             .execute("VACUUM INTO ?1", [text])
             .ctx(&self.path, "writing the backup")?;
         std::fs::File::open(target)
             .and_then(|f| f.sync_all())
-            .map_err(|e| io("cannot sync it", e))?;
+            .map_err(|e| self.backup_io(target, "cannot sync it", e))?;
         if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
-                .map_err(|e| io("cannot sync its folder", e))?;
+                .map_err(|e| self.backup_io(target, "cannot sync its folder", e))?;
         }
         Ok(())
+    }
+
+    fn backup_io(&self, target: &Path, what: &str, e: std::io::Error) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what: format!("backup {}: {what}", target.display()),
+            value: e.to_string(),
+        }
     }
 
     /// When the oldest unresolved attempt was created, as an instant.
@@ -510,6 +533,16 @@ impl Store {
         text.map(|t| parse_timestamp(&self.path, "attempts.created_at", &t))
             .transpose()
     }
+}
+
+/// `PRAGMA integrity_check` on a backup just written, opened read-only on its own.
+fn check_copy(target: &Path) -> Result<(), StoreError> {
+    let conn = rusqlite::Connection::open_with_flags(
+        target,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ctx(target, "opening the backup to check it")?;
+    super::check_file(&conn, target, "integrity_check")
 }
 
 /// Whether a daemon holds the lock of the database at `path` right now.

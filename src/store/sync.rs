@@ -1845,10 +1845,9 @@ mod tests {
     /// row and every event is what one-by-one inserts wrote, events in the order of the file.
     #[test]
     fn batched_additions_write_what_single_ones_did() {
-        use crate::store::Access;
         use chrono::TimeZone;
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("recurrentd.db"), Access::Daemon).unwrap();
+        let mut store = Store::open_or_create(&dir.path().join("recurrentd.db")).unwrap();
         let path = Path::new("schedules").join("a.toml");
         let report = |text: &str| DirReport {
             files: vec![schedule::parse_text(&path, text)],

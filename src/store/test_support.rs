@@ -4,7 +4,7 @@ use std::path::Path;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use super::{Access, Store};
+use super::Store;
 use crate::schedule::{DirReport, parse_text};
 
 /// 07:00 UTC on a day of 2027.
@@ -16,7 +16,7 @@ pub fn at(month: u32, day: u32) -> DateTime<Utc> {
 /// 2027-01-01 from `schedules/a.toml`.
 pub fn store_with(ids: &[&str]) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("recurrentd.db"), Access::Daemon).unwrap();
+    let mut store = Store::open_or_create(&dir.path().join("recurrentd.db")).unwrap();
     let mut text = String::new();
     for (i, id) in ids.iter().enumerate() {
         text += &format!(
@@ -29,4 +29,21 @@ pub fn store_with(ids: &[&str]) -> (tempfile::TempDir, Store) {
     };
     store.sync_schedules(&report, at(1, 1)).unwrap();
     (dir, store)
+}
+
+/// Overwrites one page in the middle of the database file at `path` with garbage (the file
+/// must hold everything: no WAL left to checkpoint).
+pub fn scramble_middle_page(path: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let len = std::fs::metadata(path).unwrap().len();
+    let page_size = 4096;
+    let pages = len / page_size;
+    assert!(pages >= 3, "{} has only {pages} page(s)", path.display());
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.seek(SeekFrom::Start(pages / 2 * page_size)).unwrap();
+    let garbage: Vec<u8> = (0..page_size)
+        .map(|i| (i * 151 % 251) as u8 ^ 0xA5)
+        .collect();
+    file.write_all(&garbage).unwrap();
+    file.sync_all().unwrap();
 }

@@ -7,7 +7,7 @@ fn db(dir: &tempfile::TempDir) -> PathBuf {
 }
 
 fn daemon(dir: &tempfile::TempDir) -> Store {
-    Store::open(&db(dir), Access::Daemon).unwrap()
+    Store::open_or_create(&db(dir)).unwrap()
 }
 
 fn at(day: u32) -> DateTime<Utc> {
@@ -174,7 +174,7 @@ fn a_killed_holder_leaves_no_stale_lock() {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match Store::open(&db(&dir), Access::Daemon) {
+        match Store::open_or_create(&db(&dir)) {
             Err(StoreError::Locked { .. }) => break,
             Ok(store) => drop(store),
             Err(e) => panic!("{e}"),
@@ -1258,4 +1258,48 @@ fn the_first_plan_of_a_new_subscription_is_its_first_due_instant() {
         .unwrap();
     assert_eq!(store.next_plan_at("s1").unwrap(), None);
     assert_eq!(store.plannable(at(2)).unwrap(), vec!["s1"]);
+}
+
+/// Issue 12, item 6: the daemon's open never creates a database (a new one has a new
+/// order-number prefix and knows of no past charge); only `open_or_create` does, and says so.
+#[test]
+fn the_daemon_creates_a_database_only_through_open_or_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = Store::open(&db(&dir), Access::Daemon).unwrap_err();
+    assert!(
+        matches!(error, StoreError::NoDatabase { empty: false, .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("recurrentd.db"), "{error}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "a refused open leaves nothing behind (not even the lock file)"
+    );
+    // An empty file is not a database either.
+    std::fs::write(db(&dir), "").unwrap();
+    let error = Store::open(&db(&dir), Access::Daemon).unwrap_err();
+    assert!(
+        matches!(error, StoreError::NoDatabase { empty: true, .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        std::fs::metadata(db(&dir)).unwrap().len(),
+        0,
+        "left as it was"
+    );
+
+    let created = Store::open_or_create(&db(&dir)).unwrap();
+    assert!(created.created());
+    let prefix = created.order_prefix().unwrap();
+    drop(created);
+    let again = Store::open(&db(&dir), Access::Daemon).unwrap();
+    assert!(!again.created());
+    assert_eq!(again.order_prefix().unwrap(), prefix);
+    drop(again);
+    let again = Store::open_or_create(&db(&dir)).unwrap();
+    assert!(
+        !again.created(),
+        "an existing database is opened, not made again"
+    );
 }

@@ -69,11 +69,15 @@ impl Rig {
         std::fs::rename(tmp, self.dir.path().join("schedules").join(name)).unwrap();
     }
 
-    /// The daemon on a rehearsal clock, its stderr to [`Rig::log`].
+    /// The daemon on a rehearsal clock, its stderr to [`Rig::log`]. Its first start (no
+    /// database yet) is a new installation's: `--init` creates the database.
     pub fn spawn(&self, clock_start: &str, speed: u32, until: Option<&str>) -> Child {
         let mut command = self.command();
+        command.args(["run", "--clock-start", clock_start]);
+        if !self.db().exists() {
+            command.arg("--init");
+        }
         command
-            .args(["run", "--clock-start", clock_start])
             .args(["--clock-speed", &speed.to_string()])
             .env("RUST_LOG", "info")
             .env_remove("RECURRENTD_FAILPOINT")
@@ -125,7 +129,8 @@ impl Rig {
         )
     }
 
-    fn command(&self) -> Command {
+    /// The binary with this rig's config and secrets, and none of systemd's variables.
+    pub fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_recurrentd"));
         command
             .arg("--config")

@@ -163,3 +163,50 @@ fn ledger_state_says_where_each_subscription_stands() {
     assert_eq!(s3.charged, [at(1, 1) - chrono::Duration::days(30)]);
     assert_eq!(read.ledger_state("nobody").unwrap(), LedgerState::default());
 }
+
+/// Issue 12, item 11: `backup` checks the copy it made (`PRAGMA integrity_check`), and a copy
+/// that fails the check is removed and the backup fails.
+#[test]
+fn a_backup_is_checked_and_a_damaged_copy_is_removed() {
+    use crate::store::test_support::scramble_middle_page;
+    use std::os::unix::fs::PermissionsExt;
+    let ids: Vec<String> = (0..200).map(|i| format!("sub-{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (dir, store) = store_with(&ids);
+
+    let good = dir.path().join("good.db");
+    store.backup_to(&good).unwrap();
+    let mode = std::fs::metadata(&good).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let copied: i64 = rusqlite::Connection::open(&good)
+        .unwrap()
+        .query_row("SELECT count(*) FROM subscriptions", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(copied, 200);
+
+    // The same backup, but the copy is damaged between writing and checking it.
+    let bad = dir.path().join("bad.db");
+    let error = store
+        .backup_checked(&bad, |copy| {
+            scramble_middle_page(copy);
+            check_copy(copy)
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreError::Damaged {
+                check: "integrity_check",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("bad.db"), "{error}");
+    assert!(!bad.exists(), "the damaged copy was left behind");
+
+    // A target that exists is never touched.
+    std::fs::write(&bad, "mine").unwrap();
+    store.backup_to(&bad).unwrap_err();
+    assert_eq!(std::fs::read_to_string(&bad).unwrap(), "mine");
+}

@@ -10,7 +10,7 @@ fn at(month: u32, day: u32) -> DateTime<Utc> {
 
 fn store_with(id: &str) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("recurrentd.db"), Access::Daemon).unwrap();
+    let mut store = Store::open_or_create(&dir.path().join("recurrentd.db")).unwrap();
     let text = format!(
         "[[subscription]]\nid = \"{id}\"\nbill_number = \"5899110210000001\"\n\
          currency = \"RUB\"\namount = \"499.00\"\nevery = \"1 month\"\nstart = 2027-01-01\n\n"
