@@ -110,7 +110,8 @@ pub enum Command {
     /// lock) unless --offline-ok.
     ///
     /// --all then lists every subscription: its state (active, paused, cancelled, removed), what
-    /// needs an operator (hard_decline, parked with the order number to resolve, quarantined),
+    /// needs an operator (hard_decline, double_approval, late_approval, parked with the order
+    /// number to resolve, quarantined),
     /// its next due charge (when the daemon next tries: a scheduled retry, else its next
     /// period's due instant; an instant in the past means the next sweep; "-" when it never
     /// will again) and its last outcome (the latest attempt's state, order number and when).

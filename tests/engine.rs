@@ -875,3 +875,98 @@ async fn a_quarantined_attempt_is_looked_up_and_holds_its_subscription_until_res
     assert_eq!(attempts[0].state, AttemptState::Approved, "attested paid");
     assert_eq!(attempts.len(), 2, "billing goes on: {attempts:?}");
 }
+
+/// A second order under one OrderNumber at the gateway (it accepted a duplicate, still in
+/// process when the first is approved) is booked once, and becomes a ledger event and a flag
+/// that holds the subscription for an operator (it was only logged, and only once both were
+/// approved). A late approval after the attempt was settled otherwise is flagged the
+/// same way, and `status` names both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_double_approval_at_the_gateway_is_a_ledger_event_and_a_flag() {
+    let text = subscription("dup", "999000000042300", "100.00", "2027-01-05");
+    let world = World::new(&text, DuplicatePolicy::Accept, ResponseFormat::Xml).await;
+    let engine = world.start().await;
+    // Up to the tick that sends period 0 (an In Process order, bill ending 300).
+    let engine = run(
+        &world,
+        engine,
+        "2027-01-05T07:00:00Z".parse().unwrap(),
+        Duration::minutes(5),
+        0,
+    )
+    .await;
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_ne!(attempts[0].state, AttemptState::Approved, "not settled yet");
+    let order = attempts[0].order_number.clone();
+    // The same request again, straight to the gateway: a second order under the same number.
+    let client = Client::new(Settings {
+        url: world.sandbox.url(),
+        merchant_id: "123456".into(),
+        login: "sandbox".into(),
+        password: SecretString::from(PASSWORD),
+        salt: SecretString::from(SALT),
+        test_mode: true,
+        format: ResponseFormat::Xml,
+        connect_timeout: StdDuration::from_secs(2),
+        timeout: StdDuration::from_secs(1),
+    })
+    .unwrap();
+    client
+        .charge(&recurrentd::gateway::client::ChargeRequest {
+            bill_number: "999000000042300",
+            order_number: &order,
+            amount: Money::parse("100.00").unwrap(),
+            currency: recurrentd::money::Currency::parse("RUB").unwrap(),
+            comment: None,
+        })
+        .await;
+    let engine = run(
+        &world,
+        engine,
+        "2027-02-10T08:00:00Z".parse().unwrap(),
+        Duration::hours(2),
+        0,
+    )
+    .await;
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    assert_eq!(attempts.len(), 1, "held: no new period: {attempts:?}");
+    assert_eq!(attempts[0].state, AttemptState::Approved, "booked once");
+    let ledger = engine.with_store(|s| s.ledger(Some("dup"))).await.unwrap();
+    assert!(
+        ledger.iter().any(|e| e.kind == "double_approval"),
+        "{ledger:#?}"
+    );
+    let status = engine.with_store(|s| s.status(true)).await.unwrap();
+    let flagged: Vec<_> = status
+        .needs_attention
+        .iter()
+        .map(|a| (a.subscription.as_str(), a.kind))
+        .collect();
+    assert_eq!(flagged, [("dup", "double_approval")]);
+
+    // A verified approval arriving after the attempt was settled otherwise: flagged too.
+    let attempt_id = attempts[0].attempt_id;
+    engine
+        .with_store(move |s| {
+            s.flag_attempt(
+                attempt_id,
+                &recurrentd::store::Flag {
+                    kind: recurrentd::store::flag::LATE_APPROVAL,
+                    reason: "late".into(),
+                },
+                "2027-02-10T08:00:00Z".parse().unwrap(),
+            )
+        })
+        .await
+        .unwrap();
+    let status = engine.with_store(|s| s.status(true)).await.unwrap();
+    assert_eq!(status.needs_attention[0].kind, "late_approval");
+    assert!(
+        status.needs_attention[0]
+            .detail
+            .contains("flagged before: the gateway shows 2 orders under"),
+        "{:?}",
+        status.needs_attention[0]
+    );
+}

@@ -269,7 +269,8 @@ struct SubscriptionLine<'a> {
     subscription: &'a str,
     /// active, paused, cancelled or removed.
     state: &'static str,
-    /// hard_decline, parked, quarantined (empty: nothing to do).
+    /// hard_decline, double_approval, late_approval, parked, quarantined (empty: nothing to
+    /// do).
     needs_attention: Vec<&'static str>,
     /// The parked attempt's OrderNumber, for `recurrentd resolve`.
     parked_order_number: Option<&'a str>,
@@ -333,8 +334,12 @@ pub(crate) fn next_due(o: &SubscriptionOverview, calendar: &Calendar) -> Option<
 fn line<'a>(o: &'a SubscriptionOverview, calendar: &Calendar) -> SubscriptionLine<'a> {
     let sub = &o.subscription;
     let mut needs_attention = Vec::new();
-    if o.hard_decline.is_some() {
-        needs_attention.push("hard_decline");
+    if o.flagged.is_some() {
+        needs_attention.push(match o.flag_kind.as_deref() {
+            Some("double_approval") => "double_approval",
+            Some("late_approval") => "late_approval",
+            _ => "hard_decline",
+        });
     }
     if o.parked.is_some() {
         needs_attention.push("parked");
@@ -741,7 +746,8 @@ mod tests {
                 updated_at: instant(1, 1, 0),
                 removed_at: None,
             },
-            hard_decline: None,
+            flagged: None,
+            flag_kind: None,
             parked: None,
             quarantined: 0,
             last_period: None,

@@ -36,8 +36,8 @@ use crate::config::EngineConfig;
 use crate::gateway::client::{ChargeRequest, Client, StatusAnswer, StatusQuery};
 use crate::gateway::outcome::{DeclineKind, Outcome};
 use crate::store::{
-    AttemptChange, AttemptState, ChargeChange, ChargeState, Event, Job, PlanTx, Purpose, Store,
-    StoreError, event,
+    AttemptChange, AttemptState, ChargeChange, ChargeState, Event, Flag, Job, PlanTx, Purpose,
+    Store, StoreError, event, flag,
 };
 
 pub use adhoc::{AdhocError, AdhocRequest, Queued, queue_adhoc};
@@ -724,14 +724,34 @@ impl Inner {
                     &verified.outcome,
                     response_code.as_deref(),
                 ));
+                // Booked once (one attempt, one period), but another order under the same
+                // number is paid too, or may yet be: the customer may pay twice. Flagged, in
+                // the same transaction, until an operator refunds and resumes.
+                let others = verified.approved_orders.saturating_sub(1) + verified.pending_orders;
+                if others > 0 {
+                    change.attention = Some(Flag {
+                        kind: flag::DOUBLE_APPROVAL,
+                        reason: format!(
+                            "the gateway shows {} orders under {} ({} approved, {} in process): \
+                             the customer may have been charged twice; refund the extra one, \
+                             then resume",
+                            others + 1,
+                            job.order_number,
+                            verified.approved_orders,
+                            verified.pending_orders
+                        ),
+                    });
+                }
                 self.apply(&job, change).await?;
-                if verified.approved_orders > 1 {
+                if others > 0 {
                     tracing::error!(
                         subscription = %job.subscription_id,
                         order_number = %job.order_number,
                         approved_orders = verified.approved_orders,
-                        "the gateway shows more than one approved order with this OrderNumber: \
-                         the customer may have been charged twice; refund per the runbook"
+                        pending_orders = verified.pending_orders,
+                        "the gateway shows more than one order with this OrderNumber beside the \
+                         approved one: the customer may have been charged twice; refund per the \
+                         runbook"
                     );
                 }
                 self.log_outcome(
@@ -764,10 +784,13 @@ impl Inner {
                     None => ChargeState::Failed.with(&reason),
                 });
                 if decline.kind == DeclineKind::Hard {
-                    change.attention = Some(format!(
-                        "hard decline {} ({}); resume once the customer has fixed the card",
-                        decline.code, decline.reason
-                    ));
+                    change.attention = Some(Flag {
+                        kind: flag::HARD_DECLINE,
+                        reason: format!(
+                            "hard decline {} ({}); resume once the customer has fixed the card",
+                            decline.code, decline.reason
+                        ),
+                    });
                 }
                 change.event = Some(self.outcome_event(
                     event::DECLINED,
@@ -1046,7 +1069,24 @@ impl Inner {
                 .map(|a| a.state.as_str());
             if approved && now_state != Some(AttemptState::Approved.as_str()) {
                 // Someone else settled it meanwhile (an operator's `resolve --not-charged`, say)
-                // while the gateway says it was paid: a new attempt could charge twice.
+                // while the gateway says it was paid: a new attempt could charge twice. That is
+                // a ledger event and a flag on the subscription (no new charge until an
+                // operator has looked), not only a log line.
+                let flag = Flag {
+                    kind: flag::LATE_APPROVAL,
+                    reason: format!(
+                        "the gateway verified {} ({} {}) as APPROVED after it was settled as {}: \
+                         check for a second charge for the same period, refund it, then resume",
+                        job.order_number,
+                        job.amount,
+                        job.currency,
+                        now_state.unwrap_or("missing")
+                    ),
+                };
+                let attempt_id = job.attempt_id;
+                let now = self.clock.now();
+                self.db(move |s| s.flag_attempt(attempt_id, &flag, now))
+                    .await?;
                 tracing::error!(
                     subscription = %job.subscription_id,
                     order_number = %job.order_number,

@@ -446,6 +446,7 @@ impl Client {
                 response_code: None,
                 bill_number: None,
                 approved_orders: 0,
+                pending_orders: 0,
                 checkvalue_verified: false,
             },
             raw,

@@ -38,6 +38,9 @@ pub struct Verified {
     /// How many orders with our number the gateway says were approved (more than one means the
     /// gateway charged the same order number twice: an operator must look).
     pub approved_orders: usize,
+    /// How many orders with our number are still in process: beside an approved one, a second
+    /// charge that may yet be taken.
+    pub pending_orders: usize,
     /// Whether every order's check value verified (`false` only with an integrity failure).
     pub checkvalue_verified: bool,
 }
@@ -205,6 +208,7 @@ pub(crate) fn status(reply: &Reply, expected: &Expected<'_>, salt: &SecretString
         response_code: None,
         bill_number: None,
         approved_orders: 0,
+        pending_orders: 0,
         checkvalue_verified: false,
     };
     let orders = match reply {
@@ -259,6 +263,7 @@ pub(crate) fn status(reply: &Reply, expected: &Expected<'_>, salt: &SecretString
         outcomes.push(outcome);
     }
     let approved_orders = outcomes.iter().filter(|o| **o == Outcome::Approved).count();
+    let pending_orders = outcomes.iter().filter(|o| **o == Outcome::Pending).count();
     // The test mode that matters for a payment is the paid order's own: another order's says
     // nothing about it.
     let test_mode = match outcomes.iter().position(|o| *o == Outcome::Approved) {
@@ -282,6 +287,7 @@ pub(crate) fn status(reply: &Reply, expected: &Expected<'_>, salt: &SecretString
         response_code,
         bill_number,
         approved_orders,
+        pending_orders,
         checkvalue_verified: true,
     }
 }
@@ -482,6 +488,16 @@ mod tests {
             status_order("Approved", None),
         ]);
         assert_eq!(status(&reply, &expected(), &salt()).approved_orders, 2);
+        // A duplicate still in process beside the paid one: counted, it may yet be taken.
+        let reply = Reply::Orders(vec![
+            status_order("Approved", None),
+            status_order("In Process", None),
+        ]);
+        let v = status(&reply, &expected(), &salt());
+        assert_eq!(
+            (v.outcome, v.approved_orders, v.pending_orders),
+            (Outcome::Approved, 1, 1)
+        );
         let reply = Reply::Orders(vec![
             status_order("Declined", None),
             status_order("In Process", None),

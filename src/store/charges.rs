@@ -306,8 +306,23 @@ pub struct AttemptChange {
     pub detail: Option<String>,
     pub charge: Option<ChargeChange>,
     /// Flag the subscription for an operator.
-    pub attention: Option<String>,
+    pub attention: Option<Flag>,
     pub event: Option<Event>,
+}
+
+/// Why a subscription waits for an operator (`attention.kind`, `attention.reason`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flag {
+    /// [`flag::HARD_DECLINE`], [`flag::DOUBLE_APPROVAL`] or [`flag::LATE_APPROVAL`].
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// Kinds of [`Flag`]. A possible double charge is also a ledger event of the same name.
+pub mod flag {
+    pub const HARD_DECLINE: &str = "hard_decline";
+    pub const DOUBLE_APPROVAL: &str = "double_approval";
+    pub const LATE_APPROVAL: &str = "late_approval";
 }
 
 impl AttemptChange {
@@ -766,6 +781,41 @@ impl Store {
         .ctx(&self.path, "reading attention")
     }
 
+    /// Flags the subscription of an attempt for an operator, with its ledger event, in a
+    /// transaction of its own (a verified approval that arrived after the attempt was settled
+    /// otherwise: a possible double charge).
+    pub fn flag_attempt(
+        &mut self,
+        attempt_id: i64,
+        flag: &Flag,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.require_write("flagging a subscription")?;
+        let what = "flagging a subscription for an operator";
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(&path, what)?;
+        let (charge_id, subscription_id): (i64, String) = cached_query_row(
+            &tx,
+            "SELECT a.charge_id, c.subscription_id FROM attempts a \
+                 JOIN charges c ON c.id = a.charge_id WHERE a.id = ?1",
+            [attempt_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .ctx(&path, what)?;
+        raise_flag(
+            &tx,
+            &path,
+            &subscription_id,
+            Some(charge_id),
+            flag,
+            &timestamp(now),
+        )?;
+        tx.commit().ctx(&path, what)
+    }
+
     /// Lets a flagged subscription be charged again (an operator's decision).
     pub fn clear_attention(
         &mut self,
@@ -916,14 +966,8 @@ fn apply_one(
         )
         .ctx(&path, what)?;
     }
-    if let Some(reason) = &change.attention {
-        cached_execute(
-            tx,
-            "INSERT INTO attention (subscription_id, reason, since) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (subscription_id) DO NOTHING",
-            params![subscription_id, reason, at],
-        )
-        .ctx(&path, what)?;
+    if let Some(flag) = &change.attention {
+        raise_flag(tx, &path, &subscription_id, Some(charge_id), flag, &at)?;
     }
     if let Some(event) = &change.event {
         append(
@@ -936,6 +980,50 @@ fn apply_one(
         )?;
     }
     Ok(true)
+}
+
+/// Flags a subscription for an operator. A hard decline does not replace an existing flag; a
+/// possible double charge does (keeping the earlier reason in its text), and is also a ledger
+/// event of its kind.
+fn raise_flag(
+    tx: &rusqlite::Connection,
+    path: &Path,
+    subscription_id: &str,
+    charge_id: Option<i64>,
+    flag: &Flag,
+    at: &str,
+) -> Result<(), StoreError> {
+    let what = "flagging a subscription for an operator";
+    if flag.kind == flag::HARD_DECLINE {
+        cached_execute(
+            tx,
+            "INSERT INTO attention (subscription_id, kind, reason, since) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (subscription_id) DO NOTHING",
+            params![subscription_id, flag.kind, flag.reason, at],
+        )
+        .ctx(path, what)?;
+        return Ok(());
+    }
+    cached_execute(
+        tx,
+        "INSERT INTO attention (subscription_id, kind, reason, since) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (subscription_id) DO UPDATE SET kind = excluded.kind, \
+         reason = excluded.reason || ' (flagged before: ' || attention.reason || ')', \
+         since = excluded.since",
+        params![subscription_id, flag.kind, flag.reason, at],
+    )
+    .ctx(path, what)?;
+    append(
+        tx,
+        path,
+        at,
+        Some(subscription_id),
+        charge_id,
+        &Event {
+            kind: flag.kind,
+            detail: json!({ "reason": flag.reason }),
+        },
+    )
 }
 
 /// Whether a schedule file was found missing (its subscriptions are held).

@@ -20,8 +20,11 @@ use super::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionOverview {
     pub subscription: StoredSubscription,
-    /// Why it waits for an operator after a hard decline, and since when (`resume` clears it).
-    pub hard_decline: Option<(String, DateTime<Utc>)>,
+    /// Why it waits for an operator (a hard decline, a possible double charge), and since when
+    /// (`resume` clears it).
+    pub flagged: Option<(String, DateTime<Utc>)>,
+    /// The flag's kind (`attention.kind`: hard_decline, double_approval, late_approval).
+    pub flag_kind: Option<String>,
     /// The OrderNumber of its parked attempt (outcome unknown for too long; `resolve` settles it).
     pub parked: Option<String>,
     /// How many of its periods an answer that failed verification quarantined.
@@ -73,7 +76,7 @@ SELECT {COLUMNS}, t.reason, t.since, \
         AND x.state IN ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')) \
         ELSE 0 END, \
     la.state, la.order_number, la.updated_at, e.order_number, e.at, \
-    p.order_number, COALESCE(q.n, 0) \
+    p.order_number, COALESCE(q.n, 0), t.kind \
 FROM subscriptions s \
 LEFT JOIN attention t ON t.subscription_id = s.id \
 LEFT JOIN charges lc ON lc.id = (SELECT id FROM charges \
@@ -126,7 +129,7 @@ impl Store {
         while let Some(row) = rows.next().ctx(path, what)? {
             let subscription = sync::SubRow::from_row(row).ctx(path, what)?.decode(path)?;
             let get_text = |i: usize| row.get::<_, Option<String>>(n + i).ctx(path, what);
-            let hard_decline = match (get_text(0)?, get_text(1)?) {
+            let flagged = match (get_text(0)?, get_text(1)?) {
                 (Some(reason), Some(since)) => {
                     Some((reason, parse_timestamp(path, "attention.since", &since)?))
                 }
@@ -168,7 +171,8 @@ impl Store {
             let quarantined: i64 = row.get(n + 13).ctx(path, what)?;
             each(SubscriptionOverview {
                 subscription,
-                hard_decline,
+                flagged,
+                flag_kind: get_text(14)?,
                 parked: get_text(12)?,
                 quarantined: u32::try_from(quarantined).unwrap_or(u32::MAX),
                 last_period,

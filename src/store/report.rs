@@ -131,7 +131,7 @@ pub struct StatusReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Attention {
     pub subscription: String,
-    /// hard_decline, parked or quarantined.
+    /// hard_decline, double_approval, late_approval, parked, quarantined or file_missing.
     pub kind: &'static str,
     pub since: String,
     pub detail: String,
@@ -413,7 +413,7 @@ impl Store {
         let mut statement = self
             .conn
             .prepare(
-                "SELECT subscription_id, 'hard_decline', since, reason, NULL FROM attention \
+                "SELECT subscription_id, kind, since, reason, NULL FROM attention \
                  UNION ALL \
                  SELECT c.subscription_id, a.state, a.updated_at, COALESCE(a.detail, ''), \
                  a.order_number FROM attempts a JOIN charges c ON c.id = a.charge_id \
@@ -446,6 +446,8 @@ impl Store {
                     "parked" => "parked",
                     "quarantined" => "quarantined",
                     "file_missing" => "file_missing",
+                    "double_approval" => "double_approval",
+                    "late_approval" => "late_approval",
                     _ => "hard_decline",
                 },
                 since,

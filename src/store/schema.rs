@@ -228,7 +228,14 @@ CREATE INDEX subscriptions_to_plan ON subscriptions (next_plan_at) WHERE removed
 /// `schedule_files.missing_since`: when a file the store had accepted was first found missing
 /// from the folder. Its subscriptions are held (neither charged nor removed) until it returns or
 /// an operator confirms the removal (`recurrentd remove-file`).
+///
+/// `attention.kind`: why a subscription waits for an operator — `hard_decline`, or a possible
+/// double charge (`double_approval`: the gateway shows two approved orders under one
+/// OrderNumber; `late_approval`: a verified approval arrived for an attempt already settled
+/// otherwise, e.g. by `resolve --not-charged`).
 const SECOND_PASS: &str = r#"
+ALTER TABLE attention ADD COLUMN kind TEXT NOT NULL DEFAULT 'hard_decline'
+    CHECK (kind IN ('hard_decline', 'double_approval', 'late_approval'));
 ALTER TABLE schedule_files ADD COLUMN missing_since TEXT;
 ALTER TABLE attempts ADD COLUMN seen_at TEXT;
 UPDATE attempts SET seen_at = updated_at, next_check_at = NULL WHERE state = 'quarantined';

@@ -146,7 +146,7 @@ fn every_subscription_with_its_position_flags_and_last_outcome() {
     assert_eq!(fresh.last_outcome, None);
     assert_eq!(
         (
-            fresh.hard_decline.clone(),
+            fresh.flagged.clone(),
             fresh.parked.clone(),
             fresh.quarantined
         ),
@@ -188,7 +188,7 @@ fn every_subscription_with_its_position_flags_and_last_outcome() {
 
     let hard = &rows["hard"];
     assert_eq!(
-        hard.hard_decline,
+        hard.flagged,
         Some(("hard decline 05".to_string(), at(1, 1)))
     );
     assert_eq!(last(hard).0, AttemptState::Declined);
