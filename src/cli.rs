@@ -23,7 +23,8 @@ mod tokens;
 pub use charge::ChargeArgs;
 pub use enroll::{EnrollArgs, Enrolment};
 pub use ops::{
-    BackupArgs, BreakerCommand, HistoryArgs, RemoveFileArgs, ResolveArgs, ResumeArgs, StatusArgs,
+    BackupArgs, BreakerCommand, ClockCommand, HistoryArgs, RemoveFileArgs, ResolveArgs, ResumeArgs,
+    StatusArgs,
 };
 pub use run::RunArgs;
 pub use sandbox::SandboxArgs;
@@ -201,6 +202,15 @@ pub enum Command {
     #[command(subcommand)]
     Breaker(BreakerCommand),
 
+    /// The clock hold that stops new charges when the clock jumped (forward or back between two
+    /// sweeps, behind the last sweep, or a sweep that would skip more than
+    /// engine.max_skipped_periods periods of one subscription at once).
+    ///
+    /// Example:
+    ///   recurrentd clock ack --reason "NTP fixed; date checked against two sources"
+    #[command(subcommand, verbatim_doc_comment)]
+    Clock(ClockCommand),
+
     /// Write a consistent copy of the database (safe while the daemon runs).
     ///
     /// Example:
@@ -312,6 +322,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::RemoveFile(args) => ops::remove_file(&config, &args),
         Command::Charge(args) => charge::run(&config, &args),
         Command::Breaker(command) => ops::breaker(&config, &command),
+        Command::Clock(command) => ops::clock(&config, &command),
         Command::Backup(args) => ops::backup(&config, &args),
         Command::Forecast(args) => forecast(&config, &args),
         Command::Tokens(command) => tokens::run(&config, &command),

@@ -12,6 +12,13 @@ use chrono::{DateTime, Duration, Utc};
 /// A source of the current instant.
 pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
+
+    /// How many of this clock's seconds pass per second of monotonic time, when that is fixed
+    /// (1 for the system clock, the factor of a rehearsal): the engine compares the two between
+    /// ticks to see the clock jump. `None`: the clock moves only when told (tests).
+    fn rate(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// The system clock.
@@ -21,6 +28,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+
+    fn rate(&self) -> Option<u32> {
+        Some(1)
     }
 }
 
@@ -80,5 +91,9 @@ impl Clock for RehearsalClock {
             .saturating_mul(u128::from(self.factor))
             .min(i64::MAX as u128) as i64;
         self.start + Duration::microseconds(virtual_micros)
+    }
+
+    fn rate(&self) -> Option<u32> {
+        Some(self.factor)
     }
 }

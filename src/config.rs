@@ -95,6 +95,10 @@ pub struct EngineConfig {
     /// `breaker_window_minutes` that stop all new charges until an operator clears it.
     pub breaker_failures: u32,
     pub breaker_window_minutes: u32,
+    /// Most periods of one subscription one sweep may settle as skipped among those that fell
+    /// due since the previous sweep; more means the clock jumped or the daemon was down a long
+    /// time, and new charges stop until an operator acknowledges the clock.
+    pub max_skipped_periods: u32,
 }
 
 impl Default for EngineConfig {
@@ -106,6 +110,7 @@ impl Default for EngineConfig {
             max_attempts_per_30_days: 8,
             breaker_failures: 5,
             breaker_window_minutes: 60,
+            max_skipped_periods: 31,
         }
     }
 }
@@ -268,6 +273,7 @@ struct RawEngine {
     max_attempts_per_30_days: u32,
     breaker_failures: u32,
     breaker_window_minutes: u32,
+    max_skipped_periods: u32,
 }
 
 impl Default for RawEngine {
@@ -280,6 +286,7 @@ impl Default for RawEngine {
             max_attempts_per_30_days: d.max_attempts_per_30_days,
             breaker_failures: d.breaker_failures,
             breaker_window_minutes: d.breaker_window_minutes,
+            max_skipped_periods: d.max_skipped_periods,
         }
     }
 }
@@ -634,6 +641,7 @@ fn check_engine(raw: RawEngine) -> Result<EngineConfig, String> {
         1,
         7 * 24 * 60,
     )?;
+    range("max_skipped_periods", raw.max_skipped_periods, 1, 100_000)?;
     if raw.dunning_days.len() > 10 || raw.dunning_days.windows(2).any(|w| w[0] >= w[1]) {
         return Err(format!(
             "engine.dunning_days: at most 10 strictly increasing day counts, got {:?}",
@@ -650,6 +658,7 @@ fn check_engine(raw: RawEngine) -> Result<EngineConfig, String> {
         max_attempts_per_30_days: raw.max_attempts_per_30_days,
         breaker_failures: raw.breaker_failures,
         breaker_window_minutes: raw.breaker_window_minutes,
+        max_skipped_periods: raw.max_skipped_periods,
     })
 }
 

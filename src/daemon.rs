@@ -117,17 +117,7 @@ struct Totals {
 impl Totals {
     fn add(&mut self, r: &TickReport) {
         self.ticks += 1;
-        let t = &mut self.report;
-        t.intents += r.intents;
-        t.approved += r.approved;
-        t.declined += r.declined;
-        t.unknown += r.unknown;
-        t.not_sent += r.not_sent;
-        t.quarantined += r.quarantined;
-        t.settled += r.settled;
-        t.held += r.held;
-        t.checked += r.checked;
-        t.breaker_open |= r.breaker_open;
+        self.report.merge(r);
     }
 }
 
@@ -262,16 +252,30 @@ pub async fn run(
                     tracing::info!("the rehearsal clock reached its end");
                     break "the rehearsal clock reached its end";
                 }
-                // The tick runs while the watchdog timer keeps being served, and a stop signal
-                // arriving meanwhile is acknowledged (STOPPING=1) at once; the tick itself is
-                // never cut short: its in-flight charges finish and record their outcomes.
-                let tick = engine.tick();
+                // The tick runs while the watchdog timer keeps being served, a stop signal
+                // arriving meanwhile is acknowledged (STOPPING=1) at once, and a reload (SIGHUP,
+                // the folder watcher) is applied at once: the planner takes it from its next
+                // batch, and every intent is checked against the terms in force just before it
+                // leaves. The tick itself is never cut short: its charges finish and record
+                // their outcomes — the last of them in the background, so that a slow send
+                // never makes the next tick late (the busy set keeps it off their attempts).
+                let tick = engine.tick_without_waiting();
                 tokio::pin!(tick);
                 let mut stop = None;
                 let result = loop {
                     tokio::select! {
                         result = &mut tick => break result,
                         _ = next_ping(&mut watchdog) => ping_if_healthy(&engine, &notifier).await,
+                        _ = signals.hangup.recv() => {
+                            tracing::info!("SIGHUP: re-reading the schedule files (during a tick: in force from its next batch)");
+                            reload(&engine, config, &options, &notifier, &mut watch, &mut subscriptions, last_tick.as_ref()).await;
+                        }
+                        _ = watch_timer.tick(), if options.watch_schedules => {
+                            if folder_changed(config, &mut watch).await {
+                                tracing::info!(dir = %config.schedules.dir.display(), "a schedule file changed: re-reading the schedule files (during a tick: in force from its next batch)");
+                                reload(&engine, config, &options, &notifier, &mut watch, &mut subscriptions, last_tick.as_ref()).await;
+                            }
+                        }
                         signal = stopped(&mut signals.terminate, &mut signals.interrupt), if stop.is_none() => {
                             stop = Some(signal);
                             engine.stop_creating();
@@ -328,11 +332,7 @@ pub async fn run(
                 reload(&engine, config, &options, &notifier, &mut watch, &mut subscriptions, last_tick.as_ref()).await;
             }
             _ = watch_timer.tick(), if options.watch_schedules => {
-                let dir = config.schedules.dir.clone();
-                let now = tokio::task::spawn_blocking(move || Fingerprint::of(&dir))
-                    .await
-                    .unwrap_or_default();
-                if watch.poll(now) {
+                if folder_changed(config, &mut watch).await {
                     tracing::info!(dir = %config.schedules.dir.display(), "a schedule file changed: re-reading the schedule files");
                     reload(&engine, config, &options, &notifier, &mut watch, &mut subscriptions, last_tick.as_ref()).await;
                 }
@@ -341,6 +341,11 @@ pub async fn run(
         }
     };
     sweep.shutdown().await;
+    // The last sends of the last tick finish and record their outcomes first.
+    let trailing = engine.finish_in_flight().await;
+    if trailing != TickReport::default() {
+        totals.report.merge(&trailing);
+    }
     if let Some(last) = gave_up {
         // No drain: with the store failing, nothing more is sent (the next start reconciles
         // whatever is outstanding). The non-zero exit makes systemd restart the daemon, and
@@ -455,6 +460,15 @@ async fn start(
         "reconciled unresolved attempts before charging anything"
     );
     Ok((engine, subscriptions, Watch::new(seen)))
+}
+
+/// Whether the watcher sees the schedule folder changed since it was last read.
+async fn folder_changed(config: &Config, watch: &mut Watch) -> bool {
+    let dir = config.schedules.dir.clone();
+    let now = tokio::task::spawn_blocking(move || Fingerprint::of(&dir))
+        .await
+        .unwrap_or_default();
+    watch.poll(now)
 }
 
 /// The schedule folder as it looks now (taken before reading it: see [`Watch::reloaded`]).

@@ -503,12 +503,10 @@ async fn the_database_and_its_sidecars_are_owner_only_whatever_the_umask() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "666");
-    until(Duration::from_secs(30), &log, "the first charge", || {
-        let history = rig.try_history(None)?;
-        history
-            .iter()
-            .any(|e| e["state"] == "approved")
-            .then_some(())
+    // All twelve intents are committed at once; once the first request has reached the gateway
+    // the other eleven wait for the rate limit.
+    until(Duration::from_secs(30), &log, "the first request", || {
+        (!sandbox.book().orders.is_empty()).then_some(())
     });
     let mode = |suffix: &str| {
         let mut path = rig.db().into_os_string();
@@ -530,5 +528,106 @@ async fn the_database_and_its_sidecars_are_owner_only_whatever_the_umask() {
     signal(&child, "TERM");
     let status = wait(&mut child, Duration::from_secs(60), &log);
     assert!(status.success(), "{status:?}\n{}", rig.log_text());
+    sandbox.shutdown().await;
+}
+
+/// Issue 12, item 5: edits and cancellations waited behind a long tick (SIGHUP and the folder
+/// watcher were not served while it sent), so subscriptions cancelled seconds before their
+/// charges were charged anyway. Now a reload is served during a tick, between batches, and every
+/// intent is checked against the terms in force just before it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_during_a_long_tick_stops_the_charges_not_yet_sent() {
+    // Every reply takes 300 ms and two requests leave per second: twelve charges (rp.cfm and a
+    // status query each) take about twelve seconds in one tick.
+    let sandbox = Sandbox::start(
+        SandboxConfig {
+            latency: Duration::from_millis(300),
+            ..SandboxConfig::builtin()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let rig = Rig::new(&sandbox, "max_in_flight = 1\nrequests_per_second = 2\n");
+    let ids: Vec<String> = (1..=12).map(|n| format!("s{n:02}")).collect();
+    let schedule = |cancelled: &[&str]| {
+        ids.iter()
+            .enumerate()
+            .map(|(n, id)| {
+                let text = subscription(
+                    id,
+                    &format!("51111120000000{:02}", n + 1),
+                    "99.00",
+                    "2027-01-02",
+                );
+                if cancelled.contains(&id.as_str()) {
+                    text.replace("currency = ", "state = \"cancelled\"\ncurrency = ")
+                } else {
+                    text
+                }
+            })
+            .collect::<String>()
+    };
+    rig.write_schedule("subs.toml", &schedule(&[]));
+    // Real time, two seconds before the due instant (10:00 Moscow).
+    let mut child = rig.spawn("2027-01-02T06:59:58Z", 1, None);
+    let log = rig.log();
+    // All twelve intents are committed at once; once the first request has reached the gateway
+    // the other eleven wait for the rate limit.
+    until(Duration::from_secs(30), &log, "the first request", || {
+        (!sandbox.book().orders.is_empty()).then_some(())
+    });
+    let cancelled = ["s07", "s08", "s09", "s10", "s11", "s12"];
+    rig.write_schedule("subs.toml", &schedule(&cancelled));
+    signal(&child, "HUP");
+    // Every period settles: paid, or blocked before sending.
+    let history = until(
+        Duration::from_secs(60),
+        &log,
+        "every period settled",
+        || {
+            let history = rig.try_history(None)?;
+            let settled = ids.iter().all(|id| {
+                history.iter().any(|e| {
+                    e["subscription"] == id.as_str()
+                        && (e["state"] == "approved" || e["state"] == "blocked")
+                })
+            });
+            settled.then_some(history)
+        },
+    );
+    signal(&child, "TERM");
+    let status = wait(&mut child, Duration::from_secs(60), &log);
+    assert_eq!(status.code(), Some(0), "{}", rig.log_text());
+    let book = sandbox.book();
+    let sent: Vec<&str> = book
+        .orders
+        .iter()
+        .map(|o| o.order_number.as_str())
+        .collect();
+    // At most the charge in flight when the reload came may have left; the rest never did.
+    let charged_cancelled: Vec<&&str> = cancelled
+        .iter()
+        .filter(|id| sent.iter().any(|o| o.contains(&format!("-{id}-"))))
+        .collect();
+    assert!(
+        charged_cancelled.len() <= 1,
+        "cancelled subscriptions were charged: {charged_cancelled:?}\n{history:#?}\n{}",
+        rig.log_text()
+    );
+    for id in &ids[..6] {
+        assert!(
+            approved(&history, id, "2027-01-02").is_some(),
+            "{id} not charged: {history:#?}"
+        );
+    }
+    let text = rig.log_text();
+    let reload = text
+        .find("SIGHUP: re-reading the schedule files")
+        .expect("the reload was served");
+    assert!(
+        text[reload..].contains("charge blocked before sending"),
+        "{text}"
+    );
     sandbox.shutdown().await;
 }

@@ -78,6 +78,12 @@ impl World {
 
     /// Starts (or restarts) the daemon's engine: open the store, sync the files, reconcile.
     async fn start(&self) -> Engine {
+        self.start_with(Arc::new(self.clock.clone()) as Arc<dyn Clock>)
+            .await
+    }
+
+    /// [`World::start`] with another clock.
+    async fn start_with(&self, clock: Arc<dyn Clock>) -> Engine {
         let mut store = Store::open_or_create(&self.db()).unwrap();
         let report = schedule::load_dir(&self.dir.path().join("schedules")).unwrap();
         assert_eq!(
@@ -102,7 +108,7 @@ impl World {
         let engine = Engine::new(
             store,
             client,
-            Arc::new(self.clock.clone()) as Arc<dyn Clock>,
+            clock,
             self.calendar,
             Policy::from(&self.policy),
             Pacer::new(8, 1000),
@@ -969,4 +975,191 @@ async fn a_double_approval_at_the_gateway_is_a_ledger_event_and_a_flag() {
         "{:?}",
         status.needs_attention[0]
     );
+}
+
+/// Issue 12, item 5: the daemon's tick does not wait for a slow send. It returns once its
+/// intents are handed to their tasks; a tick meanwhile leaves the attempt in flight alone (the
+/// busy set: no second request); `finish_in_flight` waits for it and counts what it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_that_does_not_wait_leaves_a_slow_send_to_finish_on_its_own() {
+    // `408`: the gateway applies the charge but answers only after 1.5 s (the client gives up
+    // after 1 s: unknown, then looked up).
+    let text = subscription("slow", "999000000042408", "100.00", "2027-01-05");
+    let world = World::new(&text, DuplicatePolicy::Reject, ResponseFormat::Xml).await;
+    let engine = world.start().await;
+    world.clock.set("2027-01-05T07:00:00Z".parse().unwrap());
+    let report = engine.tick_without_waiting().await.unwrap();
+    assert_eq!(report.intents, 1);
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    assert_eq!(
+        attempts[0].state,
+        AttemptState::Pending,
+        "the tick returned before the reply"
+    );
+    // Another tick while it is in flight: it is busy, so nothing is sent or looked up for it.
+    world.clock.advance(Duration::minutes(5));
+    let again = engine.tick_without_waiting().await.unwrap();
+    assert_eq!((again.intents, again.approved, again.unknown), (0, 0, 0));
+    let finished = engine.finish_in_flight().await;
+    assert_eq!(finished.unknown + finished.approved, 1, "{finished:?}");
+    assert_eq!(
+        world.sandbox.book().orders.len(),
+        1,
+        "one request, never two"
+    );
+    quiesce(&world, &engine).await;
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    assert_eq!(attempts[0].state, AttemptState::Approved, "{attempts:?}");
+    check_invariants(&world, &engine).await;
+}
+
+/// A clock that runs at real speed from `start` (rate 1, like the system clock) and can be made
+/// to jump by an offset, as a host's clock does when set by hand or by a bad NTP step.
+#[derive(Clone)]
+struct JumpingClock {
+    start: DateTime<Utc>,
+    real_start: std::time::Instant,
+    offset: Arc<std::sync::Mutex<Duration>>,
+}
+
+impl JumpingClock {
+    fn new(start: &str) -> JumpingClock {
+        JumpingClock {
+            start: start.parse().unwrap(),
+            real_start: std::time::Instant::now(),
+            offset: Arc::new(std::sync::Mutex::new(Duration::zero())),
+        }
+    }
+
+    fn jump(&self, by: Duration) {
+        *self.offset.lock().unwrap() += by;
+    }
+}
+
+impl Clock for JumpingClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.start
+            + Duration::from_std(self.real_start.elapsed()).unwrap()
+            + *self.offset.lock().unwrap()
+    }
+
+    fn rate(&self) -> Option<u32> {
+        Some(1)
+    }
+}
+
+/// Issue 12, item 7: a forward clock jump (to 2031) settled every period since as skipped and
+/// ended billing for every subscription, and a backward jump went unseen. Both are now seen
+/// between two sweeps (the clock against monotonic time): new charges stop, with a
+/// `clock_jump` ledger event and a `status` flag, until an operator acknowledges the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_jump_stops_new_charges_until_an_operator_acknowledges_it() {
+    let text = subscription("jump", "5111112000000001", "100.00", "2027-01-05");
+    let world = World::new(&text, DuplicatePolicy::Reject, ResponseFormat::Xml).await;
+    let clock = JumpingClock::new("2027-01-05T07:00:01Z");
+    let engine = world.start_with(Arc::new(clock.clone())).await;
+    let report = engine.tick().await.unwrap();
+    assert_eq!((report.intents, report.approved), (1, 1), "{report:?}");
+
+    // Forward four years: nothing is settled or charged, the jump is held.
+    clock.jump(Duration::days(4 * 365));
+    let report = engine.tick().await.unwrap();
+    assert!(report.clock_held, "{report:?}");
+    assert_eq!((report.intents, report.settled), (0, 0));
+    let held = engine.with_store(|s| s.clock_hold()).await.unwrap();
+    assert!(
+        held.as_deref()
+            .is_some_and(|r| r.contains("jumped forward")),
+        "{held:?}"
+    );
+    let status = engine.with_store(|s| s.status(false)).await.unwrap();
+    assert!(status.clock_hold.is_some());
+    let ledger = engine.with_store(|s| s.ledger(None)).await.unwrap();
+    assert_eq!(
+        ledger.iter().filter(|e| e.kind == "clock_jump").count(),
+        1,
+        "{ledger:#?}"
+    );
+    // Held until acknowledged, sweep after sweep.
+    assert!(engine.tick().await.unwrap().clock_held);
+    let rows = engine.with_store(|s| s.attempts()).await.unwrap();
+    assert_eq!(rows.len(), 1);
+
+    // The operator sets the clock right and acknowledges: billing goes on from the real date.
+    clock.jump(-Duration::days(4 * 365));
+    let acknowledged = engine
+        .with_store(|s| s.acknowledge_clock("ops", "NTP fixed", Utc::now()))
+        .await
+        .unwrap();
+    assert!(acknowledged);
+    let report = engine.tick().await.unwrap();
+    assert!(!report.clock_held, "{report:?}");
+
+    // Back an hour: seen too.
+    clock.jump(-Duration::hours(1));
+    let report = engine.tick().await.unwrap();
+    assert!(report.clock_held, "{report:?}");
+    let held = engine.with_store(|s| s.clock_hold()).await.unwrap();
+    assert!(
+        held.as_deref().is_some_and(|r| r.contains("back")),
+        "{held:?}"
+    );
+}
+
+/// Issue 12, item 7: across a restart there is no monotonic time to compare with, so a clock
+/// behind the last sweep is a jump back, and one sweep may settle at most
+/// `engine.max_skipped_periods` periods of a subscription as skipped among those that fell due
+/// since the last sweep; more stops new charges until the clock is acknowledged. A new
+/// subscription's catch-up from an old start is not capped (issue 12, item 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_clock_far_ahead_or_behind_is_held() {
+    let text = subscription("far", "5111112000000001", "100.00", "2027-01-05");
+    let mut world = World::new(&text, DuplicatePolicy::Reject, ResponseFormat::Xml).await;
+    world.policy.max_skipped_periods = 5;
+    let engine = world.start().await;
+    let engine = run(
+        &world,
+        engine,
+        "2027-01-05T08:00:00Z".parse().unwrap(),
+        Duration::hours(1),
+        0,
+    )
+    .await;
+    assert_eq!(engine.with_store(|s| s.attempts()).await.unwrap().len(), 1);
+    drop(engine);
+
+    // Restarted with the clock ten months on: nine periods would be skipped at once.
+    world.clock.set("2027-11-06T08:00:00Z".parse().unwrap());
+    let engine = world.start().await;
+    let report = engine.tick().await.unwrap();
+    assert!(report.clock_held, "{report:?}");
+    assert_eq!((report.intents, report.settled), (0, 0), "{report:?}");
+    let held = engine
+        .with_store(|s| s.clock_hold())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(held.contains("would skip 9 periods"), "{held}");
+    // Acknowledged (the daemon really was stopped that long): the catch-up goes on.
+    engine
+        .with_store(|s| s.acknowledge_clock("ops", "maintenance", Utc::now()))
+        .await
+        .unwrap();
+    let report = engine.tick().await.unwrap();
+    assert!(!report.clock_held);
+    assert_eq!((report.intents, report.settled), (1, 9), "{report:?}");
+    quiesce(&world, &engine).await;
+    drop(engine);
+
+    // Restarted with the clock a day behind the last sweep: held.
+    world.clock.set("2027-11-05T08:00:00Z".parse().unwrap());
+    let engine = world.start().await;
+    let report = engine.tick().await.unwrap();
+    assert!(report.clock_held, "{report:?}");
+    let held = engine
+        .with_store(|s| s.clock_hold())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(held.contains("before the last sweep"), "{held}");
 }

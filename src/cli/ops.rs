@@ -92,6 +92,18 @@ pub enum BreakerCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ClockCommand {
+    /// Say the clock is right now: new charges resume at the daemon's next sweep, which
+    /// starts from the clock as it reads then (periods it finds due are settled by
+    /// `billing.catch_up`).
+    Ack {
+        /// What you checked (recorded in the ledger with your user name).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// Where to write the copy (must not exist).
@@ -197,6 +209,12 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
             )?,
             None => writeln!(out, "circuit breaker: closed")?,
         }
+        if let Some(reason) = &report.clock_hold {
+            writeln!(
+                out,
+                "clock: HELD — {reason}\n  (no new charges; check the host's clock, then `recurrentd clock ack --reason ...`)"
+            )?;
+        }
         if report.needs_attention.is_empty() {
             writeln!(out, "needs attention: nothing")?;
         } else {
@@ -238,7 +256,11 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
         }
     }
     let stopped = !report.daemon_running && !args.offline_ok;
-    if stopped || report.breaker.is_some() || !report.needs_attention.is_empty() {
+    if stopped
+        || report.breaker.is_some()
+        || report.clock_hold.is_some()
+        || !report.needs_attention.is_empty()
+    {
         exit::PROBLEMS
     } else {
         exit::OK
@@ -662,6 +684,37 @@ pub fn breaker(config: &Config, command: &BreakerCommand) -> u8 {
         }
         Ok(false) => {
             eprintln!("recurrentd: the circuit breaker is not open");
+            exit::PROBLEMS
+        }
+        Err(error) => {
+            eprintln!("recurrentd: {error}");
+            exit::UNAVAILABLE
+        }
+    }
+}
+
+pub fn clock(config: &Config, command: &ClockCommand) -> u8 {
+    let ClockCommand::Ack { reason } = command;
+    let mut store = match open(config, Access::Write) {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let held = match store.clock_hold() {
+        Ok(held) => held,
+        Err(error) => {
+            eprintln!("recurrentd: {error}");
+            return exit::UNAVAILABLE;
+        }
+    };
+    match store.acknowledge_clock(&operator(), reason, Utc::now()) {
+        Ok(_) if held.is_some() => {
+            println!("Clock acknowledged: new charges resume at the daemon's next sweep.");
+            exit::OK
+        }
+        Ok(_) => {
+            eprintln!(
+                "recurrentd: new charges were not held for the clock (nothing to acknowledge)"
+            );
             exit::PROBLEMS
         }
         Err(error) => {

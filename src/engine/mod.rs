@@ -68,9 +68,27 @@ pub struct TickReport {
     pub checked: u32,
     pub held: u32,
     pub breaker_open: bool,
+    /// No planning: the clock jumped (or would skip too many periods) and an operator has not
+    /// acknowledged it yet.
+    pub clock_held: bool,
 }
 
 impl TickReport {
+    /// Adds another report's counts (a flag is kept if either has it).
+    pub fn merge(&mut self, other: &TickReport) {
+        self.intents += other.intents;
+        self.approved += other.approved;
+        self.declined += other.declined;
+        self.unknown += other.unknown;
+        self.not_sent += other.not_sent;
+        self.quarantined += other.quarantined;
+        self.settled += other.settled;
+        self.checked += other.checked;
+        self.held += other.held;
+        self.breaker_open |= other.breaker_open;
+        self.clock_held |= other.clock_held;
+    }
+
     fn add(&mut self, step: Step) {
         match step {
             Step::Approved => self.approved += 1,
@@ -105,6 +123,8 @@ pub struct Policy {
     pub max_attempts_per_30_days: u32,
     pub breaker_failures: u32,
     pub breaker_window: Duration,
+    /// See `EngineConfig::max_skipped_periods`.
+    pub max_skipped_periods: u32,
 }
 
 impl From<&EngineConfig> for Policy {
@@ -116,6 +136,7 @@ impl From<&EngineConfig> for Policy {
             max_attempts_per_30_days: c.max_attempts_per_30_days,
             breaker_failures: c.breaker_failures,
             breaker_window: Duration::minutes(i64::from(c.breaker_window_minutes)),
+            max_skipped_periods: c.max_skipped_periods,
         }
     }
 }
@@ -142,6 +163,11 @@ struct Inner {
     outcomes: Arc<Mutex<Vec<QueuedOutcome>>>,
     /// Set when the daemon is stopping: no new intent is planned from then on.
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The last sends of earlier ticks that did not wait for them
+    /// ([`Engine::tick_without_waiting`]); their steps go into a later tick's report.
+    trailing: Mutex<Vec<tokio::task::JoinHandle<Vec<Step>>>>,
+    /// The clock's instant and the monotonic instant at the previous sweep (clock jumps).
+    last_sweep: Mutex<Option<(DateTime<Utc>, std::time::Instant)>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -192,6 +218,11 @@ const RESEND_BASE: Duration = Duration::minutes(5);
 const RESEND_CAP: Duration = Duration::hours(6);
 /// How long all sends pause after a rate-limit answer without `Retry-After`.
 const RATE_PAUSE: StdDuration = StdDuration::from_secs(30);
+/// How far the clock may run ahead of monotonic time between two sweeps before it counts as a
+/// jump (a VM paused for a while is not one).
+const CLOCK_AHEAD: Duration = Duration::hours(6);
+/// How far it may fall behind (NTP steps are seconds).
+const CLOCK_BEHIND: Duration = Duration::minutes(5);
 /// The longest pause a gateway's `Retry-After` can impose.
 const MAX_PAUSE: StdDuration = StdDuration::from_secs(600);
 
@@ -220,6 +251,8 @@ impl Engine {
                 busy: Mutex::new(HashSet::new()),
                 outcomes: Arc::new(Mutex::new(Vec::new())),
                 stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                trailing: Mutex::new(Vec::new()),
+                last_sweep: Mutex::new(None),
             }),
             gate: tokio::sync::Mutex::new(()),
         })
@@ -286,12 +319,124 @@ impl Engine {
         Ok(self.inner.db(|s| s.unresolved_attempts()).await?.len())
     }
 
-    /// One sweep at the clock's now (see the module documentation).
+    /// One sweep at the clock's now (see the module documentation), returning once every
+    /// charge it started has its outcome recorded.
     pub async fn tick(&self) -> Result<TickReport, EngineError> {
+        let mut report = self.sweep(true).await?;
+        report.merge(&self.finish_in_flight().await);
+        Ok(report)
+    }
+
+    /// One sweep that returns once its last intents are handed to their tasks, without waiting
+    /// for the slowest sends (the daemon's tick: the next tick is never late because of a hung
+    /// request). The busy set keeps a later tick off the attempts still being worked on; their
+    /// steps are counted in a later tick's report, or by [`Engine::finish_in_flight`].
+    pub async fn tick_without_waiting(&self) -> Result<TickReport, EngineError> {
+        self.sweep(false).await
+    }
+
+    /// Waits for the sends that earlier ticks left running (before stopping), and what they
+    /// did.
+    pub async fn finish_in_flight(&self) -> TickReport {
+        let handles = std::mem::take(&mut *lock(&self.inner.trailing));
+        let mut report = TickReport::default();
+        for handle in handles {
+            report.merge(&trailing_steps(handle.await));
+        }
+        report
+    }
+
+    /// The steps of the trailing sends that have finished since the last look.
+    async fn finished_trailing(&self) -> TickReport {
+        let finished: Vec<_> = {
+            let mut trailing = lock(&self.inner.trailing);
+            let (finished, running) = trailing.drain(..).partition(|h| h.is_finished());
+            *trailing = running;
+            finished
+        };
+        let mut report = TickReport::default();
+        for handle in finished {
+            // Finished: awaiting it does not wait.
+            report.merge(&trailing_steps(handle.await));
+        }
+        report
+    }
+
+    /// Checks the clock against the monotonic time since the previous sweep, and against the
+    /// last sweep the store recorded; a jump (forward more than `CLOCK_AHEAD`, back more than
+    /// `CLOCK_BEHIND`, both scaled by a rehearsal's rate) holds new charges, with a ledger event,
+    /// until an operator acknowledges the clock. Returns the hold, if any, and the previous
+    /// sweep's instant (for the cap on skipped periods).
+    async fn check_clock(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<(Option<String>, Option<DateTime<Utc>>), EngineError> {
+        let inner = &self.inner;
+        let previous = lock(&inner.last_sweep).replace((now, std::time::Instant::now()));
+        let (hold, last) = inner
+            .db(|s| Ok((s.clock_hold()?, s.last_sweep_at()?)))
+            .await?;
+        if hold.is_some() {
+            // Held: the next comparison starts after the operator's acknowledgement, from the
+            // clock as it reads then.
+            *lock(&inner.last_sweep) = None;
+            return Ok((hold, last));
+        }
+        let mut jump = None;
+        if let (Some((then, at)), Some(rate)) = (previous, inner.clock.rate()) {
+            let real = Duration::from_std(at.elapsed()).unwrap_or(Duration::MAX);
+            let expected = real.checked_mul(rate.min(i32::MAX as u32) as i32);
+            let moved = now - then;
+            let rate = rate.min(i32::MAX as u32) as i32;
+            if let Some(expected) = expected {
+                let drift = moved - expected;
+                let ahead = CLOCK_AHEAD.checked_mul(rate).unwrap_or(Duration::MAX);
+                let behind = CLOCK_BEHIND.checked_mul(rate).unwrap_or(Duration::MAX);
+                if drift > ahead || drift < -behind {
+                    jump = Some(format!(
+                        "the clock jumped {} by {} s between two sweeps (it moved {} s while {} s \
+                         of monotonic time passed{})",
+                        if drift > Duration::zero() {
+                            "forward"
+                        } else {
+                            "back"
+                        },
+                        drift.num_seconds().abs(),
+                        moved.num_seconds(),
+                        real.num_seconds(),
+                        if rate > 1 {
+                            format!(", at {rate}x")
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+            }
+        }
+        if jump.is_none()
+            && let Some(last) = last.filter(|last| now < *last - CLOCK_BEHIND)
+        {
+            jump = Some(format!(
+                "the clock reads {}, before the last sweep at {}: it went back",
+                now.to_rfc3339(),
+                last.to_rfc3339()
+            ));
+        }
+        let Some(reason) = jump else {
+            return Ok((None, last));
+        };
+        *lock(&inner.last_sweep) = None;
+        let held = reason.clone();
+        inner.db(move |s| s.hold_for_clock(&held, now)).await?;
+        Ok((Some(reason), last))
+    }
+
+    async fn sweep(&self, wait: bool) -> Result<TickReport, EngineError> {
         let _gate = self.gate.lock().await;
         let inner = &self.inner;
         // 1. Reconcile and resend.
         let mut report = self.work_due_unlocked().await?;
+        report.merge(&self.finished_trailing().await);
 
         // 2. Plan.
         if let Some(reason) = inner.db(|s| s.breaker()).await? {
@@ -299,11 +444,21 @@ impl Engine {
             tracing::warn!(%reason, "circuit breaker open: no new charges until an operator clears it");
             return Ok(report);
         }
+        let now = inner.clock.now();
+        let (held, since) = self.check_clock(now).await?;
+        if let Some(reason) = held {
+            report.clock_held = true;
+            tracing::error!(
+                %reason,
+                "clock hold: no new charges until an operator checks the clock and runs \
+                 `recurrentd clock ack --reason ...`"
+            );
+            return Ok(report);
+        }
         // 2 and 3, pipelined: intents are planned in small batches, each committed before it
         // is handed over, and sent while the next batch is planned. At most about two batches
         // wait to be sent (the planner blocks on the channel), so what is committed but not
         // yet sent stays small, as do the intents a crash would leave to be looked up.
-        let now = inner.clock.now();
         let calendar = inner.calendar;
         let policy = inner.policy.clone();
         let prefix = inner.prefix.clone();
@@ -315,6 +470,7 @@ impl Engine {
             plan_all(
                 &store,
                 now,
+                since,
                 &calendar,
                 &policy,
                 &prefix,
@@ -343,16 +499,53 @@ impl Engine {
             .await
             .map_err(|e| EngineError::Task(e.to_string()))?;
         let intents = u64::from(report.intents);
-        while let Some(joined) = tasks.join_next().await {
-            steps.extend(joined_step(joined));
-            progress.update(steps.len() as u64, Some(intents));
+        if wait {
+            while let Some(joined) = tasks.join_next().await {
+                steps.extend(joined_step(joined));
+                progress.update(steps.len() as u64, Some(intents));
+            }
+        } else if !tasks.is_empty() {
+            // The last sends go on by themselves; the next tick does not wait behind them.
+            lock(&inner.trailing).push(tokio::spawn(async move {
+                let mut steps = Vec::new();
+                while let Some(joined) = tasks.join_next().await {
+                    steps.extend(joined_step(joined));
+                }
+                steps
+            }));
         }
-        report.settled = planned?;
+        let (settled, jump) = planned?;
+        report.settled = settled;
+        match jump {
+            Some(reason) => {
+                // Nothing of that subscription was settled; no more is planned until an
+                // operator has looked at the clock.
+                tracing::error!(%reason, "clock hold: no new charges until an operator acknowledges the clock");
+                let at = now;
+                inner.db(move |s| s.hold_for_clock(&reason, at)).await?;
+                report.clock_held = true;
+            }
+            None => inner.db(move |s| s.set_last_sweep_at(now)).await?,
+        }
         for step in steps {
             report.add(step);
         }
         Ok(report)
     }
+}
+
+/// The steps of a finished trailing task (a panic is logged: its attempts are picked up again).
+fn trailing_steps(joined: Result<Vec<Step>, tokio::task::JoinError>) -> TickReport {
+    let mut report = TickReport::default();
+    match joined {
+        Ok(steps) => {
+            for step in steps {
+                report.add(step);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "the task finishing a tick's last sends failed"),
+    }
+    report
 }
 
 /// What a finished charge task gave; a failed one is logged, and its attempt is picked up
@@ -1227,23 +1420,26 @@ const PLAN_BATCH_SUBSCRIPTIONS: usize = 256;
 /// Plans every subscription the due sweep returns at `now`, in small write transactions of
 /// at most `max_intents` new intents (and [`PLAN_BATCH_SUBSCRIPTIONS`] subscriptions); each batch
 /// is handed to `ready` only once it is committed. Returns how many periods were settled
-/// without a charge.
+/// without a charge, and why planning stopped for the clock (see [`too_many_skipped`]), if it
+/// did.
 #[allow(clippy::too_many_arguments)]
 fn plan_all(
     store: &Mutex<Store>,
     now: DateTime<Utc>,
+    since: Option<DateTime<Utc>>,
     calendar: &Calendar,
     policy: &Policy,
     prefix: &str,
     stopping: &std::sync::atomic::AtomicBool,
     max_intents: usize,
     mut ready: impl FnMut(Vec<Job>) -> bool,
-) -> Result<u32, StoreError> {
+) -> Result<(u32, Option<String>), StoreError> {
     let ids = lock(store).plannable(now)?;
     let total = ids.len() as u64;
     let mut progress = Progress::new("planning due subscriptions");
     let mut done = 0u64;
     let mut settled = 0;
+    let mut jump = None;
     let mut ids = ids.iter().peekable();
     while ids.peek().is_some() {
         progress.update(done, Some(total));
@@ -1260,10 +1456,13 @@ fn plan_all(
                 if stopping.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }
-                let (job, n) = plan_one(&tx, id, now, calendar, policy, prefix)?;
+                let (job, n) = plan_one(&tx, id, now, since, &mut jump, calendar, policy, prefix)?;
                 jobs.extend(job);
                 settled += n;
                 planned += 1;
+                if jump.is_some() {
+                    break;
+                }
             }
             tx.commit()?;
             done += planned as u64;
@@ -1272,17 +1471,55 @@ fn plan_all(
         if !jobs.is_empty() && !ready(jobs) {
             break;
         }
+        if jump.is_some() {
+            break;
+        }
     }
-    Ok(settled)
+    Ok((settled, jump))
+}
+
+/// Why planning one subscription now would settle more than `max_skipped_periods` periods as
+/// skipped that fell due since the previous sweep (`since`): a clock that jumped forward, or a
+/// daemon down for a long time. Periods due before the previous sweep (a new subscription with
+/// an old start) are an ordinary catch-up and do not count.
+fn too_many_skipped(
+    id: &str,
+    plan: &billing::Plan,
+    now: DateTime<Utc>,
+    since: Option<DateTime<Utc>>,
+    calendar: &Calendar,
+    policy: &Policy,
+) -> Option<String> {
+    let since = since?;
+    let fresh: u32 = plan
+        .settled
+        .iter()
+        .filter(|s| matches!(s.outcome, SettledOutcome::Skipped(_)))
+        .filter(|s| calendar.due_instant(s.first_due_date) > since)
+        .map(|s| s.count())
+        .sum();
+    (fresh > policy.max_skipped_periods).then(|| {
+        format!(
+            "planning {id} at {} would skip {fresh} periods that fell due since the last sweep \
+             at {} (engine.max_skipped_periods = {}): the clock jumped forward, or the daemon was \
+             stopped that long",
+            now.to_rfc3339(),
+            since.to_rfc3339(),
+            policy.max_skipped_periods
+        )
+    })
 }
 
 /// Plans one subscription inside the batch's write transaction: settles what `billing::decide`
 /// settles, records at most one new intent, with the limits checked on the history read in the
 /// same transaction, and records when the due sweep must look at it again.
+#[allow(clippy::too_many_arguments)]
 fn plan_one(
     tx: &PlanTx<'_>,
     id: &str,
     now: DateTime<Utc>,
+    since: Option<DateTime<Utc>>,
+    jump: &mut Option<String>,
     calendar: &Calendar,
     policy: &Policy,
     prefix: &str,
@@ -1399,6 +1636,12 @@ fn plan_one(
     }
 
     let plan = billing::decide(terms, calendar, history.next_period, &history.charged, now);
+    if let Some(reason) = too_many_skipped(id, &plan, now, since, calendar, policy) {
+        // Nothing more of it is settled: its `next_plan_at` stays reached, and it is planned
+        // again once an operator has acknowledged the clock.
+        *jump = Some(reason);
+        return Ok((None, settled));
+    }
     for s in &plan.settled {
         let (state, kind) = match &s.outcome {
             SettledOutcome::Skipped(_) => (ChargeState::Skipped, event::PERIOD_SKIPPED),

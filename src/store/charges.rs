@@ -365,6 +365,10 @@ pub mod event {
     pub const PERIOD_FAILED: &str = "period_failed";
     pub const BREAKER_OPENED: &str = "breaker_opened";
     pub const BREAKER_CLEARED: &str = "breaker_cleared";
+    /// The engine's clock jumped (or a sweep would skip too many periods at once): no new
+    /// charges until an operator acknowledges the clock.
+    pub const CLOCK_JUMP: &str = "clock_jump";
+    pub const CLOCK_ACKNOWLEDGED: &str = "clock_acknowledged";
     pub const ATTENTION_CLEARED: &str = "attention_cleared";
     pub const ENROLLED: &str = "enrolled";
     pub const ADHOC_REQUESTED: &str = "adhoc_requested";
@@ -767,6 +771,84 @@ impl Store {
             },
             now,
         )
+    }
+
+    /// Why new charges are stopped for the clock, if they are (`meta.clock_hold`).
+    pub fn clock_hold(&self) -> Result<Option<String>, StoreError> {
+        cached_query_row(
+            &self.conn,
+            "SELECT value FROM meta WHERE key = 'clock_hold'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .ctx(&self.path, "reading the clock hold")
+    }
+
+    /// Stops new charges until an operator acknowledges the clock (idempotent: the first
+    /// reason stays), with a ledger event.
+    pub fn hold_for_clock(&mut self, reason: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.change_with_event(
+            "stopping new charges for a clock jump",
+            "INSERT INTO meta (key, value) VALUES ('clock_hold', ?1) ON CONFLICT (key) DO NOTHING",
+            [reason],
+            None,
+            Event {
+                kind: event::CLOCK_JUMP,
+                detail: json!({ "reason": reason }),
+            },
+            now,
+        )
+        .map(|_| ())
+    }
+
+    /// The operator's word that the clock is right now: the hold is lifted and the last sweep's
+    /// instant forgotten (the next sweep starts from the clock as it is).
+    pub fn acknowledge_clock(
+        &mut self,
+        by: &str,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.change_with_event(
+            "acknowledging the clock",
+            "DELETE FROM meta WHERE key IN ('clock_hold', 'last_sweep_at')",
+            [],
+            None,
+            Event {
+                kind: event::CLOCK_ACKNOWLEDGED,
+                detail: json!({ "by": by, "why": why }),
+            },
+            now,
+        )
+    }
+
+    /// The engine clock's instant at the latest sweep that planned, if any.
+    pub fn last_sweep_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let text: Option<String> = cached_query_row(
+            &self.conn,
+            "SELECT value FROM meta WHERE key = 'last_sweep_at'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .ctx(&self.path, "reading the last sweep's instant")?;
+        text.map(|t| super::parse_timestamp(&self.path, "meta.last_sweep_at", &t))
+            .transpose()
+    }
+
+    /// Records the instant of a sweep that planned; never moves it back.
+    pub fn set_last_sweep_at(&mut self, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.require_write("recording the sweep's instant")?;
+        let at = timestamp(at);
+        cached_execute(
+            &self.conn,
+            "INSERT INTO meta (key, value) VALUES ('last_sweep_at', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+            [at],
+        )
+        .ctx(&self.path, "recording the sweep's instant")
+        .map(|_| ())
     }
 
     /// Why a subscription waits for an operator, if it does.

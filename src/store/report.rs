@@ -124,6 +124,8 @@ pub struct StatusReport {
     pub oldest_unresolved: Option<String>,
     /// Why new charges are stopped, if the circuit breaker is open.
     pub breaker: Option<String>,
+    /// Why new charges are stopped for the clock (a jump), until `recurrentd clock ack`.
+    pub clock_hold: Option<String>,
     pub needs_attention: Vec<Attention>,
 }
 
@@ -409,6 +411,7 @@ impl Store {
             .ctx(&self.path, what)?
             .flatten();
         let breaker = self.breaker()?;
+        let clock_hold = self.clock_hold()?;
         let mut needs_attention = Vec::new();
         let mut statement = self
             .conn
@@ -463,6 +466,7 @@ impl Store {
             periods,
             oldest_unresolved,
             breaker,
+            clock_hold,
             needs_attention,
         })
     }
