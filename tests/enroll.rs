@@ -626,3 +626,79 @@ async fn an_enrolled_subscription_is_charged_on_schedule_by_a_rehearsal_run() {
             .any(|e| e.kind == "enrolled" && e.detail["subscription"] == "acme-3001")
     );
 }
+
+/// Issue 12, item 9: `enroll` records the agreed limits with the enrolment, so the daemon's
+/// schedule sync refuses an edit of them (and of the bill number or currency) before the
+/// subscription's first charge, naming the file, line and field; the file as enrolled is
+/// accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolment_holds_its_agreed_terms_before_the_first_charge() {
+    use recurrentd::store::{Access, FileOutcome, Store};
+
+    let key = rsa_key();
+    let sandbox = start(sandbox_config()).await;
+    let setup = setup(&sandbox.url(), false, &key);
+    let max = max_date().to_string();
+    let out = recurrentd(&setup, &enroll_args("acme-4001", VISA_1234, &max)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let schedules = setup.dir.path().join("schedules");
+    let file = schedules.join("enrolled-acme-4001.toml");
+    let written = std::fs::read_to_string(&file).unwrap();
+    let line = written
+        .lines()
+        .position(|l| l == "[[subscription]]")
+        .unwrap()
+        + 1;
+
+    let sync = || {
+        let mut store = Store::open(&setup.dir.path().join("recurrentd.db"), Access::Daemon)
+            .expect("the daemon's store");
+        let report = recurrentd::schedule::load_dir(&schedules).unwrap();
+        store.sync_schedules(&report, Utc::now()).unwrap()
+    };
+    for (from, to, field) in [
+        (
+            "max_amount = \"1000.00\"",
+            "max_amount = \"2000.00\"",
+            "limits.max_amount",
+        ),
+        (
+            "min_amount = \"100.00\"",
+            "min_amount = \"50.00\"",
+            "limits.min_amount",
+        ),
+        ("period_days = 28", "period_days = 7", "limits.period_days"),
+        (
+            &format!("max_date = {max}"),
+            "max_date = 2099-01-01",
+            "limits.max_date",
+        ),
+    ] {
+        std::fs::write(&file, written.replace(from, to)).unwrap();
+        let summary = sync();
+        let diagnostics: Vec<String> = match summary.outcome("enrolled-acme-4001.toml") {
+            Some(FileOutcome::Refused { diagnostics }) => {
+                diagnostics.iter().map(ToString::to_string).collect()
+            }
+            other => panic!("{field}: {other:?}"),
+        };
+        let expected = format!(
+            "{}:{line}:1: {field}: subscription acme-4001 was enrolled with the terms",
+            file.display()
+        );
+        assert!(
+            diagnostics.len() == 1 && diagnostics[0].starts_with(&expected),
+            "{field}: {diagnostics:?}"
+        );
+    }
+    std::fs::write(&file, &written).unwrap();
+    let summary = sync();
+    assert!(
+        matches!(
+            summary.outcome("enrolled-acme-4001.toml"),
+            Some(FileOutcome::Applied(changes)) if changes.added == ["acme-4001"]
+        ),
+        "{summary:?}"
+    );
+    sandbox.shutdown().await;
+}

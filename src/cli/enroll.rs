@@ -176,7 +176,7 @@ pub fn run(config: &Config, args: &EnrollArgs) -> u8 {
 
     // The initial payment goes into the ledger before the schedule file is written: the money
     // was taken whether or not the file can be written, and the period limit counts from it.
-    let recorded = record_in_ledger(config, &enrolment);
+    let recorded = record_in_ledger(config, &enrolment, &sub.terms.limits);
     // The schedule file is written either way: the customer paid and agreed.
     let code = write_and_print(args, &plan, &enrolment);
     match recorded {
@@ -188,17 +188,18 @@ pub fn run(config: &Config, args: &EnrollArgs) -> u8 {
 /// Records the enrolment's initial payment in the ledger (the database was found before paying).
 /// A failure is reported and makes the command fail: the payment was taken, and the operator must
 /// know that the ledger does not show it.
-fn record_in_ledger(config: &Config, enrolment: &Enrolment) -> Result<(), Exit> {
+fn record_in_ledger(config: &Config, enrolment: &Enrolment, limits: &Limits) -> Result<(), Exit> {
     crate::store::Store::open(&config.database.path, crate::store::Access::Write)
         .and_then(|mut store| {
-            store.record_enrolment(
-                &enrolment.subscription,
-                &enrolment.order_number,
-                &enrolment.bill_number,
-                enrolment.amount,
-                enrolment.currency,
-                enrolment.at,
-            )
+            store.record_enrolment(&crate::store::EnrolmentRecord {
+                subscription_id: enrolment.subscription.clone(),
+                order_number: enrolment.order_number.clone(),
+                bill_number: enrolment.bill_number.clone(),
+                amount: enrolment.amount,
+                currency: enrolment.currency,
+                limits: *limits,
+                at: enrolment.at,
+            })
         })
         .map_err(|error| {
             eprintln!(

@@ -16,7 +16,7 @@ use super::{
     Context, Store, StoreError, StoredSubscription, cached_execute, cached_query_row, date_text,
     parse_date, parse_timestamp, timestamp,
 };
-use crate::billing::Revisit;
+use crate::billing::{Limits, Revisit};
 use crate::money::{Currency, Money};
 
 /// Where an attempt stands.
@@ -1075,6 +1075,76 @@ fn charged_instants(
     Ok(out)
 }
 
+/// An enrolment's verified initial payment (`recurrentd enroll`), as the store records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolmentRecord {
+    pub subscription_id: String,
+    pub order_number: String,
+    /// The agreement's billnumber at Assist.
+    pub bill_number: String,
+    pub amount: Money,
+    pub currency: Currency,
+    /// The limits sent with the initial payment: what the customer agreed to.
+    pub limits: Limits,
+    /// When the initial payment was sent.
+    pub at: DateTime<Utc>,
+}
+
+/// Inserts an enrolment with its ledger event, and has its subscription planned again (its
+/// history changed), inside the caller's transaction.
+pub(super) fn insert_enrolment(
+    tx: &rusqlite::Connection,
+    path: &Path,
+    enrolment: &EnrolmentRecord,
+) -> Result<(), StoreError> {
+    let what = "recording an enrolment";
+    let limits = &enrolment.limits;
+    cached_execute(
+        tx,
+        "INSERT INTO enrolments (subscription_id, order_number, bill_number, amount_cents, \
+         currency, at, min_cents, max_cents, period_days, max_date) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            enrolment.subscription_id,
+            enrolment.order_number,
+            enrolment.bill_number,
+            enrolment.amount.cents(),
+            enrolment.currency.as_str(),
+            timestamp(enrolment.at),
+            limits.min_amount.map(Money::cents),
+            limits.max_amount.map(Money::cents),
+            limits.period_days.map(i64::from),
+            limits.max_date.map(date_text),
+        ],
+    )
+    .ctx(path, what)?;
+    let event = Event {
+        kind: event::ENROLLED,
+        detail: json!({
+            "subscription": enrolment.subscription_id,
+            "order_number": enrolment.order_number,
+            "bill_number": enrolment.bill_number,
+            "amount": enrolment.amount.to_string(),
+            "currency": enrolment.currency.as_str(),
+            "limits": {
+                "min_amount": limits.min_amount.map(|m| m.to_string()),
+                "max_amount": limits.max_amount.map(|m| m.to_string()),
+                "period_days": limits.period_days,
+                "max_date": limits.max_date.map(date_text),
+            },
+        }),
+    };
+    append(tx, path, &timestamp(enrolment.at), None, None, &event)?;
+    // Its history changed: planned again at the next sweep (if its row exists yet).
+    cached_execute(
+        tx,
+        "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
+        [&enrolment.subscription_id],
+    )
+    .ctx(path, what)?;
+    Ok(())
+}
+
 impl Store {
     /// Whether a subscription id was used by an enrolment.
     pub fn enrolment_exists(&self, subscription_id: &str) -> Result<bool, StoreError> {
@@ -1088,16 +1158,9 @@ impl Store {
     }
 
     /// Records an enrolment's verified initial payment, so that the agreement's period limit
-    /// counts from it, with a ledger event.
-    pub fn record_enrolment(
-        &mut self,
-        subscription_id: &str,
-        order_number: &str,
-        bill_number: &str,
-        amount: Money,
-        currency: Currency,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    /// counts from it and schedule sync holds the subscription to the terms it agreed to (bill
+    /// number, currency, limits), with a ledger event.
+    pub fn record_enrolment(&mut self, enrolment: &EnrolmentRecord) -> Result<(), StoreError> {
         self.require_write("recording an enrolment")?;
         let what = "recording an enrolment";
         let path = self.path.clone();
@@ -1105,38 +1168,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx(&path, what)?;
-        cached_execute(
-            &tx,
-            "INSERT INTO enrolments (subscription_id, order_number, bill_number, amount_cents, \
-             currency, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                subscription_id,
-                order_number,
-                bill_number,
-                amount.cents(),
-                currency.as_str(),
-                timestamp(at)
-            ],
-        )
-        .ctx(&path, what)?;
-        let event = Event {
-            kind: event::ENROLLED,
-            detail: json!({
-                "subscription": subscription_id,
-                "order_number": order_number,
-                "bill_number": bill_number,
-                "amount": amount.to_string(),
-                "currency": currency.as_str(),
-            }),
-        };
-        append(&tx, &path, &timestamp(at), None, None, &event)?;
-        // Its history changed: planned again at the next sweep (if its row exists yet).
-        cached_execute(
-            &tx,
-            "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
-            [subscription_id],
-        )
-        .ctx(&path, what)?;
+        insert_enrolment(&tx, &path, enrolment)?;
         tx.commit().ctx(&path, what)
     }
 }

@@ -39,8 +39,8 @@ use crate::config::CatchUp;
 use crate::money::{Currency, Money};
 
 pub use charges::{
-    AdhocCharge, AttemptChange, AttemptState, ChargeChange, ChargeState, Event, Flag, History, Job,
-    OpenCharge, PeriodRow, PlanTx, Purpose, event, flag,
+    AdhocCharge, AttemptChange, AttemptState, ChargeChange, ChargeState, EnrolmentRecord, Event,
+    Flag, History, Job, OpenCharge, PeriodRow, PlanTx, Purpose, event, flag,
 };
 pub use overview::{LastOutcome, PeriodPosition, SubscriptionOverview};
 pub use report::{

@@ -14,6 +14,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ADHOC_CHARGES,
     DUE_SWEEP_INDEX,
     SECOND_PASS,
+    ENROLMENT_TERMS,
 ];
 
 const MIGRATION_1: &str = r#"
@@ -242,4 +243,16 @@ UPDATE attempts SET seen_at = updated_at, next_check_at = NULL WHERE state = 'qu
 DROP INDEX attempts_unresolved;
 CREATE INDEX attempts_unresolved ON attempts (next_check_at)
     WHERE state IN ('pending', 'not_sent', 'unknown', 'parked', 'quarantined');
+"#;
+
+/// The limits the customer agreed to at the enrolment's initial payment (RecurringMinAmount,
+/// RecurringMaxAmount, RecurringPeriod, RecurringMaxDate), beside its currency and bill number:
+/// schedule sync refuses a file that changes any of them for an enrolled subscription, even
+/// before its first charge. Enrolments recorded before this version have NULL limits; for those
+/// the guard falls back to the subscription's stored terms.
+const ENROLMENT_TERMS: &str = r#"
+ALTER TABLE enrolments ADD COLUMN min_cents INTEGER CHECK (min_cents > 0);
+ALTER TABLE enrolments ADD COLUMN max_cents INTEGER CHECK (max_cents > 0);
+ALTER TABLE enrolments ADD COLUMN period_days INTEGER CHECK (period_days BETWEEN 1 AND 999);
+ALTER TABLE enrolments ADD COLUMN max_date TEXT;
 "#;
