@@ -151,8 +151,15 @@ pub enum Command {
     /// falls due within period_days after it is deferred or skipped. Exit 0 queued or already requested; 1 refused (limits, unknown subscription,
     /// reference used for another amount).
     ///
-    /// Example:
+    /// A request the daemon has not made within engine.adhoc_max_age_hours (default 24) of
+    /// being queued is closed as failed instead of being charged late (ledger event
+    /// adhoc_expired). --cancel REF closes a queued request before the daemon makes its attempt
+    /// (ledger event adhoc_cancelled, with your user name and --reason); it is refused (exit 1)
+    /// once an attempt was sent or is being sent, or when the request is already settled.
+    ///
+    /// Examples:
     ///   recurrentd charge acme-1001 --amount 250.00 --reference TICKET-4711 --reason "top-up"
+    ///   recurrentd charge acme-1001 --cancel TICKET-4711 --reason "customer changed their mind"
     #[command(verbatim_doc_comment)]
     Charge(ChargeArgs),
 

@@ -40,7 +40,9 @@ use crate::store::{
     Store, StoreError, event, flag,
 };
 
-pub use adhoc::{AdhocError, AdhocRequest, Queued, queue_adhoc};
+pub use adhoc::{
+    AdhocError, AdhocRequest, CancelError, CancelRequest, Queued, cancel_adhoc, queue_adhoc,
+};
 pub use pacer::Pacer;
 
 use adhoc::plan_adhoc;
@@ -105,6 +107,8 @@ pub struct Policy {
     pub max_attempts_per_30_days: u32,
     pub breaker_failures: u32,
     pub breaker_window: Duration,
+    /// An ad-hoc charge not sent this long after it was requested is closed as failed.
+    pub adhoc_max_age: Duration,
 }
 
 impl From<&EngineConfig> for Policy {
@@ -116,6 +120,7 @@ impl From<&EngineConfig> for Policy {
             max_attempts_per_30_days: c.max_attempts_per_30_days,
             breaker_failures: c.breaker_failures,
             breaker_window: Duration::minutes(i64::from(c.breaker_window_minutes)),
+            adhoc_max_age: Duration::hours(i64::from(c.adhoc_max_age_hours)),
         }
     }
 }

@@ -201,6 +201,8 @@ pub struct OpenCharge {
     pub attempts: u32,
     /// Whether one of its attempts is still live (pending, unknown, ...).
     pub live_attempt: bool,
+    /// When the row was made (engine clock): the period opened, or the ad-hoc charge requested.
+    pub created_at: DateTime<Utc>,
 }
 
 /// What the engine needs to decide about one subscription.
@@ -261,12 +263,19 @@ pub struct PeriodRow {
 /// An ad-hoc charge as `recurrentd charge` finds it when its reference was used before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdhocCharge {
+    /// The `charges` row.
+    pub charge_id: i64,
     pub amount: Money,
     pub currency: Currency,
     pub state: ChargeState,
     pub reason: Option<String>,
     /// The latest attempt's OrderNumber, once the daemon made one.
     pub order_number: Option<String>,
+    /// The latest attempt's state, once the daemon made one.
+    pub attempt_state: Option<AttemptState>,
+    /// Whether an attempt of it has charged or may have (pending, not sent, unknown, parked,
+    /// approved, quarantined): then it has been sent, or is about to be.
+    pub live_attempt: bool,
 }
 
 /// A ledger event to append with a change.
@@ -368,6 +377,10 @@ pub mod event {
     pub const ATTENTION_CLEARED: &str = "attention_cleared";
     pub const ENROLLED: &str = "enrolled";
     pub const ADHOC_REQUESTED: &str = "adhoc_requested";
+    /// An operator cancelled an ad-hoc charge before it was sent (`charge --cancel`).
+    pub const ADHOC_CANCELLED: &str = "adhoc_cancelled";
+    /// An ad-hoc charge still not sent after `engine.adhoc_max_age_hours` was closed as failed.
+    pub const ADHOC_EXPIRED: &str = "adhoc_expired";
     /// An operator attested, after checking the gateway, that a parked attempt was paid (not
     /// verified by recurrentd: no checkvalue).
     pub const ATTESTED_PAID: &str = "charge_attested_paid";
@@ -1202,7 +1215,8 @@ const OPEN_CHARGE_COLUMNS: &str = "c.id, c.period, c.reference, c.due_date, c.am
     c.currency, c.bill_number, c.next_attempt_at, \
     (SELECT count(*) FROM attempts a WHERE a.charge_id = c.id), \
     EXISTS (SELECT 1 FROM attempts a WHERE a.charge_id = c.id AND a.state IN \
-        ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined'))";
+        ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')), \
+    c.created_at";
 
 type OpenChargeRow = (
     i64,
@@ -1215,6 +1229,7 @@ type OpenChargeRow = (
     Option<String>,
     i64,
     bool,
+    String,
 );
 
 fn open_charge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpenChargeRow> {
@@ -1222,7 +1237,7 @@ fn open_charge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpenChargeRow> {
 }
 
 fn decode_open_charge(path: &Path, row: OpenChargeRow) -> Result<OpenCharge, StoreError> {
-    let (id, period, reference, due, cents, currency, bill, next, attempts, live) = row;
+    let (id, period, reference, due, cents, currency, bill, next, attempts, live, created) = row;
     Ok(OpenCharge {
         id,
         purpose: Purpose::from_columns(path, period, reference)?,
@@ -1237,6 +1252,7 @@ fn decode_open_charge(path: &Path, row: OpenChargeRow) -> Result<OpenCharge, Sto
             .transpose()?,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         live_attempt: live,
+        created_at: parse_timestamp(path, "charges.created_at", &created)?,
     })
 }
 
@@ -1393,6 +1409,7 @@ impl PlanTx<'_> {
             next_attempt_at: None,
             attempts: 0,
             live_attempt: false,
+            created_at: self.now,
         })
     }
 
@@ -1522,7 +1539,12 @@ impl PlanTx<'_> {
             .query_row(
                 "SELECT c.amount_cents, c.currency, c.state, c.reason, \
                  (SELECT a.order_number FROM attempts a WHERE a.charge_id = c.id \
-                  ORDER BY a.attempt DESC LIMIT 1) \
+                  ORDER BY a.attempt DESC LIMIT 1), \
+                 (SELECT a.state FROM attempts a WHERE a.charge_id = c.id \
+                  ORDER BY a.attempt DESC LIMIT 1), \
+                 EXISTS (SELECT 1 FROM attempts a WHERE a.charge_id = c.id AND a.state IN \
+                     ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')), \
+                 c.id \
                  FROM charges c WHERE c.subscription_id = ?1 AND c.reference = ?2",
                 params![subscription_id, reference],
                 |row| {
@@ -1532,23 +1554,36 @@ impl PlanTx<'_> {
                         row.get::<_, String>(2)?,
                         row.get::<_, Option<String>>(3)?,
                         row.get::<_, Option<String>>(4)?,
+                        row.get::<_, Option<String>>(5)?,
+                        row.get::<_, bool>(6)?,
+                        row.get::<_, i64>(7)?,
                     ))
                 },
             )
             .optional()
             .ctx(path, what)?
-            .map(|(cents, currency, state, reason, order_number)| {
-                Ok(AdhocCharge {
-                    amount: Money::from_cents(cents)
-                        .ok_or_else(|| corrupt(path, "charges.amount_cents", cents))?,
-                    currency: Currency::parse(&currency)
-                        .map_err(|_| corrupt(path, "charges.currency", &currency))?,
-                    state: ChargeState::parse(&state)
-                        .ok_or_else(|| corrupt(path, "charges.state", &state))?,
-                    reason,
-                    order_number,
-                })
-            })
+            .map(
+                |(cents, currency, state, reason, order_number, attempt_state, live, id)| {
+                    Ok(AdhocCharge {
+                        charge_id: id,
+                        amount: Money::from_cents(cents)
+                            .ok_or_else(|| corrupt(path, "charges.amount_cents", cents))?,
+                        currency: Currency::parse(&currency)
+                            .map_err(|_| corrupt(path, "charges.currency", &currency))?,
+                        state: ChargeState::parse(&state)
+                            .ok_or_else(|| corrupt(path, "charges.state", &state))?,
+                        reason,
+                        order_number,
+                        attempt_state: attempt_state
+                            .map(|s| {
+                                AttemptState::parse(&s)
+                                    .ok_or_else(|| corrupt(path, "attempts.state", &s))
+                            })
+                            .transpose()?,
+                        live_attempt: live,
+                    })
+                },
+            )
             .transpose()
     }
 
