@@ -301,6 +301,57 @@ async fn every_way_an_enrolment_can_fail_is_classified() {
     sandbox.shutdown().await;
 }
 
+/// Issue 12, item 13: a fault that says the payment was declined (or refused for its values)
+/// carries no check value, so it is believed only once a verified order-status answer agrees:
+/// no such order (117) confirms it; the order paid (217) is an enrolment after all; the order
+/// In Process (317) leaves the outcome unknown.
+#[tokio::test]
+async fn a_decline_fault_is_believed_only_once_the_order_status_confirms_it() {
+    let sandbox = start(sandbox_config()).await;
+    let client = client(&sandbox.url());
+    let pay = |order: &'static str, token: String| {
+        let client = &client;
+        async move { client.token_pay(&request(order, "5555", &token)).await }
+    };
+
+    let reply = pay("d-117", magic("117")).await;
+    assert!(
+        matches!(&reply.outcome, TokenPayOutcome::Declined(d) if d.code == "firstcode 17/secondcode 0"),
+        "{}",
+        reply.outcome
+    );
+    assert!(reply.confirmed_by_status && !reply.seen);
+
+    let reply = pay("d-217", magic("217")).await;
+    let bill = enrolled(&reply).to_string();
+    assert!(reply.confirmed_by_status && reply.seen);
+    assert!(sandbox.book().agreements.contains_key(&bill));
+
+    let reply = pay("d-317", magic("317")).await;
+    assert!(
+        matches!(&reply.outcome, TokenPayOutcome::Unknown(why)
+            if why.contains("firstcode 17/secondcode 0") && why.contains("In Process")),
+        "{}",
+        reply.outcome
+    );
+    assert!(reply.confirmed_by_status && reply.seen);
+
+    // A refusal of this request's values (no such token) is confirmed the same way.
+    let reply = client
+        .token_pay(&request("d-token", "1001", VISA_1234))
+        .await;
+    assert!(
+        matches!(
+            reply.outcome,
+            TokenPayOutcome::Rejected { config: false, .. }
+        ),
+        "{}",
+        reply.outcome
+    );
+    assert!(reply.confirmed_by_status);
+    sandbox.shutdown().await;
+}
+
 // --- The real binary ------------------------------------------------------------------------
 
 struct Setup {
