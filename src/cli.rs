@@ -270,9 +270,14 @@ pub enum Command {
     /// amount, currency, test mode) or confirmed by an order-status query. Only an approved
     /// payment writes the subscription (bill_number from the gateway, start one period from
     /// today), atomically, to --schedule-file (default <schedules.dir>/enrolled-<id>.toml).
-    /// Asks for confirmation unless --yes. Exit 0 enrolled; 1 declined, the customer must act
-    /// (3-D Secure, CVC) or invalid input; 69 unknown outcome (do not retry: check the order at
-    /// the gateway); 78 configuration.
+    /// Asks for confirmation unless --yes. The attempt is recorded as pending in the database
+    /// before the request is sent; running the same command again (same --id) first looks that
+    /// order up at the gateway and never sends it again: approved, it is enrolled; declined, or
+    /// not filed after engine.settle_minutes, a new attempt is made under a new order number;
+    /// otherwise nothing happens (exit 69). The schedule file is locked while enroll runs: a
+    /// second enroll on the same file fails at once. Exit 0 enrolled; 1 declined, the customer
+    /// must act (3-D Secure, CVC), invalid input, or the file is locked; 69 unknown outcome (run
+    /// the same command again later; never with another id or order number); 78 configuration.
     ///
     /// Example:
     ///   recurrentd enroll --id acme-2001 --customer 1234 \

@@ -382,7 +382,8 @@ fn setup(url: &str, sign: bool, key: &RsaPrivateKey) -> Setup {
     }
 }
 
-async fn recurrentd(setup: &Setup, args: &[&str]) -> Output {
+/// The binary with this setup's config and secrets.
+fn command(setup: &Setup, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_recurrentd"));
     command
         .arg("--config")
@@ -393,6 +394,11 @@ async fn recurrentd(setup: &Setup, args: &[&str]) -> Output {
         .env("RECURRENTD_SECRET_PASSWORD", PASSWORD)
         .env("RECURRENTD_SECRET_SALT", SALT)
         .env("RECURRENTD_SECRET_PRIVATE_KEY", &setup.key_pem);
+    command
+}
+
+async fn recurrentd(setup: &Setup, args: &[&str]) -> Output {
+    let mut command = command(setup, args);
     tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
         .unwrap()
@@ -429,10 +435,12 @@ fn enroll_args<'a>(id: &'a str, token: &'a str, max_date: &'a str) -> Vec<&'a st
     ]
 }
 
+/// The schedule files (not the hidden `.NAME.lock` files `enroll` locks them with).
 fn schedule_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir.join("schedules"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
         .collect();
     names.sort();
     names
@@ -750,6 +758,310 @@ async fn an_enrolment_holds_its_agreed_terms_before_the_first_charge() {
             Some(FileOutcome::Applied(changes)) if changes.added == ["acme-4001"]
         ),
         "{summary:?}"
+    );
+    sandbox.shutdown().await;
+}
+
+// --- Issue 12, item 13: enrolment safety -----------------------------------------------------
+
+fn store_of(setup: &Setup) -> recurrentd::store::Store {
+    recurrentd::store::Store::open(
+        &setup.dir.path().join("recurrentd.db"),
+        recurrentd::store::Access::Write,
+    )
+    .unwrap()
+}
+
+fn ledger_kinds(setup: &Setup) -> Vec<String> {
+    store_of(setup)
+        .ledger(None)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+/// A pending enrolment is recorded before the request is sent, and a rerun looks its order up
+/// (verified order status) instead of sending it again: still In Process, it says so and sends
+/// nothing (69); approved, it books and writes the attempt's subscription (0). Sandbox token
+/// 317: a decline-type fault whose order is In Process (then approved): the fault alone never
+/// says "nothing was charged".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_looks_the_pending_order_up_and_never_sends_it_again() {
+    let key = rsa_key();
+    let sandbox = start(sandbox_config()).await;
+    let setup = setup(&sandbox.url(), false, &key);
+    let max = max_date().to_string();
+    let token = magic("317");
+    let args = enroll_args("acme-5001", &token, &max);
+
+    let out = recurrentd(&setup, &args).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    for says in [
+        "UNKNOWN",
+        "firstcode 17/secondcode 0",
+        "In Process",
+        "Order enrol-acme-5001 is kept as a pending enrolment",
+        "no schedule file was written",
+    ] {
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
+    // Never told that nothing was charged (as the fault alone would have it).
+    assert!(
+        !stderr.contains("nothing was charged (") && !stderr.contains("Nothing was charged."),
+        "{stderr}"
+    );
+    let pending = store_of(&setup)
+        .pending_enrolment("acme-5001")
+        .unwrap()
+        .expect("the attempt is pending");
+    assert_eq!(pending.order_number, "enrol-acme-5001");
+    assert_eq!(pending.amount, money("499.00"));
+    assert_eq!(pending.max_amount, money("1000.00"));
+    assert_eq!(pending.period_days, 28);
+    assert!(pending.seen, "the gateway showed the order In Process");
+    assert!(ledger_kinds(&setup).contains(&"enrolment_pending".to_string()));
+
+    // Reruns: looked up, never sent again, until the order settles approved.
+    let mut reruns = 0;
+    let out = loop {
+        let out = recurrentd(&setup, &args).await;
+        reruns += 1;
+        assert_eq!(sandbox.book().token_payments.len(), 1, "sent once");
+        if out.status.code() == Some(0) || reruns == 5 {
+            break out;
+        }
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(69), "{stderr}");
+        assert!(
+            stderr.contains("has a pending enrolment: order enrol-acme-5001")
+                && stderr.contains("is still In Process at the gateway")
+                && stderr.contains("Nothing was sent"),
+            "{stderr}"
+        );
+    };
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(reruns >= 2, "In Process at first: {reruns}");
+    assert!(
+        stderr.contains("order enrol-acme-5001 is APPROVED (verified)"),
+        "{stderr}"
+    );
+    let bill = sandbox.book().orders[0].bill_base.clone();
+    let written =
+        std::fs::read_to_string(setup.dir.path().join("schedules/enrolled-acme-5001.toml"))
+            .unwrap();
+    assert!(
+        written.contains(&format!("bill_number = \"{bill}\""))
+            && written.contains("max_amount = \"1000.00\""),
+        "{written}"
+    );
+    let store = store_of(&setup);
+    assert!(store.enrolment_exists("acme-5001").unwrap());
+    assert!(store.pending_enrolment("acme-5001").unwrap().is_none());
+    assert!(ledger_kinds(&setup).contains(&"enrolled".to_string()));
+    // And once more: the id is taken now; nothing is sent.
+    let out = recurrentd(&setup, &args).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(sandbox.book().token_payments.len(), 1);
+    sandbox.shutdown().await;
+}
+
+/// A decline-type fault is "nothing was charged" only once the order's status confirms it
+/// (117: no such order); the attempt is closed and a rerun makes a new attempt under a new order
+/// number. A fault whose order was in fact paid (217) is an enrolment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decline_fault_is_confirmed_before_nothing_charged_and_a_new_attempt_follows() {
+    let key = rsa_key();
+    let sandbox = start(sandbox_config()).await;
+    let setup = setup(&sandbox.url(), false, &key);
+    let max = max_date().to_string();
+
+    let out = recurrentd(&setup, &enroll_args("acme-5002", &magic("117"), &max)).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("declined (firstcode 17/secondcode 0")
+            && stderr.contains("nothing was charged (the gateway's order status confirms it)"),
+        "{stderr}"
+    );
+    let store = store_of(&setup);
+    assert!(store.pending_enrolment("acme-5002").unwrap().is_none());
+    let closed = store.enrolment_attempt("enrol-acme-5002").unwrap().unwrap();
+    assert_eq!(closed.state.as_str(), "declined");
+    drop(store);
+    assert!(ledger_kinds(&setup).contains(&"enrolment_not_charged".to_string()));
+
+    // The customer fixed the card: the same command with it, a new order number.
+    let out = recurrentd(&setup, &enroll_args("acme-5002", VISA_1234, &max)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let book = sandbox.book();
+    let orders: Vec<_> = book
+        .token_payments
+        .iter()
+        .map(|p| p.order_number.as_str())
+        .collect();
+    assert_eq!(orders, ["enrol-acme-5002", "enrol-acme-5002-2"]);
+    drop(book);
+    // An order number once used is never sent again, even named explicitly.
+    let mut args = enroll_args("acme-5009", VISA_1234, &max);
+    args.extend(["--order-number", "enrol-acme-5002"]);
+    let out = recurrentd(&setup, &args).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("order enrol-acme-5002 was already used"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(sandbox.book().token_payments.len(), 2);
+
+    // 217: the fault says declined, the gateway holds the payment: enrolled.
+    let out = recurrentd(&setup, &enroll_args("acme-5003", &magic("217"), &max)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(store_of(&setup).enrolment_exists("acme-5003").unwrap());
+    assert!(
+        setup
+            .dir
+            .path()
+            .join("schedules/enrolled-acme-5003.toml")
+            .exists()
+    );
+    sandbox.shutdown().await;
+}
+
+/// A pending attempt left by a run that stopped before its request left (or whose request the
+/// gateway never filed): within the settle window a rerun sends nothing and says when to try
+/// again; after it, not found (and never seen) closes it and a new attempt is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_order_the_gateway_never_filed_allows_a_new_attempt_after_the_settle_window() {
+    use recurrentd::store::{EnrolmentAttempt, EnrolmentState};
+
+    let key = rsa_key();
+    let sandbox = start(sandbox_config()).await;
+    let setup = setup(&sandbox.url(), false, &key);
+    let max = max_date().to_string();
+    let seed = |id: &str, ago: chrono::Duration| EnrolmentAttempt {
+        order_number: format!("enrol-{id}"),
+        subscription_id: id.to_string(),
+        state: EnrolmentState::Pending,
+        customer: "1234".into(),
+        amount: money("499.00"),
+        currency: Currency::parse("RUB").unwrap(),
+        cadence: "1 month".into(),
+        start: Utc::now().date_naive() + Days::new(31),
+        min_amount: money("100.00"),
+        max_amount: money("1000.00"),
+        period_days: 28,
+        max_date: max_date(),
+        created_at: Utc::now() - ago,
+        seen: false,
+        bill_number: None,
+        reason: None,
+    };
+    let mut store = store_of(&setup);
+    store
+        .record_pending_enrolment(&seed("acme-6001", chrono::Duration::minutes(2)))
+        .unwrap();
+    store
+        .record_pending_enrolment(&seed("acme-6002", chrono::Duration::hours(2)))
+        .unwrap();
+    drop(store);
+
+    let out = recurrentd(&setup, &enroll_args("acme-6001", VISA_1234, &max)).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains("does not show order enrol-acme-6001 yet")
+            && stderr.contains("run again after")
+            && stderr.contains("Nothing was sent"),
+        "{stderr}"
+    );
+    assert!(sandbox.book().token_payments.is_empty());
+    assert!(
+        store_of(&setup)
+            .pending_enrolment("acme-6001")
+            .unwrap()
+            .is_some()
+    );
+
+    let out = recurrentd(&setup, &enroll_args("acme-6002", VISA_1234, &max)).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("order enrol-acme-6002: the gateway has no such order"),
+        "{stderr}"
+    );
+    let book = sandbox.book();
+    assert_eq!(book.token_payments.len(), 1);
+    assert_eq!(book.token_payments[0].order_number, "enrol-acme-6002-2");
+    let closed = store_of(&setup)
+        .enrolment_attempt("enrol-acme-6002")
+        .unwrap()
+        .unwrap();
+    assert_eq!(closed.state, EnrolmentState::NotFound);
+    sandbox.shutdown().await;
+}
+
+/// The schedule file is locked (flock on the sidecar `.NAME.lock`) while an enrolment runs: a
+/// second `enroll` into the same file fails at once, with a clear message, and sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_concurrent_enrolment_into_the_same_file_fails_at_once() {
+    let key = rsa_key();
+    let sandbox = start(sandbox_config()).await;
+    let setup = setup(&sandbox.url(), false, &key);
+    let max = max_date().to_string();
+    let file = setup.dir.path().join("schedules/shared.toml");
+    let file_arg = file.to_str().unwrap().to_string();
+
+    // 408: the gateway applies the payment and holds its reply for 2.5 s.
+    let token = magic("408");
+    let mut first = enroll_args("acme-7001", &token, &max);
+    first.extend(["--schedule-file", &file_arg]);
+    let child = command(&setup, &first)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while sandbox.book().token_payments.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the first enrolment never reached the gateway"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut second = enroll_args("acme-7002", VISA_1234, &max);
+    second.extend(["--schedule-file", &file_arg]);
+    let began = std::time::Instant::now();
+    let out = recurrentd(&setup, &second).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another `recurrentd enroll` is enrolling into")
+            && stderr.contains(".shared.toml.lock")
+            && stderr.contains("nothing was sent"),
+        "{stderr}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "refused at once, not after the first one: {:?}",
+        began.elapsed()
+    );
+    assert_eq!(sandbox.book().token_payments.len(), 1);
+
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    // Free again: the second one now goes through, into the same file.
+    let out = recurrentd(&setup, &second).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        written.contains("id = \"acme-7001\"") && written.contains("id = \"acme-7002\""),
+        "{written}"
     );
     sandbox.shutdown().await;
 }

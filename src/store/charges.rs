@@ -441,7 +441,7 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     ))
 }
 
-fn corrupt(path: &Path, what: &str, value: impl ToString) -> StoreError {
+pub(super) fn corrupt(path: &Path, what: &str, value: impl ToString) -> StoreError {
     StoreError::Corrupt {
         path: path.to_path_buf(),
         what: what.to_string(),
@@ -1186,7 +1186,7 @@ impl Store {
     }
 }
 
-fn append(
+pub(super) fn append(
     tx: &rusqlite::Connection,
     path: &Path,
     at: &str,

@@ -1463,3 +1463,127 @@ fn the_daemon_creates_a_database_only_through_open_or_create() {
         "an existing database is opened, not made again"
     );
 }
+
+/// Issue 12, item 13: an enrolment attempt is pending before it is sent, at most one per
+/// subscription; booking it (with the limits sent) and closing it are each guarded by the state
+/// `pending`, so one attempt is settled once.
+#[test]
+fn an_enrolment_attempt_is_settled_once_from_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let attempt = |order: &str, sub: &str| EnrolmentAttempt {
+        order_number: order.to_string(),
+        subscription_id: sub.to_string(),
+        state: EnrolmentState::Pending,
+        customer: "1234".into(),
+        amount: Money::parse("499.00").unwrap(),
+        currency: Currency::parse("RUB").unwrap(),
+        cadence: "1 month".into(),
+        start: NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(),
+        min_amount: Money::parse("100.00").unwrap(),
+        max_amount: Money::parse("1000.00").unwrap(),
+        period_days: 28,
+        max_date: NaiveDate::from_ymd_opt(2027, 12, 1).unwrap(),
+        created_at: at(1),
+        seen: false,
+        bill_number: None,
+        reason: None,
+    };
+    store
+        .record_pending_enrolment(&attempt("enrol-s1", "s1"))
+        .unwrap();
+    assert_eq!(
+        store.pending_enrolment("s1").unwrap(),
+        Some(attempt("enrol-s1", "s1"))
+    );
+    // One pending attempt per subscription; an order number once.
+    assert!(
+        store
+            .record_pending_enrolment(&attempt("enrol-s1-2", "s1"))
+            .is_err()
+    );
+    assert!(
+        store
+            .record_pending_enrolment(&attempt("enrol-s1", "s2"))
+            .is_err()
+    );
+    store
+        .keep_enrolment_pending("enrol-s1", true, "In Process", at(2))
+        .unwrap();
+    let kept = store.pending_enrolment("s1").unwrap().unwrap();
+    assert!(kept.seen);
+    assert_eq!(kept.reason.as_deref(), Some("In Process"));
+
+    assert!(
+        store
+            .book_enrolment("enrol-s1", "5899110211001", at(1), at(3))
+            .unwrap()
+    );
+    assert!(store.enrolment_exists("s1").unwrap());
+    assert!(store.pending_enrolment("s1").unwrap().is_none());
+    assert_eq!(store.charged_instants("s1", None).unwrap(), vec![at(1)]);
+    // Booked with the limits sent: sync holds the subscription to them.
+    let limits: (Option<i64>, Option<i64>) = store
+        .conn
+        .query_row(
+            "SELECT min_cents, max_cents FROM enrolments WHERE subscription_id = 's1'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(limits, (Some(10_000), Some(100_000)));
+    // Settled once: neither booked again nor closed.
+    assert!(
+        !store
+            .book_enrolment("enrol-s1", "5899110211001", at(1), at(4))
+            .unwrap()
+    );
+    assert!(
+        !store
+            .close_enrolment("enrol-s1", EnrolmentState::Declined, "x", at(4))
+            .unwrap()
+    );
+    assert_eq!(
+        store.enrolment_order_use("enrol-s1").unwrap(),
+        Some(OrderUse {
+            subscription_id: "s1".into(),
+            state: EnrolmentState::Approved
+        })
+    );
+
+    // Closed as not charged: a new attempt may be recorded for the subscription.
+    store
+        .record_pending_enrolment(&attempt("enrol-s2", "s2"))
+        .unwrap();
+    assert!(
+        store
+            .close_enrolment(
+                "enrol-s2",
+                EnrolmentState::Declined,
+                "declined (AS102)",
+                at(5)
+            )
+            .unwrap()
+    );
+    assert!(store.pending_enrolment("s2").unwrap().is_none());
+    assert_eq!(store.enrolment_attempt_count("s2").unwrap(), 1);
+    store
+        .record_pending_enrolment(&attempt("enrol-s2-2", "s2"))
+        .unwrap();
+    let kinds: Vec<String> = store
+        .ledger(None)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "enrolment_pending",
+            "enrolled",
+            "enrolment_pending",
+            "enrolment_not_charged",
+            "enrolment_pending"
+        ]
+    );
+}
