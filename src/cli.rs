@@ -152,8 +152,15 @@ pub enum Command {
     /// falls due within period_days after it is deferred or skipped. Exit 0 queued or already requested; 1 refused (limits, unknown subscription,
     /// reference used for another amount).
     ///
-    /// Example:
+    /// A request the daemon has not made within engine.adhoc_max_age_hours (default 24) of
+    /// being queued is closed as failed instead of being charged late (ledger event
+    /// adhoc_expired). --cancel REF closes a queued request before the daemon makes its attempt
+    /// (ledger event adhoc_cancelled, with your user name and --reason); it is refused (exit 1)
+    /// once an attempt was sent or is being sent, or when the request is already settled.
+    ///
+    /// Examples:
     ///   recurrentd charge acme-1001 --amount 250.00 --reference TICKET-4711 --reason "top-up"
+    ///   recurrentd charge acme-1001 --cancel TICKET-4711 --reason "customer changed their mind"
     #[command(verbatim_doc_comment)]
     Charge(ChargeArgs),
 
@@ -273,9 +280,14 @@ pub enum Command {
     /// amount, currency, test mode) or confirmed by an order-status query. Only an approved
     /// payment writes the subscription (bill_number from the gateway, start one period from
     /// today), atomically, to --schedule-file (default <schedules.dir>/enrolled-<id>.toml).
-    /// Asks for confirmation unless --yes. Exit 0 enrolled; 1 declined, the customer must act
-    /// (3-D Secure, CVC) or invalid input; 69 unknown outcome (do not retry: check the order at
-    /// the gateway); 78 configuration.
+    /// Asks for confirmation unless --yes. The attempt is recorded as pending in the database
+    /// before the request is sent; running the same command again (same --id) first looks that
+    /// order up at the gateway and never sends it again: approved, it is enrolled; declined, or
+    /// not filed after engine.settle_minutes, a new attempt is made under a new order number;
+    /// otherwise nothing happens (exit 69). The schedule file is locked while enroll runs: a
+    /// second enroll on the same file fails at once. Exit 0 enrolled; 1 declined, the customer
+    /// must act (3-D Secure, CVC), invalid input, or the file is locked; 69 unknown outcome (run
+    /// the same command again later; never with another id or order number); 78 configuration.
     ///
     /// Example:
     ///   recurrentd enroll --id acme-2001 --customer 1234 \

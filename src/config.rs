@@ -99,6 +99,9 @@ pub struct EngineConfig {
     /// due since the previous sweep; more means the clock jumped or the daemon was down a long
     /// time, and new charges stop until an operator acknowledges the clock.
     pub max_skipped_periods: u32,
+    /// An ad-hoc charge (`recurrentd charge`) still not sent this long after it was requested is
+    /// closed as failed when the engine next looks at it, instead of being made late.
+    pub adhoc_max_age_hours: u32,
 }
 
 impl Default for EngineConfig {
@@ -111,6 +114,7 @@ impl Default for EngineConfig {
             breaker_failures: 5,
             breaker_window_minutes: 60,
             max_skipped_periods: 31,
+            adhoc_max_age_hours: 24,
         }
     }
 }
@@ -274,6 +278,7 @@ struct RawEngine {
     breaker_failures: u32,
     breaker_window_minutes: u32,
     max_skipped_periods: u32,
+    adhoc_max_age_hours: u32,
 }
 
 impl Default for RawEngine {
@@ -287,6 +292,7 @@ impl Default for RawEngine {
             breaker_failures: d.breaker_failures,
             breaker_window_minutes: d.breaker_window_minutes,
             max_skipped_periods: d.max_skipped_periods,
+            adhoc_max_age_hours: d.adhoc_max_age_hours,
         }
     }
 }
@@ -642,6 +648,7 @@ fn check_engine(raw: RawEngine) -> Result<EngineConfig, String> {
         7 * 24 * 60,
     )?;
     range("max_skipped_periods", raw.max_skipped_periods, 1, 100_000)?;
+    range("adhoc_max_age_hours", raw.adhoc_max_age_hours, 1, 24 * 30)?;
     if raw.dunning_days.len() > 10 || raw.dunning_days.windows(2).any(|w| w[0] >= w[1]) {
         return Err(format!(
             "engine.dunning_days: at most 10 strictly increasing day counts, got {:?}",
@@ -659,6 +666,7 @@ fn check_engine(raw: RawEngine) -> Result<EngineConfig, String> {
         breaker_failures: raw.breaker_failures,
         breaker_window_minutes: raw.breaker_window_minutes,
         max_skipped_periods: raw.max_skipped_periods,
+        adhoc_max_age_hours: raw.adhoc_max_age_hours,
     })
 }
 
@@ -1040,6 +1048,29 @@ catch_up = "none"
                 .unwrap_err()
                 .to_string();
             assert!(message.contains(key), "{bad}: {message}");
+            assert!(!message.contains('\n'), "one line: {message}");
+        }
+    }
+
+    #[test]
+    fn engine_keys_have_defaults_and_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = load(&write(dir.path(), "config.toml", GOOD)).unwrap();
+        assert_eq!(config.engine, EngineConfig::default());
+        assert_eq!(config.engine.adhoc_max_age_hours, 24);
+        let text = GOOD.to_string() + "\n[engine]\nadhoc_max_age_hours = 2\n";
+        let config = load(&write(dir.path(), "config.toml", &text)).unwrap();
+        assert_eq!(config.engine.adhoc_max_age_hours, 2);
+        for bad in ["adhoc_max_age_hours = 0", "adhoc_max_age_hours = 721"] {
+            let text = GOOD.to_string() + "\n[engine]\n" + bad + "\n";
+            let message = load(&write(dir.path(), "config.toml", &text))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains("engine.adhoc_max_age_hours: must be 1..=720, got"),
+                "{bad}: {message}"
+            );
+            assert!(message.contains("config.toml"), "{message}");
             assert!(!message.contains('\n'), "one line: {message}");
         }
     }

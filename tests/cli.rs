@@ -300,6 +300,93 @@ fn charge_queues_an_adhoc_charge_once_and_refuses_what_the_limits_forbid() {
     assert!(rows[0]["order_number"].is_null());
 }
 
+/// Issue 12, item 10: `charge SUBSCRIPTION --cancel REF --reason TEXT` closes a queued ad-hoc
+/// request before the daemon makes it (ledger event with who and why), and refuses, with the
+/// reason, one that is settled or unknown; --cancel needs --reason and takes no amount.
+#[test]
+fn charge_cancel_closes_a_queued_request_and_refuses_a_settled_one() {
+    let sub = "[[subscription]]\nid = \"acme-1\"\nbill_number = \"4100000000000001\"\n\
+               currency = \"RUB\"\namount = \"100.00\"\nevery = \"1 month\"\nstart = 2027-01-05\n\n\
+               [subscription.limits]\nmin_amount = \"50.00\"\nmax_amount = \"150.00\"\n\
+               period_days = 28\nmax_date = 2099-12-31\n";
+    let (dir, config) = setup(&[("subs.toml", sub)]);
+    {
+        use recurrentd::store::Store;
+        let mut store = Store::open_or_create(&dir.path().join("recurrentd.db")).unwrap();
+        let report = recurrentd::schedule::load_dir(&dir.path().join("schedules")).unwrap();
+        store.sync_schedules(&report, chrono::Utc::now()).unwrap();
+    }
+    let charge = |args: &[&str]| {
+        let mut all = vec!["charge", "acme-1"];
+        all.extend_from_slice(args);
+        recurrentd(&config, &all)
+    };
+    let queued = charge(&["--amount", "120.00", "--reference", "T-1"]);
+    assert_eq!(queued.status.code(), Some(0), "{queued:?}");
+
+    // Usage: --cancel needs --reason, and is not combined with a new request.
+    let no_reason = charge(&["--cancel", "T-1"]);
+    assert_eq!(no_reason.status.code(), Some(2), "{no_reason:?}");
+    let with_amount = charge(&["--cancel", "T-1", "--amount", "120.00", "--reason", "x"]);
+    assert_eq!(with_amount.status.code(), Some(2), "{with_amount:?}");
+
+    let cancelled = charge(&["--cancel", "T-1", "--reason", "customer asked", "--json"]);
+    assert_eq!(cancelled.status.code(), Some(0), "{cancelled:?}");
+    let json: serde_json::Value = serde_json::from_slice(&cancelled.stdout).unwrap();
+    assert_eq!(json["status"], "cancelled", "{json}");
+    assert_eq!(json["reference"], "T-1", "{json}");
+    assert_eq!(json["amount"], "120.00", "{json}");
+    assert_eq!(json["state"], "blocked", "{json}");
+
+    // Settled now: a second cancel is refused and says why.
+    let again = charge(&["--cancel", "T-1", "--reason", "again"]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    let message = text(&again.stderr);
+    assert!(
+        message.contains("cannot be cancelled: it is already settled (blocked: cancelled by")
+            && message.contains("customer asked"),
+        "{message}"
+    );
+    let unknown = charge(&["--cancel", "T-9", "--reason", "typo"]);
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+    assert!(
+        text(&unknown.stderr).contains("no ad-hoc charge with reference \"T-9\""),
+        "{unknown:?}"
+    );
+    // The request itself shows it.
+    let shown = charge(&["--amount", "120.00", "--reference", "T-1", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(json["status"], "exists", "{json}");
+    assert_eq!(json["state"], "blocked", "{json}");
+
+    let store = recurrentd::store::Store::open(
+        &dir.path().join("recurrentd.db"),
+        recurrentd::store::Access::ReadOnly,
+    )
+    .unwrap();
+    let ledger = store.ledger(Some("acme-1")).unwrap();
+    let events: Vec<_> = ledger
+        .iter()
+        .filter(|e| e.kind == "adhoc_cancelled")
+        .collect();
+    assert_eq!(events.len(), 1, "{ledger:?}");
+    assert_eq!(events[0].detail["reference"], "T-1");
+    assert_eq!(events[0].detail["reason"], "customer asked");
+    assert!(events[0].detail["by"].is_string());
+    // Nothing is left for the daemon to make.
+    let history = recurrentd(&config, &["history", "acme-1", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["state"], "blocked", "{rows:?}");
+    assert!(
+        rows[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("cancelled by ")),
+        "{rows:?}"
+    );
+}
+
 /// `forecast` on a database with history made by a rehearsal run of the real daemon: each
 /// subscription continues from its ledger (charged periods shown as such, the next charge after
 /// the last one), a hard decline waits for an operator, an open period shows its retry. Without

@@ -712,6 +712,174 @@ async fn an_adhoc_charge_is_checked_against_the_limits_made_once_and_counted_for
     }
 }
 
+/// Issue 12, item 10: a queued ad-hoc charge never waits for ever. One the engine comes to make
+/// more than `engine.adhoc_max_age_hours` after it was requested (the daemon was down) is closed
+/// as failed with an `adhoc_expired` ledger event and never sent; one within the age is made. An
+/// operator may cancel a queued one (`adhoc_cancelled`, never sent), not one already made (sent
+/// and still in process, or settled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_adhoc_charge_expires_unsent_and_is_cancelled_only_before_it_is_sent() {
+    use recurrentd::engine::{
+        AdhocRequest, CancelError, CancelRequest, Queued, cancel_adhoc, queue_adhoc,
+    };
+
+    // Scheduled periods start in March: nothing but the ad-hoc charges is due in January.
+    let text = subscription("topup", "4100000000000002", "100.00", "2027-03-01")
+        + &subscription("slow", "999000000043300", "100.00", "2027-03-01");
+    let world = World::new(&text, DuplicatePolicy::Reject, ResponseFormat::Xml).await;
+    let engine = world.start().await;
+    let policy = Policy::from(&world.policy);
+    assert_eq!(policy.adhoc_max_age, Duration::hours(24));
+    let queue = |subscription: &'static str, reference: &'static str, at: &str| {
+        let calendar = world.calendar;
+        let policy = policy.clone();
+        let at: DateTime<Utc> = at.parse().unwrap();
+        let request = AdhocRequest {
+            subscription,
+            reference,
+            amount: Money::parse("120.00").unwrap(),
+            reason: Some("top-up"),
+            by: "tester",
+        };
+        engine.with_store(move |s| Ok(queue_adhoc(s, &request, &calendar, &policy, at)))
+    };
+    let cancel = |subscription: &'static str, reference: &'static str, at: &str| {
+        let at: DateTime<Utc> = at.parse().unwrap();
+        let request = CancelRequest {
+            subscription,
+            reference,
+            reason: "asked by the customer",
+            by: "tester",
+        };
+        engine.with_store(move |s| Ok(cancel_adhoc(s, &request, at)))
+    };
+    let sent = || world.sandbox.book().rp_requests.len();
+
+    // Queued, then the daemon is down for 25 hours: the next sweep closes it, unsent.
+    let queued = queue("topup", "T-old", "2027-01-10T09:00:00Z")
+        .await
+        .unwrap();
+    assert!(matches!(queued, Ok(Queued::New { .. })), "{queued:?}");
+    world.clock.set("2027-01-11T10:00:00Z".parse().unwrap());
+    engine.tick().await.unwrap();
+    assert_eq!(sent(), 0, "nothing reached the gateway");
+    let found = queue("topup", "T-old", "2027-01-11T10:01:00Z")
+        .await
+        .unwrap();
+    match &found {
+        Ok(Queued::Existing(found)) => {
+            assert_eq!(found.state, ChargeState::Failed);
+            let reason = found.reason.as_deref().unwrap_or("");
+            assert!(
+                reason.contains("expired") && reason.contains("engine.adhoc_max_age_hours (24 h)"),
+                "{reason}"
+            );
+            assert!(found.order_number.is_none(), "no attempt was made");
+        }
+        other => panic!("{other:?}"),
+    }
+    let ledger = engine
+        .with_store(|s| s.ledger(Some("topup")))
+        .await
+        .unwrap();
+    let expired: Vec<_> = ledger
+        .iter()
+        .filter(|e| e.kind == "adhoc_expired")
+        .collect();
+    assert_eq!(expired.len(), 1, "{ledger:?}");
+    assert_eq!(expired[0].detail["reference"], "T-old");
+    assert_eq!(expired[0].detail["max_age_hours"], 24);
+
+    // Queued and cancelled before the daemon made it: never sent; a second cancel is refused.
+    let queued = queue("topup", "T-cancel", "2027-01-11T11:00:00Z")
+        .await
+        .unwrap();
+    assert!(matches!(queued, Ok(Queued::New { .. })), "{queued:?}");
+    let cancelled = cancel("topup", "T-cancel", "2027-01-11T11:01:00Z")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&cancelled, Ok(found) if found.state == ChargeState::Blocked
+            && found.reason.as_deref() == Some("cancelled by tester: asked by the customer")),
+        "{cancelled:?}"
+    );
+    let again = cancel("topup", "T-cancel", "2027-01-11T11:02:00Z")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, Err(CancelError::Settled { .. })),
+        "{again:?}"
+    );
+    let unknown = cancel("topup", "T-none", "2027-01-11T11:02:00Z")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&unknown, Err(CancelError::Unknown { .. })),
+        "{unknown:?}"
+    );
+    world.clock.set("2027-01-11T11:05:00Z".parse().unwrap());
+    engine.tick().await.unwrap();
+    assert_eq!(sent(), 0, "nothing reached the gateway");
+    let ledger = engine
+        .with_store(|s| s.ledger(Some("topup")))
+        .await
+        .unwrap();
+    let event = ledger
+        .iter()
+        .find(|e| e.kind == "adhoc_cancelled")
+        .expect("an adhoc_cancelled event");
+    assert_eq!(event.detail["reference"], "T-cancel");
+    assert_eq!(event.detail["by"], "tester");
+    assert_eq!(event.detail["reason"], "asked by the customer");
+
+    // Within its age: made at the next sweep, approved; then it cannot be cancelled.
+    let queued = queue("topup", "T-new", "2027-01-12T09:00:00Z")
+        .await
+        .unwrap();
+    assert!(matches!(queued, Ok(Queued::New { .. })), "{queued:?}");
+    world.clock.set("2027-01-12T09:05:00Z".parse().unwrap());
+    engine.tick().await.unwrap();
+    quiesce(&world, &engine).await;
+    let found = queue("topup", "T-new", "2027-01-12T12:00:00Z")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&found, Ok(Queued::Existing(found)) if found.state == ChargeState::Paid),
+        "{found:?}"
+    );
+    assert_eq!(sent(), 1);
+    let settled = cancel("topup", "T-new", "2027-01-12T12:01:00Z")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&settled, Err(CancelError::Settled { state, .. }) if state.starts_with("paid, order ")),
+        "{settled:?}"
+    );
+
+    // Sent and still In Process at the gateway: refused, the attempt goes on.
+    let queued = queue("slow", "S-1", "2027-01-12T12:00:00Z").await.unwrap();
+    assert!(matches!(queued, Ok(Queued::New { .. })), "{queued:?}");
+    world.clock.set("2027-01-12T12:05:00Z".parse().unwrap());
+    engine.tick().await.unwrap();
+    let refused = cancel("slow", "S-1", "2027-01-12T12:06:00Z").await.unwrap();
+    match &refused {
+        Err(CancelError::Sent { order_number, .. }) => {
+            let message = refused.as_ref().unwrap_err().to_string();
+            assert!(message.contains("was sent or is being sent"), "{message}");
+            assert!(message.contains(order_number.as_str()), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    quiesce(&world, &engine).await;
+    let attempts = engine.with_store(|s| s.attempts()).await.unwrap();
+    let slow: Vec<_> = attempts
+        .iter()
+        .filter(|a| a.purpose == Purpose::Adhoc("S-1".into()))
+        .collect();
+    assert_eq!(slow.len(), 1, "{attempts:?}");
+    assert_eq!(slow[0].state, AttemptState::Approved);
+}
+
 /// A daily plan that started long ago: the first sweep skips the missed periods as one run
 /// (one row, one ledger event) and charges today's period; later sweeps that day charge
 /// nothing (a period cap once made the engine charge a non-latest period as the latest, again

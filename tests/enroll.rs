@@ -301,6 +301,57 @@ async fn every_way_an_enrolment_can_fail_is_classified() {
     sandbox.shutdown().await;
 }
 
+/// Issue 12, item 13: a fault that says the payment was declined (or refused for its values)
+/// carries no check value, so it is believed only once a verified order-status answer agrees:
+/// no such order (117) confirms it; the order paid (217) is an enrolment after all; the order
+/// In Process (317) leaves the outcome unknown.
+#[tokio::test]
+async fn a_decline_fault_is_believed_only_once_the_order_status_confirms_it() {
+    let sandbox = start(sandbox_config()).await;
+    let client = client(&sandbox.url());
+    let pay = |order: &'static str, token: String| {
+        let client = &client;
+        async move { client.token_pay(&request(order, "5555", &token)).await }
+    };
+
+    let reply = pay("d-117", magic("117")).await;
+    assert!(
+        matches!(&reply.outcome, TokenPayOutcome::Declined(d) if d.code == "firstcode 17/secondcode 0"),
+        "{}",
+        reply.outcome
+    );
+    assert!(reply.confirmed_by_status && !reply.seen);
+
+    let reply = pay("d-217", magic("217")).await;
+    let bill = enrolled(&reply).to_string();
+    assert!(reply.confirmed_by_status && reply.seen);
+    assert!(sandbox.book().agreements.contains_key(&bill));
+
+    let reply = pay("d-317", magic("317")).await;
+    assert!(
+        matches!(&reply.outcome, TokenPayOutcome::Unknown(why)
+            if why.contains("firstcode 17/secondcode 0") && why.contains("In Process")),
+        "{}",
+        reply.outcome
+    );
+    assert!(reply.confirmed_by_status && reply.seen);
+
+    // A refusal of this request's values (no such token) is confirmed the same way.
+    let reply = client
+        .token_pay(&request("d-token", "1001", VISA_1234))
+        .await;
+    assert!(
+        matches!(
+            reply.outcome,
+            TokenPayOutcome::Rejected { config: false, .. }
+        ),
+        "{}",
+        reply.outcome
+    );
+    assert!(reply.confirmed_by_status);
+    sandbox.shutdown().await;
+}
+
 // --- The real binary ------------------------------------------------------------------------
 
 struct Setup {
@@ -331,7 +382,8 @@ fn setup(url: &str, sign: bool, key: &RsaPrivateKey) -> Setup {
     }
 }
 
-async fn recurrentd(setup: &Setup, args: &[&str]) -> Output {
+/// The binary with this setup's config and secrets.
+fn command(setup: &Setup, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_recurrentd"));
     command
         .arg("--config")
@@ -342,6 +394,11 @@ async fn recurrentd(setup: &Setup, args: &[&str]) -> Output {
         .env("RECURRENTD_SECRET_PASSWORD", PASSWORD)
         .env("RECURRENTD_SECRET_SALT", SALT)
         .env("RECURRENTD_SECRET_PRIVATE_KEY", &setup.key_pem);
+    command
+}
+
+async fn recurrentd(setup: &Setup, args: &[&str]) -> Output {
+    let mut command = command(setup, args);
     tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
         .unwrap()
@@ -378,10 +435,12 @@ fn enroll_args<'a>(id: &'a str, token: &'a str, max_date: &'a str) -> Vec<&'a st
     ]
 }
 
+/// The schedule files (not the hidden `.NAME.lock` files `enroll` locks them with).
 fn schedule_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir.join("schedules"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
         .collect();
     names.sort();
     names
@@ -625,4 +684,384 @@ async fn an_enrolled_subscription_is_charged_on_schedule_by_a_rehearsal_run() {
             .iter()
             .any(|e| e.kind == "enrolled" && e.detail["subscription"] == "acme-3001")
     );
+}
+
+/// Issue 12, item 9: `enroll` records the agreed limits with the enrolment, so the daemon's
+/// schedule sync refuses an edit of them (and of the bill number or currency) before the
+/// subscription's first charge, naming the file, line and field; the file as enrolled is
+/// accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolment_holds_its_agreed_terms_before_the_first_charge() {
+    use recurrentd::store::{Access, FileOutcome, Store};
+
+    let key = rsa_key();
+    let sandbox = start(sandbox_config()).await;
+    let setup = setup(&sandbox.url(), false, &key);
+    let max = max_date().to_string();
+    let out = recurrentd(&setup, &enroll_args("acme-4001", VISA_1234, &max)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let schedules = setup.dir.path().join("schedules");
+    let file = schedules.join("enrolled-acme-4001.toml");
+    let written = std::fs::read_to_string(&file).unwrap();
+    let line = written
+        .lines()
+        .position(|l| l == "[[subscription]]")
+        .unwrap()
+        + 1;
+
+    let sync = || {
+        let mut store = Store::open(&setup.dir.path().join("recurrentd.db"), Access::Daemon)
+            .expect("the daemon's store");
+        let report = recurrentd::schedule::load_dir(&schedules).unwrap();
+        store.sync_schedules(&report, Utc::now()).unwrap()
+    };
+    for (from, to, field) in [
+        (
+            "max_amount = \"1000.00\"",
+            "max_amount = \"2000.00\"",
+            "limits.max_amount",
+        ),
+        (
+            "min_amount = \"100.00\"",
+            "min_amount = \"50.00\"",
+            "limits.min_amount",
+        ),
+        ("period_days = 28", "period_days = 7", "limits.period_days"),
+        (
+            &format!("max_date = {max}"),
+            "max_date = 2099-01-01",
+            "limits.max_date",
+        ),
+    ] {
+        std::fs::write(&file, written.replace(from, to)).unwrap();
+        let summary = sync();
+        let diagnostics: Vec<String> = match summary.outcome("enrolled-acme-4001.toml") {
+            Some(FileOutcome::Refused { diagnostics }) => {
+                diagnostics.iter().map(ToString::to_string).collect()
+            }
+            other => panic!("{field}: {other:?}"),
+        };
+        let expected = format!(
+            "{}:{line}:1: {field}: subscription acme-4001 was enrolled with the terms",
+            file.display()
+        );
+        assert!(
+            diagnostics.len() == 1 && diagnostics[0].starts_with(&expected),
+            "{field}: {diagnostics:?}"
+        );
+    }
+    std::fs::write(&file, &written).unwrap();
+    let summary = sync();
+    assert!(
+        matches!(
+            summary.outcome("enrolled-acme-4001.toml"),
+            Some(FileOutcome::Applied(changes)) if changes.added == ["acme-4001"]
+        ),
+        "{summary:?}"
+    );
+    sandbox.shutdown().await;
+}
+
+// --- Issue 12, item 13: enrolment safety -----------------------------------------------------
+
+fn store_of(setup: &Setup) -> recurrentd::store::Store {
+    recurrentd::store::Store::open(
+        &setup.dir.path().join("recurrentd.db"),
+        recurrentd::store::Access::Write,
+    )
+    .unwrap()
+}
+
+fn ledger_kinds(setup: &Setup) -> Vec<String> {
+    store_of(setup)
+        .ledger(None)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+/// A pending enrolment is recorded before the request is sent, and a rerun looks its order up
+/// (verified order status) instead of sending it again: still In Process, it says so and sends
+/// nothing (69); approved, it books and writes the attempt's subscription (0). Sandbox token
+/// 317: a decline-type fault whose order is In Process (then approved): the fault alone never
+/// says "nothing was charged".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_looks_the_pending_order_up_and_never_sends_it_again() {
+    let key = rsa_key();
+    let sandbox = start(sandbox_config()).await;
+    let setup = setup(&sandbox.url(), false, &key);
+    let max = max_date().to_string();
+    let token = magic("317");
+    let args = enroll_args("acme-5001", &token, &max);
+
+    let out = recurrentd(&setup, &args).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    for says in [
+        "UNKNOWN",
+        "firstcode 17/secondcode 0",
+        "In Process",
+        "Order enrol-acme-5001 is kept as a pending enrolment",
+        "no schedule file was written",
+    ] {
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
+    // Never told that nothing was charged (as the fault alone would have it).
+    assert!(
+        !stderr.contains("nothing was charged (") && !stderr.contains("Nothing was charged."),
+        "{stderr}"
+    );
+    let pending = store_of(&setup)
+        .pending_enrolment("acme-5001")
+        .unwrap()
+        .expect("the attempt is pending");
+    assert_eq!(pending.order_number, "enrol-acme-5001");
+    assert_eq!(pending.amount, money("499.00"));
+    assert_eq!(pending.max_amount, money("1000.00"));
+    assert_eq!(pending.period_days, 28);
+    assert!(pending.seen, "the gateway showed the order In Process");
+    assert!(ledger_kinds(&setup).contains(&"enrolment_pending".to_string()));
+
+    // Reruns: looked up, never sent again, until the order settles approved.
+    let mut reruns = 0;
+    let out = loop {
+        let out = recurrentd(&setup, &args).await;
+        reruns += 1;
+        assert_eq!(sandbox.book().token_payments.len(), 1, "sent once");
+        if out.status.code() == Some(0) || reruns == 5 {
+            break out;
+        }
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(69), "{stderr}");
+        assert!(
+            stderr.contains("has a pending enrolment: order enrol-acme-5001")
+                && stderr.contains("is still In Process at the gateway")
+                && stderr.contains("Nothing was sent"),
+            "{stderr}"
+        );
+    };
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(reruns >= 2, "In Process at first: {reruns}");
+    assert!(
+        stderr.contains("order enrol-acme-5001 is APPROVED (verified)"),
+        "{stderr}"
+    );
+    let bill = sandbox.book().orders[0].bill_base.clone();
+    let written =
+        std::fs::read_to_string(setup.dir.path().join("schedules/enrolled-acme-5001.toml"))
+            .unwrap();
+    assert!(
+        written.contains(&format!("bill_number = \"{bill}\""))
+            && written.contains("max_amount = \"1000.00\""),
+        "{written}"
+    );
+    let store = store_of(&setup);
+    assert!(store.enrolment_exists("acme-5001").unwrap());
+    assert!(store.pending_enrolment("acme-5001").unwrap().is_none());
+    assert!(ledger_kinds(&setup).contains(&"enrolled".to_string()));
+    // And once more: the id is taken now; nothing is sent.
+    let out = recurrentd(&setup, &args).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(sandbox.book().token_payments.len(), 1);
+    sandbox.shutdown().await;
+}
+
+/// A decline-type fault is "nothing was charged" only once the order's status confirms it
+/// (117: no such order); the attempt is closed and a rerun makes a new attempt under a new order
+/// number. A fault whose order was in fact paid (217) is an enrolment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decline_fault_is_confirmed_before_nothing_charged_and_a_new_attempt_follows() {
+    let key = rsa_key();
+    let sandbox = start(sandbox_config()).await;
+    let setup = setup(&sandbox.url(), false, &key);
+    let max = max_date().to_string();
+
+    let out = recurrentd(&setup, &enroll_args("acme-5002", &magic("117"), &max)).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("declined (firstcode 17/secondcode 0")
+            && stderr.contains("nothing was charged (the gateway's order status confirms it)"),
+        "{stderr}"
+    );
+    let store = store_of(&setup);
+    assert!(store.pending_enrolment("acme-5002").unwrap().is_none());
+    let closed = store.enrolment_attempt("enrol-acme-5002").unwrap().unwrap();
+    assert_eq!(closed.state.as_str(), "declined");
+    drop(store);
+    assert!(ledger_kinds(&setup).contains(&"enrolment_not_charged".to_string()));
+
+    // The customer fixed the card: the same command with it, a new order number.
+    let out = recurrentd(&setup, &enroll_args("acme-5002", VISA_1234, &max)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let book = sandbox.book();
+    let orders: Vec<_> = book
+        .token_payments
+        .iter()
+        .map(|p| p.order_number.as_str())
+        .collect();
+    assert_eq!(orders, ["enrol-acme-5002", "enrol-acme-5002-2"]);
+    drop(book);
+    // An order number once used is never sent again, even named explicitly.
+    let mut args = enroll_args("acme-5009", VISA_1234, &max);
+    args.extend(["--order-number", "enrol-acme-5002"]);
+    let out = recurrentd(&setup, &args).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("order enrol-acme-5002 was already used"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(sandbox.book().token_payments.len(), 2);
+
+    // 217: the fault says declined, the gateway holds the payment: enrolled.
+    let out = recurrentd(&setup, &enroll_args("acme-5003", &magic("217"), &max)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(store_of(&setup).enrolment_exists("acme-5003").unwrap());
+    assert!(
+        setup
+            .dir
+            .path()
+            .join("schedules/enrolled-acme-5003.toml")
+            .exists()
+    );
+    sandbox.shutdown().await;
+}
+
+/// A pending attempt left by a run that stopped before its request left (or whose request the
+/// gateway never filed): within the settle window a rerun sends nothing and says when to try
+/// again; after it, not found (and never seen) closes it and a new attempt is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_order_the_gateway_never_filed_allows_a_new_attempt_after_the_settle_window() {
+    use recurrentd::store::{EnrolmentAttempt, EnrolmentState};
+
+    let key = rsa_key();
+    let sandbox = start(sandbox_config()).await;
+    let setup = setup(&sandbox.url(), false, &key);
+    let max = max_date().to_string();
+    let seed = |id: &str, ago: chrono::Duration| EnrolmentAttempt {
+        order_number: format!("enrol-{id}"),
+        subscription_id: id.to_string(),
+        state: EnrolmentState::Pending,
+        customer: "1234".into(),
+        amount: money("499.00"),
+        currency: Currency::parse("RUB").unwrap(),
+        cadence: "1 month".into(),
+        start: Utc::now().date_naive() + Days::new(31),
+        min_amount: money("100.00"),
+        max_amount: money("1000.00"),
+        period_days: 28,
+        max_date: max_date(),
+        created_at: Utc::now() - ago,
+        seen: false,
+        bill_number: None,
+        reason: None,
+    };
+    let mut store = store_of(&setup);
+    store
+        .record_pending_enrolment(&seed("acme-6001", chrono::Duration::minutes(2)))
+        .unwrap();
+    store
+        .record_pending_enrolment(&seed("acme-6002", chrono::Duration::hours(2)))
+        .unwrap();
+    drop(store);
+
+    let out = recurrentd(&setup, &enroll_args("acme-6001", VISA_1234, &max)).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains("does not show order enrol-acme-6001 yet")
+            && stderr.contains("run again after")
+            && stderr.contains("Nothing was sent"),
+        "{stderr}"
+    );
+    assert!(sandbox.book().token_payments.is_empty());
+    assert!(
+        store_of(&setup)
+            .pending_enrolment("acme-6001")
+            .unwrap()
+            .is_some()
+    );
+
+    let out = recurrentd(&setup, &enroll_args("acme-6002", VISA_1234, &max)).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("order enrol-acme-6002: the gateway has no such order"),
+        "{stderr}"
+    );
+    let book = sandbox.book();
+    assert_eq!(book.token_payments.len(), 1);
+    assert_eq!(book.token_payments[0].order_number, "enrol-acme-6002-2");
+    let closed = store_of(&setup)
+        .enrolment_attempt("enrol-acme-6002")
+        .unwrap()
+        .unwrap();
+    assert_eq!(closed.state, EnrolmentState::NotFound);
+    sandbox.shutdown().await;
+}
+
+/// The schedule file is locked (flock on the sidecar `.NAME.lock`) while an enrolment runs: a
+/// second `enroll` into the same file fails at once, with a clear message, and sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_concurrent_enrolment_into_the_same_file_fails_at_once() {
+    let key = rsa_key();
+    let sandbox = start(sandbox_config()).await;
+    let setup = setup(&sandbox.url(), false, &key);
+    let max = max_date().to_string();
+    let file = setup.dir.path().join("schedules/shared.toml");
+    let file_arg = file.to_str().unwrap().to_string();
+
+    // 408: the gateway applies the payment and holds its reply for 2.5 s.
+    let token = magic("408");
+    let mut first = enroll_args("acme-7001", &token, &max);
+    first.extend(["--schedule-file", &file_arg]);
+    let child = command(&setup, &first)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while sandbox.book().token_payments.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the first enrolment never reached the gateway"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut second = enroll_args("acme-7002", VISA_1234, &max);
+    second.extend(["--schedule-file", &file_arg]);
+    let began = std::time::Instant::now();
+    let out = recurrentd(&setup, &second).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another `recurrentd enroll` is enrolling into")
+            && stderr.contains(".shared.toml.lock")
+            && stderr.contains("nothing was sent"),
+        "{stderr}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "refused at once, not after the first one: {:?}",
+        began.elapsed()
+    );
+    assert_eq!(sandbox.book().token_payments.len(), 1);
+
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    // Free again: the second one now goes through, into the same file.
+    let out = recurrentd(&setup, &second).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        written.contains("id = \"acme-7001\"") && written.contains("id = \"acme-7002\""),
+        "{written}"
+    );
+    sandbox.shutdown().await;
 }

@@ -8,6 +8,12 @@
 //! limits checked again inside the planning transaction, and once more just before sending), and
 //! from there it is an attempt like any other: verified outcome, status lookups, never resent
 //! blindly. It is not retried after a decline; a lost attempt (never received) is made again.
+//!
+//! A request never waits for ever: one the engine comes to make (or make again) more than
+//! `engine.adhoc_max_age_hours` after it was requested is closed as failed instead
+//! (`adhoc_expired`): a top-up asked for yesterday is not charged today. Until the daemon has
+//! made its attempt, an operator may cancel it ([`cancel_adhoc`], `charge --cancel`); once an
+//! attempt may have left, only its outcome settles it.
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -150,6 +156,38 @@ pub(super) fn plan_adhoc(
 ) -> Result<(Option<Job>, u32), StoreError> {
     let id = history.subscription.id.as_str();
     let reference = adhoc_reference(&adhoc.purpose);
+    // Only a request with no attempt that charged or may have reaches here (`adhoc_open`): one
+    // older than its time is closed, not sent late.
+    if now - adhoc.created_at > policy.adhoc_max_age {
+        let hours = policy.adhoc_max_age.num_hours();
+        let reason = format!(
+            "expired: requested at {}, not sent within engine.adhoc_max_age_hours ({hours} h); \
+             nothing was charged",
+            adhoc
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        tx.close_period(
+            id,
+            adhoc.id,
+            ChargeState::Failed,
+            &reason,
+            Event {
+                kind: event::ADHOC_EXPIRED,
+                detail: json!({
+                    "reference": reference,
+                    "amount": adhoc.amount.to_string(),
+                    "currency": adhoc.currency.as_str(),
+                    "requested_at": adhoc.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    "max_age_hours": hours,
+                    "reason": reason,
+                }),
+            },
+        )?;
+        tx.revisit(id, Revisit::Now)?;
+        tracing::warn!(subscription = %id, period = %adhoc.purpose, %reason, "ad-hoc charge expired");
+        return Ok((None, 1));
+    }
     let refused = if history.attempts_last_30_days >= policy.max_attempts_per_30_days {
         Some((
             ChargeState::Failed,
@@ -204,4 +242,114 @@ pub(super) fn plan_adhoc(
     )?;
     tx.revisit(id, Revisit::Now)?;
     Ok((Some(job), 0))
+}
+
+/// An operator's cancellation of an ad-hoc charge.
+#[derive(Debug, Clone)]
+pub struct CancelRequest<'a> {
+    pub subscription: &'a str,
+    pub reference: &'a str,
+    pub reason: &'a str,
+    /// Who asked (recorded in the ledger).
+    pub by: &'a str,
+}
+
+/// Why an ad-hoc charge was not cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("no ad-hoc charge with reference {reference:?} for subscription {subscription:?}")]
+    Unknown {
+        subscription: String,
+        reference: String,
+    },
+    /// An attempt has left or is about to (pending, not sent, unknown, parked, approved,
+    /// quarantined): only its outcome settles it.
+    #[error(
+        "reference {reference:?} cannot be cancelled: the daemon has made its attempt (order \
+         {order_number}, now {state}), which was sent or is being sent and may charge; follow it \
+         with `recurrentd history`"
+    )]
+    Sent {
+        reference: String,
+        order_number: String,
+        state: String,
+        found: Box<AdhocCharge>,
+    },
+    #[error("reference {reference:?} cannot be cancelled: it is already settled ({state}{})",
+        reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Settled {
+        reference: String,
+        state: String,
+        reason: Option<String>,
+        found: Box<AdhocCharge>,
+    },
+}
+
+/// Cancels a queued ad-hoc charge at `now`: in one write transaction, the request is read and,
+/// if it is still open and no attempt of it has charged or may have, closed (`blocked`, with
+/// the operator and the reason) with an `adhoc_cancelled` ledger event. The daemon plans in
+/// write transactions too, so it either made its attempt before (refused here) or finds the
+/// request closed.
+pub fn cancel_adhoc(
+    store: &mut Store,
+    request: &CancelRequest<'_>,
+    now: DateTime<Utc>,
+) -> Result<AdhocCharge, CancelError> {
+    let tx = store.plan(now)?;
+    let Some(found) = tx.adhoc_by_reference(request.subscription, request.reference)? else {
+        return Err(CancelError::Unknown {
+            subscription: request.subscription.to_string(),
+            reference: request.reference.to_string(),
+        });
+    };
+    if found.state != ChargeState::Open {
+        let mut state = found.state.as_str().to_string();
+        if let (Some(order), Some(attempt)) = (&found.order_number, found.attempt_state) {
+            state += &format!(", order {order} {}", attempt.as_str());
+        }
+        return Err(CancelError::Settled {
+            reference: request.reference.to_string(),
+            state,
+            reason: found.reason.clone(),
+            found: Box::new(found),
+        });
+    }
+    if found.live_attempt {
+        return Err(CancelError::Sent {
+            reference: request.reference.to_string(),
+            order_number: found.order_number.clone().unwrap_or_default(),
+            state: found
+                .attempt_state
+                .map_or("pending", |s| s.as_str())
+                .to_string(),
+            found: Box::new(found),
+        });
+    }
+    let reason = format!("cancelled by {}: {}", request.by, request.reason);
+    tx.close_period(
+        request.subscription,
+        found.charge_id,
+        ChargeState::Blocked,
+        &reason,
+        Event {
+            kind: event::ADHOC_CANCELLED,
+            detail: json!({
+                "reference": request.reference,
+                "amount": found.amount.to_string(),
+                "currency": found.currency.as_str(),
+                "by": request.by,
+                "reason": request.reason,
+            }),
+        },
+    )?;
+    // Whatever the schedule waited for behind it is planned at the next sweep.
+    tx.revisit(request.subscription, Revisit::Now)?;
+    tx.commit()?;
+    Ok(AdhocCharge {
+        state: ChargeState::Blocked,
+        reason: Some(reason),
+        ..found
+    })
 }

@@ -40,7 +40,9 @@ use crate::store::{
     Store, StoreError, event, flag,
 };
 
-pub use adhoc::{AdhocError, AdhocRequest, Queued, queue_adhoc};
+pub use adhoc::{
+    AdhocError, AdhocRequest, CancelError, CancelRequest, Queued, cancel_adhoc, queue_adhoc,
+};
 pub use pacer::Pacer;
 
 use adhoc::plan_adhoc;
@@ -125,6 +127,8 @@ pub struct Policy {
     pub breaker_window: Duration,
     /// See `EngineConfig::max_skipped_periods`.
     pub max_skipped_periods: u32,
+    /// An ad-hoc charge not sent this long after it was requested is closed as failed.
+    pub adhoc_max_age: Duration,
 }
 
 impl From<&EngineConfig> for Policy {
@@ -137,6 +141,7 @@ impl From<&EngineConfig> for Policy {
             breaker_failures: c.breaker_failures,
             breaker_window: Duration::minutes(i64::from(c.breaker_window_minutes)),
             max_skipped_periods: c.max_skipped_periods,
+            adhoc_max_age: Duration::hours(i64::from(c.adhoc_max_age_hours)),
         }
     }
 }

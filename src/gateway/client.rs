@@ -29,7 +29,9 @@ use crate::money::{Currency, Money};
 
 mod tokenpay;
 
-pub use tokenpay::{RecurringLimits, TokenPayOutcome, TokenPayReply, TokenPayRequest};
+pub use tokenpay::{
+    RecurringLimits, TokenPayOutcome, TokenPayReply, TokenPayRequest, agreement_bill_number,
+};
 
 /// Longest OrderNumber Assist accepts.
 pub const MAX_ORDER_NUMBER_LEN: usize = 128;

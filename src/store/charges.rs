@@ -16,7 +16,7 @@ use super::{
     Context, Store, StoreError, StoredSubscription, cached_execute, cached_query_row, date_text,
     parse_date, parse_timestamp, timestamp,
 };
-use crate::billing::Revisit;
+use crate::billing::{Limits, Revisit};
 use crate::money::{Currency, Money};
 
 /// Where an attempt stands.
@@ -201,6 +201,8 @@ pub struct OpenCharge {
     pub attempts: u32,
     /// Whether one of its attempts is still live (pending, unknown, ...).
     pub live_attempt: bool,
+    /// When the row was made (engine clock): the period opened, or the ad-hoc charge requested.
+    pub created_at: DateTime<Utc>,
 }
 
 /// What the engine needs to decide about one subscription.
@@ -261,12 +263,19 @@ pub struct PeriodRow {
 /// An ad-hoc charge as `recurrentd charge` finds it when its reference was used before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdhocCharge {
+    /// The `charges` row.
+    pub charge_id: i64,
     pub amount: Money,
     pub currency: Currency,
     pub state: ChargeState,
     pub reason: Option<String>,
     /// The latest attempt's OrderNumber, once the daemon made one.
     pub order_number: Option<String>,
+    /// The latest attempt's state, once the daemon made one.
+    pub attempt_state: Option<AttemptState>,
+    /// Whether an attempt of it has charged or may have (pending, not sent, unknown, parked,
+    /// approved, quarantined): then it has been sent, or is about to be.
+    pub live_attempt: bool,
 }
 
 /// A ledger event to append with a change.
@@ -372,6 +381,10 @@ pub mod event {
     pub const ATTENTION_CLEARED: &str = "attention_cleared";
     pub const ENROLLED: &str = "enrolled";
     pub const ADHOC_REQUESTED: &str = "adhoc_requested";
+    /// An operator cancelled an ad-hoc charge before it was sent (`charge --cancel`).
+    pub const ADHOC_CANCELLED: &str = "adhoc_cancelled";
+    /// An ad-hoc charge still not sent after `engine.adhoc_max_age_hours` was closed as failed.
+    pub const ADHOC_EXPIRED: &str = "adhoc_expired";
     /// An operator attested, after checking the gateway, that a parked attempt was paid (not
     /// verified by recurrentd: no checkvalue).
     pub const ATTESTED_PAID: &str = "charge_attested_paid";
@@ -432,7 +445,7 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     ))
 }
 
-fn corrupt(path: &Path, what: &str, value: impl ToString) -> StoreError {
+pub(super) fn corrupt(path: &Path, what: &str, value: impl ToString) -> StoreError {
     StoreError::Corrupt {
         path: path.to_path_buf(),
         what: what.to_string(),
@@ -1157,6 +1170,76 @@ fn charged_instants(
     Ok(out)
 }
 
+/// An enrolment's verified initial payment (`recurrentd enroll`), as the store records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolmentRecord {
+    pub subscription_id: String,
+    pub order_number: String,
+    /// The agreement's billnumber at Assist.
+    pub bill_number: String,
+    pub amount: Money,
+    pub currency: Currency,
+    /// The limits sent with the initial payment: what the customer agreed to.
+    pub limits: Limits,
+    /// When the initial payment was sent.
+    pub at: DateTime<Utc>,
+}
+
+/// Inserts an enrolment with its ledger event, and has its subscription planned again (its
+/// history changed), inside the caller's transaction.
+pub(super) fn insert_enrolment(
+    tx: &rusqlite::Connection,
+    path: &Path,
+    enrolment: &EnrolmentRecord,
+) -> Result<(), StoreError> {
+    let what = "recording an enrolment";
+    let limits = &enrolment.limits;
+    cached_execute(
+        tx,
+        "INSERT INTO enrolments (subscription_id, order_number, bill_number, amount_cents, \
+         currency, at, min_cents, max_cents, period_days, max_date) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            enrolment.subscription_id,
+            enrolment.order_number,
+            enrolment.bill_number,
+            enrolment.amount.cents(),
+            enrolment.currency.as_str(),
+            timestamp(enrolment.at),
+            limits.min_amount.map(Money::cents),
+            limits.max_amount.map(Money::cents),
+            limits.period_days.map(i64::from),
+            limits.max_date.map(date_text),
+        ],
+    )
+    .ctx(path, what)?;
+    let event = Event {
+        kind: event::ENROLLED,
+        detail: json!({
+            "subscription": enrolment.subscription_id,
+            "order_number": enrolment.order_number,
+            "bill_number": enrolment.bill_number,
+            "amount": enrolment.amount.to_string(),
+            "currency": enrolment.currency.as_str(),
+            "limits": {
+                "min_amount": limits.min_amount.map(|m| m.to_string()),
+                "max_amount": limits.max_amount.map(|m| m.to_string()),
+                "period_days": limits.period_days,
+                "max_date": limits.max_date.map(date_text),
+            },
+        }),
+    };
+    append(tx, path, &timestamp(enrolment.at), None, None, &event)?;
+    // Its history changed: planned again at the next sweep (if its row exists yet).
+    cached_execute(
+        tx,
+        "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
+        [&enrolment.subscription_id],
+    )
+    .ctx(path, what)?;
+    Ok(())
+}
+
 impl Store {
     /// Whether a subscription id was used by an enrolment.
     pub fn enrolment_exists(&self, subscription_id: &str) -> Result<bool, StoreError> {
@@ -1170,16 +1253,9 @@ impl Store {
     }
 
     /// Records an enrolment's verified initial payment, so that the agreement's period limit
-    /// counts from it, with a ledger event.
-    pub fn record_enrolment(
-        &mut self,
-        subscription_id: &str,
-        order_number: &str,
-        bill_number: &str,
-        amount: Money,
-        currency: Currency,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    /// counts from it and schedule sync holds the subscription to the terms it agreed to (bill
+    /// number, currency, limits), with a ledger event.
+    pub fn record_enrolment(&mut self, enrolment: &EnrolmentRecord) -> Result<(), StoreError> {
         self.require_write("recording an enrolment")?;
         let what = "recording an enrolment";
         let path = self.path.clone();
@@ -1187,43 +1263,12 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx(&path, what)?;
-        cached_execute(
-            &tx,
-            "INSERT INTO enrolments (subscription_id, order_number, bill_number, amount_cents, \
-             currency, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                subscription_id,
-                order_number,
-                bill_number,
-                amount.cents(),
-                currency.as_str(),
-                timestamp(at)
-            ],
-        )
-        .ctx(&path, what)?;
-        let event = Event {
-            kind: event::ENROLLED,
-            detail: json!({
-                "subscription": subscription_id,
-                "order_number": order_number,
-                "bill_number": bill_number,
-                "amount": amount.to_string(),
-                "currency": currency.as_str(),
-            }),
-        };
-        append(&tx, &path, &timestamp(at), None, None, &event)?;
-        // Its history changed: planned again at the next sweep (if its row exists yet).
-        cached_execute(
-            &tx,
-            "UPDATE subscriptions SET next_plan_at = '' WHERE id = ?1",
-            [subscription_id],
-        )
-        .ctx(&path, what)?;
+        insert_enrolment(&tx, &path, enrolment)?;
         tx.commit().ctx(&path, what)
     }
 }
 
-fn append(
+pub(super) fn append(
     tx: &rusqlite::Connection,
     path: &Path,
     at: &str,
@@ -1252,7 +1297,8 @@ const OPEN_CHARGE_COLUMNS: &str = "c.id, c.period, c.reference, c.due_date, c.am
     c.currency, c.bill_number, c.next_attempt_at, \
     (SELECT count(*) FROM attempts a WHERE a.charge_id = c.id), \
     EXISTS (SELECT 1 FROM attempts a WHERE a.charge_id = c.id AND a.state IN \
-        ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined'))";
+        ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')), \
+    c.created_at";
 
 type OpenChargeRow = (
     i64,
@@ -1265,6 +1311,7 @@ type OpenChargeRow = (
     Option<String>,
     i64,
     bool,
+    String,
 );
 
 fn open_charge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpenChargeRow> {
@@ -1272,7 +1319,7 @@ fn open_charge_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpenChargeRow> {
 }
 
 fn decode_open_charge(path: &Path, row: OpenChargeRow) -> Result<OpenCharge, StoreError> {
-    let (id, period, reference, due, cents, currency, bill, next, attempts, live) = row;
+    let (id, period, reference, due, cents, currency, bill, next, attempts, live, created) = row;
     Ok(OpenCharge {
         id,
         purpose: Purpose::from_columns(path, period, reference)?,
@@ -1287,6 +1334,7 @@ fn decode_open_charge(path: &Path, row: OpenChargeRow) -> Result<OpenCharge, Sto
             .transpose()?,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         live_attempt: live,
+        created_at: parse_timestamp(path, "charges.created_at", &created)?,
     })
 }
 
@@ -1443,6 +1491,7 @@ impl PlanTx<'_> {
             next_attempt_at: None,
             attempts: 0,
             live_attempt: false,
+            created_at: self.now,
         })
     }
 
@@ -1572,7 +1621,12 @@ impl PlanTx<'_> {
             .query_row(
                 "SELECT c.amount_cents, c.currency, c.state, c.reason, \
                  (SELECT a.order_number FROM attempts a WHERE a.charge_id = c.id \
-                  ORDER BY a.attempt DESC LIMIT 1) \
+                  ORDER BY a.attempt DESC LIMIT 1), \
+                 (SELECT a.state FROM attempts a WHERE a.charge_id = c.id \
+                  ORDER BY a.attempt DESC LIMIT 1), \
+                 EXISTS (SELECT 1 FROM attempts a WHERE a.charge_id = c.id AND a.state IN \
+                     ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')), \
+                 c.id \
                  FROM charges c WHERE c.subscription_id = ?1 AND c.reference = ?2",
                 params![subscription_id, reference],
                 |row| {
@@ -1582,23 +1636,36 @@ impl PlanTx<'_> {
                         row.get::<_, String>(2)?,
                         row.get::<_, Option<String>>(3)?,
                         row.get::<_, Option<String>>(4)?,
+                        row.get::<_, Option<String>>(5)?,
+                        row.get::<_, bool>(6)?,
+                        row.get::<_, i64>(7)?,
                     ))
                 },
             )
             .optional()
             .ctx(path, what)?
-            .map(|(cents, currency, state, reason, order_number)| {
-                Ok(AdhocCharge {
-                    amount: Money::from_cents(cents)
-                        .ok_or_else(|| corrupt(path, "charges.amount_cents", cents))?,
-                    currency: Currency::parse(&currency)
-                        .map_err(|_| corrupt(path, "charges.currency", &currency))?,
-                    state: ChargeState::parse(&state)
-                        .ok_or_else(|| corrupt(path, "charges.state", &state))?,
-                    reason,
-                    order_number,
-                })
-            })
+            .map(
+                |(cents, currency, state, reason, order_number, attempt_state, live, id)| {
+                    Ok(AdhocCharge {
+                        charge_id: id,
+                        amount: Money::from_cents(cents)
+                            .ok_or_else(|| corrupt(path, "charges.amount_cents", cents))?,
+                        currency: Currency::parse(&currency)
+                            .map_err(|_| corrupt(path, "charges.currency", &currency))?,
+                        state: ChargeState::parse(&state)
+                            .ok_or_else(|| corrupt(path, "charges.state", &state))?,
+                        reason,
+                        order_number,
+                        attempt_state: attempt_state
+                            .map(|s| {
+                                AttemptState::parse(&s)
+                                    .ok_or_else(|| corrupt(path, "attempts.state", &s))
+                            })
+                            .transpose()?,
+                        live_attempt: live,
+                    })
+                },
+            )
             .transpose()
     }
 

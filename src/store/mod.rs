@@ -16,6 +16,7 @@
 //! same transaction as the ledger event that explains the change.
 
 mod charges;
+mod enrolment;
 mod overview;
 mod report;
 mod resolve;
@@ -39,9 +40,10 @@ use crate::config::CatchUp;
 use crate::money::{Currency, Money};
 
 pub use charges::{
-    AdhocCharge, AttemptChange, AttemptState, ChargeChange, ChargeState, Event, Flag, History, Job,
-    OpenCharge, PeriodRow, PlanTx, Purpose, event, flag,
+    AdhocCharge, AttemptChange, AttemptState, ChargeChange, ChargeState, EnrolmentRecord, Event,
+    Flag, History, Job, OpenCharge, PeriodRow, PlanTx, Purpose, event, flag,
 };
+pub use enrolment::{EnrolmentAttempt, EnrolmentState, OrderUse, enrolment_event};
 pub use overview::{LastOutcome, PeriodPosition, SubscriptionOverview};
 pub use report::{
     Attention, HistoryRow, INITIAL_PERIOD, LastAttempt, LedgerPeriod, LedgerState, StatusReport,

@@ -14,6 +14,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ADHOC_CHARGES,
     DUE_SWEEP_INDEX,
     SECOND_PASS,
+    ENROLMENT_TERMS,
+    ENROLMENT_ATTEMPTS,
 ];
 
 const MIGRATION_1: &str = r#"
@@ -242,4 +244,53 @@ UPDATE attempts SET seen_at = updated_at, next_check_at = NULL WHERE state = 'qu
 DROP INDEX attempts_unresolved;
 CREATE INDEX attempts_unresolved ON attempts (next_check_at)
     WHERE state IN ('pending', 'not_sent', 'unknown', 'parked', 'quarantined');
+"#;
+
+/// The limits the customer agreed to at the enrolment's initial payment (RecurringMinAmount,
+/// RecurringMaxAmount, RecurringPeriod, RecurringMaxDate), beside its currency and bill number:
+/// schedule sync refuses a file that changes any of them for an enrolled subscription, even
+/// before its first charge. Enrolments recorded before this version have NULL limits; for those
+/// the guard falls back to the subscription's stored terms.
+const ENROLMENT_TERMS: &str = r#"
+ALTER TABLE enrolments ADD COLUMN min_cents INTEGER CHECK (min_cents > 0);
+ALTER TABLE enrolments ADD COLUMN max_cents INTEGER CHECK (max_cents > 0);
+ALTER TABLE enrolments ADD COLUMN period_days INTEGER CHECK (period_days BETWEEN 1 AND 999);
+ALTER TABLE enrolments ADD COLUMN max_date TEXT;
+"#;
+
+/// Enrolment attempts (`recurrentd enroll`): one row per Token Pay OrderNumber, recorded as
+/// `pending` before its request is sent, with everything needed to book it later — the
+/// subscription, the customer, the amount, the cadence and first charge date, and the limits sent.
+/// A pending attempt is settled only by what the gateway verifiably says: `approved` (booked in
+/// `enrolments` in the same transaction), `declined`, `not_found` (not filed by the gateway, looked
+/// up after the settle window, never seen), `not_sent` (provably never left) or `rejected` (our
+/// configuration was refused). At most one pending attempt per subscription. `created_at` is the
+/// real time just before sending (the status search window starts before it); `seen_at` when the
+/// gateway first showed the order (in process, declined, approved, or an answer failing
+/// verification): a later "not found" then proves nothing.
+const ENROLMENT_ATTEMPTS: &str = r#"
+CREATE TABLE enrolment_attempts (
+    order_number    TEXT PRIMARY KEY NOT NULL CHECK (length(order_number) BETWEEN 1 AND 128),
+    subscription_id TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN
+                        ('pending', 'approved', 'declined', 'not_found', 'not_sent', 'rejected')),
+    customer        TEXT NOT NULL,
+    amount_cents    INTEGER NOT NULL CHECK (amount_cents > 0),
+    currency        TEXT NOT NULL CHECK (length(currency) = 3),
+    cadence         TEXT NOT NULL,
+    start_date      TEXT NOT NULL,
+    min_cents       INTEGER NOT NULL CHECK (min_cents > 0),
+    max_cents       INTEGER NOT NULL CHECK (max_cents > 0),
+    period_days     INTEGER NOT NULL CHECK (period_days BETWEEN 1 AND 999),
+    max_date        TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    seen_at         TEXT,
+    bill_number     TEXT,
+    reason          TEXT,
+    updated_at      TEXT NOT NULL
+) STRICT;
+
+CREATE UNIQUE INDEX enrolment_attempts_one_pending ON enrolment_attempts (subscription_id)
+    WHERE state = 'pending';
+CREATE INDEX enrolment_attempts_by_subscription ON enrolment_attempts (subscription_id);
 "#;

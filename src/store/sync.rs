@@ -13,7 +13,8 @@
 //!   `recurrentd remove-file`). An editor's rename, a deploy that empties the folder or a wrong
 //!   `schedules.dir` therefore never ends a subscription; an empty folder removes nothing;
 //! - the whole file is refused (last accepted version kept) if it defines a removed id, changes
-//!   the agreed terms (bill number, currency, limits) of a subscription that has charges, takes a
+//!   the agreed terms (bill number, currency, limits) of a subscription that has charges or an
+//!   enrolment (then compared with the enrolment's record, even before a first charge), takes a
 //!   bill number whose charges belong to another subscription, or takes an id that a file with
 //!   errors still defines in its last accepted version.
 //!
@@ -43,7 +44,8 @@ use crate::billing::{self, Calendar, Revisit};
 use crate::money::{Currency, Money};
 use crate::schedule::{self, Diagnostic, DirReport, FileReport, Severity, Subscription};
 
-/// The fields of a subscription that are the customer's agreement: fixed once it has charges.
+/// The fields of a subscription that are the customer's agreement: fixed once it has charges,
+/// and from its enrolment on (as the enrolment recorded them).
 const AGREED: &[&str] = &[
     "bill_number",
     "currency",
@@ -558,9 +560,47 @@ impl Store {
 
         let mut errors = Vec::new();
         let mut steps = Vec::new();
+        // One probe, so that a folder without enrolments costs no lookup per subscription.
+        let any_enrolments = any_enrolments(&tx).ctx(&path, what)?;
         for sub in &file.subscriptions {
             let new = Def::from_subscription(sub);
             let old = load_row(&tx, &sub.id).ctx(&path, what)?;
+            let enrolled = if any_enrolments {
+                enrolled_terms(&tx, &sub.id).ctx(&path, what)?
+            } else {
+                None
+            };
+            // An enrolled subscription is held to the terms of its initial payment from the
+            // start, charged or not (for an enrolment recorded without its limits, to the
+            // stored terms).
+            if let Some(enrolled) = &enrolled {
+                let agreed = enrolled.agreed(old.as_ref().map(|o| &o.def), &new);
+                let broken = agreed.diff(&new);
+                let broken: Vec<_> = broken
+                    .iter()
+                    .filter(|(field, _, _)| AGREED.contains(field))
+                    .collect();
+                if !broken.is_empty() {
+                    for (field, before, after) in broken {
+                        errors.push(error_at(
+                            &sub.origin.path,
+                            sub.origin.line,
+                            field,
+                            format!(
+                                "subscription {} was enrolled with the terms the customer \
+                                 agreed to (initial payment, order {}), so they cannot change \
+                                 ({field} was {}, the file now says {}); a new agreement needs \
+                                 a new subscription id",
+                                sub.id,
+                                enrolled.order_number,
+                                shown(before),
+                                shown(after)
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+            }
             let Some(old) = old else {
                 bill_checks(&tx, name, sub, claims, true, check_bills, &mut errors)
                     .ctx(&path, what)?;
@@ -615,7 +655,11 @@ impl Store {
                 .iter()
                 .filter(|(field, _, _)| AGREED.contains(field))
                 .collect();
-            if !agreed.is_empty() && has_charges(&tx, &sub.id).ctx(&path, what)? {
+            // (An enrolled subscription was held to its enrolment's terms above.)
+            if enrolled.is_none()
+                && !agreed.is_empty()
+                && has_charges(&tx, &sub.id).ctx(&path, what)?
+            {
                 for (field, before, after) in agreed {
                     errors.push(error_at(
                         &sub.origin.path,
@@ -1143,6 +1187,67 @@ fn json_string(out: &mut Vec<u8>, text: &str) {
     use serde::Serializer as _;
     // Writing to a Vec cannot fail.
     let _ = (&mut serde_json::Serializer::new(&mut *out)).serialize_str(text);
+}
+
+/// The terms an enrolment recorded for a subscription (`enrolments`): its bill number and
+/// currency always, its limits since schema version 6 (`None` before).
+struct Enrolled {
+    order_number: String,
+    bill_number: String,
+    currency: String,
+    min_cents: Option<i64>,
+    max_cents: Option<i64>,
+    period_days: Option<i64>,
+    max_date: Option<String>,
+}
+
+impl Enrolled {
+    /// The agreed terms as a definition to compare `new` with: the enrolment's bill number,
+    /// currency and limits; a limit the enrolment did not record comes from the stored
+    /// subscription (`stored`), or, for a subscription not stored yet, from `new` itself (so it
+    /// cannot be checked). Fields that are not agreed terms are `new`'s.
+    fn agreed(&self, stored: Option<&Def>, new: &Def) -> Def {
+        let fallback = stored.unwrap_or(new);
+        Def {
+            bill_number: self.bill_number.clone(),
+            currency: self.currency.clone(),
+            min_cents: self.min_cents.or(fallback.min_cents),
+            max_cents: self.max_cents.or(fallback.max_cents),
+            period_days: self.period_days.or(fallback.period_days),
+            max_date: self.max_date.clone().or_else(|| fallback.max_date.clone()),
+            ..new.clone()
+        }
+    }
+}
+
+fn any_enrolments(conn: &Connection) -> rusqlite::Result<bool> {
+    cached_query_row(
+        conn,
+        "SELECT EXISTS (SELECT 1 FROM enrolments)",
+        [],
+        |row| row.get(0),
+    )
+}
+
+fn enrolled_terms(conn: &Connection, id: &str) -> rusqlite::Result<Option<Enrolled>> {
+    cached_query_row(
+        conn,
+        "SELECT order_number, bill_number, currency, min_cents, max_cents, period_days, \
+         max_date FROM enrolments WHERE subscription_id = ?1",
+        [id],
+        |row| {
+            Ok(Enrolled {
+                order_number: row.get(0)?,
+                bill_number: row.get(1)?,
+                currency: row.get(2)?,
+                min_cents: row.get(3)?,
+                max_cents: row.get(4)?,
+                period_days: row.get(5)?,
+                max_date: row.get(6)?,
+            })
+        },
+    )
+    .optional()
 }
 
 pub(super) fn has_charges(conn: &Connection, id: &str) -> rusqlite::Result<bool> {

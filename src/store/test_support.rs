@@ -4,12 +4,33 @@ use std::path::Path;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use super::Store;
+use super::{EnrolmentRecord, Store};
+use crate::billing::Limits;
+use crate::money::{Currency, Money};
 use crate::schedule::{DirReport, parse_text};
 
 /// 07:00 UTC on a day of 2027.
 pub fn at(month: u32, day: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2027, month, day, 7, 0, 0).unwrap()
+}
+
+/// An enrolment's initial payment in RUB, recorded without limits (as before schema version 6).
+pub fn enrolment(
+    subscription: &str,
+    order_number: &str,
+    bill_number: &str,
+    amount: &str,
+    at: DateTime<Utc>,
+) -> EnrolmentRecord {
+    EnrolmentRecord {
+        subscription_id: subscription.to_string(),
+        order_number: order_number.to_string(),
+        bill_number: bill_number.to_string(),
+        amount: Money::parse(amount).unwrap(),
+        currency: Currency::parse("RUB").unwrap(),
+        limits: Limits::default(),
+        at,
+    }
 }
 
 /// A daemon store with one monthly subscription per id (499.00 RUB from 2027-01-01), synced on

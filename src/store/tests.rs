@@ -1,5 +1,6 @@
 use super::*;
 use crate::schedule::{DirReport, FileReport, parse_text};
+use crate::store::test_support::enrolment;
 use chrono::TimeZone;
 
 fn db(dir: &tempfile::TempDir) -> PathBuf {
@@ -747,6 +748,169 @@ fn agreed_terms_are_fixed_only_once_there_are_charges() {
     }
 }
 
+/// The limits `sub` writes, as an enrolment records them.
+fn agreed_limits() -> Limits {
+    Limits {
+        min_amount: Some(Money::parse("100.00").unwrap()),
+        max_amount: Some(Money::parse("1000.00").unwrap()),
+        period_days: Some(28),
+        max_date: Some(NaiveDate::from_ymd_opt(2027, 12, 1).unwrap()),
+    }
+}
+
+/// Each agreed field of `sub("s1", "1001", ..)` changed: (from, to, field).
+const AGREED_EDITS: [(&str, &str, &str); 6] = [
+    ("1001\"", "1099\"", "bill_number"),
+    ("\"RUB\"", "\"USD\"", "currency"),
+    ("\"100.00\"", "\"150.00\"", "limits.min_amount"),
+    ("\"1000.00\"", "\"2000.00\"", "limits.max_amount"),
+    ("period_days = 28", "period_days = 27", "limits.period_days"),
+    (
+        "max_date = 2027-12-01",
+        "max_date = 2028-12-01",
+        "limits.max_date",
+    ),
+];
+
+/// Issue 12, item 9: an enrolled subscription is held to the terms of its initial payment from
+/// the enrolment on, before any charge: the enrolment's bill number, currency and limits, also
+/// for the file's first version (written after the payment, edited before the daemon read it).
+#[test]
+fn an_enrolled_subscription_keeps_its_agreed_terms_before_its_first_charge() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let original = sub("s1", "1001", "499.00", "");
+    let mut record = enrolment("s1", "enrol-s1", "5899110211001", "499.00", at(1));
+    record.limits = agreed_limits();
+    store.record_enrolment(&record).unwrap();
+
+    // A first version that is not what the customer agreed to is refused, field by field.
+    for (from, to, field) in AGREED_EDITS {
+        let edited = original.replace(from, to);
+        assert_ne!(edited, original);
+        let summary = store
+            .sync_schedules(&report(vec![file("a.toml", &edited)]), at(2))
+            .unwrap();
+        let errors = refused(&summary, "a.toml");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(&format!(
+                "schedules/a.toml:1:1: {field}: subscription s1 was enrolled with the terms"
+            )) && errors[0].contains("order enrol-s1")
+                && errors[0].contains("a new agreement needs a new subscription id"),
+            "{errors:?}"
+        );
+        assert!(store.subscription("s1").unwrap().is_none());
+    }
+    let summary = store
+        .sync_schedules(&report(vec![file("a.toml", &original)]), at(2))
+        .unwrap();
+    assert_eq!(applied(&summary, "a.toml").added, ["s1"]);
+
+    // No charge yet: the amount and the cadence may change, the agreement may not.
+    assert!(!store.has_charges("s1").unwrap());
+    let allowed = original
+        .replace("\"499.00\"", "\"599.00\"")
+        .replace("\"1 month\"", "\"2 months\"");
+    let summary = store
+        .sync_schedules(&report(vec![file("a.toml", &allowed)]), at(3))
+        .unwrap();
+    assert_eq!(applied(&summary, "a.toml").updated, ["s1"]);
+    for (from, to, field) in AGREED_EDITS {
+        let edited = allowed.replace(from, to);
+        let summary = store
+            .sync_schedules(&report(vec![file("a.toml", &edited)]), at(4))
+            .unwrap();
+        let errors = refused(&summary, "a.toml");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(&format!(
+                "schedules/a.toml:1:1: {field}: subscription s1 was enrolled with the terms"
+            )),
+            "{errors:?}"
+        );
+        let s1 = store.subscription("s1").unwrap().unwrap();
+        assert_eq!(s1.terms.limits, agreed_limits());
+        assert_eq!(s1.bill_number, "5899110211001");
+        assert_eq!(s1.currency.as_str(), "RUB");
+    }
+    // A subscription without an enrolment or charges may still change its limits.
+    let other = sub("s2", "1002", "499.00", "");
+    store
+        .sync_schedules(
+            &report(vec![file("a.toml", &(allowed.clone() + &other))]),
+            at(5),
+        )
+        .unwrap();
+    let wider = allowed.clone() + &other.replace("\"1000.00\"", "\"2000.00\"");
+    let summary = store
+        .sync_schedules(&report(vec![file("a.toml", &wider)]), at(6))
+        .unwrap();
+    assert_eq!(applied(&summary, "a.toml").updated, ["s2"]);
+}
+
+/// Issue 12, item 9, on a database made before the enrolments held their limits (schema version
+/// 5): the migration keeps the enrolment, its limits are NULL, and the guard falls back to the
+/// subscription's stored terms for them (its bill number and currency are the enrolment's).
+#[test]
+fn an_enrolment_recorded_before_its_limits_were_kept_holds_the_stored_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(db(&dir)).unwrap();
+        for sql in &schema::MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 5;
+             INSERT INTO subscriptions (id, file, line, bill_number, currency, amount_cents,
+                 cadence, start_date, state, min_cents, max_cents, period_days, max_date,
+                 created_at, updated_at)
+                 VALUES ('s1', 'a.toml', 1, '5899110211001', 'RUB', 49900, '1 month',
+                 '2026-12-01', 'active', 10000, 100000, 28, '2027-12-01',
+                 '2026-11-01T12:00:00.000000Z', '2026-11-01T12:00:00.000000Z');
+             INSERT INTO enrolments (subscription_id, order_number, bill_number, amount_cents,
+                 currency, at) VALUES ('s1', 'enrol-s1', '5899110211001', 49900, 'RUB',
+                 '2026-11-01T12:00:00.000000Z');",
+        )
+        .unwrap();
+    }
+    let mut store = daemon(&dir);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let limits: (Option<i64>, Option<i64>, Option<i64>, Option<String>) = store
+        .conn
+        .query_row(
+            "SELECT min_cents, max_cents, period_days, max_date FROM enrolments",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(limits, (None, None, None, None));
+    let original = sub("s1", "1001", "499.00", "");
+    let summary = store
+        .sync_schedules(&report(vec![file("a.toml", &original)]), at(2))
+        .unwrap();
+    assert!(
+        matches!(summary.outcome("a.toml"), Some(FileOutcome::Applied(_))),
+        "{summary:?}"
+    );
+    for (from, to, field) in AGREED_EDITS {
+        let edited = original.replace(from, to);
+        let summary = store
+            .sync_schedules(&report(vec![file("a.toml", &edited)]), at(3))
+            .unwrap();
+        let errors = refused(&summary, "a.toml");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(&format!(
+                "schedules/a.toml:1:1: {field}: subscription s1 was enrolled with the terms"
+            )),
+            "{errors:?}"
+        );
+    }
+    let s1 = store.subscription("s1").unwrap().unwrap();
+    assert_eq!(s1.terms.limits, agreed_limits());
+}
+
 #[test]
 fn a_bill_number_with_charges_stays_with_its_subscription() {
     let dir = tempfile::tempdir().unwrap();
@@ -1049,17 +1213,14 @@ fn sync_reads_back_what_it_wrote() {
 fn an_enrolment_counts_as_a_charge_for_its_subscription() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = daemon(&dir);
-    let amount = Money::parse("499.00").unwrap();
-    let rub = Currency::parse("RUB").unwrap();
     store
-        .record_enrolment(
+        .record_enrolment(&enrolment(
             "new-1",
             "enrol-new-1",
             "5800000000000001",
-            amount,
-            rub,
+            "499.00",
             at(3),
-        )
+        ))
         .unwrap();
     assert_eq!(store.charged_instants("new-1", None).unwrap(), vec![at(3)]);
     assert!(store.charged_instants("other", None).unwrap().is_empty());
@@ -1068,14 +1229,13 @@ fn an_enrolment_counts_as_a_charge_for_its_subscription() {
     // The same id cannot be enrolled twice.
     assert!(
         store
-            .record_enrolment(
+            .record_enrolment(&enrolment(
                 "new-1",
                 "enrol-new-1-b",
                 "5800000000000002",
-                amount,
-                rub,
-                at(4)
-            )
+                "499.00",
+                at(4),
+            ))
             .is_err()
     );
     let ledger = store.ledger(None).unwrap();
@@ -1301,5 +1461,129 @@ fn the_daemon_creates_a_database_only_through_open_or_create() {
     assert!(
         !again.created(),
         "an existing database is opened, not made again"
+    );
+}
+
+/// Issue 12, item 13: an enrolment attempt is pending before it is sent, at most one per
+/// subscription; booking it (with the limits sent) and closing it are each guarded by the state
+/// `pending`, so one attempt is settled once.
+#[test]
+fn an_enrolment_attempt_is_settled_once_from_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = daemon(&dir);
+    let attempt = |order: &str, sub: &str| EnrolmentAttempt {
+        order_number: order.to_string(),
+        subscription_id: sub.to_string(),
+        state: EnrolmentState::Pending,
+        customer: "1234".into(),
+        amount: Money::parse("499.00").unwrap(),
+        currency: Currency::parse("RUB").unwrap(),
+        cadence: "1 month".into(),
+        start: NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(),
+        min_amount: Money::parse("100.00").unwrap(),
+        max_amount: Money::parse("1000.00").unwrap(),
+        period_days: 28,
+        max_date: NaiveDate::from_ymd_opt(2027, 12, 1).unwrap(),
+        created_at: at(1),
+        seen: false,
+        bill_number: None,
+        reason: None,
+    };
+    store
+        .record_pending_enrolment(&attempt("enrol-s1", "s1"))
+        .unwrap();
+    assert_eq!(
+        store.pending_enrolment("s1").unwrap(),
+        Some(attempt("enrol-s1", "s1"))
+    );
+    // One pending attempt per subscription; an order number once.
+    assert!(
+        store
+            .record_pending_enrolment(&attempt("enrol-s1-2", "s1"))
+            .is_err()
+    );
+    assert!(
+        store
+            .record_pending_enrolment(&attempt("enrol-s1", "s2"))
+            .is_err()
+    );
+    store
+        .keep_enrolment_pending("enrol-s1", true, "In Process", at(2))
+        .unwrap();
+    let kept = store.pending_enrolment("s1").unwrap().unwrap();
+    assert!(kept.seen);
+    assert_eq!(kept.reason.as_deref(), Some("In Process"));
+
+    assert!(
+        store
+            .book_enrolment("enrol-s1", "5899110211001", at(1), at(3))
+            .unwrap()
+    );
+    assert!(store.enrolment_exists("s1").unwrap());
+    assert!(store.pending_enrolment("s1").unwrap().is_none());
+    assert_eq!(store.charged_instants("s1", None).unwrap(), vec![at(1)]);
+    // Booked with the limits sent: sync holds the subscription to them.
+    let limits: (Option<i64>, Option<i64>) = store
+        .conn
+        .query_row(
+            "SELECT min_cents, max_cents FROM enrolments WHERE subscription_id = 's1'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(limits, (Some(10_000), Some(100_000)));
+    // Settled once: neither booked again nor closed.
+    assert!(
+        !store
+            .book_enrolment("enrol-s1", "5899110211001", at(1), at(4))
+            .unwrap()
+    );
+    assert!(
+        !store
+            .close_enrolment("enrol-s1", EnrolmentState::Declined, "x", at(4))
+            .unwrap()
+    );
+    assert_eq!(
+        store.enrolment_order_use("enrol-s1").unwrap(),
+        Some(OrderUse {
+            subscription_id: "s1".into(),
+            state: EnrolmentState::Approved
+        })
+    );
+
+    // Closed as not charged: a new attempt may be recorded for the subscription.
+    store
+        .record_pending_enrolment(&attempt("enrol-s2", "s2"))
+        .unwrap();
+    assert!(
+        store
+            .close_enrolment(
+                "enrol-s2",
+                EnrolmentState::Declined,
+                "declined (AS102)",
+                at(5)
+            )
+            .unwrap()
+    );
+    assert!(store.pending_enrolment("s2").unwrap().is_none());
+    assert_eq!(store.enrolment_attempt_count("s2").unwrap(), 1);
+    store
+        .record_pending_enrolment(&attempt("enrol-s2-2", "s2"))
+        .unwrap();
+    let kinds: Vec<String> = store
+        .ledger(None)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "enrolment_pending",
+            "enrolled",
+            "enrolment_pending",
+            "enrolment_not_charged",
+            "enrolment_pending"
+        ]
     );
 }

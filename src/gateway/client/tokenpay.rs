@@ -5,6 +5,12 @@
 //! amount and currency, a check value that verifies with our salt and merchant id, our test mode.
 //! Whatever is not conclusive (a lost or broken reply, an unknown code, In Process, no test mode
 //! or billnumber) is settled by [`Client::order_status`], never by sending again.
+//!
+//! A fault reply (`firstcode`/`secondcode`) carries no check value: one that says the payment
+//! was declined or the request refused (for this request's values, not our configuration) is
+//! only believed once a verified status answer agrees — no such order, or the order declined.
+//! A status answer that shows the order paid wins (enrolled); one that cannot confirm leaves
+//! the outcome unknown.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use secrecy::ExposeSecret;
@@ -99,6 +105,10 @@ pub struct TokenPayReply {
     pub sent_at: DateTime<Utc>,
     /// Whether an order-status query settled the outcome.
     pub confirmed_by_status: bool,
+    /// Whether the gateway showed that it holds the order (a reply or status answer carried it:
+    /// approved, declined, in process, or failing verification). A later "not found" then
+    /// proves nothing.
+    pub seen: bool,
     /// The tokenpay body as received, truncated and masked, for the record.
     pub raw: Option<String>,
 }
@@ -116,6 +126,7 @@ impl Client {
             response_code: None,
             sent_at,
             confirmed_by_status: false,
+            seen: false,
             raw: None,
         };
         if let Err(why) = check_order_number(request.order_number) {
@@ -231,6 +242,9 @@ impl Client {
             response_code,
             sent_at,
             confirmed_by_status: false,
+            // Only replies that carry the order come back through here, and faults about 3-D
+            // Secure or the CVC, which the gateway sends with the order In Process.
+            seen: true,
             raw: raw.clone(),
         };
         let cvc_required = wire.firstcode == 3 && wire.secondcode == SECONDCODE_CVC_REQUIRED;
@@ -248,15 +262,34 @@ impl Client {
                     .map(|d| format!(": {}", wire::excerpt(d)))
                     .unwrap_or_default();
                 return match super::super::outcome::request_error(*firstcode, *secondcode) {
-                    Some(Outcome::Rejected(reason)) => done(
-                        TokenPayOutcome::Rejected {
+                    // Our credentials, merchant id or signature refused: the gateway did not
+                    // take the request in.
+                    Some(Outcome::Rejected(reason)) if is_config_fault(*firstcode, *secondcode) => {
+                        TokenPayReply {
+                            seen: false,
+                            ..done(
+                                TokenPayOutcome::Rejected {
+                                    reason: format!("{reason}{detail}"),
+                                    config: true,
+                                },
+                                None,
+                            )
+                        }
+                    }
+                    // A refusal or a decline of this payment: a claim without a check value,
+                    // believed once the order's status agrees.
+                    Some(Outcome::Rejected(reason)) => {
+                        let claimed = TokenPayOutcome::Rejected {
                             reason: format!("{reason}{detail}"),
-                            config: is_config_fault(*firstcode, *secondcode),
-                        },
-                        None,
-                    ),
+                            config: false,
+                        };
+                        self.confirm_fault(request, sent_at, claimed, raw.clone())
+                            .await
+                    }
                     Some(Outcome::Declined(decline)) => {
-                        done(TokenPayOutcome::Declined(decline), None)
+                        let claimed = TokenPayOutcome::Declined(decline);
+                        self.confirm_fault(request, sent_at, claimed, raw.clone())
+                            .await
                     }
                     other => {
                         let why = other.map_or_else(
@@ -298,7 +331,7 @@ impl Client {
         }
         match verified.outcome {
             Outcome::Approved if verified.test_mode.is_some() => {
-                match bill_base(verified.bill_number.as_deref()) {
+                match agreement_bill_number(verified.bill_number.as_deref()) {
                     Ok(bill_number) => done(TokenPayOutcome::Enrolled { bill_number }, code),
                     Err(why) => done(TokenPayOutcome::IntegrityFailure(why), code),
                 }
@@ -341,8 +374,9 @@ impl Client {
             })
             .await;
         let verified = answer.verified;
+        let seen = shows_order(&verified.outcome);
         let outcome = match verified.outcome {
-            Outcome::Approved => match bill_base(verified.bill_number.as_deref()) {
+            Outcome::Approved => match agreement_bill_number(verified.bill_number.as_deref()) {
                 Ok(bill_number) => TokenPayOutcome::Enrolled { bill_number },
                 Err(problem) => TokenPayOutcome::IntegrityFailure(problem),
             },
@@ -361,9 +395,72 @@ impl Client {
             response_code: verified.response_code.or(response_code),
             sent_at,
             confirmed_by_status: true,
+            seen,
             raw,
         }
     }
+
+    /// Confirms a fault that says the payment was declined or refused (`claimed`) by asking for
+    /// the order's status: no such order, or the order declined, confirm it; the order paid
+    /// means it was enrolled after all; anything else leaves the outcome unknown.
+    async fn confirm_fault(
+        &self,
+        request: &TokenPayRequest<'_>,
+        sent_at: DateTime<Utc>,
+        claimed: TokenPayOutcome,
+        raw: Option<String>,
+    ) -> TokenPayReply {
+        tracing::debug!(
+            order_number = request.order_number,
+            fault = %claimed,
+            "token payment refused by a fault; confirming by its status"
+        );
+        let answer = self
+            .order_status(&StatusQuery {
+                order_number: request.order_number,
+                amount: request.amount,
+                currency: request.currency,
+                sent_at,
+                known_test_mode: None,
+            })
+            .await;
+        let verified = answer.verified;
+        let seen = shows_order(&verified.outcome);
+        let outcome = match verified.outcome {
+            // The gateway answered that it refused, and holds no such order.
+            Outcome::NotFound => claimed,
+            Outcome::Declined(decline) => TokenPayOutcome::Declined(decline),
+            Outcome::Approved => match agreement_bill_number(verified.bill_number.as_deref()) {
+                Ok(bill_number) => TokenPayOutcome::Enrolled { bill_number },
+                Err(problem) => TokenPayOutcome::IntegrityFailure(problem),
+            },
+            Outcome::IntegrityFailure(problem) => TokenPayOutcome::IntegrityFailure(problem),
+            Outcome::Pending => TokenPayOutcome::Unknown(format!(
+                "the gateway answered {claimed}, but shows the order In Process: it may still \
+                 be charged"
+            )),
+            other => TokenPayOutcome::Unknown(format!(
+                "the gateway answered {claimed}, but its order status could not confirm that \
+                 nothing was charged ({other})"
+            )),
+        };
+        TokenPayReply {
+            outcome,
+            response_code: verified.response_code,
+            sent_at,
+            confirmed_by_status: true,
+            seen,
+            raw,
+        }
+    }
+}
+
+/// Whether a verified status outcome shows that the gateway holds the order.
+fn shows_order(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Approved | Outcome::Declined(_) | Outcome::Pending | Outcome::IntegrityFailure(_)
+    )
 }
 
 /// An outcome as the reason a payment is not settled yet (without `unknown (...)` around it).
@@ -390,7 +487,7 @@ fn is_config_fault(firstcode: u32, secondcode: u32) -> bool {
 
 /// The agreement's billnumber from an approved answer: its base (before any `.k`), 8 to 20
 /// digits.
-fn bill_base(bill_number: Option<&str>) -> Result<String, String> {
+pub fn agreement_bill_number(bill_number: Option<&str>) -> Result<String, String> {
     let text = bill_number.unwrap_or("").trim();
     let base = text.split_once('.').map_or(text, |(base, _)| base);
     if (8..=20).contains(&base.len()) && base.bytes().all(|b| b.is_ascii_digit()) {

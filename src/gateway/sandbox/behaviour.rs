@@ -5,6 +5,11 @@
 //! agreement. `999` itself is chaos: the behaviour is chosen per order number by a stable hash,
 //! so the same order number always gets the same behaviour. Any other base, and a magic base
 //! whose last three digits are not in the table, behaves normally (approve).
+//!
+//! Magic Token Pay tokens (`999…`) use the same table by their last three digits, plus a few of
+//! their own handled in `service/tokenpay.rs`: `115` (CVC required) and the decline-type faults
+//! `117` (firstcode 17, nothing applied), `217` (the payment applied, Approved, the fault
+//! answered anyway) and `317` (applied In Process, then Approved; the fault answered).
 
 /// What the sandbox does with one charge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -366,3 +366,28 @@ async fn magic_tokens_choose_what_happens() {
     assert!(!checkvalue_verifies(order(&reply)));
     sandbox.shutdown().await;
 }
+
+/// 117 / 217 / 317: a decline-type fault (firstcode 17, no check value), with nothing applied,
+/// with the payment applied (Approved) or applied In Process.
+#[tokio::test]
+async fn magic_decline_faults_apply_nothing_or_the_payment() {
+    let sandbox = start(config()).await;
+    let magic = |suffix: &str| format!("99900000-0000-0000-0000-000000000{suffix}");
+    for (order_number, suffix) in [("F117", "117"), ("F217", "217"), ("F317", "317")] {
+        let reply = pay(&sandbox, &form(order_number, "5555", &magic(suffix))).await;
+        assert_eq!(fault(&reply), (17, 0), "{suffix}: {reply}");
+        assert!(reply.get("order").is_none(), "{suffix}: {reply}");
+    }
+    let book = sandbox.book();
+    let state = |number: &str| {
+        book.orders
+            .iter()
+            .find(|o| o.order_number == number)
+            .map(|o| o.state)
+    };
+    assert_eq!(state("F117"), None);
+    assert_eq!(state("F217"), Some(OrderState::Approved));
+    assert_eq!(state("F317"), Some(OrderState::InProcess));
+    assert_eq!(book.token_payments.len(), 3, "each request is in the book");
+    sandbox.shutdown().await;
+}

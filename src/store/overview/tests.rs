@@ -1,10 +1,9 @@
 use super::*;
-use crate::money::{Currency, Money};
 use crate::store::timestamp;
 use rusqlite::params;
 use std::collections::BTreeMap;
 
-use crate::store::test_support::{at, store_with};
+use crate::store::test_support::{at, enrolment, store_with};
 
 fn charge(store: &Store, id: &str, period: i64, state: &str, next: Option<DateTime<Utc>>) -> i64 {
     store
@@ -118,14 +117,13 @@ fn every_subscription_with_its_position_flags_and_last_outcome() {
 
     // enrolled: no attempt yet, only the enrolment's initial payment.
     store
-        .record_enrolment(
+        .record_enrolment(&enrolment(
             "enrolled",
             "ORD-E1",
             "5899000000000001",
-            Money::parse("250.00").unwrap(),
-            Currency::parse("RUB").unwrap(),
+            "250.00",
             at(1, 1),
-        )
+        ))
         .unwrap();
 
     // gone: removed from the schedule files.

@@ -2,7 +2,7 @@ use super::*;
 use crate::store::Access;
 use chrono::TimeZone;
 
-use crate::store::test_support::{at, store_with};
+use crate::store::test_support::{at, enrolment, store_with};
 
 fn charge(store: &Store, id: &str, period: i64, due: &str, state: &str, next: Option<&str>) -> i64 {
     store
@@ -47,14 +47,13 @@ fn history_shows_an_enrolment_as_its_initial_payment() {
     let (_dir, mut store) = store_with(&["s1"]);
     let paid = Utc.with_ymd_and_hms(2026, 12, 1, 9, 30, 0).unwrap();
     store
-        .record_enrolment(
+        .record_enrolment(&enrolment(
             "e-1",
             "ORD-E1",
             "5899000000000001",
-            Money::parse("250.00").unwrap(),
-            Currency::parse("RUB").unwrap(),
+            "250.00",
             paid,
-        )
+        ))
         .unwrap();
     let c = charge(&store, "s1", 0, "2027-01-01", "paid", None);
     attempt(&store, c, 1, "approved", at(1, 1), Some(at(1, 1)));
@@ -125,14 +124,13 @@ fn ledger_state_says_where_each_subscription_stands() {
         .unwrap();
     // s3 enrolled: the initial payment counts for the limits.
     store
-        .record_enrolment(
+        .record_enrolment(&enrolment(
             "s3",
             "ORD-3",
             "5899000000000003",
-            Money::parse("499.00").unwrap(),
-            Currency::parse("RUB").unwrap(),
+            "499.00",
             at(1, 1) - chrono::Duration::days(30),
-        )
+        ))
         .unwrap();
     let read = Store::open(&store.path.clone(), Access::ReadOnly).unwrap();
 

@@ -6,7 +6,10 @@
 //! CustomerNumber together with RecurringIndicator=1 (15/320: Assist forbids it), the recurring
 //! parameters, PaymentToken, the Signature (when the sandbox has the merchant's public key), and
 //! the token's owner. A token starting with `999` is magic for any customer: its last three
-//! digits choose a [`Behaviour`] like a magic bill number's, plus `115` (CVC required).
+//! digits choose a [`Behaviour`] like a magic bill number's, plus `115` (CVC required) and the
+//! decline-type faults (firstcode 17, "limits exceeded", which carry no check value): `117`
+//! applies nothing, `217` applies the payment (Approved) and `317` applies it In Process
+//! (settled Approved after `settle_after` status queries), each answering the fault.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -34,6 +37,23 @@ use crate::money::{Currency, Money, parse_assist_date};
 const DEFAULT_CURRENCY: &str = "RUB";
 /// The last three digits of a magic token that asks for the CVC (firstcode 3 / secondcode 115).
 const CVC_REQUIRED: &str = "115";
+
+/// A magic token that answers a decline-type fault (firstcode 17 / secondcode 0): `Some(None)`
+/// applies nothing (`117`), `Some(Some(b))` applies the payment as `b` first (`217`: Approved,
+/// `317`: In Process, then Approved), `None` for any other token.
+fn fault_after(token: &str) -> Option<Option<Behaviour>> {
+    if !is_magic(token) {
+        return None;
+    }
+    match token.get(token.len().saturating_sub(3)..)? {
+        "117" => Some(None),
+        "217" => Some(Some(Behaviour::Approve)),
+        "317" => Some(Some(Behaviour::InProcess {
+            then_approved: true,
+        })),
+        _ => None,
+    }
+}
 
 /// A checked tokenpay request.
 struct Checked {
@@ -77,6 +97,34 @@ pub(super) async fn handle(
             return Ok(fault.reply(Format::Json));
         }
     };
+    if let Some(applied) = fault_after(&checked.token) {
+        let fault = Fault::new(17, 0, "limits exceeded");
+        match applied {
+            None => shared
+                .book()
+                .record_token_payment(refused(params, fault.refusal())),
+            Some(behaviour) => {
+                let payment = TokenPay {
+                    order_number: &checked.order_number,
+                    customer: &checked.customer,
+                    token: &checked.token,
+                    amount: checked.amount,
+                    currency: checked.currency,
+                    recurring: checked.recurring,
+                    signed: checked.signed,
+                    behaviour,
+                };
+                // Applied (or refused as a duplicate: the fault is the answer either way).
+                let _ = shared.book().token_pay(
+                    &payment,
+                    config.duplicates,
+                    config.test_mode,
+                    Utc::now(),
+                );
+            }
+        }
+        return Ok(fault.reply(Format::Json));
+    }
     let cvc_required = is_magic(&checked.token) && checked.token.ends_with(CVC_REQUIRED);
     let behaviour = if cvc_required {
         Behaviour::Decline(DeclineCode::ThreeDsRequired)
