@@ -16,6 +16,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     SECOND_PASS,
     ENROLMENT_TERMS,
     ENROLMENT_ATTEMPTS,
+    OUTBOX,
 ];
 
 const MIGRATION_1: &str = r#"
@@ -293,4 +294,49 @@ CREATE TABLE enrolment_attempts (
 CREATE UNIQUE INDEX enrolment_attempts_one_pending ON enrolment_attempts (subscription_id)
     WHERE state = 'pending';
 CREATE INDEX enrolment_attempts_by_subscription ON enrolment_attempts (subscription_id);
+"#;
+
+/// The outbox: ledger events a merchant's systems are told about (`recurrentd events`, the
+/// webhook), one row per event, made by a trigger on `ledger` in the transaction that inserts
+/// the event — whatever code path inserts it, and for kinds added later under the prefixes
+/// `refund_` and `books_`. The event itself is the ledger row (`ledger_seq`), read as recorded;
+/// `id` is the consumers' cursor. `stream` orders delivery: an event waits while an earlier one
+/// of the same stream (its subscription, from the row or the detail's `subscription`; '' for
+/// none) is still `pending`. Webhook delivery: `pending` until a 2xx answer (`delivered`) or
+/// until it has failed for `webhook.dead_letter_after_days` since its first attempt (`dead`);
+/// `next_attempt_at` ('' = now) is its backoff, `last_error` why the last attempt failed.
+const OUTBOX: &str = r#"
+CREATE TABLE outbox (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    ledger_seq       INTEGER NOT NULL UNIQUE REFERENCES ledger (seq),
+    stream           TEXT NOT NULL,
+    state            TEXT NOT NULL DEFAULT 'pending'
+                         CHECK (state IN ('pending', 'delivered', 'dead')),
+    attempts         INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    next_attempt_at  TEXT NOT NULL DEFAULT '',
+    first_attempt_at TEXT,
+    delivered_at     TEXT,
+    dead_at          TEXT,
+    last_error       TEXT
+) STRICT;
+
+CREATE INDEX outbox_pending_by_stream ON outbox (stream, id) WHERE state = 'pending';
+CREATE INDEX outbox_pending_due ON outbox (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX outbox_dead ON outbox (id) WHERE state = 'dead';
+
+CREATE TRIGGER ledger_to_outbox AFTER INSERT ON ledger
+WHEN NEW.kind IN (
+        'charge_approved', 'charge_declined', 'period_failed', 'period_blocked',
+        'period_skipped', 'charge_parked', 'charge_quarantined', 'charge_held',
+        'double_approval', 'late_approval', 'charge_attested_paid',
+        'charge_attested_not_charged', 'hard_decline', 'attention_cleared',
+        'subscription_added', 'subscription_updated', 'subscription_removed',
+        'adhoc_requested', 'adhoc_cancelled', 'adhoc_expired', 'enrolled')
+    OR substr(NEW.kind, 1, 7) = 'refund_'
+    OR substr(NEW.kind, 1, 6) = 'books_'
+BEGIN
+    INSERT INTO outbox (ledger_seq, stream)
+    VALUES (NEW.seq, coalesce(NEW.subscription_id,
+                              json_extract(NEW.detail, '$.subscription'), ''));
+END;
 "#;
