@@ -31,6 +31,7 @@ const NON_CONFIG_ENV: &[&str] = &[
     "SECRET_PASSWORD",
     "SECRET_SALT",
     "SECRET_PRIVATE_KEY",
+    "SECRET_WEBHOOK",
     "LOG",
     // The crash tests' fail points (debug builds only; see `failpoint`).
     "FAILPOINT",
@@ -48,6 +49,29 @@ pub struct Config {
     pub engine: EngineConfig,
     pub daemon: DaemonConfig,
     pub log: LogConfig,
+    /// The `[webhook]` section: outcomes POSTed to the merchant's systems. `None`: no webhook
+    /// (the outbox is still kept, for `recurrentd events`).
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Where and how ledger events are delivered (the `[webhook]` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// The endpoint (https, or http to a loopback address). Never logged: it may hold a token.
+    pub url: String,
+    /// The signing secret's file (else `$CREDENTIALS_DIRECTORY/webhook-secret`, else, in test
+    /// mode only, `RECURRENTD_SECRET_WEBHOOK`).
+    pub secret_file: Option<PathBuf>,
+    /// Seconds one delivery may take (connect included).
+    pub timeout_secs: u32,
+    /// An event still not delivered this long after its first attempt is given up on (shown in
+    /// `status`, listed by `events`, re-queued by `events --redeliver-dead`).
+    pub dead_letter_after_days: u32,
+}
+
+impl WebhookConfig {
+    pub const DEFAULT_TIMEOUT_SECS: u32 = 10;
+    pub const DEFAULT_DEAD_LETTER_AFTER_DAYS: u32 = 3;
 }
 
 /// How `recurrentd run` paces itself (the `[daemon]` section).
@@ -245,6 +269,27 @@ struct RawConfig {
     daemon: RawDaemon,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    webhook: Option<RawWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: String,
+    secret_file: Option<PathBuf>,
+    #[serde(default = "default_webhook_timeout")]
+    timeout_secs: u32,
+    #[serde(default = "default_dead_letter_after_days")]
+    dead_letter_after_days: u32,
+}
+
+fn default_webhook_timeout() -> u32 {
+    WebhookConfig::DEFAULT_TIMEOUT_SECS
+}
+
+fn default_dead_letter_after_days() -> u32 {
+    WebhookConfig::DEFAULT_DEAD_LETTER_AFTER_DAYS
 }
 
 #[derive(Deserialize)]
@@ -586,6 +631,11 @@ impl Config {
             check_engine(raw.engine).map_err(|e| err(format!("config file {shown}: {e}")))?;
         let daemon =
             check_daemon(raw.daemon).map_err(|e| err(format!("config file {shown}: {e}")))?;
+        let webhook = raw
+            .webhook
+            .map(|w| check_webhook(w, resolve))
+            .transpose()
+            .map_err(|e| err(format!("config file {shown}: {e}")))?;
         Ok(Config {
             engine,
             daemon,
@@ -620,8 +670,36 @@ impl Config {
             log: LogConfig {
                 format: raw.log.format,
             },
+            webhook,
         })
     }
+}
+
+fn check_webhook(
+    raw: RawWebhook,
+    resolve: impl Fn(PathBuf) -> PathBuf,
+) -> Result<WebhookConfig, String> {
+    let url = raw.url.trim().to_string();
+    // The URL is not echoed: it may carry a token.
+    crate::gateway::client::check_base_url(&url).map_err(|why| format!("webhook.url: {why}"))?;
+    if !(1..=60).contains(&raw.timeout_secs) {
+        return Err(format!(
+            "webhook.timeout_secs: must be 1..=60, got {}",
+            raw.timeout_secs
+        ));
+    }
+    if !(1..=30).contains(&raw.dead_letter_after_days) {
+        return Err(format!(
+            "webhook.dead_letter_after_days: must be 1..=30, got {}",
+            raw.dead_letter_after_days
+        ));
+    }
+    Ok(WebhookConfig {
+        url,
+        secret_file: raw.secret_file.map(resolve),
+        timeout_secs: raw.timeout_secs,
+        dead_letter_after_days: raw.dead_letter_after_days,
+    })
 }
 
 fn check_engine(raw: RawEngine) -> Result<EngineConfig, String> {
@@ -720,6 +798,8 @@ pub enum SecretName {
     Salt,
     /// The RSA private key (PEM) for request signatures.
     PrivateKey,
+    /// The webhook's signing secret (not in [`SecretName::ALL`], the gateway's secrets).
+    WebhookSecret,
 }
 
 impl SecretName {
@@ -735,6 +815,7 @@ impl SecretName {
             SecretName::Password => "assist-password",
             SecretName::Salt => "assist-salt",
             SecretName::PrivateKey => "assist-private-key",
+            SecretName::WebhookSecret => "webhook-secret",
         }
     }
 
@@ -744,6 +825,7 @@ impl SecretName {
             SecretName::Password => "RECURRENTD_SECRET_PASSWORD",
             SecretName::Salt => "RECURRENTD_SECRET_SALT",
             SecretName::PrivateKey => "RECURRENTD_SECRET_PRIVATE_KEY",
+            SecretName::WebhookSecret => "RECURRENTD_SECRET_WEBHOOK",
         }
     }
 
@@ -753,6 +835,7 @@ impl SecretName {
             SecretName::Password => "gateway.password_file",
             SecretName::Salt => "gateway.salt_file",
             SecretName::PrivateKey => "gateway.private_key_file",
+            SecretName::WebhookSecret => "webhook.secret_file",
         }
     }
 
@@ -761,6 +844,8 @@ impl SecretName {
             SecretName::Password => gateway.password_file.as_deref(),
             SecretName::Salt => gateway.salt_file.as_deref(),
             SecretName::PrivateKey => gateway.private_key_file.as_deref(),
+            // Read by `load_webhook_secret`, from the `[webhook]` section.
+            SecretName::WebhookSecret => None,
         }
     }
 }
@@ -771,6 +856,7 @@ impl fmt::Display for SecretName {
             SecretName::Password => "gateway password",
             SecretName::Salt => "checkvalue salt",
             SecretName::PrivateKey => "RSA private key",
+            SecretName::WebhookSecret => "webhook secret",
         })
     }
 }
@@ -820,6 +906,26 @@ fn load_secret_from(
         }
     }
     Ok(env_value.map(SecretString::from))
+}
+
+/// The webhook's signing secret, as [`load_secret`] finds the others: `webhook.secret_file`,
+/// then `$CREDENTIALS_DIRECTORY/webhook-secret`, then (test mode only) `RECURRENTD_SECRET_WEBHOOK`.
+pub fn load_webhook_secret(config: &Config) -> Result<Option<SecretString>, ConfigError> {
+    let name = SecretName::WebhookSecret;
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let env_value = std::env::var(name.env_var()).ok();
+    match config
+        .webhook
+        .as_ref()
+        .and_then(|w| w.secret_file.as_deref())
+    {
+        Some(file) => {
+            // The environment is refused outside test mode even when a file is named.
+            load_secret_from(&config.gateway, name, None, env_value)?;
+            read_secret_file(file, name, name.config_key(), credentials.as_deref()).map(Some)
+        }
+        None => load_secret_from(&config.gateway, name, credentials.as_deref(), env_value),
+    }
 }
 
 /// Like [`load_secret`], but a missing secret is an error that says where it was looked for.
@@ -1025,6 +1131,74 @@ catch_up = "none"
         assert_eq!(config.daemon, DaemonConfig::default());
         assert_eq!(config.daemon.sweep_cron, "0 * * * * *");
         assert_eq!(config.daemon.max_failed_ticks, 5);
+    }
+
+    #[test]
+    fn the_webhook_section_has_defaults_ranges_and_its_own_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "[gateway]\nurl = \"https://x.test\"\nmerchant_id = \"1\"\nlogin = \"l\"\n";
+        let path = write(dir.path(), "config.toml", base);
+        assert_eq!(load(&path).unwrap().webhook, None);
+        let path = write(
+            dir.path(),
+            "config.toml",
+            &format!(
+                "{base}[webhook]\nurl = \"https://hooks.example.com/recurrentd\"\nsecret_file = \"whsec\"\n"
+            ),
+        );
+        let config = load(&path).unwrap();
+        let webhook = config.webhook.clone().unwrap();
+        assert_eq!(webhook.url, "https://hooks.example.com/recurrentd");
+        assert_eq!(webhook.secret_file, Some(dir.path().join("whsec")));
+        assert_eq!(webhook.timeout_secs, 10);
+        assert_eq!(webhook.dead_letter_after_days, 3);
+        secret_file(dir.path(), "whsec", "whsec_abc\n", 0o600);
+        let secret = load_webhook_secret(&config).unwrap().unwrap();
+        assert_eq!(secret.expose_secret(), "whsec_abc");
+        std::fs::set_permissions(
+            dir.path().join("whsec"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let message = load_webhook_secret(&config).unwrap_err().0;
+        assert!(message.contains("webhook secret file"), "{message}");
+        assert!(!message.contains("whsec_abc"), "{message}");
+
+        for (table, wanted) in [
+            (
+                "url = \"http://hooks.example.com/x\"",
+                "webhook.url: must use https://",
+            ),
+            (
+                "url = \"https://a.test\"\ntimeout_secs = 0",
+                "webhook.timeout_secs",
+            ),
+            (
+                "url = \"https://a.test\"\ndead_letter_after_days = 31",
+                "webhook.dead_letter_after_days",
+            ),
+            (
+                "url = \"https://a.test\"\nsecret = \"inline\"",
+                "unknown field",
+            ),
+            ("secret_file = \"x\"", "missing field"),
+        ] {
+            let path = write(
+                dir.path(),
+                "config.toml",
+                &format!("{base}[webhook]\n{table}\n"),
+            );
+            let message = load(&path).unwrap_err().0;
+            assert!(message.contains(wanted), "{table}: {message}");
+            assert!(!message.contains("inline"), "{message}");
+        }
+        // http to a loopback receiver is fine (the sandbox's, tests').
+        let path = write(
+            dir.path(),
+            "config.toml",
+            &format!("{base}[webhook]\nurl = \"http://127.0.0.1:9/hook\"\n"),
+        );
+        assert!(load(&path).is_ok());
     }
 
     #[test]

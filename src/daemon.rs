@@ -63,6 +63,8 @@ pub struct RunOptions {
     pub create: Option<String>,
     /// Consecutive failed ticks after which the daemon gives up ([`DaemonError::TicksFailed`]).
     pub max_failed_ticks: u32,
+    /// Deliver the outbox to this webhook (a task of its own beside the engine).
+    pub webhook: Option<crate::outbox::Webhook>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,14 +210,14 @@ async fn sync(
 pub async fn run(
     config: &Config,
     gateway: Settings,
-    options: RunOptions,
+    mut options: RunOptions,
 ) -> Result<(), DaemonError> {
     let notifier = Notifier::from_env();
     // The signal handlers first: a SIGTERM during start-up (a long reconciliation) stops the
     // daemon cleanly instead of killing it with the default action.
     let mut signals = Signals::install()?;
     let startup = start(config, gateway, &options, &notifier);
-    let (engine, mut subscriptions, mut watch) = tokio::select! {
+    let (engine, subscriptions, watch) = tokio::select! {
         started = startup => started?,
         signal = stopped(&mut signals.terminate, &mut signals.interrupt) => {
             tracing::info!("{signal} during start-up: stopping before anything was charged");
@@ -224,6 +226,49 @@ pub async fn run(
         }
     };
 
+    // The webhook: its own task and store connection, so a slow or failing endpoint never
+    // holds up a charge. Stopped after the drain (the drain's outcomes are delivered too).
+    let deliverer = match options.webhook.take() {
+        Some(webhook) => Some(
+            crate::outbox::Deliverer::start(
+                webhook,
+                options.database.clone(),
+                Arc::clone(&options.clock),
+            )
+            .map_err(DaemonError::Gateway)?,
+        ),
+        None => None,
+    };
+    let result = run_loop(
+        config,
+        &options,
+        &notifier,
+        &mut signals,
+        engine,
+        subscriptions,
+        watch,
+    )
+    .await;
+    if let Some(deliverer) = deliverer {
+        // What is due goes out for up to two more seconds; the rest at the next start.
+        deliverer.stop(StdDuration::from_secs(2)).await;
+    }
+    result
+}
+
+/// The loop of [`run`], once started: ticks, reloads, the watchdog, until a stop.
+// The body is the loop as it was inside `run`, unchanged (its `&options` and `&notifier` are
+// references to references now).
+#[allow(clippy::needless_borrow)]
+async fn run_loop(
+    config: &Config,
+    options: &RunOptions,
+    notifier: &Notifier,
+    signals: &mut Signals,
+    engine: Engine,
+    mut subscriptions: usize,
+    mut watch: Watch,
+) -> Result<(), DaemonError> {
     let mut sweep = Sweeper::start(&options.sweep).await?;
     let mut watch_timer = tokio::time::interval(watch::POLL);
     watch_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

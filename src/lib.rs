@@ -15,6 +15,7 @@
 //! - [`engine`]: the charge lifecycle: due sweep → intent → gateway → verified outcome → ledger,
 //!   with reconciliation, retries, dunning, parking, the circuit breaker and pacing.
 //! - [`clock`]: the engine's time source (the system clock, or a manual one in tests).
+//! - [`outbox`]: delivering the ledger's merchant-facing events: the signed webhook.
 //! - [`daemon`]: `run`: the store, schedule sync, reconciliation and the tick loop, signals.
 //! - [`failpoint`]: named crash points for the crash tests (debug builds only).
 //! - [`cli`]: the operator commands behind `main.rs`.
@@ -31,5 +32,6 @@ pub mod failpoint;
 pub mod forecast;
 pub mod gateway;
 pub mod money;
+pub mod outbox;
 pub mod schedule;
 pub mod store;

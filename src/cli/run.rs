@@ -16,6 +16,8 @@ use crate::config::{self, Config, SecretName};
 use crate::daemon::{self, DaemonError, RunOptions, Sweep};
 use crate::gateway::client::{Settings, check_base_url};
 use crate::gateway::sandbox::{self, Sandbox, SandboxConfig};
+use crate::outbox::Webhook;
+use crate::outbox::receiver::{Received, Receiver};
 use crate::store::{Access, AttemptState, ChargeState, Store, StoreError};
 
 /// Rehearsal speed of `--sandbox` when `--clock-speed` is not given: a 30-day month in ten
@@ -208,7 +210,36 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
         database: database.clone(),
         create,
         max_failed_ticks: config.daemon.max_failed_ticks,
+        webhook: None,
     };
+    // The webhook: the configured one, or, in a sandbox run, a local receiver that checks every
+    // signature (unless one is configured).
+    let mut options = options;
+    let mut receiver = None;
+    match webhook(config) {
+        Ok(Some(webhook)) => options.webhook = Some(webhook),
+        Ok(None) if args.sandbox => {
+            let secret = SecretString::from(sandbox_webhook_secret());
+            match Receiver::start(secret.clone()).await {
+                Ok(started) => {
+                    options.webhook = Some(Webhook {
+                        url: started.url(),
+                        secret,
+                        timeout: StdDuration::from_secs(5),
+                        dead_after: Duration::days(3),
+                    });
+                    tracing::info!(
+                        url = %started.url(),
+                        "sandbox run: events are delivered to a local webhook receiver that checks their signatures"
+                    );
+                    receiver = Some(started);
+                }
+                Err(error) => tracing::warn!(%error, "sandbox run: no webhook receiver"),
+            }
+        }
+        Ok(None) => {}
+        Err(code) => return code,
+    }
     let mut sandbox_config = None;
     if let Some(schedules) = sandbox_config_override {
         tracing::info!(
@@ -233,7 +264,67 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
         print_sandbox_summary(&sandbox, &database);
         sandbox.shutdown().await;
     }
+    if let Some(receiver) = receiver {
+        print_webhook_summary(&receiver.received(), &database);
+        receiver.shutdown().await;
+    }
     code
+}
+
+/// The configured webhook with its secret, if `[webhook]` is set; exit 78 when its secret is
+/// missing or unreadable.
+fn webhook(config: &Config) -> Result<Option<Webhook>, u8> {
+    let Some(section) = &config.webhook else {
+        return Ok(None);
+    };
+    let secret = match config::load_webhook_secret(config) {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            eprintln!(
+                "recurrentd: configuration error: [webhook] is set but its secret is not: set \
+                 webhook.secret_file, or provide $CREDENTIALS_DIRECTORY/webhook-secret, or (in \
+                 test mode only) RECURRENTD_SECRET_WEBHOOK"
+            );
+            return Err(exit::CONFIG);
+        }
+        Err(error) => {
+            eprintln!("recurrentd: configuration error: {error}");
+            return Err(exit::CONFIG);
+        }
+    };
+    Ok(Some(Webhook {
+        url: section.url.clone(),
+        secret,
+        timeout: StdDuration::from_secs(u64::from(section.timeout_secs)),
+        dead_after: Duration::days(i64::from(section.dead_letter_after_days)),
+    }))
+}
+
+/// A throwaway signing secret for the sandbox's receiver.
+fn sandbox_webhook_secret() -> String {
+    let mut bytes = [0u8; 24];
+    let _ = getrandom::getrandom(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("whsec_{hex}")
+}
+
+/// What the sandbox's webhook receiver got, against the outbox.
+fn print_webhook_summary(received: &Received, database: &Path) {
+    let backlog = Store::open(database, Access::ReadOnly)
+        .and_then(|store| store.outbox_backlog())
+        .ok();
+    println!(
+        "Webhook: {} event(s) delivered to the local receiver, {} delivery(ies) with a verified \
+         signature ({} refused, {} duplicate(s), {} out of order); {} still pending, {} dead. \
+         See them with `recurrentd events` (RECURRENTD_DATABASE__PATH set as above).",
+        received.events,
+        received.verified,
+        received.rejected,
+        received.duplicates,
+        received.out_of_order,
+        backlog.as_ref().map_or(0, |b| b.undelivered),
+        backlog.as_ref().map_or(0, |b| b.dead),
+    );
 }
 
 /// Says why the daemon stopped (one line on stderr) and returns the exit code.
