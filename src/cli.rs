@@ -15,6 +15,7 @@ use crate::store::{Access, Store, StoreError};
 
 mod charge;
 mod enroll;
+mod events;
 mod ops;
 mod run;
 mod sandbox;
@@ -22,6 +23,7 @@ mod tokens;
 
 pub use charge::ChargeArgs;
 pub use enroll::{EnrollArgs, Enrolment};
+pub use events::EventsArgs;
 pub use ops::{
     BackupArgs, BreakerCommand, ClockCommand, HistoryArgs, RemoveFileArgs, ResolveArgs, ResumeArgs,
     StatusArgs,
@@ -139,6 +141,26 @@ pub enum Command {
     ///   recurrentd history --since 2027-01-01T00:00:00Z --json
     #[command(verbatim_doc_comment)]
     History(HistoryArgs),
+
+    /// The outcomes for the merchant's systems: charge approved, declined, failed for good,
+    /// waiting for an operator, refunds, subscription changes — the ledger's merchant-facing
+    /// events, exactly as recorded, oldest first.
+    ///
+    /// Each event has a cursor (increasing); --since CURSOR prints only the events after it, so
+    /// a script that keeps the last cursor it saw resumes without gaps or repeats. --follow keeps
+    /// printing new events as the daemon records them (like `stripe listen`). --json prints one
+    /// object per line, the same body the webhook POSTs: id (evt_<prefix>_<cursor>, stable),
+    /// cursor, type (the ledger event's kind), created_at, subscription, data (amounts are
+    /// strings). The table shows each event's webhook delivery (pending, delivered, dead).
+    /// Safe while the daemon runs (read-only). --redeliver-dead queues the webhook's dead letters
+    /// again.
+    ///
+    /// Examples:
+    ///   recurrentd events --since 1200
+    ///   recurrentd events --json --follow | jq -c 'select(.type == "charge_declined")'
+    ///   recurrentd events --redeliver-dead
+    #[command(verbatim_doc_comment)]
+    Events(EventsArgs),
 
     /// Queue an ad-hoc charge (a balance top-up, say) for the daemon to make.
     ///
@@ -329,6 +351,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check => check(&config),
         Command::Status(args) => ops::status(&config, &args),
         Command::History(args) => ops::history(&config, &args),
+        Command::Events(args) => events::run(&config, &args),
         Command::Resume(args) => ops::resume(&config, &args),
         Command::Resolve(args) => ops::resolve(&config, &args),
         Command::RemoveFile(args) => ops::remove_file(&config, &args),

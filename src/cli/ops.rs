@@ -144,13 +144,23 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
         Err(code) => return code,
     };
     let running = store::daemon_running(&config.database.path);
-    let report = match store.status(running) {
+    let mut report = match store.status(running) {
         Ok(report) => report,
         Err(error) => {
             eprintln!("recurrentd: {error}");
             return exit::UNAVAILABLE;
         }
     };
+    // The webhook's backlog, when one is configured.
+    if config.webhook.is_some() {
+        match store.outbox_backlog() {
+            Ok(backlog) => report.webhook = Some(backlog.status(chrono::Utc::now())),
+            Err(error) => {
+                eprintln!("recurrentd: {error}");
+                return exit::UNAVAILABLE;
+            }
+        }
+    }
     if !running {
         // On stderr too, so that it is seen whatever is done with stdout (`--json | jq`).
         eprintln!(
@@ -215,6 +225,26 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
                 "clock: HELD — {reason}\n  (no new charges; check the host's clock, then `recurrentd clock ack --reason ...`)"
             )?;
         }
+        match &report.webhook {
+            None => writeln!(out, "webhook: not configured")?,
+            Some(w) => writeln!(
+                out,
+                "webhook: {} undelivered{}, {}",
+                w.undelivered,
+                w.oldest_undelivered_age_seconds
+                    .map(|age| format!(" (oldest {} s old)", age))
+                    .unwrap_or_default(),
+                if w.dead == 0 {
+                    "0 dead".to_string()
+                } else {
+                    format!(
+                        "{} DEAD — not delivered within webhook.dead_letter_after_days; \
+                         `recurrentd events --redeliver-dead` once the endpoint works",
+                        w.dead
+                    )
+                }
+            )?,
+        }
         if report.needs_attention.is_empty() {
             writeln!(out, "needs attention: nothing")?;
         } else {
@@ -260,6 +290,7 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
         || report.breaker.is_some()
         || report.clock_hold.is_some()
         || !report.needs_attention.is_empty()
+        || report.webhook.as_ref().is_some_and(|w| w.dead > 0)
     {
         exit::PROBLEMS
     } else {

@@ -45,7 +45,7 @@ pub use charges::{
     Flag, History, Job, OpenCharge, PeriodRow, PlanTx, Purpose, event, flag,
 };
 pub use enrolment::{EnrolmentAttempt, EnrolmentState, OrderUse, enrolment_event};
-pub use outbox::{Delivery, OutboxBacklog, OutboxEvent};
+pub use outbox::{Delivery, OutboxBacklog, OutboxEvent, WebhookStatus};
 pub use overview::{LastOutcome, PeriodPosition, SubscriptionOverview};
 pub use report::{
     Attention, HistoryRow, INITIAL_PERIOD, LastAttempt, LedgerPeriod, LedgerState, StatusReport,

@@ -64,6 +64,32 @@ pub struct OutboxBacklog {
     pub oldest_undelivered_at: Option<DateTime<Utc>>,
 }
 
+impl OutboxBacklog {
+    /// What `status` shows, at `now`.
+    pub fn status(&self, now: DateTime<Utc>) -> WebhookStatus {
+        WebhookStatus {
+            undelivered: self.undelivered,
+            dead: self.dead,
+            oldest_undelivered_at: self
+                .oldest_undelivered_at
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            oldest_undelivered_age_seconds: self
+                .oldest_undelivered_at
+                .map(|t| (now - t).num_seconds().max(0)),
+        }
+    }
+}
+
+/// The webhook's backlog as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WebhookStatus {
+    pub undelivered: u64,
+    /// Given up on after `webhook.dead_letter_after_days`: `events --redeliver-dead`.
+    pub dead: u64,
+    pub oldest_undelivered_at: Option<String>,
+    pub oldest_undelivered_age_seconds: Option<i64>,
+}
+
 const EVENT_COLUMNS: &str = "o.id, l.kind, l.at, coalesce(l.subscription_id, json_extract(l.detail, '$.subscription')), \
      l.detail, o.state";
 

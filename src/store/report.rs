@@ -127,6 +127,8 @@ pub struct StatusReport {
     /// Why new charges are stopped for the clock (a jump), until `recurrentd clock ack`.
     pub clock_hold: Option<String>,
     pub needs_attention: Vec<Attention>,
+    /// The webhook's backlog (`status` fills it in when `[webhook]` is configured).
+    pub webhook: Option<super::WebhookStatus>,
 }
 
 /// A subscription an operator must look at.
@@ -468,6 +470,7 @@ impl Store {
             breaker,
             clock_hold,
             needs_attention,
+            webhook: None,
         })
     }
 
