@@ -428,6 +428,25 @@ fn check(config: &Config) -> u8 {
             }
         }
     }
+    // The webhook's secret, when a webhook is configured: `run` refuses to start without it.
+    if config.webhook.is_some() {
+        match config::load_webhook_secret(config) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                eprintln!(
+                    "{}: [webhook] is set but its secret is not (webhook.secret_file, \
+                     $CREDENTIALS_DIRECTORY/webhook-secret, or RECURRENTD_SECRET_WEBHOOK in test \
+                     mode); `run` will refuse to start",
+                    config.source.display()
+                );
+                code = exit::PROBLEMS;
+            }
+            Err(error) => {
+                eprintln!("{}: {error}", config.source.display());
+                code = exit::PROBLEMS;
+            }
+        }
+    }
     let report = match load_schedules(config) {
         Ok(report) => report,
         Err(code) => return code,
