@@ -27,7 +27,10 @@ use super::wire::{self, MAX_REPLY_BYTES, Reply};
 use crate::config::{GatewayConfig, ResponseFormat};
 use crate::money::{Currency, Money};
 
+mod books;
 mod tokenpay;
+
+pub use books::{BookRecord, BookState, MAX_ROWS_PER_REPLY};
 
 pub use tokenpay::{
     RecurringLimits, TokenPayOutcome, TokenPayReply, TokenPayRequest, agreement_bill_number,
