@@ -273,6 +273,23 @@ impl Engine {
         self.inner.db(f).await
     }
 
+    /// Compares the gateway's books for a local date (in the billing time zone) with the ledger
+    /// and records the findings (`crate::books`). Runs beside the ticks, without their gate:
+    /// the store is held only for short reads and writes, never across a request.
+    pub async fn books(
+        &self,
+        date: chrono::NaiveDate,
+    ) -> Result<crate::books::BooksReport, crate::books::BooksError> {
+        crate::books::run(
+            &self.inner.client,
+            Arc::clone(&self.inner.store),
+            date,
+            self.inner.calendar.timezone,
+            self.inner.clock.now(),
+        )
+        .await
+    }
+
     /// Looks up every unresolved attempt now, whenever its next check was due. Run at start,
     /// before the first tick creates anything.
     pub async fn reconcile(&self) -> Result<TickReport, EngineError> {

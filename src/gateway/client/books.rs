@@ -108,12 +108,12 @@ impl Client {
                 )));
             }
             let records = self.result_window(from, to).await?;
-            if records.len() >= MAX_ROWS_PER_REPLY {
+            if records.len() >= self.books_page_rows {
                 if to - from < MIN_WINDOW {
                     return Err(Outcome::Unknown(format!(
                         "resultbydate: {} or more orders within one minute ({from}); the reply \
                          may be cut",
-                        MAX_ROWS_PER_REPLY
+                        self.books_page_rows
                     )));
                 }
                 let minutes = (to - from).num_minutes();
