@@ -387,3 +387,124 @@ async fn a_reply_that_may_be_cut_is_an_error_never_a_short_list() {
     assert_eq!(records.len(), 3);
     assert!(records.iter().all(|r| r.paid()));
 }
+
+/// `recurrentd books` through the real binary, against the database the engine wrote.
+fn books_command(world: &World, args: &[&str]) -> std::process::Output {
+    books_command_at(world, &world.sandbox.url(), args)
+}
+
+/// The same with the gateway at `url`.
+fn books_command_at(world: &World, url: &str, args: &[&str]) -> std::process::Output {
+    let config = world.dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\npath = \"{}\"\n\n[gateway]\nurl = \"{}\"\nmerchant_id = \"123456\"\n\
+             login = \"sandbox\"\ntest_mode = true\nconnect_timeout_secs = 1\ntimeout_secs = 5\n\n\
+             [billing]\ntimezone = \"UTC\"\n",
+            world.db().display(),
+            url
+        ),
+    )
+    .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_recurrentd"))
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .env_remove("RECURRENTD_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("CONFIGURATION_DIRECTORY")
+        .env("RECURRENTD_SECRET_PASSWORD", PASSWORD)
+        .env("RECURRENTD_SECRET_SALT", SALT)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_books_command_prints_findings_and_exits_by_them() {
+    let world = World::new(
+        &[("cli-ok", "5444444444444444"), ("cli-amt", "9990000553")],
+        ResponseFormat::Xml,
+    )
+    .await;
+    let engine = world.start().await;
+    engine.tick().await.unwrap();
+    drop(engine);
+    let date = today().to_string();
+
+    // A day with no orders: clean, exit 0.
+    let empty = today() - Duration::days(3);
+    let out = books_command(&world, &["books", "--date", &empty.to_string(), "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["clean"], true);
+    assert_eq!(json["findings"], serde_json::json!([]));
+
+    // Today: the amount mismatch, exit 1, in JSON and in text; a re-run adds nothing.
+    let out = books_command(&world, &["books", "--date", &date, "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["clean"], false);
+    assert_eq!(json["new_findings"], 1);
+    assert_eq!(json["gateway_orders"], 2);
+    assert_eq!(json["findings"][0]["kind"], "amount_mismatch");
+    assert_eq!(json["findings"][0]["subscription_id"], "cli-amt");
+    let id = json["findings"][0]["id"].as_i64().unwrap();
+    let out = books_command(&world, &["books", "--date", &date]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("amount_mismatch"), "{text}");
+    assert!(text.contains("0 new in this run"), "{text}");
+    assert_eq!(world.count("books_amount_mismatch"), 1);
+
+    // `status` shows it until acknowledged.
+    let out = books_command(&world, &["status", "--json", "--offline-ok"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        status["needs_attention"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "books"),
+        "{status}"
+    );
+    let out = books_command(
+        &world,
+        &["books", "--ack", &id.to_string(), "--reason", "checked"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let out = books_command(&world, &["status", "--json", "--offline-ok"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !status["needs_attention"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "books"),
+        "{status}"
+    );
+    assert_eq!(world.count("books_acknowledged"), 1);
+
+    // The gateway unreachable: exit 69, nothing recorded for that day.
+    let other = (today() - Duration::days(5)).to_string();
+    let out = books_command_at(&world, "http://127.0.0.1:9", &["books", "--date", &other]);
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = world.store();
+    assert!(!store.book_run_exists(other.parse().unwrap()).unwrap());
+}
