@@ -11,6 +11,7 @@
 //! after each tick; RELOADING=1/READY=1 around a SIGHUP reload; STOPPING=1 when stopping; and
 //! WATCHDOG=1 from the loop's health path (see [`run`]).
 
+mod books;
 mod notify;
 mod watch;
 
@@ -224,6 +225,14 @@ pub async fn run(
         }
     };
 
+    // The daily books comparison: its own task, never in the way of charging.
+    let books_task = config.books.enabled.then(|| {
+        tokio::spawn(books::daily(
+            engine.books_runner(),
+            config.billing.timezone,
+            config.books.run_after,
+        ))
+    });
     let mut sweep = Sweeper::start(&options.sweep).await?;
     let mut watch_timer = tokio::time::interval(watch::POLL);
     watch_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -341,6 +350,11 @@ pub async fn run(
         }
     };
     sweep.shutdown().await;
+    if let Some(task) = books_task {
+        // Cut between requests or writes: a run is recorded whole or not at all, and the day
+        // is compared again after the restart.
+        task.abort();
+    }
     // The last sends of the last tick finish and record their outcomes first.
     let trailing = engine.finish_in_flight().await;
     if trailing != TickReport::default() {

@@ -91,6 +91,33 @@ impl Store {
             .collect())
     }
 
+    /// The last date the daemon's daily sweep compared (`meta.books_through`).
+    pub fn books_through(&self) -> Result<Option<NaiveDate>, StoreError> {
+        let text: Option<String> = cached_query_row(
+            &self.conn,
+            "SELECT value FROM meta WHERE key = 'books_through'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .ctx(&self.path, "reading meta.books_through")?;
+        Ok(text.and_then(|t| NaiveDate::parse_from_str(&t, "%Y-%m-%d").ok()))
+    }
+
+    /// Records that the daemon's daily sweep compared `date` (never moves back).
+    pub fn set_books_through(&mut self, date: NaiveDate) -> Result<(), StoreError> {
+        self.require_write("recording the books sweep's progress")?;
+        cached_query_row(
+            &self.conn,
+            "INSERT INTO meta (key, value) VALUES ('books_through', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value) RETURNING value",
+            [date_text(date)],
+            |row| row.get::<_, String>(0),
+        )
+        .ctx(&self.path, "recording the books sweep's progress")
+        .map(|_| ())
+    }
+
     /// Whether the daemon (or an operator) already compared this date.
     pub fn book_run_exists(&self, date: NaiveDate) -> Result<bool, StoreError> {
         cached_query_row(
@@ -100,16 +127,6 @@ impl Store {
             |row| row.get(0),
         )
         .ctx(&self.path, "reading the books runs")
-    }
-
-    /// The latest date compared, if any.
-    pub fn last_book_run(&self) -> Result<Option<NaiveDate>, StoreError> {
-        let text: Option<String> =
-            cached_query_row(&self.conn, "SELECT max(date) FROM book_runs", [], |row| {
-                row.get(0)
-            })
-            .ctx(&self.path, "reading the books runs")?;
-        Ok(text.and_then(|t| NaiveDate::parse_from_str(&t, "%Y-%m-%d").ok()))
     }
 
     /// Records a run for `date` and its findings, in one transaction: each finding not recorded
