@@ -508,6 +508,115 @@ pub fn due_date(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::money::{Currency, Money};
+    use crate::store::Purpose;
+
+    fn job(order: &str, state: AttemptState, charge_id: i64) -> Job {
+        let at = "2026-12-06T10:00:00Z".parse().unwrap();
+        Job {
+            attempt_id: charge_id * 10,
+            charge_id,
+            subscription_id: "sub-1".into(),
+            purpose: Purpose::Period(3),
+            attempt: 1,
+            order_number: order.into(),
+            bill_number: "5100000000000001".into(),
+            amount: Money::parse("100.00").unwrap(),
+            currency: Currency::parse("RUB").unwrap(),
+            state,
+            created_at: at,
+            wall_at: at,
+            sent: true,
+            checks: 0,
+            not_found: 0,
+            test_mode: Some(true),
+            response_code: None,
+            sent_at: Some(at),
+            seen: false,
+        }
+    }
+
+    fn record(order: &str, state: BookState, verified: bool) -> BookRecord {
+        BookRecord {
+            order_number: order.into(),
+            bill_number: "5100000000000001.2".into(),
+            amount: Money::parse("100.00").ok(),
+            amount_text: "100.00".into(),
+            currency: Currency::parse("RUB").ok(),
+            currency_text: "RUB".into(),
+            state_text: "Approved".into(),
+            state,
+            test_mode: Some(true),
+            verified,
+        }
+    }
+
+    fn kinds(actions: &[Action]) -> Vec<&'static str> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::Record(f) => f.kind,
+                Action::LateBook(_, f) => f.kind,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_unverified_record_is_never_booked_whatever_the_ledger_says() {
+        for state in [
+            AttemptState::Unknown,
+            AttemptState::Parked,
+            AttemptState::Quarantined,
+            AttemptState::Declined,
+        ] {
+            let attempts = HashMap::from([("P-a-3-1".to_string(), job("P-a-3-1", state, 1))]);
+            let actions = compare(
+                &[record("P-a-3-1", BookState::Paid, false)],
+                &[],
+                &attempts,
+                &BTreeSet::new(),
+                &[],
+                true,
+            );
+            assert_eq!(kinds(&actions), ["integrity"], "{state:?}");
+        }
+    }
+
+    #[test]
+    fn a_verified_paid_record_books_only_an_unsettled_attempt() {
+        let case = |state| {
+            let attempts = HashMap::from([("P-a-3-1".to_string(), job("P-a-3-1", state, 1))]);
+            kinds(&compare(
+                &[record("P-a-3-1", BookState::Paid, true)],
+                &[],
+                &attempts,
+                &BTreeSet::new(),
+                &[],
+                true,
+            ))
+        };
+        assert_eq!(case(AttemptState::Unknown), ["late_booked"]);
+        assert_eq!(case(AttemptState::Quarantined), ["late_booked"]);
+        assert_eq!(case(AttemptState::NotReceived), ["unbooked_charge"]);
+        assert_eq!(case(AttemptState::Approved), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_paid_record_in_the_wrong_mode_is_an_integrity_finding() {
+        let attempts = HashMap::from([(
+            "P-a-3-1".to_string(),
+            job("P-a-3-1", AttemptState::Unknown, 1),
+        )]);
+        let actions = compare(
+            &[record("P-a-3-1", BookState::Paid, true)],
+            &[],
+            &attempts,
+            &BTreeSet::new(),
+            &[],
+            false,
+        );
+        assert_eq!(kinds(&actions), ["integrity"]);
+    }
 
     #[test]
     fn day_window_is_the_local_day_in_utc() {
