@@ -106,7 +106,8 @@ pub enum Command {
     Run(RunArgs),
 
     /// Show the daemon's health: counts per state, the oldest unresolved charge, the circuit
-    /// breaker, and the subscriptions that need an operator.
+    /// breaker, the subscriptions that need an operator, and the books findings not yet
+    /// acknowledged (kind books; see `recurrentd books`).
     ///
     /// Safe while the daemon runs (the database is opened read-only). Exit 1 when something
     /// needs attention, and when the daemon is not running (no process holds the database's
