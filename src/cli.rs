@@ -13,6 +13,7 @@ use crate::forecast::{self, Source, Status};
 use crate::schedule::{self, DirReport};
 use crate::store::{Access, Store, StoreError};
 
+mod books;
 mod charge;
 mod enroll;
 mod events;
@@ -21,6 +22,7 @@ mod run;
 mod sandbox;
 mod tokens;
 
+pub use books::BooksArgs;
 pub use charge::ChargeArgs;
 pub use enroll::{EnrollArgs, Enrolment};
 pub use events::EventsArgs;
@@ -106,7 +108,8 @@ pub enum Command {
     Run(RunArgs),
 
     /// Show the daemon's health: counts per state, the oldest unresolved charge, the circuit
-    /// breaker, and the subscriptions that need an operator.
+    /// breaker, the subscriptions that need an operator, and the books findings not yet
+    /// acknowledged (kind books; see `recurrentd books`).
     ///
     /// Safe while the daemon runs (the database is opened read-only). Exit 1 when something
     /// needs attention, and when the daemon is not running (no process holds the database's
@@ -212,6 +215,28 @@ pub enum Command {
     ///   recurrentd resolve 7KQ2M9XA-acme-1001-3-1 --not-charged --reason "portal: no such order"
     #[command(verbatim_doc_comment)]
     Resolve(ResolveArgs),
+
+    /// Compare the gateway's books for a day with the ledger (the daemon does it daily).
+    ///
+    /// Reads every order the gateway filed in the local day (billing.timezone; default
+    /// yesterday) through resultbydate, verifies each record's checkvalue, and compares them
+    /// with the ledger by order number under this database's prefix. Findings: late_booked (the
+    /// gateway charged an order still unresolved or quarantined here: booked now as a verified
+    /// approval), unbooked_charge (charged, but settled otherwise here: the subscription is held),
+    /// double_approval (two approved orders for one period: held), amount_mismatch,
+    /// not_at_gateway (approved here, absent or not approved there), unknown_order (our prefix,
+    /// unknown here), integrity (a record whose checkvalue does not verify: never taken as paid).
+    /// Each is a ledger event books_<kind> and an item in `status` until --ack; a clean day is a
+    /// books_clean event. Running a day again records nothing twice. Safe while the daemon runs.
+    /// Exit 0 clean; 1 findings (this run's or earlier ones for that day); 69 the gateway's
+    /// books could not be read (nothing compared).
+    ///
+    /// Examples:
+    ///   recurrentd books --date 2027-03-14
+    ///   recurrentd books --json | jq '.findings[] | {kind, order_number}'
+    ///   recurrentd books --ack 12 --reason "refunded the second charge, ticket 4711"
+    #[command(verbatim_doc_comment)]
+    Books(BooksArgs),
 
     /// Confirm that a missing schedule file is gone for good, removing its subscriptions.
     ///
@@ -356,6 +381,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Resolve(args) => ops::resolve(&config, &args),
         Command::RemoveFile(args) => ops::remove_file(&config, &args),
         Command::Charge(args) => charge::run(&config, &args),
+        Command::Books(args) => books::run(&config, &args),
         Command::Breaker(command) => ops::breaker(&config, &command),
         Command::Clock(command) => ops::clock(&config, &command),
         Command::Backup(args) => ops::backup(&config, &args),

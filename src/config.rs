@@ -49,6 +49,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub daemon: DaemonConfig,
     pub log: LogConfig,
+    pub books: BooksConfig,
     /// The `[webhook]` section: outcomes POSTed to the merchant's systems. `None`: no webhook
     /// (the outbox is still kept, for `recurrentd events`).
     pub webhook: Option<WebhookConfig>,
@@ -72,6 +73,25 @@ pub struct WebhookConfig {
 impl WebhookConfig {
     pub const DEFAULT_TIMEOUT_SECS: u32 = 10;
     pub const DEFAULT_DEAD_LETTER_AFTER_DAYS: u32 = 3;
+}
+
+/// The daily comparison of the gateway's books with the ledger (the `[books]` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BooksConfig {
+    /// Whether the daemon compares each local day once it has ended.
+    pub enabled: bool,
+    /// The local time (billing.timezone) after which the previous day is compared: the day
+    /// has ended and the gateway has filed its last orders.
+    pub run_after: NaiveTime,
+}
+
+impl Default for BooksConfig {
+    fn default() -> Self {
+        BooksConfig {
+            enabled: true,
+            run_after: NaiveTime::from_hms_opt(3, 0, 0).unwrap_or_default(),
+        }
+    }
 }
 
 /// How `recurrentd run` paces itself (the `[daemon]` section).
@@ -271,6 +291,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     webhook: Option<RawWebhook>,
+    #[serde(default)]
+    books: RawBooks,
 }
 
 #[derive(Deserialize)]
@@ -290,6 +312,23 @@ fn default_webhook_timeout() -> u32 {
 
 fn default_dead_letter_after_days() -> u32 {
     WebhookConfig::DEFAULT_DEAD_LETTER_AFTER_DAYS
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBooks {
+    enabled: bool,
+    run_after: String,
+}
+
+impl Default for RawBooks {
+    fn default() -> Self {
+        let d = BooksConfig::default();
+        RawBooks {
+            enabled: d.enabled,
+            run_after: d.run_after.format("%H:%M").to_string(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -636,7 +675,18 @@ impl Config {
             .map(|w| check_webhook(w, resolve))
             .transpose()
             .map_err(|e| err(format!("config file {shown}: {e}")))?;
+        let books = BooksConfig {
+            enabled: raw.books.enabled,
+            run_after: parse_charge_time(&raw.books.run_after).ok_or_else(|| {
+                err(format!(
+                    "config file {shown}: books.run_after: must be \"HH:MM\" (24-hour, local \
+                     time in billing.timezone), got {:?}",
+                    raw.books.run_after
+                ))
+            })?,
+        };
         Ok(Config {
+            books,
             engine,
             daemon,
             source: source.to_path_buf(),
@@ -1131,6 +1181,38 @@ catch_up = "none"
         assert_eq!(config.daemon, DaemonConfig::default());
         assert_eq!(config.daemon.sweep_cron, "0 * * * * *");
         assert_eq!(config.daemon.max_failed_ticks, 5);
+        assert_eq!(config.books, BooksConfig::default());
+        assert!(config.books.enabled);
+        assert_eq!(
+            config.books.run_after,
+            NaiveTime::from_hms_opt(3, 0, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn books_keys_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "[gateway]\nurl = \"https://x.test\"\nmerchant_id = \"1\"\nlogin = \"l\"\n";
+        let path = write(
+            dir.path(),
+            "config.toml",
+            &format!("{base}[books]\nenabled = false\nrun_after = \"05:30\"\n"),
+        );
+        let config = load(&path).unwrap();
+        assert!(!config.books.enabled);
+        assert_eq!(
+            config.books.run_after,
+            NaiveTime::from_hms_opt(5, 30, 0).unwrap()
+        );
+        for bad in ["run_after = \"5:30\"", "run_after = \"25:00\"", "every = 1"] {
+            let path = write(
+                dir.path(),
+                "config.toml",
+                &format!("{base}[books]\n{bad}\n"),
+            );
+            let error = load(&path).unwrap_err().to_string();
+            assert!(error.contains("books"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! after each tick; RELOADING=1/READY=1 around a SIGHUP reload; STOPPING=1 when stopping; and
 //! WATCHDOG=1 from the loop's health path (see [`run`]).
 
+mod books;
 mod notify;
 mod watch;
 
@@ -269,6 +270,14 @@ async fn run_loop(
     mut subscriptions: usize,
     mut watch: Watch,
 ) -> Result<(), DaemonError> {
+    // The daily books comparison: its own task, never in the way of charging.
+    let books_task = config.books.enabled.then(|| {
+        tokio::spawn(books::daily(
+            engine.books_runner(),
+            config.billing.timezone,
+            config.books.run_after,
+        ))
+    });
     let mut sweep = Sweeper::start(&options.sweep).await?;
     let mut watch_timer = tokio::time::interval(watch::POLL);
     watch_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -386,6 +395,11 @@ async fn run_loop(
         }
     };
     sweep.shutdown().await;
+    if let Some(task) = books_task {
+        // Cut between requests or writes: a run is recorded whole or not at all, and the day
+        // is compared again after the restart.
+        task.abort();
+    }
     // The last sends of the last tick finish and record their outcomes first.
     let trailing = engine.finish_in_flight().await;
     if trailing != TickReport::default() {

@@ -6,6 +6,7 @@
 //! - [`config`]: `config.toml`, environment overrides and secrets.
 //! - [`schedule`]: schedule files → validated subscriptions, with every problem located.
 //! - [`billing`]: the pure recurrence core: due dates, due instants, limit verdicts, catch-up.
+//! - [`books`]: the daily comparison of the gateway's books (resultbydate) with the ledger.
 //! - [`forecast`]: upcoming charges, computed by the same decisions the engine makes.
 //! - [`gateway`]: the IPS Assist wire format and the only code that talks to Assist: check
 //!   values, request signatures, reply parsing and classification, the HTTP client, and the
@@ -23,6 +24,7 @@
 //! See ARCHITECTURE.md for the data's path and the invariants.
 
 pub mod billing;
+pub mod books;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -181,6 +181,37 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Runs the books comparison with the engine's client and store, from any task.
+pub struct BooksRunner {
+    inner: Arc<Inner>,
+}
+
+impl BooksRunner {
+    /// See [`Engine::books`].
+    pub async fn run(
+        &self,
+        date: chrono::NaiveDate,
+    ) -> Result<crate::books::BooksReport, crate::books::BooksError> {
+        crate::books::run(
+            &self.inner.client,
+            Arc::clone(&self.inner.store),
+            date,
+            self.inner.calendar.timezone,
+            self.inner.clock.now(),
+        )
+        .await
+    }
+
+    /// Runs `f` with the store on a blocking thread.
+    pub async fn with_store<T, F>(&self, f: F) -> Result<T, EngineError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.db(f).await
+    }
+}
+
 /// The OrderNumber of an attempt: the database's random prefix, the subscription, the period and
 /// the attempt. ASCII, at most 8 + 1 + 40 + 1 + 10 + 1 + 10 characters.
 pub fn order_number(prefix: &str, subscription: &str, period: u32, attempt: u32) -> String {
@@ -271,6 +302,23 @@ impl Engine {
         F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
     {
         self.inner.db(f).await
+    }
+
+    /// Compares the gateway's books for a local date (in the billing time zone) with the ledger
+    /// and records the findings (`crate::books`). Runs beside the ticks, without their gate:
+    /// the store is held only for short reads and writes, never across a request.
+    pub async fn books(
+        &self,
+        date: chrono::NaiveDate,
+    ) -> Result<crate::books::BooksReport, crate::books::BooksError> {
+        self.books_runner().run(date).await
+    }
+
+    /// A handle that runs [`Engine::books`] from a task of its own (the daemon's daily sweep).
+    pub fn books_runner(&self) -> BooksRunner {
+        BooksRunner {
+            inner: Arc::clone(&self.inner),
+        }
     }
 
     /// Looks up every unresolved attempt now, whenever its next check was due. Run at start,

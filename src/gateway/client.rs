@@ -27,7 +27,10 @@ use super::wire::{self, MAX_REPLY_BYTES, Reply};
 use crate::config::{GatewayConfig, ResponseFormat};
 use crate::money::{Currency, Money};
 
+mod books;
 mod tokenpay;
+
+pub use books::{BookRecord, BookState, MAX_ROWS_PER_REPLY};
 
 pub use tokenpay::{
     RecurringLimits, TokenPayOutcome, TokenPayReply, TokenPayRequest, agreement_bill_number,
@@ -87,6 +90,8 @@ pub struct Client {
     salt: SecretString,
     test_mode: bool,
     format: ResponseFormat,
+    /// Rows at which a resultbydate reply is taken as possibly cut ([`MAX_ROWS_PER_REPLY`]).
+    books_page_rows: usize,
 }
 
 impl std::fmt::Debug for Client {
@@ -225,7 +230,15 @@ impl Client {
             salt: settings.salt,
             test_mode: settings.test_mode,
             format: settings.format,
+            books_page_rows: MAX_ROWS_PER_REPLY,
         })
+    }
+
+    /// The same client, taking a resultbydate reply of `rows` rows or more as possibly cut (for
+    /// tests of the paging against a sandbox with a small cap).
+    pub fn with_books_page_rows(mut self, rows: usize) -> Client {
+        self.books_page_rows = rows.max(1);
+        self
     }
 
     pub fn merchant_id(&self) -> &str {

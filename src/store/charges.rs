@@ -979,7 +979,7 @@ impl Store {
 }
 
 /// One outcome, inside the caller's transaction (see [`Store::apply`]).
-fn apply_one(
+pub(super) fn apply_one(
     tx: &rusqlite::Connection,
     path: &Path,
     attempt_id: i64,
@@ -1080,7 +1080,7 @@ fn apply_one(
 /// Flags a subscription for an operator. A hard decline does not replace an existing flag; a
 /// possible double charge does (keeping the earlier reason in its text), and is also a ledger
 /// event of its kind.
-fn raise_flag(
+pub(super) fn raise_flag(
     tx: &rusqlite::Connection,
     path: &Path,
     subscription_id: &str,

@@ -15,6 +15,7 @@
 //! The ledger is append-only (triggers refuse UPDATE and DELETE); state tables are changed in the
 //! same transaction as the ledger event that explains the change.
 
+mod books;
 mod charges;
 mod enrolment;
 mod outbox;
@@ -40,6 +41,7 @@ use crate::billing::{Cadence, Calendar, Limits, Revisit, SubscriptionState, Term
 use crate::config::CatchUp;
 use crate::money::{Currency, Money};
 
+pub use books::{BOOKS_ACKNOWLEDGED, BOOKS_CLEAN, BookFinding, NewFinding, RunRecorded};
 pub use charges::{
     AdhocCharge, AttemptChange, AttemptState, ChargeChange, ChargeState, EnrolmentRecord, Event,
     Flag, History, Job, OpenCharge, PeriodRow, PlanTx, Purpose, event, flag,

@@ -135,7 +135,8 @@ pub struct StatusReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Attention {
     pub subscription: String,
-    /// hard_decline, double_approval, late_approval, parked, quarantined or file_missing.
+    /// hard_decline, double_approval, late_approval, parked, quarantined, file_missing or books
+    /// (a finding of the books comparison, until acknowledged).
     pub kind: &'static str,
     pub since: String,
     pub detail: String,
@@ -458,6 +459,18 @@ impl Store {
                 since,
                 detail,
                 order_number,
+            });
+        }
+        for found in self.book_findings(None)? {
+            needs_attention.push(Attention {
+                subscription: found.subscription_id.unwrap_or_else(|| "-".to_string()),
+                kind: "books",
+                since: found.found_at,
+                detail: format!(
+                    "books {} of {}: {} (finding {}; `recurrentd books --ack {}` once handled)",
+                    found.kind, found.date, found.detail, found.id, found.id
+                ),
+                order_number: Some(found.order_number),
             });
         }
         Ok(StatusReport {

@@ -17,6 +17,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ENROLMENT_TERMS,
     ENROLMENT_ATTEMPTS,
     OUTBOX,
+    BOOKS,
 ];
 
 const MIGRATION_1: &str = r#"
@@ -339,4 +340,36 @@ BEGIN
     VALUES (NEW.seq, coalesce(NEW.subscription_id,
                               json_extract(NEW.detail, '$.subscription'), ''));
 END;
+"#;
+
+/// The daily comparison of the gateway's books with the ledger (`recurrentd books`, the daemon's
+/// books sweep). `book_runs`: one row per local date compared (the window in UTC, how many of
+/// our orders the gateway listed, how often it ran); a date with a row is not run again by the
+/// daemon. `book_findings`: one row per mismatch (kind, the order it is about), unique per date,
+/// kind and order, so a re-run records nothing twice; shown by `status` until acknowledged.
+const BOOKS: &str = r#"
+CREATE TABLE book_runs (
+    date         TEXT PRIMARY KEY NOT NULL,
+    window_start TEXT NOT NULL,
+    window_end   TEXT NOT NULL,
+    first_run_at TEXT NOT NULL,
+    last_run_at  TEXT NOT NULL,
+    runs         INTEGER NOT NULL CHECK (runs >= 1),
+    records      INTEGER NOT NULL CHECK (records >= 0)
+) STRICT;
+
+CREATE TABLE book_findings (
+    id              INTEGER PRIMARY KEY,
+    date            TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    order_number    TEXT NOT NULL,
+    subscription_id TEXT,
+    detail          TEXT NOT NULL CHECK (json_valid(detail)),
+    found_at        TEXT NOT NULL,
+    acknowledged_at TEXT,
+    acknowledged_by TEXT,
+    UNIQUE (date, kind, order_number)
+) STRICT;
+
+CREATE INDEX book_findings_open ON book_findings (found_at) WHERE acknowledged_at IS NULL;
 "#;

@@ -6,6 +6,9 @@
 //! so the same order number always gets the same behaviour. Any other base, and a magic base
 //! whose last three digits are not in the table, behaves normally (approve).
 //!
+//! The `55x` codes make the gateway's books (resultbydate) disagree with what the other services
+//! said, one mismatch each, for the daily books comparison.
+//!
 //! Magic Token Pay tokens (`999…`) use the same table by their last three digits, plus a few of
 //! their own handled in `service/tokenpay.rs`: `115` (CVC required) and the decline-type faults
 //! `117` (firstcode 17, nothing applied), `217` (the payment applied, Approved, the fault
@@ -33,8 +36,26 @@ pub enum Behaviour {
     TooManyRequests,
     /// `666`: applied (Approved), then a truncated HTML page with HTTP 200.
     Garbage,
-    /// `777`: applied (Approved), but every status reply for the order has a wrong checkvalue.
+    /// `777`: applied (Approved), but every status reply (orderstate, orderresult) for the order
+    /// has a wrong checkvalue; the books (resultbydate) show it right.
     WrongCheckvalue,
+    /// `551`: the first charge against the agreement is applied (Approved), its connection is
+    /// dropped and the status services never find it (the books do); later charges approve.
+    FirstHidden,
+    /// `552`: applied (Approved in the book and the books), but rp.cfm and the status services
+    /// say In Process (AS300) for ever.
+    StuckInProcess,
+    /// `553`: approved, but the books (resultbydate) show the amount 1.00 higher.
+    BooksAmount,
+    /// `554`: approved, and the gateway files a second approved order `<OrderNumber>-E` beside
+    /// it, which only the books show.
+    ExtraOrder,
+    /// `555`: approved, but the books leave the order out.
+    BooksMissing,
+    /// `556`: approved, but the books show it Declined.
+    BooksDeclined,
+    /// `557`: approved, but the books give the order a wrong checkvalue.
+    BooksWrongCheckvalue,
     /// `888`: applied (Approved), but replies name the order number with `-X` appended.
     OtherOrderNumber,
     /// `887`: applied (Approved), but only the rp.cfm reply names another order number (`-X`
@@ -143,6 +164,13 @@ pub fn of_bill(bill_number: &str) -> BillBehaviour {
         "429" => Behaviour::TooManyRequests,
         "666" => Behaviour::Garbage,
         "777" => Behaviour::WrongCheckvalue,
+        "551" => Behaviour::FirstHidden,
+        "552" => Behaviour::StuckInProcess,
+        "553" => Behaviour::BooksAmount,
+        "554" => Behaviour::ExtraOrder,
+        "555" => Behaviour::BooksMissing,
+        "556" => Behaviour::BooksDeclined,
+        "557" => Behaviour::BooksWrongCheckvalue,
         "888" => Behaviour::OtherOrderNumber,
         "887" => Behaviour::ChargeReplyMismatch,
         "998" => Behaviour::SystemError,

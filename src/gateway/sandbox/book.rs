@@ -256,6 +256,8 @@ pub struct Book {
     /// Order numbers the status services stop finding (a fault for tests: the gateway loses
     /// sight of an order it showed before).
     hidden: std::collections::HashSet<String>,
+    /// Most rows of one resultbydate reply, if capped.
+    result_cap: Option<usize>,
 }
 
 impl Book {
@@ -412,6 +414,15 @@ impl Book {
                 .is_none_or(|max_date| now.date_naive() <= max_date);
         agreement.operations += 1;
         let bill_number = format!("{base}.{}", agreement.operations);
+        // 551 hides only the agreement's first charge; the later ones approve.
+        let behaviour = match charge.behaviour {
+            Behaviour::FirstHidden if agreement.operations > 1 => Behaviour::Approve,
+            other => other,
+        };
+        let charge = &Charge {
+            behaviour,
+            ..charge.clone()
+        };
 
         let (state, code, message) = if inside {
             first_result(charge.behaviour)
@@ -437,7 +448,42 @@ impl Book {
             behaviour: charge.behaviour,
         };
         self.push_order(order.clone());
+        if behaviour == Behaviour::FirstHidden {
+            self.hidden.insert(order.order_number.clone());
+        }
+        if behaviour == Behaviour::ExtraOrder && state == OrderState::Approved {
+            // A second order under a number beside ours, approved: only the books show it.
+            let extra = OrderRecord {
+                order_number: format!("{}-E", order.order_number),
+                behaviour: Behaviour::Approve,
+                ..order.clone()
+            };
+            self.hidden.insert(extra.order_number.clone());
+            self.push_order(extra);
+        }
         Ok(order)
+    }
+
+    /// Caps the rows of one resultbydate reply (the rest are left out silently, as a capped
+    /// service would); `None` for no cap.
+    pub fn set_result_cap(&mut self, cap: Option<usize>) {
+        self.result_cap = cap;
+    }
+
+    /// The orders created inside the window, as the books (resultbydate) list them: every
+    /// order, hidden from the status services or not, up to the row cap.
+    pub fn results(&self, window: Window) -> Vec<OrderRecord> {
+        let mut found: Vec<OrderRecord> = self
+            .orders
+            .iter()
+            .filter(|order| window.contains(order.created_at))
+            .filter(|order| order.behaviour != Behaviour::BooksMissing)
+            .cloned()
+            .collect();
+        if let Some(cap) = self.result_cap {
+            found.truncate(cap);
+        }
+        found
     }
 
     fn push_order(&mut self, order: OrderRecord) {
@@ -653,6 +699,13 @@ fn first_result(behaviour: Behaviour) -> (OrderState, &'static str, &'static str
         | Behaviour::OtherOrderNumber
         | Behaviour::ChargeReplyMismatch
         | Behaviour::SystemError
+        | Behaviour::FirstHidden
+        | Behaviour::StuckInProcess
+        | Behaviour::BooksAmount
+        | Behaviour::ExtraOrder
+        | Behaviour::BooksMissing
+        | Behaviour::BooksDeclined
+        | Behaviour::BooksWrongCheckvalue
         // Never reached: these are refused before an order exists.
         | Behaviour::Unavailable
         | Behaviour::TooManyRequests => APPROVED,

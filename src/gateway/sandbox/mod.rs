@@ -1,6 +1,6 @@
 //! The built-in Assist sandbox: an in-process HTTP/1 server that emulates the Assist services
 //! recurrentd uses (rp.cfm, orderstate.cfm, orderresult.cfm, token.cfm, rem_token.cfm,
-//! tokenpay.cfm), for tests, the README demo and operators' rehearsals.
+//! tokenpay.cfm, resultbydate.cfm), for tests, the README demo and operators' rehearsals.
 //!
 //! The wire shapes and behaviours follow the sandbox spec (notes/sandbox-spec.md). Charges
 //! against a bill number whose base starts with `999` behave as its last three digits say
@@ -274,6 +274,12 @@ impl Sandbox {
     /// order stays in the book: a gateway that loses sight of an order it showed before.
     pub fn hide_from_status(&self, order_number: &str) {
         self.shared.book().hide_from_status(order_number);
+    }
+
+    /// Caps the rows of one resultbydate reply (the rest left out silently, as a capped service
+    /// would), to exercise the client's paging; `None` lifts the cap.
+    pub fn set_result_cap(&self, cap: Option<usize>) {
+        self.shared.book().set_result_cap(cap);
     }
 
     /// A copy of the book: every order, every rp.cfm request, the rate-limited count, the

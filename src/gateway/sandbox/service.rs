@@ -28,6 +28,8 @@ const MAX_ORDER_NUMBER: usize = 128;
 const MEAN_NUMBER: &str = "411111****1111";
 /// Assist's date-time form in replies (UTC here).
 const DATE_TIME: &str = "%d.%m.%Y %H:%M:%S";
+/// The default books (resultbydate) window reaches back this far.
+const RESULTS_DEFAULT_HOURS: i64 = 3;
 /// The default status window reaches back this far.
 const DEFAULT_WINDOW_DAYS: i64 = 3;
 
@@ -56,6 +58,7 @@ enum Service {
     Token,
     RemToken,
     TokenPay,
+    ResultByDate,
 }
 
 impl Service {
@@ -67,6 +70,7 @@ impl Service {
             "/pay/oneclick/v1/token.cfm" => Some(Service::Token),
             "/pay/oneclick/v1/rem_token.cfm" => Some(Service::RemToken),
             "/pay/tokenpay.cfm" => Some(Service::TokenPay),
+            "/resultbydate/resultbydate.cfm" => Some(Service::ResultByDate),
             _ => None,
         }
     }
@@ -79,6 +83,7 @@ impl Service {
             Service::Token => "token",
             Service::RemToken => "rem_token",
             Service::TokenPay => "tokenpay",
+            Service::ResultByDate => "resultbydate",
         }
     }
 }
@@ -112,7 +117,7 @@ pub(super) async fn handle(
     };
     let arrived = Instant::now();
     match service {
-        Service::Rp | Service::OrderState | Service::OrderResult => {
+        Service::Rp | Service::OrderState | Service::OrderResult | Service::ResultByDate => {
             let params = Params::from_form(&body);
             let format = params.format();
             tracing::debug!(
@@ -143,6 +148,7 @@ pub(super) async fn handle(
             }
             match service {
                 Service::Rp => rp(shared, &params, reply_format).await,
+                Service::ResultByDate => Ok(results(shared, &params, reply_format)),
                 _ => Ok(status(shared, &params, reply_format, service)),
             }
         }
@@ -412,8 +418,8 @@ async fn rp(shared: &Shared, params: &Params, format: Format) -> Result<Reply, D
         ?behaviour,
         "assist sandbox charge applied"
     );
-    match behaviour {
-        Behaviour::DropConnection => return Err(DropConnection),
+    match order.behaviour {
+        Behaviour::DropConnection | Behaviour::FirstHidden => return Err(DropConnection),
         Behaviour::ServerError => return Ok(error_page(StatusCode::INTERNAL_SERVER_ERROR)),
         Behaviour::Garbage => {
             return Ok(with_type(
@@ -441,6 +447,12 @@ fn rp_fields(order: &OrderRecord) -> Fields {
             OrderState::InProcess.as_str(),
             "AS998".to_string(),
             "System error".to_string(),
+        ),
+        // 552: Approved in the book, In Process to rp.cfm and the status services.
+        Behaviour::StuckInProcess => (
+            OrderState::InProcess.as_str(),
+            "AS300".to_string(),
+            "Operation in progress".to_string(),
         ),
         _ => (
             order.state.as_str(),
@@ -538,7 +550,19 @@ fn status_order(
     let order_number = told_order_number(order);
     let amount = order.amount.to_string();
     let currency = order.currency.to_string();
-    let state = order.state.as_str();
+    let (state, response_code, message) = if order.behaviour == Behaviour::StuckInProcess {
+        (
+            "In Process",
+            "AS300".to_string(),
+            "Operation in progress".to_string(),
+        )
+    } else {
+        (
+            order.state.as_str(),
+            order.response_code.clone(),
+            order.message.clone(),
+        )
+    };
     let fields = ResultFields {
         merchant_id,
         order_number: &order_number,
@@ -562,16 +586,16 @@ fn status_order(
     let operations = if service == Service::OrderResult {
         out.push(("testmode", test_mode(order.test_mode)));
         out.push(("orderdate", order_date.clone()));
-        out.push(("responsecode", order.response_code.clone()));
-        out.push(("message", order.message.clone()));
+        out.push(("responsecode", response_code.clone()));
+        out.push(("message", message.clone()));
         Some(vec![vec![
             ("billnumber", order.bill_number.clone()),
             ("operationtype", "100".to_string()),
             ("operationstate", state.to_string()),
             ("amount", amount.clone()),
             ("currency", currency.clone()),
-            ("responsecode", order.response_code.clone()),
-            ("message", order.message.clone()),
+            ("responsecode", response_code.clone()),
+            ("message", message.clone()),
             ("operationdate", order_date),
         ]])
     } else {
@@ -588,6 +612,92 @@ fn status_order(
     StatusOrder {
         fields: out,
         operations,
+    }
+}
+
+/// resultbydate.cfm: every order created inside the window (at most a day; default the last
+/// three hours), as the gateway's books show them, each with its check value; the `55x`
+/// behaviours change what the books say about an order.
+fn results(shared: &Shared, params: &Params, format: Format) -> Reply {
+    let config = &shared.config;
+    let now = Utc::now();
+    let start = window_end(params, "Start", Fault::new(4, 129, "bad Start* window"));
+    let end = window_end(params, "End", Fault::new(4, 130, "bad End* window"));
+    let (start, end) = match (start, end) {
+        (Ok(start), Ok(end)) => (
+            start.unwrap_or(now - TimeDelta::hours(RESULTS_DEFAULT_HOURS)),
+            end.unwrap_or(now),
+        ),
+        (Err(fault), _) | (_, Err(fault)) => return fault.reply(format),
+    };
+    if end < start || end - start > TimeDelta::days(1) {
+        return Fault::new(4, 130, "the window must be at most one day").reply(format);
+    }
+    let window = Window {
+        start: truncate_to_minute(start),
+        end: truncate_to_minute(end),
+    };
+    let orders = shared.book().results(window);
+    let listed: Vec<StatusOrder> = orders
+        .iter()
+        .map(|order| books_order(&config.merchant_id, &config.salt, order, now))
+        .collect();
+    respond(
+        StatusCode::OK,
+        format,
+        wire::status(format, "resultbydate", &listed),
+    )
+}
+
+/// One order as the books list it (orderresult's order fields, no operations).
+fn books_order(
+    merchant_id: &str,
+    salt: &SecretString,
+    order: &OrderRecord,
+    now: DateTime<Utc>,
+) -> StatusOrder {
+    let mut amount = order.amount;
+    let (mut state, mut code) = (order.state.as_str(), order.response_code.clone());
+    match order.behaviour {
+        Behaviour::BooksAmount => {
+            amount = Money::from_cents(amount.cents().saturating_add(100)).unwrap_or(amount);
+        }
+        Behaviour::BooksDeclined => {
+            state = OrderState::Declined.as_str();
+            code = "AS100".to_string();
+        }
+        _ => {}
+    }
+    let amount = amount.to_string();
+    let currency = order.currency.to_string();
+    let fields = ResultFields {
+        merchant_id,
+        order_number: &order.order_number,
+        order_amount: &amount,
+        order_currency: &currency,
+        order_state: state,
+    };
+    let checkvalue = if order.behaviour == Behaviour::BooksWrongCheckvalue {
+        let wrong = SecretString::from(format!("{}-557", salt.expose_secret()));
+        result_checkvalue(&wrong, &fields)
+    } else {
+        result_checkvalue(salt, &fields)
+    };
+    StatusOrder {
+        fields: vec![
+            ("ordernumber", order.order_number.clone()),
+            ("billnumber", order.bill_number.clone()),
+            ("testmode", test_mode(order.test_mode)),
+            ("orderdate", order.created_at.format(DATE_TIME).to_string()),
+            ("orderamount", amount),
+            ("ordercurrency", currency),
+            ("orderstate", state.to_string()),
+            ("responsecode", code),
+            ("packetdate", now.format(DATE_TIME).to_string()),
+            ("signature", String::new()),
+            ("checkvalue", checkvalue),
+        ],
+        operations: None,
     }
 }
 
