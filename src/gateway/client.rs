@@ -27,8 +27,10 @@ use super::wire::{self, MAX_REPLY_BYTES, Reply};
 use crate::config::{GatewayConfig, ResponseFormat};
 use crate::money::{Currency, Money};
 
+mod cancel;
 mod tokenpay;
 
+pub use cancel::{CancelReply, CancelRequest};
 pub use tokenpay::{
     RecurringLimits, TokenPayOutcome, TokenPayReply, TokenPayRequest, agreement_bill_number,
 };
@@ -450,6 +452,7 @@ impl Client {
                 approved_orders: 0,
                 pending_orders: 0,
                 checkvalue_verified: false,
+                reversals: None,
             },
             raw,
         };

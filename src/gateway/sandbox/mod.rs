@@ -45,8 +45,8 @@ mod tokenpay_tests;
 
 pub use behaviour::{Behaviour, DeclineCode};
 pub use book::{
-    Agreement, BookSnapshot, Card, DuplicatePolicy, OrderRecord, OrderState, Recurring, Refusal,
-    RpOutcome, RpRequest, TokenPayment,
+    Agreement, BookSnapshot, CancelRecord, Card, DuplicatePolicy, OrderRecord, OrderState,
+    Recurring, RefundOperation, Refusal, RpOutcome, RpRequest, TokenPayment,
 };
 
 /// The built-in sandbox's Merchant_ID.

@@ -20,6 +20,7 @@ use super::wire::{self, Fields, Format, StatusOrder};
 use crate::gateway::checkvalue::{ResultFields, result_checkvalue};
 use crate::money::{Currency, Money};
 
+mod cancel;
 mod tokenpay;
 
 /// Longest OrderNumber accepted.
@@ -56,6 +57,7 @@ enum Service {
     Token,
     RemToken,
     TokenPay,
+    Cancel,
 }
 
 impl Service {
@@ -67,6 +69,7 @@ impl Service {
             "/pay/oneclick/v1/token.cfm" => Some(Service::Token),
             "/pay/oneclick/v1/rem_token.cfm" => Some(Service::RemToken),
             "/pay/tokenpay.cfm" => Some(Service::TokenPay),
+            "/cancel/wscancel.cfm" => Some(Service::Cancel),
             _ => None,
         }
     }
@@ -79,6 +82,7 @@ impl Service {
             Service::Token => "token",
             Service::RemToken => "rem_token",
             Service::TokenPay => "tokenpay",
+            Service::Cancel => "wscancel",
         }
     }
 }
@@ -154,6 +158,11 @@ pub(super) async fn handle(
             let params = Params::from_form(&body);
             let admitted = shared.book().admit(arrived, config.requests_per_second);
             tokenpay::handle(shared, &params, admitted, &host).await
+        }
+        Service::Cancel => {
+            let params = Params::from_form(&body);
+            let admitted = shared.book().admit(arrived, config.requests_per_second);
+            cancel::handle(shared, &params, admitted).await
         }
     }
 }
@@ -564,16 +573,37 @@ fn status_order(
         out.push(("orderdate", order_date.clone()));
         out.push(("responsecode", order.response_code.clone()));
         out.push(("message", order.message.clone()));
-        Some(vec![vec![
+        let payment_state = match order.state {
+            // The payment operation itself stays approved when the order is refunded.
+            OrderState::Canceled | OrderState::PartialCanceled => OrderState::Approved.as_str(),
+            other => other.as_str(),
+        };
+        let mut operations = vec![vec![
             ("billnumber", order.bill_number.clone()),
             ("operationtype", "100".to_string()),
-            ("operationstate", state.to_string()),
+            ("operationstate", payment_state.to_string()),
             ("amount", amount.clone()),
             ("currency", currency.clone()),
             ("responsecode", order.response_code.clone()),
             ("message", order.message.clone()),
             ("operationdate", order_date),
-        ]])
+        ]];
+        operations.extend(order.refunds.iter().map(|refund| {
+            vec![
+                ("billnumber", order.bill_number.clone()),
+                ("operationtype", "300".to_string()),
+                ("operationstate", refund.state.as_str().to_string()),
+                ("amount", refund.amount.to_string()),
+                ("currency", currency.clone()),
+                ("responsecode", refund.response_code.clone()),
+                ("message", refund.message.clone()),
+                (
+                    "operationdate",
+                    refund.created_at.format(DATE_TIME).to_string(),
+                ),
+            ]
+        }));
+        Some(operations)
     } else {
         None
     };
