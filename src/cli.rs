@@ -16,6 +16,7 @@ use crate::store::{Access, Store, StoreError};
 mod charge;
 mod enroll;
 mod ops;
+mod refund;
 mod run;
 mod sandbox;
 mod tokens;
@@ -26,6 +27,7 @@ pub use ops::{
     BackupArgs, BreakerCommand, ClockCommand, HistoryArgs, RemoveFileArgs, ResolveArgs, ResumeArgs,
     StatusArgs,
 };
+pub use refund::RefundArgs;
 pub use run::RunArgs;
 pub use sandbox::SandboxArgs;
 pub use tokens::TokensCommand;
@@ -296,6 +298,29 @@ pub enum Command {
     ///     --max-date 2027-12-01
     #[command(verbatim_doc_comment)]
     Enroll(EnrollArgs),
+
+    /// Refund the whole or part of an approved charge through the gateway's cancel service.
+    ///
+    /// Only an approved charge of this database (by its order number, as `history` shows it),
+    /// in its own currency, never more than what remains after earlier refunds; --amount
+    /// defaults to all that remains. The gateway's verified view of the order must agree with
+    /// the ledger before anything is sent. The refund is recorded as pending in the database
+    /// before the request leaves; the gateway's reply is only a claim, and the refund is
+    /// completed only when the order's verified result shows it. An unknown outcome leaves it
+    /// pending (exit 69): running the same command again looks it up first and never sends it
+    /// twice; the same command after its refund completed reports it and sends nothing (to
+    /// refund the same amount again, give another --reason). One refund command runs at a time
+    /// per database. The ledger keeps the charge's approval and adds the refund
+    /// (refund_requested, refund_pending, refund_completed, refund_failed); the charge still
+    /// counts for the subscription's limits. Exit 0 refunded; 1 refused (not ours, not
+    /// approved, more than remains, refused by the gateway, another refund running); 69 outcome
+    /// unknown (run the same command again later).
+    ///
+    /// Examples:
+    ///   recurrentd refund 7KQ2M9XA-acme-1001-3-1 --reason "charged twice by mistake"
+    ///   recurrentd refund 7KQ2M9XA-acme-1001-3-1 --amount 50.00 --reason "goodwill" --json
+    #[command(verbatim_doc_comment)]
+    Refund(RefundArgs),
 }
 
 #[derive(Debug, Args)]
@@ -340,6 +365,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Tokens(command) => tokens::run(&config, &command),
         Command::Sandbox(args) => sandbox::run(&config, &args),
         Command::Enroll(args) => enroll::run(&config, &args),
+        Command::Refund(args) => refund::run(&config, &args),
     };
     ExitCode::from(code)
 }

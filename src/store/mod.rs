@@ -18,6 +18,7 @@
 mod charges;
 mod enrolment;
 mod overview;
+mod refund;
 mod report;
 mod resolve;
 mod schema;
@@ -45,6 +46,7 @@ pub use charges::{
 };
 pub use enrolment::{EnrolmentAttempt, EnrolmentState, OrderUse, enrolment_event};
 pub use overview::{LastOutcome, PeriodPosition, SubscriptionOverview};
+pub use refund::{Recorded, Refund, RefundState, RefundTarget, refund_event};
 pub use report::{
     Attention, HistoryRow, INITIAL_PERIOD, LastAttempt, LedgerPeriod, LedgerState, StatusReport,
     daemon_running,
