@@ -262,7 +262,7 @@ pub enum Command {
     /// Run the built-in Assist sandbox on loopback, for demos and rehearsals.
     ///
     /// It speaks Assist's wire formats (rp.cfm, orderstate.cfm, orderresult.cfm, the token
-    /// services; XML and JSON), computes real check values, keeps its own book of orders and
+    /// services, wscancel.cfm refunds; XML and JSON), computes real check values, keeps its own book of orders and
     /// produces faults on request: bill numbers starting with 999 choose a behaviour by their
     /// last three digits (102 soft decline, 101 hard decline, 300 In Process, 408 timeout after
     /// the charge, 500 HTTP 500, 666 garbage, 777 wrong checkvalue, 999 a mix; see the README).

@@ -1,6 +1,6 @@
 //! The built-in Assist sandbox: an in-process HTTP/1 server that emulates the Assist services
 //! recurrentd uses (rp.cfm, orderstate.cfm, orderresult.cfm, token.cfm, rem_token.cfm,
-//! tokenpay.cfm), for tests, the README demo and operators' rehearsals.
+//! tokenpay.cfm, wscancel.cfm), for tests, the README demo and operators' rehearsals.
 //!
 //! The wire shapes and behaviours follow the sandbox spec (notes/sandbox-spec.md). Charges
 //! against a bill number whose base starts with `999` behave as its last three digits say
