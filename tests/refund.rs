@@ -421,8 +421,10 @@ async fn refund_refuses_what_is_not_an_approved_charge_of_ours() {
         text(&out.stderr).contains("only an approved charge"),
         "{out:?}"
     );
-    let (out, _) = refund(&rig, "ZZZZZZZZ-acme-1-0-1", &["--reason", "mistake"]);
+    let (out, json) = refund(&rig, "ZZZZZZZZ-acme-1-0-1", &["--reason", "mistake"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(json["status"], "refused", "{json}");
+    assert_eq!(json["order_number"], "ZZZZZZZZ-acme-1-0-1", "{json}");
     assert!(
         text(&out.stderr).contains("not an order of this database"),
         "{out:?}"

@@ -201,6 +201,28 @@ pub(crate) fn judge(
     }
 }
 
+/// Reports a refund refused or left undone before one was recorded or sent: the message on
+/// stderr and, with --json, `{status, order_number, message}` on stdout. Returns `code`.
+fn refused(args: &RefundArgs, code: u8, message: String) -> u8 {
+    eprintln!("recurrentd: {message}");
+    if args.json {
+        let status = if code == exit::UNAVAILABLE {
+            "unknown"
+        } else {
+            "refused"
+        };
+        println!(
+            "{}",
+            json!({
+                "status": status,
+                "order_number": args.order_number,
+                "message": message,
+            })
+        );
+    }
+    code
+}
+
 fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -306,37 +328,43 @@ fn refund(config: &Config, args: &RefundArgs) -> Result<u8, u8> {
         || reason.chars().count() > MAX_REASON
         || reason.chars().any(char::is_control)
     {
-        eprintln!(
-            "recurrentd: --reason must be 1 to {MAX_REASON} characters on one line; nothing was \
+        return Err(refused(
+            args,
+            exit::USAGE,
+            format!(
+                "--reason must be 1 to {MAX_REASON} characters on one line; nothing was \
              sent"
-        );
-        return Err(exit::USAGE);
+            ),
+        ));
     }
     let _lock = lock(&config.database.path)?;
     let mut store = open(config, Access::Write)?;
     let order = args.order_number.as_str();
     let Some(target) = store.refund_target(order).map_err(store_failed)? else {
         let prefix = store.order_prefix().unwrap_or_default();
-        if prefix.is_empty() || !order.starts_with(&prefix) {
-            eprintln!(
-                "recurrentd: order {order} is not an order of this database (its order numbers \
-                 start with {prefix}); only our own charges can be refunded here. Nothing was sent"
-            );
+        let message = if prefix.is_empty() || !order.starts_with(&prefix) {
+            format!(
+                "order {order} is not an order of this database (its order numbers start with \
+                 {prefix}); only our own charges can be refunded here. Nothing was sent"
+            )
         } else {
-            eprintln!(
-                "recurrentd: no charge attempt has order number {order} (an enrolment's initial \
-                 payment is not refunded by this command); nothing was sent"
-            );
-        }
-        return Err(exit::PROBLEMS);
+            format!(
+                "no charge attempt has order number {order} (an enrolment's initial payment is \
+                 not refunded by this command); nothing was sent"
+            )
+        };
+        return Err(refused(args, exit::PROBLEMS, message));
     };
     if target.state != AttemptState::Approved {
-        eprintln!(
-            "recurrentd: order {order} is {}: only an approved charge can be refunded; nothing was \
+        return Err(refused(
+            args,
+            exit::PROBLEMS,
+            format!(
+                "order {order} is {}: only an approved charge can be refunded; nothing was \
              sent",
-            target.state
-        );
-        return Err(exit::PROBLEMS);
+                target.state
+            ),
+        ));
     }
     let report = Report {
         args,
@@ -387,51 +415,66 @@ fn refund(config: &Config, args: &RefundArgs) -> Result<u8, u8> {
     // 5. Never more than remains.
     let remaining = charge_cents - done_cents;
     let Some(left) = Money::from_cents(remaining) else {
-        eprintln!(
-            "recurrentd: order {order} is refunded in full already ({} {}); nothing was sent",
-            target.amount, target.currency
-        );
-        return Err(exit::PROBLEMS);
+        return Err(refused(
+            args,
+            exit::PROBLEMS,
+            format!(
+                "order {order} is refunded in full already ({} {}); nothing was sent",
+                target.amount, target.currency
+            ),
+        ));
     };
     let amount = args.amount.unwrap_or(left);
     if amount > left {
-        eprintln!(
-            "recurrentd: --amount {amount} is more than remains of order {order}: {left} {} \
+        return Err(refused(
+            args,
+            exit::PROBLEMS,
+            format!(
+                "--amount {amount} is more than remains of order {order}: {left} {} \
              (charged {}, refunded {}); nothing was sent",
-            target.currency,
-            target.amount,
-            cents_text(done_cents)
-        );
-        return Err(exit::PROBLEMS);
+                target.currency,
+                target.amount,
+                cents_text(done_cents)
+            ),
+        ));
     }
     // The gateway must see the order as the ledger does before anything is sent.
     let answer = runtime.block_on(client.order_result(&query));
     match look(&answer, done_cents, amount.cents(), charge_cents) {
         Look::NotApplied => {}
         Look::NoAnswer(why) => {
-            eprintln!(
-                "recurrentd: order {order} could not be looked up before refunding ({why}); \
+            return Err(refused(
+                args,
+                exit::UNAVAILABLE,
+                format!(
+                    "order {order} could not be looked up before refunding ({why}); \
                  nothing was sent"
-            );
-            return Err(exit::UNAVAILABLE);
+                ),
+            ));
         }
         Look::InProcess => {
-            eprintln!(
-                "recurrentd: a refund of order {order} is in process at the gateway; nothing was \
+            return Err(refused(
+                args,
+                exit::UNAVAILABLE,
+                format!(
+                    "a refund of order {order} is in process at the gateway; nothing was \
                  sent. Run this command again later."
-            );
-            return Err(exit::UNAVAILABLE);
+                ),
+            ));
         }
         other => {
             let why = match other {
                 Look::Mismatch(why) => why,
                 _ => "the gateway already shows this refund".to_string(),
             };
-            eprintln!(
-                "recurrentd: order {order}: {why}; an operator must check it in the gateway's \
+            return Err(refused(
+                args,
+                exit::PROBLEMS,
+                format!(
+                    "order {order}: {why}; an operator must check it in the gateway's \
                  back office. Nothing was sent"
-            );
-            return Err(exit::PROBLEMS);
+                ),
+            ));
         }
     }
     let Some(bill_number) = answer
@@ -440,11 +483,14 @@ fn refund(config: &Config, args: &RefundArgs) -> Result<u8, u8> {
         .as_ref()
         .and_then(|r| r.payment_bill_number.clone())
     else {
-        eprintln!(
-            "recurrentd: the gateway's result for order {order} carries no billnumber to cancel; \
+        return Err(refused(
+            args,
+            exit::UNAVAILABLE,
+            format!(
+                "the gateway's result for order {order} carries no billnumber to cancel; \
              nothing was sent"
-        );
-        return Err(exit::UNAVAILABLE);
+            ),
+        ));
     };
 
     // 6. Durable before the request leaves.
@@ -455,22 +501,31 @@ fn refund(config: &Config, args: &RefundArgs) -> Result<u8, u8> {
     let pending = match recorded {
         Recorded::Pending(refund) => refund,
         Recorded::NotApproved(state) => {
-            eprintln!("recurrentd: order {order} is {state} now; nothing was sent");
-            return Err(exit::PROBLEMS);
+            return Err(refused(
+                args,
+                exit::PROBLEMS,
+                format!("order {order} is {state} now; nothing was sent"),
+            ));
         }
         Recorded::BeyondRemaining { remaining_cents } => {
-            eprintln!(
-                "recurrentd: only {} remains of order {order}; nothing was sent",
-                cents_text(remaining_cents)
-            );
-            return Err(exit::PROBLEMS);
+            return Err(refused(
+                args,
+                exit::PROBLEMS,
+                format!(
+                    "only {} remains of order {order}; nothing was sent",
+                    cents_text(remaining_cents)
+                ),
+            ));
         }
         Recorded::OtherPending(reference) => {
-            eprintln!(
-                "recurrentd: refund {reference} of order {order} is pending; run this command \
+            return Err(refused(
+                args,
+                exit::PROBLEMS,
+                format!(
+                    "refund {reference} of order {order} is pending; run this command \
                  again to look it up. Nothing was sent"
-            );
-            return Err(exit::PROBLEMS);
+                ),
+            ));
         }
     };
     let reply = runtime.block_on(client.cancel(&CancelRequest {
