@@ -769,4 +769,115 @@ mod tests {
         };
         assert!(matches!(charge_claim(&fault, &e).0, Outcome::Unknown(_)));
     }
+
+    /// The cancel reply of the public fixture (C5 `cancel_order_ok.xml`): AS000, Canceled,
+    /// operation type 300, the order's own amount.
+    fn cancel_reply(state: &str, code: &str, amount: &str) -> Reply {
+        Reply::Orders(vec![OrderRecord::from_pairs(&[
+            ("ordernumber", "A1_R1"),
+            ("responsecode", code),
+            ("amount", amount),
+            ("currency", "RUB"),
+            ("orderamount", "100.00"),
+            ("ordercurrency", "RUB"),
+            ("orderstate", state),
+            ("operationtype", "300"),
+            ("testmode", "1"),
+        ])])
+    }
+
+    #[test]
+    fn a_cancel_reply_is_a_claim_about_the_refund() {
+        let full = Money::parse("100.00").unwrap();
+        let part = Money::parse("40.00").unwrap();
+        let claim = |reply: &Reply, refund| cancel_claim(reply, &expected(), refund).0;
+        assert_eq!(
+            claim(&cancel_reply("Canceled", "AS000", "100.00"), full),
+            Outcome::Approved
+        );
+        assert_eq!(
+            claim(&cancel_reply("PartialCanceled", "AS000", "40.00"), part),
+            Outcome::Approved
+        );
+        // Success with the order still Approved proves nothing; a decline code is a claimed
+        // refusal; another amount is not our refund.
+        assert!(matches!(
+            claim(&cancel_reply("Approved", "AS000", "40.00"), part),
+            Outcome::Unknown(_)
+        ));
+        assert!(matches!(
+            claim(&cancel_reply("Approved", "AS102", "40.00"), part),
+            Outcome::Declined(_)
+        ));
+        assert!(matches!(
+            claim(&cancel_reply("PartialCanceled", "AS000", "41.00"), part),
+            Outcome::Unknown(_)
+        ));
+        let mut e = expected();
+        e.order_number = "A1_R2";
+        assert!(matches!(
+            cancel_claim(&cancel_reply("Canceled", "AS000", "100.00"), &e, full).0,
+            Outcome::IntegrityFailure(_)
+        ));
+        let fault = Reply::Fault {
+            firstcode: 5,
+            secondcode: 108,
+            detail: None,
+        };
+        assert!(matches!(claim(&fault, part), Outcome::Rejected(_)));
+    }
+
+    #[test]
+    fn reversals_are_read_from_a_verified_order_result_only() {
+        let mut record = status_order("PartialCanceled", None);
+        let op = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        record.operations = vec![
+            op(&[
+                ("billnumber", "5800.2"),
+                ("operationtype", "100"),
+                ("operationstate", "Approved"),
+                ("amount", "100.00"),
+            ]),
+            op(&[
+                ("operationtype", "300"),
+                ("operationstate", "Approved"),
+                ("amount", "30.00"),
+                ("responsecode", "AS000"),
+            ]),
+            op(&[
+                ("operationtype", "300"),
+                ("operationstate", "Declined"),
+                ("amount", "10.00"),
+                ("responsecode", "AS102"),
+            ]),
+            op(&[
+                ("operationtype", "300"),
+                ("operationstate", "In Process"),
+                ("amount", "5.00"),
+            ]),
+        ];
+        let v = status(&Reply::Orders(vec![record.clone()]), &expected(), &salt());
+        assert!(v.checkvalue_verified);
+        // For the engine a partly refunded order is neither paid nor declined.
+        assert!(matches!(v.outcome, Outcome::Unknown(_)));
+        let r = v.reversals.unwrap();
+        assert_eq!(r.order_state, "PartialCanceled");
+        assert_eq!(
+            (r.refunded_cents, r.refunds, r.declined, r.in_process),
+            (3000, 1, 1, 1)
+        );
+        assert_eq!(r.payment_bill_number.as_deref(), Some("5800.2"));
+        // A check value that does not cover the state: nothing is read.
+        let partial_checkvalue = record.text("checkvalue").to_string();
+        let mut forged = status_order("Canceled", Some(&partial_checkvalue));
+        forged.operations = record.operations;
+        let v = status(&Reply::Orders(vec![forged]), &expected(), &salt());
+        assert!(v.reversals.is_none() && !v.checkvalue_verified);
+        assert!(matches!(v.outcome, Outcome::IntegrityFailure(_)));
+    }
 }
