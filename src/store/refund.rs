@@ -397,3 +397,175 @@ impl Store {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{NaiveDate, TimeZone};
+    use serde_json::json;
+
+    use super::*;
+    use crate::schedule::{DirReport, parse_text};
+    use crate::store::{AttemptChange, ChargeChange, ChargeState, Event, event};
+
+    fn at(month: u32, day: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2027, month, day, 7, 0, 0).unwrap()
+    }
+
+    /// A store whose subscription `s1` has period 0 charged (100.00 RUB) by attempt `ORD-1`,
+    /// through the calls the engine makes; `approve` false leaves it unknown.
+    fn charged(approve: bool) -> (tempfile::TempDir, Store, RefundTarget) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_or_create(&dir.path().join("recurrentd.db")).unwrap();
+        let text = "[[subscription]]\nid = \"s1\"\nbill_number = \"5899110210000001\"\n\
+                    currency = \"RUB\"\namount = \"100.00\"\nevery = \"1 month\"\n\
+                    start = 2027-01-01\n\n";
+        let report = DirReport {
+            files: vec![parse_text(std::path::Path::new("schedules/a.toml"), text)],
+        };
+        store.sync_schedules(&report, at(1, 1)).unwrap();
+        let tx = store.plan(at(1, 1)).unwrap();
+        let history = tx.history("s1").unwrap().unwrap();
+        let open = tx
+            .open_period(
+                &history.subscription,
+                0,
+                NaiveDate::from_ymd_opt(2027, 1, 1).unwrap(),
+            )
+            .unwrap();
+        let job = tx
+            .new_attempt(
+                "s1",
+                &open,
+                "ORD-1",
+                at(1, 1),
+                Event {
+                    kind: event::INTENT,
+                    detail: json!({}),
+                },
+            )
+            .unwrap();
+        tx.commit().unwrap();
+        assert!(
+            store
+                .mark_sending(job.attempt_id, AttemptState::Pending, at(1, 1), at(1, 1))
+                .unwrap()
+        );
+        let mut change = AttemptChange::to(if approve {
+            AttemptState::Approved
+        } else {
+            AttemptState::Unknown
+        });
+        change.sent = true;
+        if approve {
+            change.checkvalue = Some("verified");
+            change.charge = Some(ChargeChange {
+                state: ChargeState::Paid,
+                reason: None,
+                next_attempt_at: None,
+            });
+        }
+        assert!(
+            store
+                .apply(job.attempt_id, AttemptState::Pending, &change, at(1, 1))
+                .unwrap()
+        );
+        let target = store.refund_target("ORD-1").unwrap().unwrap();
+        (dir, store, target)
+    }
+
+    fn money(text: &str) -> Money {
+        Money::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_refund_is_recorded_once_and_never_beyond_what_remains() {
+        let (_dir, mut store, target) = charged(true);
+        assert_eq!(target.state, AttemptState::Approved);
+        assert_eq!(target.amount, money("100.00"));
+        let record = |store: &mut Store, amount: &str| {
+            store
+                .record_pending_refund(&target, money(amount), "why", "bob", "5899.1", at(1, 2))
+                .unwrap()
+        };
+        assert_eq!(
+            record(&mut store, "100.01"),
+            Recorded::BeyondRemaining {
+                remaining_cents: 10000
+            }
+        );
+        let Recorded::Pending(first) = record(&mut store, "60.00") else {
+            panic!("not recorded");
+        };
+        assert_eq!(first.reference, "ORD-1-R1");
+        // One pending refund per attempt.
+        assert_eq!(
+            record(&mut store, "10.00"),
+            Recorded::OtherPending("ORD-1-R1".into())
+        );
+        // Settled once: a second settlement finds it no longer pending and writes nothing.
+        assert!(
+            store
+                .settle_refund(&first.reference, RefundState::Completed, "shown", at(1, 2))
+                .unwrap()
+        );
+        assert!(
+            !store
+                .settle_refund(&first.reference, RefundState::Failed, "late", at(1, 3))
+                .unwrap()
+        );
+        // The completed refund counts against what remains.
+        assert_eq!(
+            record(&mut store, "40.01"),
+            Recorded::BeyondRemaining {
+                remaining_cents: 4000
+            }
+        );
+        let Recorded::Pending(second) = record(&mut store, "40.00") else {
+            panic!("not recorded");
+        };
+        assert_eq!(second.reference, "ORD-1-R2");
+        let refunds = store.refunds_of(target.attempt_id).unwrap();
+        assert_eq!(refunds.len(), 2);
+        assert_eq!(refunds[0].state, RefundState::Completed);
+        assert_eq!(refunds[1].state, RefundState::Pending);
+        // The attempt stays approved, the period paid; the ledger adds the refund events.
+        assert_eq!(
+            store.refund_target("ORD-1").unwrap().unwrap().state,
+            AttemptState::Approved
+        );
+        assert_eq!(
+            store.periods(Some("s1")).unwrap()[0].state,
+            ChargeState::Paid
+        );
+        let kinds: Vec<_> = store
+            .ledger(Some("s1"))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .filter(|k| k.starts_with("refund_"))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                refund_event::REQUESTED,
+                refund_event::COMPLETED,
+                refund_event::REQUESTED
+            ]
+        );
+        let history = store.history(Some("s1"), None).unwrap();
+        assert_eq!(history[0].refunded.as_deref(), Some("60.00"));
+        assert_eq!(history[0].refund_pending.as_deref(), Some("40.00"));
+    }
+
+    #[test]
+    fn only_an_approved_attempt_is_refunded() {
+        let (_dir, mut store, target) = charged(false);
+        assert_eq!(
+            store
+                .record_pending_refund(&target, money("1.00"), "why", "bob", "b", at(1, 2))
+                .unwrap(),
+            Recorded::NotApproved(AttemptState::Unknown)
+        );
+        assert!(store.refunds_of(target.attempt_id).unwrap().is_empty());
+    }
+}
