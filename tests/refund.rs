@@ -502,6 +502,21 @@ async fn refund_faults_are_looked_up_never_sent_twice() {
     let (out, _) = refund(&rig, &order, &["--amount", "5.00", "--reason", "other"]);
     assert_eq!(out.status.code(), Some(69), "{out:?}");
     assert_eq!(cancels(&sandbox), sent + 1);
+    // `status` names it among what needs an operator.
+    let out = rig.run(&["status", "--json", "--offline-ok"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let item = status["needs_attention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "refund_pending")
+        .unwrap_or_else(|| panic!("{status}"))
+        .clone();
+    assert_eq!(item["order_number"], order.as_str(), "{item}");
+    assert!(
+        item["detail"].as_str().unwrap().contains("of 10.00 RUB"),
+        "{item}"
+    );
     let refunded = sandbox.book().orders[0]
         .refunds
         .iter()

@@ -140,7 +140,8 @@ pub struct StatusReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Attention {
     pub subscription: String,
-    /// hard_decline, double_approval, late_approval, parked, quarantined or file_missing.
+    /// hard_decline, double_approval, late_approval, parked, quarantined, file_missing or
+    /// refund_pending (a refund whose outcome is not known yet).
     pub kind: &'static str,
     pub since: String,
     pub detail: String,
@@ -452,6 +453,14 @@ impl Store {
                  it, or confirm with `recurrentd remove-file ' || f.file || '`)', NULL \
                  FROM subscriptions s JOIN schedule_files f ON f.file = s.file \
                  WHERE f.missing_since IS NOT NULL AND s.removed_at IS NULL \
+                 UNION ALL \
+                 SELECT c.subscription_id, 'refund_pending', r.created_at, \
+                 'refund ' || r.reference || ' of ' || printf('%d.%02d', r.amount_cents / 100, \
+                 r.amount_cents % 100) || ' ' || r.currency || ': outcome not known yet (' || \
+                 COALESCE(r.detail, 'requested') || '); run the same `recurrentd refund` again', \
+                 a.order_number \
+                 FROM refunds r JOIN attempts a ON a.id = r.attempt_id \
+                 JOIN charges c ON c.id = a.charge_id WHERE r.state = 'pending' \
                  ORDER BY 3",
             )
             .ctx(&self.path, what)?;
@@ -476,6 +485,7 @@ impl Store {
                     "file_missing" => "file_missing",
                     "double_approval" => "double_approval",
                     "late_approval" => "late_approval",
+                    "refund_pending" => "refund_pending",
                     _ => "hard_decline",
                 },
                 since,
