@@ -360,8 +360,7 @@ fn refund(config: &Config, args: &RefundArgs) -> Result<u8, u8> {
             args,
             exit::PROBLEMS,
             format!(
-                "order {order} is {}: only an approved charge can be refunded; nothing was \
-             sent",
+                "order {order} is {}: only an approved charge can be refunded; nothing was sent",
                 target.state
             ),
         ));
@@ -397,6 +396,14 @@ fn refund(config: &Config, args: &RefundArgs) -> Result<u8, u8> {
         let seen = look(&answer, done_cents, pending.amount.cents(), charge_cents);
         let verdict = judge(&seen, None, pending.created_at, Utc::now(), window);
         if let Some(code) = settle(&mut store, &report, pending, &verdict, true)? {
+            let same = pending.reason == reason && args.amount.is_none_or(|a| a == pending.amount);
+            if !same {
+                eprintln!(
+                    "recurrentd: this command's own refund was not sent while refund {} was \
+                     pending: run it again.",
+                    pending.reference
+                );
+            }
             return Ok(code);
         }
     }
