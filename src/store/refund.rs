@@ -190,6 +190,23 @@ impl Store {
         }))
     }
 
+    /// How much of the attempt under `order_number` was refunded (completed refunds) and how
+    /// much is pending, in minor units: `(0, 0)` for an order without refunds or unknown here.
+    /// For the books: an order of ours the gateway shows `Canceled` / `PartialCanceled` is
+    /// refunded, not unpaid, when these account for it.
+    pub fn refunded_cents(&self, order_number: &str) -> Result<(i64, i64), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(SUM(CASE WHEN r.state = 'completed' THEN r.amount_cents END), 0), \
+                 COALESCE(SUM(CASE WHEN r.state = 'pending' THEN r.amount_cents END), 0) \
+                 FROM refunds r JOIN attempts a ON a.id = r.attempt_id \
+                 WHERE a.order_number = ?1",
+                [order_number],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .ctx(&self.path, "reading refunds")
+    }
+
     /// Every refund of an attempt, oldest first.
     pub fn refunds_of(&self, attempt_id: i64) -> Result<Vec<Refund>, StoreError> {
         let what = "reading refunds";
@@ -552,6 +569,8 @@ mod tests {
                 refund_event::REQUESTED
             ]
         );
+        assert_eq!(store.refunded_cents("ORD-1").unwrap(), (6000, 4000));
+        assert_eq!(store.refunded_cents("nobody").unwrap(), (0, 0));
         let history = store.history(Some("s1"), None).unwrap();
         assert_eq!(history[0].refunded.as_deref(), Some("60.00"));
         assert_eq!(history[0].refund_pending.as_deref(), Some("40.00"));
