@@ -18,6 +18,7 @@ mod charge;
 mod enroll;
 mod events;
 mod ops;
+mod refund;
 mod run;
 mod sandbox;
 mod tokens;
@@ -30,6 +31,7 @@ pub use ops::{
     BackupArgs, BreakerCommand, ClockCommand, HistoryArgs, RemoveFileArgs, ResolveArgs, ResumeArgs,
     StatusArgs,
 };
+pub use refund::RefundArgs;
 pub use run::RunArgs;
 pub use sandbox::SandboxArgs;
 pub use tokens::TokensCommand;
@@ -307,7 +309,7 @@ pub enum Command {
     /// Run the built-in Assist sandbox on loopback, for demos and rehearsals.
     ///
     /// It speaks Assist's wire formats (rp.cfm, orderstate.cfm, orderresult.cfm, the token
-    /// services; XML and JSON), computes real check values, keeps its own book of orders and
+    /// services, wscancel.cfm refunds; XML and JSON), computes real check values, keeps its own book of orders and
     /// produces faults on request: bill numbers starting with 999 choose a behaviour by their
     /// last three digits (102 soft decline, 101 hard decline, 300 In Process, 408 timeout after
     /// the charge, 500 HTTP 500, 666 garbage, 777 wrong checkvalue, 999 a mix; see the README).
@@ -343,6 +345,29 @@ pub enum Command {
     ///     --max-date 2027-12-01
     #[command(verbatim_doc_comment)]
     Enroll(EnrollArgs),
+
+    /// Refund the whole or part of an approved charge through the gateway's cancel service.
+    ///
+    /// Only an approved charge of this database (by its order number, as `history` shows it),
+    /// in its own currency, never more than what remains after earlier refunds; --amount
+    /// defaults to all that remains. The gateway's verified view of the order must agree with
+    /// the ledger before anything is sent. The refund is recorded as pending in the database
+    /// before the request leaves; the gateway's reply is only a claim, and the refund is
+    /// completed only when the order's verified result shows it. An unknown outcome leaves it
+    /// pending (exit 69): running the same command again looks it up first and never sends it
+    /// twice; the same command after its refund completed reports it and sends nothing (to
+    /// refund the same amount again, give another --reason). One refund command runs at a time
+    /// per database. The ledger keeps the charge's approval and adds the refund
+    /// (refund_requested, refund_pending, refund_completed, refund_failed); the charge still
+    /// counts for the subscription's limits. Exit 0 refunded; 1 refused (not ours, not
+    /// approved, more than remains, refused by the gateway, another refund running); 69 outcome
+    /// unknown (run the same command again later).
+    ///
+    /// Examples:
+    ///   recurrentd refund 7KQ2M9XA-acme-1001-3-1 --reason "charged twice by mistake"
+    ///   recurrentd refund 7KQ2M9XA-acme-1001-3-1 --amount 50.00 --reason "goodwill" --json
+    #[command(verbatim_doc_comment)]
+    Refund(RefundArgs),
 }
 
 #[derive(Debug, Args)]
@@ -389,6 +414,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Tokens(command) => tokens::run(&config, &command),
         Command::Sandbox(args) => sandbox::run(&config, &args),
         Command::Enroll(args) => enroll::run(&config, &args),
+        Command::Refund(args) => refund::run(&config, &args),
     };
     ExitCode::from(code)
 }

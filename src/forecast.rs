@@ -100,6 +100,10 @@ pub struct Entry {
     pub reason: Option<String>,
     /// The attempt's OrderNumber, for entries from the ledger that have one.
     pub order_number: Option<String>,
+    /// How much of a charged entry was refunded since (`recurrentd refund`); omitted when
+    /// nothing was. The entry stays `charged`: the refund changes no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refunded: Option<Money>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -237,6 +241,7 @@ impl<'a> Simulation<'a> {
             status,
             reason,
             order_number: None,
+            refunded: None,
         }
     }
 
@@ -421,10 +426,17 @@ impl<'a> Simulation<'a> {
             .reason
             .clone()
             .or_else(|| attempt.and_then(|a| a.detail.clone()));
+        let refunded = attempt.and_then(|a| a.refunded);
+        let reason = match (refunded, reason) {
+            (Some(r), Some(reason)) => Some(format!("refunded {r}; {reason}")),
+            (Some(r), None) => Some(format!("refunded {r}")),
+            (None, reason) => reason,
+        };
         Some(Entry {
             amount: period.amount,
             currency: period.currency,
             order_number: attempt.map(|a| a.order_number.clone()),
+            refunded,
             ..self.entry(period.period, period.due_date, at, status, reason)
         })
     }

@@ -491,6 +491,18 @@ fn list_all(
     Ok(())
 }
 
+/// The refunds of a history row, for its NOTE (`recurrentd refund`).
+fn refund_note(r: &store::HistoryRow) -> String {
+    let mut note = String::new();
+    if let Some(refunded) = &r.refunded {
+        note.push_str(&format!("refunded {refunded}; "));
+    }
+    if let Some(pending) = &r.refund_pending {
+        note.push_str(&format!("refund of {pending} pending; "));
+    }
+    note
+}
+
 pub fn history(config: &Config, args: &HistoryArgs) -> u8 {
     let store = match open(config, Access::ReadOnly) {
         Ok(store) => store,
@@ -537,7 +549,7 @@ pub fn history(config: &Config, args: &HistoryArgs) -> u8 {
                 r.sent_at.as_deref().unwrap_or("-"),
                 r.response_code.as_deref().unwrap_or("-"),
                 r.checkvalue,
-                r.reason.as_deref().unwrap_or(""),
+                refund_note(r) + r.reason.as_deref().unwrap_or(""),
             )?;
         }
         Ok(())

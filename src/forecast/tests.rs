@@ -59,6 +59,7 @@ fn period(
             order_number: format!("P-s1-{n}-1"),
             at,
             detail: Some("AS102: declined, try again later".into()),
+            refunded: None,
         }),
     }
 }

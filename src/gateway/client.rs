@@ -28,9 +28,11 @@ use crate::config::{GatewayConfig, ResponseFormat};
 use crate::money::{Currency, Money};
 
 mod books;
+mod cancel;
 mod tokenpay;
 
 pub use books::{BookRecord, BookState, MAX_ROWS_PER_REPLY};
+pub use cancel::{CancelReply, CancelRequest};
 
 pub use tokenpay::{
     RecurringLimits, TokenPayOutcome, TokenPayReply, TokenPayRequest, agreement_bill_number,
@@ -463,6 +465,7 @@ impl Client {
                 approved_orders: 0,
                 pending_orders: 0,
                 checkvalue_verified: false,
+                reversals: None,
             },
             raw,
         };

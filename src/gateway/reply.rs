@@ -43,6 +43,97 @@ pub struct Verified {
     pub pending_orders: usize,
     /// Whether every order's check value verified (`false` only with an integrity failure).
     pub checkvalue_verified: bool,
+    /// What the one verified order says about cancellations and refunds; `None` unless the
+    /// reply carried exactly one order and it verified.
+    pub reversals: Option<Reversals>,
+}
+
+/// A verified order's cancellations and refunds (`wscancel.cfm`, operation type 300 [U]).
+///
+/// The order state (`Canceled`, `PartialCanceled`) is covered by the check value; the amounts of
+/// the operations are not (§5.2 covers only the order's fields), so they are believed only when
+/// they agree with that state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reversals {
+    /// The verified `orderstate`, as sent.
+    pub order_state: String,
+    /// Whether the order carried an operations list at all (orderresult does; orderstate not).
+    pub listed: bool,
+    /// Sum of the approved cancel/refund operations in minor units (zero when none is listed;
+    /// `Money` is never zero).
+    pub refunded_cents: i64,
+    /// How many approved cancel/refund operations are listed.
+    pub refunds: usize,
+    /// Cancel/refund operations still in process.
+    pub in_process: usize,
+    /// Cancel/refund operations declined or failed.
+    pub declined: usize,
+    /// Cancel/refund operations that could not be read (amount, state): an operator must look.
+    pub unreadable: usize,
+    /// The billnumber of the payment operation (the first non-refund operation), else the
+    /// order's: what `wscancel.cfm` is asked to cancel [U].
+    pub payment_bill_number: Option<String>,
+}
+
+/// Operation type of a cancel or refund (§4.3, from one enum only) [U].
+pub const OPERATION_CANCEL: &str = "300";
+
+impl Reversals {
+    /// Reads the operations of one verified order.
+    fn of(record: &OrderRecord) -> Reversals {
+        let mut view = Reversals {
+            order_state: record.text("orderstate").trim().to_string(),
+            listed: !record.operations.is_empty(),
+            refunded_cents: 0,
+            refunds: 0,
+            in_process: 0,
+            declined: 0,
+            unreadable: 0,
+            payment_bill_number: None,
+        };
+        for op in &record.operations {
+            let field = |name: &str| op.get(name).map(|v| v.trim()).unwrap_or("");
+            if field("operationtype") != OPERATION_CANCEL {
+                if view.payment_bill_number.is_none() && !field("billnumber").is_empty() {
+                    view.payment_bill_number = Some(field("billnumber").to_string());
+                }
+                continue;
+            }
+            let state = match field("operationstate") {
+                "" => field("orderstate"),
+                s => s,
+            };
+            let code = field("responsecode");
+            match (outcome::order_state(state), Money::parse(field("amount"))) {
+                // An approved (or, as some answers put it, Canceled) refund operation.
+                (StateClass::Paid | StateClass::Reversed, Ok(amount))
+                    if code.is_empty() || code.eq_ignore_ascii_case("AS000") =>
+                {
+                    view.refunded_cents = view.refunded_cents.saturating_add(amount.cents());
+                    view.refunds += 1;
+                }
+                (StateClass::InProgress, _) => view.in_process += 1,
+                (StateClass::Failed, _) => view.declined += 1,
+                _ if matches!(outcome::response_code(code), CodeClass::Decline(..)) => {
+                    view.declined += 1
+                }
+                _ => view.unreadable += 1,
+            }
+        }
+        if view.payment_bill_number.is_none() {
+            view.payment_bill_number = record
+                .get("billnumber")
+                .map(str::trim)
+                .filter(|b| !b.is_empty())
+                .map(str::to_string);
+        }
+        view
+    }
+
+    /// The verified order state's class.
+    pub fn state(&self) -> StateClass {
+        outcome::order_state(&self.order_state)
+    }
 }
 
 /// A `testmode` value: `1`/`0` (also `true`/`false`, `yes`/`no`).
@@ -195,6 +286,80 @@ pub(crate) fn charge_claim(reply: &Reply, expected: &Expected<'_>) -> (Outcome, 
     (outcome, code)
 }
 
+/// Classifies the reply to a cancel/refund request (`wscancel.cfm`, the operation-result DTD of
+/// §3.2 [L]) as a claim about the refund: `Approved` means only "the gateway says it refunded";
+/// the caller confirms it by the order's verified status before booking it. The reply names the
+/// original order (`ordernumber`, `orderamount`, `ordercurrency`) and the refund (`amount`,
+/// `currency`) [U]; a reply about another order is an integrity failure.
+pub(crate) fn cancel_claim(
+    reply: &Reply,
+    expected: &Expected<'_>,
+    refund: Money,
+) -> (Outcome, Option<String>) {
+    let orders = match reply {
+        Reply::Fault {
+            firstcode,
+            secondcode,
+            ..
+        } => {
+            let outcome = outcome::request_error(*firstcode, *secondcode)
+                .unwrap_or_else(|| Outcome::Unknown("fault with codes 0/0".into()));
+            return (outcome, None);
+        }
+        Reply::Orders(orders) => orders,
+    };
+    let [record] = orders.as_slice() else {
+        return (
+            Outcome::Unknown(format!(
+                "cancel reply carries {} orders, expected one",
+                orders.len()
+            )),
+            None,
+        );
+    };
+    let code = record.get("responsecode").map(str::to_string);
+    if let Err(why) = check_identity(record, expected, true)
+        .and_then(|()| check_test_mode(record, expected).map(|_| ()))
+    {
+        return (Outcome::IntegrityFailure(why), code);
+    }
+    if let Some(amount) = record.get("amount").filter(|a| !a.trim().is_empty())
+        && Money::parse(amount.trim()).ok() != Some(refund)
+    {
+        return (
+            Outcome::Unknown(format!(
+                "cancel reply amount {:?} is not the refund's {refund}",
+                super::wire::excerpt(amount)
+            )),
+            code,
+        );
+    }
+    let state = record.get("orderstate").unwrap_or("");
+    let state_class = outcome::order_state(state);
+    let outcome = match code.as_deref().map(outcome::response_code) {
+        Some(CodeClass::Success) => match state_class {
+            StateClass::Reversed | StateClass::Anomalous => Outcome::Approved,
+            StateClass::InProgress => Outcome::Pending,
+            _ => Outcome::Unknown(format!(
+                "cancel reply says success but order state is {:?}",
+                super::wire::excerpt(state)
+            )),
+        },
+        Some(CodeClass::Decline(kind, reason)) => Outcome::Declined(Decline {
+            kind,
+            code: code.clone().unwrap_or_default(),
+            reason,
+        }),
+        Some(CodeClass::Pending) => Outcome::Pending,
+        Some(CodeClass::Unknown(why)) => Outcome::Unknown(why.to_string()),
+        None => Outcome::Unknown(format!(
+            "cancel reply without a response code, order state {:?}",
+            super::wire::excerpt(state)
+        )),
+    };
+    (outcome, code)
+}
+
 /// Verifies and classifies an order-status reply (orderstate.cfm or orderresult.cfm).
 ///
 /// Not found (no orders, or `firstcode 10` "missing object" qualified by secondcode 107
@@ -210,6 +375,7 @@ pub(crate) fn status(reply: &Reply, expected: &Expected<'_>, salt: &SecretString
         approved_orders: 0,
         pending_orders: 0,
         checkvalue_verified: false,
+        reversals: None,
     };
     let orders = match reply {
         Reply::Fault {
@@ -262,6 +428,10 @@ pub(crate) fn status(reply: &Reply, expected: &Expected<'_>, salt: &SecretString
         bill_number = record.get("billnumber").map(str::to_string).or(bill_number);
         outcomes.push(outcome);
     }
+    let reversals = match orders.as_slice() {
+        [one] => Some(Reversals::of(one)),
+        _ => None,
+    };
     let approved_orders = outcomes.iter().filter(|o| **o == Outcome::Approved).count();
     let pending_orders = outcomes.iter().filter(|o| **o == Outcome::Pending).count();
     // The test mode that matters for a payment is the paid order's own: another order's says
@@ -289,6 +459,7 @@ pub(crate) fn status(reply: &Reply, expected: &Expected<'_>, salt: &SecretString
         approved_orders,
         pending_orders,
         checkvalue_verified: true,
+        reversals,
     }
 }
 
@@ -597,5 +768,116 @@ mod tests {
             detail: None,
         };
         assert!(matches!(charge_claim(&fault, &e).0, Outcome::Unknown(_)));
+    }
+
+    /// The cancel reply of the public fixture (C5 `cancel_order_ok.xml`): AS000, Canceled,
+    /// operation type 300, the order's own amount.
+    fn cancel_reply(state: &str, code: &str, amount: &str) -> Reply {
+        Reply::Orders(vec![OrderRecord::from_pairs(&[
+            ("ordernumber", "A1_R1"),
+            ("responsecode", code),
+            ("amount", amount),
+            ("currency", "RUB"),
+            ("orderamount", "100.00"),
+            ("ordercurrency", "RUB"),
+            ("orderstate", state),
+            ("operationtype", "300"),
+            ("testmode", "1"),
+        ])])
+    }
+
+    #[test]
+    fn a_cancel_reply_is_a_claim_about_the_refund() {
+        let full = Money::parse("100.00").unwrap();
+        let part = Money::parse("40.00").unwrap();
+        let claim = |reply: &Reply, refund| cancel_claim(reply, &expected(), refund).0;
+        assert_eq!(
+            claim(&cancel_reply("Canceled", "AS000", "100.00"), full),
+            Outcome::Approved
+        );
+        assert_eq!(
+            claim(&cancel_reply("PartialCanceled", "AS000", "40.00"), part),
+            Outcome::Approved
+        );
+        // Success with the order still Approved proves nothing; a decline code is a claimed
+        // refusal; another amount is not our refund.
+        assert!(matches!(
+            claim(&cancel_reply("Approved", "AS000", "40.00"), part),
+            Outcome::Unknown(_)
+        ));
+        assert!(matches!(
+            claim(&cancel_reply("Approved", "AS102", "40.00"), part),
+            Outcome::Declined(_)
+        ));
+        assert!(matches!(
+            claim(&cancel_reply("PartialCanceled", "AS000", "41.00"), part),
+            Outcome::Unknown(_)
+        ));
+        let mut e = expected();
+        e.order_number = "A1_R2";
+        assert!(matches!(
+            cancel_claim(&cancel_reply("Canceled", "AS000", "100.00"), &e, full).0,
+            Outcome::IntegrityFailure(_)
+        ));
+        let fault = Reply::Fault {
+            firstcode: 5,
+            secondcode: 108,
+            detail: None,
+        };
+        assert!(matches!(claim(&fault, part), Outcome::Rejected(_)));
+    }
+
+    #[test]
+    fn reversals_are_read_from_a_verified_order_result_only() {
+        let mut record = status_order("PartialCanceled", None);
+        let op = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        record.operations = vec![
+            op(&[
+                ("billnumber", "5800.2"),
+                ("operationtype", "100"),
+                ("operationstate", "Approved"),
+                ("amount", "100.00"),
+            ]),
+            op(&[
+                ("operationtype", "300"),
+                ("operationstate", "Approved"),
+                ("amount", "30.00"),
+                ("responsecode", "AS000"),
+            ]),
+            op(&[
+                ("operationtype", "300"),
+                ("operationstate", "Declined"),
+                ("amount", "10.00"),
+                ("responsecode", "AS102"),
+            ]),
+            op(&[
+                ("operationtype", "300"),
+                ("operationstate", "In Process"),
+                ("amount", "5.00"),
+            ]),
+        ];
+        let v = status(&Reply::Orders(vec![record.clone()]), &expected(), &salt());
+        assert!(v.checkvalue_verified);
+        // For the engine a partly refunded order is neither paid nor declined.
+        assert!(matches!(v.outcome, Outcome::Unknown(_)));
+        let r = v.reversals.unwrap();
+        assert_eq!(r.order_state, "PartialCanceled");
+        assert_eq!(
+            (r.refunded_cents, r.refunds, r.declined, r.in_process),
+            (3000, 1, 1, 1)
+        );
+        assert_eq!(r.payment_bill_number.as_deref(), Some("5800.2"));
+        // A check value that does not cover the state: nothing is read.
+        let partial_checkvalue = record.text("checkvalue").to_string();
+        let mut forged = status_order("Canceled", Some(&partial_checkvalue));
+        forged.operations = record.operations;
+        let v = status(&Reply::Orders(vec![forged]), &expected(), &salt());
+        assert!(v.reversals.is_none() && !v.checkvalue_verified);
+        assert!(matches!(v.outcome, Outcome::IntegrityFailure(_)));
     }
 }

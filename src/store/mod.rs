@@ -20,6 +20,7 @@ mod charges;
 mod enrolment;
 mod outbox;
 mod overview;
+mod refund;
 mod report;
 mod resolve;
 mod schema;
@@ -49,6 +50,7 @@ pub use charges::{
 pub use enrolment::{EnrolmentAttempt, EnrolmentState, OrderUse, enrolment_event};
 pub use outbox::{Delivery, OutboxBacklog, OutboxEvent, WebhookStatus};
 pub use overview::{LastOutcome, PeriodPosition, SubscriptionOverview};
+pub use refund::{Recorded, Refund, RefundState, RefundTarget, refund_event};
 pub use report::{
     Attention, HistoryRow, INITIAL_PERIOD, LastAttempt, LedgerPeriod, LedgerState, StatusReport,
     daemon_running,

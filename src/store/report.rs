@@ -46,6 +46,11 @@ pub struct HistoryRow {
     /// When it happened (the attempt's intent, the period's settlement, the initial payment), on
     /// the daemon's clock (the enrolling command's clock for an initial payment).
     pub at: String,
+    /// How much of an approved charge was refunded (`recurrentd refund`, completed); `null`
+    /// when nothing was. The charge stays `approved` and counts for the limits.
+    pub refunded: Option<String>,
+    /// A refund of it whose outcome is not known yet (its amount); `null` when none.
+    pub refund_pending: Option<String>,
 }
 
 /// The state an operator sees for an attempt (the history's vocabulary).
@@ -109,6 +114,8 @@ pub struct LastAttempt {
     /// The later of its intent and its latest send (engine clock).
     pub at: DateTime<Utc>,
     pub detail: Option<String>,
+    /// How much of it was refunded (completed refunds, `recurrentd refund`), if any.
+    pub refunded: Option<Money>,
 }
 
 /// What `status` shows.
@@ -135,8 +142,9 @@ pub struct StatusReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Attention {
     pub subscription: String,
-    /// hard_decline, double_approval, late_approval, parked, quarantined, file_missing or books
-    /// (a finding of the books comparison, until acknowledged).
+    /// hard_decline, double_approval, late_approval, parked, quarantined, file_missing, books
+    /// (a finding of the books comparison, until acknowledged) or refund_pending (a refund whose
+    /// outcome is not known yet).
     pub kind: &'static str,
     pub since: String,
     pub detail: String,
@@ -156,21 +164,26 @@ impl Store {
             .conn
             .prepare(
                 "SELECT sub, due, period, attempt, order_number, cents, currency, charge_state, \
-                 attempt_state, sent_at, sent, response_code, checkvalue, reason, at, reference \
+                 attempt_state, sent_at, sent, response_code, checkvalue, reason, at, reference, \
+                 refunded, refund_pending \
                  FROM ( \
                  SELECT c.subscription_id AS sub, c.due_date AS due, c.period AS period, \
                  a.attempt AS attempt, a.order_number AS order_number, c.amount_cents AS cents, \
                  c.currency AS currency, c.state AS charge_state, a.state AS attempt_state, \
                  a.sent_at AS sent_at, a.sent AS sent, a.response_code AS response_code, \
                  a.checkvalue AS checkvalue, COALESCE(a.detail, c.reason) AS reason, \
-                 COALESCE(a.created_at, c.created_at) AS at, c.reference AS reference \
+                 COALESCE(a.created_at, c.created_at) AS at, c.reference AS reference, \
+                 (SELECT SUM(amount_cents) FROM refunds r WHERE r.attempt_id = a.id \
+                  AND r.state = 'completed') AS refunded, \
+                 (SELECT SUM(amount_cents) FROM refunds r WHERE r.attempt_id = a.id \
+                  AND r.state = 'pending') AS refund_pending \
                  FROM charges c LEFT JOIN attempts a ON a.charge_id = c.id \
                  WHERE a.id IS NOT NULL OR c.state IN ('blocked', 'skipped', 'failed') \
                  OR c.reference IS NOT NULL \
                  UNION ALL \
                  SELECT subscription_id, 'initial', NULL, NULL, order_number, amount_cents, \
                  currency, 'paid', 'approved', at, 1, NULL, 'verified', \
-                 'initial payment (enrolment); bill number ' || bill_number, at, NULL \
+                 'initial payment (enrolment); bill number ' || bill_number, at, NULL, NULL, NULL \
                  FROM enrolments) \
                  WHERE (?1 IS NULL OR sub = ?1) AND (?2 IS NULL OR at >= ?2) \
                  ORDER BY at, sub, period, attempt",
@@ -195,6 +208,8 @@ impl Store {
                     row.get::<_, Option<String>>(13)?,
                     row.get::<_, String>(14)?,
                     row.get::<_, Option<String>>(15)?,
+                    row.get::<_, Option<i64>>(16)?,
+                    row.get::<_, Option<i64>>(17)?,
                 ))
             })
             .ctx(&self.path, what)?;
@@ -217,7 +232,11 @@ impl Store {
                 reason,
                 at,
                 reference,
+                refunded,
+                refund_pending,
             ) = row.ctx(&self.path, what)?;
+            let refund_text =
+                |cents: Option<i64>| cents.and_then(Money::from_cents).map(|m| m.to_string());
             let amount = Money::from_cents(cents).ok_or_else(|| StoreError::Corrupt {
                 path: self.path.clone(),
                 what: "charges.amount_cents".into(),
@@ -255,6 +274,8 @@ impl Store {
                 },
                 reason,
                 at,
+                refunded: refund_text(refunded),
+                refund_pending: refund_text(refund_pending),
             });
         }
         Ok(out)
@@ -275,7 +296,9 @@ impl Store {
             .prepare_cached(
                 "SELECT c.period, c.due_date, c.state, c.reason, c.amount_cents, c.currency, \
                  c.next_attempt_at, a.attempt, a.state, a.order_number, \
-                 MAX(a.created_at, COALESCE(a.sent_at, a.created_at)), a.detail \
+                 MAX(a.created_at, COALESCE(a.sent_at, a.created_at)), a.detail, \
+                 (SELECT SUM(amount_cents) FROM refunds r WHERE r.attempt_id = a.id \
+                  AND r.state = 'completed') \
                  FROM charges c LEFT JOIN attempts a ON a.id = \
                  (SELECT id FROM attempts WHERE charge_id = c.id ORDER BY attempt DESC LIMIT 1) \
                  WHERE c.subscription_id = ?1 AND c.period IS NOT NULL ORDER BY c.period",
@@ -296,6 +319,7 @@ impl Store {
                     row.get::<_, Option<String>>(9)?,
                     row.get::<_, Option<String>>(10)?,
                     row.get::<_, Option<String>>(11)?,
+                    row.get::<_, Option<i64>>(12)?,
                 ))
             })
             .ctx(path, what)?;
@@ -314,6 +338,7 @@ impl Store {
                 order,
                 at,
                 detail,
+                refunded,
             ) = row.ctx(path, what)?;
             let last_attempt = match (attempt, a_state, order, at) {
                 (Some(attempt), Some(a_state), Some(order_number), Some(at)) => Some(LastAttempt {
@@ -324,6 +349,7 @@ impl Store {
                     order_number,
                     at: parse_timestamp(path, "attempts.created_at", &at)?,
                     detail,
+                    refunded: refunded.and_then(Money::from_cents),
                 }),
                 _ => None,
             };
@@ -430,6 +456,14 @@ impl Store {
                  it, or confirm with `recurrentd remove-file ' || f.file || '`)', NULL \
                  FROM subscriptions s JOIN schedule_files f ON f.file = s.file \
                  WHERE f.missing_since IS NOT NULL AND s.removed_at IS NULL \
+                 UNION ALL \
+                 SELECT c.subscription_id, 'refund_pending', r.created_at, \
+                 'refund ' || r.reference || ' of ' || printf('%d.%02d', r.amount_cents / 100, \
+                 r.amount_cents % 100) || ' ' || r.currency || ': outcome not known yet (' || \
+                 COALESCE(r.detail, 'requested') || '); run the same `recurrentd refund` again', \
+                 a.order_number \
+                 FROM refunds r JOIN attempts a ON a.id = r.attempt_id \
+                 JOIN charges c ON c.id = a.charge_id WHERE r.state = 'pending' \
                  ORDER BY 3",
             )
             .ctx(&self.path, what)?;
@@ -454,6 +488,7 @@ impl Store {
                     "file_missing" => "file_missing",
                     "double_approval" => "double_approval",
                     "late_approval" => "late_approval",
+                    "refund_pending" => "refund_pending",
                     _ => "hard_decline",
                 },
                 since,

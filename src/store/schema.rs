@@ -18,6 +18,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ENROLMENT_ATTEMPTS,
     OUTBOX,
     BOOKS,
+    REFUNDS,
 ];
 
 const MIGRATION_1: &str = r#"
@@ -372,4 +373,31 @@ CREATE TABLE book_findings (
 ) STRICT;
 
 CREATE INDEX book_findings_open ON book_findings (found_at) WHERE acknowledged_at IS NULL;
+"#;
+
+/// Refunds (`recurrentd refund`, wscancel.cfm): one row per refund request of an approved
+/// attempt, recorded `pending` (with its `refund_requested` ledger event) before the request is
+/// sent, and settled only by the order's verified status: `completed` (the gateway shows it
+/// refunded) or `failed` (verifiably not refunded: refused, never sent, or not applied). At most
+/// one pending refund per attempt; completed and pending refunds together never exceed the
+/// attempt's amount (checked in the recording transaction). `created_at` is the real time just
+/// before sending; `bill_number` the order's billnumber at Assist the cancel named. The attempt
+/// stays `approved` and its charge `paid`: a refund changes neither, nor any limit.
+const REFUNDS: &str = r#"
+CREATE TABLE refunds (
+    reference    TEXT PRIMARY KEY NOT NULL CHECK (length(reference) BETWEEN 1 AND 140),
+    attempt_id   INTEGER NOT NULL REFERENCES attempts (id),
+    state        TEXT NOT NULL CHECK (state IN ('pending', 'completed', 'failed')),
+    amount_cents INTEGER NOT NULL CHECK (amount_cents > 0),
+    currency     TEXT NOT NULL CHECK (length(currency) = 3),
+    reason       TEXT NOT NULL,
+    operator     TEXT,
+    bill_number  TEXT,
+    created_at   TEXT NOT NULL,
+    detail       TEXT,
+    updated_at   TEXT NOT NULL
+) STRICT;
+
+CREATE UNIQUE INDEX refunds_one_pending ON refunds (attempt_id) WHERE state = 'pending';
+CREATE INDEX refunds_by_attempt ON refunds (attempt_id);
 "#;

@@ -28,6 +28,10 @@ pub enum OrderState {
     InProcess,
     Approved,
     Declined,
+    /// Refunded in full (wscancel.cfm).
+    Canceled,
+    /// Refunded in part (wscancel.cfm).
+    PartialCanceled,
 }
 
 impl OrderState {
@@ -37,6 +41,8 @@ impl OrderState {
             OrderState::InProcess => "In Process",
             OrderState::Approved => "Approved",
             OrderState::Declined => "Declined",
+            OrderState::Canceled => "Canceled",
+            OrderState::PartialCanceled => "PartialCanceled",
         }
     }
 }
@@ -63,6 +69,47 @@ pub struct OrderRecord {
     /// How many orderstate/orderresult replies have included this order.
     pub status_queries: u32,
     /// The behaviour the magic bill number chose for this order.
+    pub behaviour: Behaviour,
+    /// Its refunds (wscancel.cfm), oldest first: operation type 300 in orderresult.
+    pub refunds: Vec<RefundOperation>,
+}
+
+/// One refund (cancel operation) of an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundOperation {
+    pub amount: Money,
+    /// Approved (applied) or Declined (refused; the order is unchanged).
+    pub state: OrderState,
+    pub response_code: String,
+    pub message: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One wscancel.cfm request the sandbox received (past authentication) and what it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelRecord {
+    pub time: DateTime<Utc>,
+    /// `Billnumber` as received (empty if missing).
+    pub bill_number: String,
+    /// `OrderNumber` as received (empty if missing).
+    pub order_number: String,
+    /// `Amount` as received (empty if missing: the whole remainder).
+    pub amount: String,
+    /// `CancelReason` as received.
+    pub reason: String,
+    /// Applied: the refund operation's state and response code; refused: why.
+    pub outcome: RpOutcome,
+}
+
+/// One wscancel.cfm request that passed authentication and parameter checks.
+#[derive(Debug, Clone)]
+pub struct Cancel<'a> {
+    pub bill_number: &'a str,
+    pub order_number: Option<&'a str>,
+    /// `None`: the whole remainder.
+    pub amount: Option<Money>,
+    pub currency: Option<Currency>,
+    pub reason: &'a str,
     pub behaviour: Behaviour,
 }
 
@@ -160,6 +207,8 @@ pub struct BookSnapshot {
     pub tokens: Vec<(String, Card)>,
     /// Every tokenpay.cfm request that passed authentication, in arrival order.
     pub token_payments: Vec<TokenPayment>,
+    /// Every wscancel.cfm request that passed authentication, in arrival order.
+    pub cancels: Vec<CancelRecord>,
 }
 
 /// The recurring parameters of an initial payment (tokenpay.cfm with `RecurringIndicator=1`).
@@ -251,6 +300,7 @@ pub struct Book {
     agreements: BTreeMap<String, Agreement>,
     tokens: Vec<(String, Card)>,
     token_payments: Vec<TokenPayment>,
+    cancels: Vec<CancelRecord>,
     /// Arrival instants of the requests admitted in the last second.
     recent: VecDeque<Instant>,
     /// Order numbers the status services stop finding (a fault for tests: the gateway loses
@@ -270,6 +320,7 @@ impl Book {
             agreements: self.agreements.clone(),
             tokens: self.tokens.clone(),
             token_payments: self.token_payments.clone(),
+            cancels: self.cancels.clone(),
         }
     }
 
@@ -446,6 +497,7 @@ impl Book {
             test_mode,
             status_queries: 0,
             behaviour: charge.behaviour,
+            refunds: Vec::new(),
         };
         self.push_order(order.clone());
         if behaviour == Behaviour::FirstHidden {
@@ -603,6 +655,7 @@ impl Book {
             test_mode,
             status_queries: 0,
             behaviour: payment.behaviour,
+            refunds: Vec::new(),
         };
         self.push_order(order.clone());
         Ok(order)
@@ -631,6 +684,117 @@ impl Book {
             }
             attempt += 1;
         }
+    }
+
+    /// Records a wscancel.cfm request refused before reaching [`Book::cancel`].
+    pub fn record_cancel(&mut self, record: CancelRecord) {
+        self.cancels.push(record);
+    }
+
+    /// Applies one refund: the order is found by its (extended) billnumber, must be ours (the
+    /// OrderNumber, when sent, must match), Approved or PartialCanceled, in the same currency,
+    /// and the amount (default: the whole remainder) no more than what remains. A refused
+    /// refund (magic decline) adds a Declined operation and leaves the order as it was; an
+    /// applied one makes it PartialCanceled, or Canceled once nothing remains. 503/429 apply
+    /// nothing. Returns the order as it now stands and the operation.
+    pub fn cancel(
+        &mut self,
+        cancel: &Cancel<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(OrderRecord, RefundOperation), Refusal> {
+        let result = self.apply_cancel(cancel, now);
+        let outcome = match &result {
+            Ok((_, op)) => RpOutcome::Applied {
+                state: op.state,
+                response_code: op.response_code.clone(),
+            },
+            Err(refusal) => RpOutcome::Refused(refusal.clone()),
+        };
+        self.cancels.push(CancelRecord {
+            time: now,
+            bill_number: cancel.bill_number.to_string(),
+            order_number: cancel.order_number.unwrap_or("").to_string(),
+            amount: cancel.amount.map(|a| a.to_string()).unwrap_or_default(),
+            reason: cancel.reason.to_string(),
+            outcome,
+        });
+        result
+    }
+
+    fn apply_cancel(
+        &mut self,
+        cancel: &Cancel<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(OrderRecord, RefundOperation), Refusal> {
+        let fault = |firstcode, secondcode, detail: &str| Refusal::Fault {
+            firstcode,
+            secondcode,
+            detail: detail.to_string(),
+        };
+        match cancel.behaviour {
+            Behaviour::Unavailable => return Err(Refusal::Http(503)),
+            Behaviour::TooManyRequests => return Err(Refusal::Http(429)),
+            _ => {}
+        }
+        let Some(order) = self
+            .orders
+            .iter_mut()
+            .rev()
+            .find(|o| o.bill_number == cancel.bill_number)
+        else {
+            return Err(fault(10, 143, "no order with this billnumber"));
+        };
+        if cancel
+            .order_number
+            .is_some_and(|number| number != order.order_number)
+        {
+            return Err(fault(10, 201, "billnumber and order number do not match"));
+        }
+        if !matches!(
+            order.state,
+            OrderState::Approved | OrderState::PartialCanceled
+        ) {
+            return Err(fault(15, 216, "the order cannot be cancelled in its state"));
+        }
+        if cancel.currency.is_some_and(|c| c != order.currency) {
+            return Err(fault(5, 105, "not the order's currency"));
+        }
+        let refunded: i64 = order
+            .refunds
+            .iter()
+            .filter(|r| r.state == OrderState::Approved)
+            .map(|r| r.amount.cents())
+            .sum();
+        let remaining = order.amount.cents() - refunded;
+        let amount = match cancel.amount {
+            Some(amount) => amount,
+            None => Money::from_cents(remaining).ok_or(fault(15, 216, "nothing left"))?,
+        };
+        if amount.cents() > remaining {
+            return Err(fault(5, 108, "more than remains of the order"));
+        }
+        let (state, code, message) = match cancel.behaviour {
+            Behaviour::Decline(code) => {
+                (OrderState::Declined, code.response_code(), code.message())
+            }
+            _ => APPROVED,
+        };
+        let op = RefundOperation {
+            amount,
+            state,
+            response_code: code.to_string(),
+            message: message.to_string(),
+            created_at: now,
+        };
+        if state == OrderState::Approved {
+            order.state = if amount.cents() == remaining {
+                OrderState::Canceled
+            } else {
+                OrderState::PartialCanceled
+            };
+        }
+        order.refunds.push(op.clone());
+        Ok((order.clone(), op))
     }
 
     /// Makes the status services answer "not found" for `order_number` from now on; the order

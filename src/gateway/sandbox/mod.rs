@@ -1,6 +1,7 @@
 //! The built-in Assist sandbox: an in-process HTTP/1 server that emulates the Assist services
 //! recurrentd uses (rp.cfm, orderstate.cfm, orderresult.cfm, token.cfm, rem_token.cfm,
-//! tokenpay.cfm, resultbydate.cfm), for tests, the README demo and operators' rehearsals.
+//! tokenpay.cfm, resultbydate.cfm, wscancel.cfm), for tests, the README demo and operators'
+//! rehearsals.
 //!
 //! The wire shapes and behaviours follow the sandbox spec (notes/sandbox-spec.md). Charges
 //! against a bill number whose base starts with `999` behave as its last three digits say
@@ -45,8 +46,8 @@ mod tokenpay_tests;
 
 pub use behaviour::{Behaviour, DeclineCode};
 pub use book::{
-    Agreement, BookSnapshot, Card, DuplicatePolicy, OrderRecord, OrderState, Recurring, Refusal,
-    RpOutcome, RpRequest, TokenPayment,
+    Agreement, BookSnapshot, CancelRecord, Card, DuplicatePolicy, OrderRecord, OrderState,
+    Recurring, RefundOperation, Refusal, RpOutcome, RpRequest, TokenPayment,
 };
 
 /// The built-in sandbox's Merchant_ID.

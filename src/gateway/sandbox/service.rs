@@ -20,6 +20,7 @@ use super::wire::{self, Fields, Format, StatusOrder};
 use crate::gateway::checkvalue::{ResultFields, result_checkvalue};
 use crate::money::{Currency, Money};
 
+mod cancel;
 mod tokenpay;
 
 /// Longest OrderNumber accepted.
@@ -59,6 +60,7 @@ enum Service {
     RemToken,
     TokenPay,
     ResultByDate,
+    Cancel,
 }
 
 impl Service {
@@ -71,6 +73,7 @@ impl Service {
             "/pay/oneclick/v1/rem_token.cfm" => Some(Service::RemToken),
             "/pay/tokenpay.cfm" => Some(Service::TokenPay),
             "/resultbydate/resultbydate.cfm" => Some(Service::ResultByDate),
+            "/cancel/wscancel.cfm" => Some(Service::Cancel),
             _ => None,
         }
     }
@@ -84,6 +87,7 @@ impl Service {
             Service::RemToken => "rem_token",
             Service::TokenPay => "tokenpay",
             Service::ResultByDate => "resultbydate",
+            Service::Cancel => "wscancel",
         }
     }
 }
@@ -160,6 +164,11 @@ pub(super) async fn handle(
             let params = Params::from_form(&body);
             let admitted = shared.book().admit(arrived, config.requests_per_second);
             tokenpay::handle(shared, &params, admitted, &host).await
+        }
+        Service::Cancel => {
+            let params = Params::from_form(&body);
+            let admitted = shared.book().admit(arrived, config.requests_per_second);
+            cancel::handle(shared, &params, admitted).await
         }
     }
 }
@@ -588,16 +597,37 @@ fn status_order(
         out.push(("orderdate", order_date.clone()));
         out.push(("responsecode", response_code.clone()));
         out.push(("message", message.clone()));
-        Some(vec![vec![
+        let payment_state = match order.state {
+            // The payment operation itself stays approved when the order is refunded.
+            OrderState::Canceled | OrderState::PartialCanceled => OrderState::Approved.as_str(),
+            _ => state,
+        };
+        let mut operations = vec![vec![
             ("billnumber", order.bill_number.clone()),
             ("operationtype", "100".to_string()),
-            ("operationstate", state.to_string()),
+            ("operationstate", payment_state.to_string()),
             ("amount", amount.clone()),
             ("currency", currency.clone()),
             ("responsecode", response_code.clone()),
             ("message", message.clone()),
             ("operationdate", order_date),
-        ]])
+        ]];
+        operations.extend(order.refunds.iter().map(|refund| {
+            vec![
+                ("billnumber", order.bill_number.clone()),
+                ("operationtype", "300".to_string()),
+                ("operationstate", refund.state.as_str().to_string()),
+                ("amount", refund.amount.to_string()),
+                ("currency", currency.clone()),
+                ("responsecode", refund.response_code.clone()),
+                ("message", refund.message.clone()),
+                (
+                    "operationdate",
+                    refund.created_at.format(DATE_TIME).to_string(),
+                ),
+            ]
+        }));
+        Some(operations)
     } else {
         None
     };

@@ -84,6 +84,15 @@ pub fn rp(format: Format, order: &Fields) -> String {
     }
 }
 
+/// The wscancel.cfm reply for one order (the operation-result DTD, as rp.cfm's; in JSON under
+/// `cancel` [U]).
+pub fn cancel(format: Format, order: &Fields) -> String {
+    match format {
+        Format::Json => json!({ "cancel": Value::Object(json_fields(order)) }).to_string(),
+        Format::Xml => rp(format, order),
+    }
+}
+
 /// One order of an orderstate/orderresult reply: its fields and, for orderresult, its
 /// operations.
 #[derive(Debug, Clone)]
