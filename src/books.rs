@@ -200,7 +200,11 @@ fn compare(
         if record.state != BookState::Paid {
             continue;
         }
-        if record.test_mode.is_some_and(|m| m != test_mode) {
+        if record
+            .test_mode
+            .or(job.test_mode)
+            .is_some_and(|m| m != test_mode)
+        {
             let mut detail = record_detail(record);
             detail["reason"] = json!(format!(
                 "the order is in {} mode but gateway.test_mode is {test_mode}",
@@ -235,6 +239,22 @@ fn compare(
         detail["ledger_state"] = json!(job.state.as_str());
         match job.state {
             AttemptState::Approved => {}
+            state
+                if (state.unresolved() || state == AttemptState::Quarantined)
+                    && record.test_mode.or(job.test_mode).is_none() =>
+            {
+                // Paid, but in which mode is not known: the engine would not book that either.
+                detail["reason"] = json!(
+                    "the books show it paid but carry no test mode, and none is known for the \
+                     attempt: not booked; look it up and `resolve` it"
+                );
+                actions.push(Action::Record(finding(
+                    kind::INTEGRITY,
+                    number,
+                    Some(job),
+                    detail,
+                )));
+            }
             state if state.unresolved() || state == AttemptState::Quarantined => {
                 actions.push(Action::LateBook(
                     Box::new(job.clone()),
@@ -345,7 +365,8 @@ fn late_change(job: &Job, record: &BookRecord, test_mode: bool, date: NaiveDate)
     change.sent = true;
     change.sent_at = job.sent_at.is_none().then_some(job.created_at);
     change.checked = true;
-    change.test_mode = Some(record.test_mode.unwrap_or(test_mode));
+    // Known here (`compare` books nothing else), and equal to ours when the record says it.
+    change.test_mode = record.test_mode.or(job.test_mode).or(Some(test_mode));
     change.checkvalue = Some("verified");
     change.charge = Some(ChargeChange {
         state: ChargeState::Paid,
@@ -599,6 +620,17 @@ mod tests {
         assert_eq!(case(AttemptState::Quarantined), ["late_booked"]);
         assert_eq!(case(AttemptState::NotReceived), ["unbooked_charge"]);
         assert_eq!(case(AttemptState::Approved), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_paid_record_without_a_known_mode_is_not_booked() {
+        let mut unknown = job("P-a-3-1", AttemptState::Unknown, 1);
+        unknown.test_mode = None;
+        let attempts = HashMap::from([("P-a-3-1".to_string(), unknown)]);
+        let mut paid = record("P-a-3-1", BookState::Paid, true);
+        paid.test_mode = None;
+        let actions = compare(&[paid], &[], &attempts, &BTreeSet::new(), &[], true);
+        assert_eq!(kinds(&actions), ["integrity"]);
     }
 
     #[test]

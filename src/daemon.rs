@@ -11,7 +11,7 @@
 //! after each tick; RELOADING=1/READY=1 around a SIGHUP reload; STOPPING=1 when stopping; and
 //! WATCHDOG=1 from the loop's health path (see [`run`]).
 
-mod books;
+pub mod books;
 mod notify;
 mod watch;
 

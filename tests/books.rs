@@ -508,3 +508,27 @@ async fn the_books_command_prints_findings_and_exits_by_them() {
     let store = world.store();
     assert!(!store.book_run_exists(other.parse().unwrap()).unwrap());
 }
+
+#[tokio::test]
+async fn the_daily_sweep_compares_yesterday_once_and_remembers_it() {
+    let world = World::new(&[("d-1", "5555555555555555")], ResponseFormat::Xml).await;
+    let engine = world.start().await;
+    engine.tick().await.unwrap();
+    let runner = engine.books_runner();
+    let zone: chrono_tz::Tz = "UTC".parse().unwrap();
+    let midnight = chrono::NaiveTime::from_hms_opt(0, 0, 0).unwrap();
+    let yesterday = today().pred_opt().unwrap();
+    let ran = recurrentd::daemon::books::run_due(&runner, zone, midnight)
+        .await
+        .unwrap();
+    assert_eq!(ran, Some(yesterday));
+    assert_eq!(world.store().books_through().unwrap(), Some(yesterday));
+    assert!(world.store().book_run_exists(yesterday).unwrap());
+    assert_eq!(world.count("books_clean"), 1);
+    // Nothing more is due until tomorrow: a restart would not repeat the day.
+    let again = recurrentd::daemon::books::run_due(&runner, zone, midnight)
+        .await
+        .unwrap();
+    assert_eq!(again, None);
+    assert_eq!(world.count("books_clean"), 1);
+}

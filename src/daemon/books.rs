@@ -25,8 +25,8 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 pub async fn daily(runner: BooksRunner, zone: Tz, run_after: NaiveTime) {
     tokio::time::sleep(FIRST_CHECK_AFTER).await;
     loop {
-        let pause = match once(&runner, zone, run_after).await {
-            Ok(()) => CHECK_EVERY,
+        let pause = match run_due(&runner, zone, run_after).await {
+            Ok(_) => CHECK_EVERY,
             Err(error) => {
                 tracing::warn!(%error, "books: the daily comparison failed; trying again later");
                 RETRY_AFTER
@@ -36,14 +36,19 @@ pub async fn daily(runner: BooksRunner, zone: Tz, run_after: NaiveTime) {
     }
 }
 
-/// Compares the next due day, if one is due.
-async fn once(runner: &BooksRunner, zone: Tz, run_after: NaiveTime) -> Result<(), BooksError> {
+/// Compares the next due day, if one is due (real time now), and records the progress; returns
+/// the day compared.
+pub async fn run_due(
+    runner: &BooksRunner,
+    zone: Tz,
+    run_after: NaiveTime,
+) -> Result<Option<chrono::NaiveDate>, BooksError> {
     let through = runner
         .with_store(|s| s.books_through())
         .await
         .map_err(|e| BooksError::Task(e.to_string()))?;
     let Some(date) = books::due_date(Utc::now(), zone, run_after, through) else {
-        return Ok(());
+        return Ok(None);
     };
     let report = runner.run(date).await?;
     runner
@@ -61,5 +66,5 @@ async fn once(runner: &BooksRunner, zone: Tz, run_after: NaiveTime) -> Result<()
              `recurrentd books --date {date}`"
         );
     }
-    Ok(())
+    Ok(Some(date))
 }

@@ -62,33 +62,19 @@ pub struct RunRecorded {
 
 impl Store {
     /// Attempts the ledger shows approved whose latest request left inside `[start, end)` (real
-    /// time), with an OrderNumber under this database's prefix.
+    /// time), with an OrderNumber under this database's prefix (through the partial index
+    /// `attempts_approved_by_wall`).
     pub fn approved_attempts_between(
         &self,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<Vec<Job>, StoreError> {
         let prefix = format!("{}-", self.order_prefix()?);
-        let attempts = self.attempts_where_approved_between(start, end)?;
-        Ok(attempts
-            .into_iter()
-            .filter(|job| job.order_number.starts_with(&prefix))
-            .collect())
-    }
-
-    fn attempts_where_approved_between(
-        &self,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-    ) -> Result<Vec<Job>, StoreError> {
-        // Once a day: a pass over the attempts is fine (no index on wall_at).
-        let all = self.attempts()?;
-        Ok(all
-            .into_iter()
-            .filter(|job| {
-                job.state == AttemptState::Approved && job.wall_at >= start && job.wall_at < end
-            })
-            .collect())
+        self.jobs(
+            "WHERE a.state = 'approved' AND a.wall_at >= ?1 AND a.wall_at < ?2 \
+             AND substr(a.order_number, 1, length(?3)) = ?3 ORDER BY a.id",
+            params![timestamp(start), timestamp(end), prefix],
+        )
     }
 
     /// The last date the daemon's daily sweep compared (`meta.books_through`).

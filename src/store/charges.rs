@@ -607,7 +607,11 @@ impl Store {
         self.jobs("ORDER BY a.id", [])
     }
 
-    fn jobs<P: rusqlite::Params>(&self, filter: &str, params: P) -> Result<Vec<Job>, StoreError> {
+    pub(super) fn jobs<P: rusqlite::Params>(
+        &self,
+        filter: &str,
+        params: P,
+    ) -> Result<Vec<Job>, StoreError> {
         let what = "reading attempts";
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM attempts a JOIN charges c ON c.id = a.charge_id {filter}"

@@ -348,6 +348,7 @@ END;
 /// our orders the gateway listed, how often it ran); a date with a row is not run again by the
 /// daemon. `book_findings`: one row per mismatch (kind, the order it is about), unique per date,
 /// kind and order, so a re-run records nothing twice; shown by `status` until acknowledged.
+/// `attempts_approved_by_wall`: the approved attempts of a day by real send time.
 const BOOKS: &str = r#"
 CREATE TABLE book_runs (
     date         TEXT PRIMARY KEY NOT NULL,
@@ -373,6 +374,9 @@ CREATE TABLE book_findings (
 ) STRICT;
 
 CREATE INDEX book_findings_open ON book_findings (found_at) WHERE acknowledged_at IS NULL;
+
+-- The ledger's approvals of a day, for the comparison.
+CREATE INDEX attempts_approved_by_wall ON attempts (wall_at) WHERE state = 'approved';
 "#;
 
 /// Refunds (`recurrentd refund`, wscancel.cfm): one row per refund request of an approved

@@ -40,6 +40,8 @@ mod service;
 pub mod wire;
 
 #[cfg(test)]
+mod books_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tokenpay_tests;
