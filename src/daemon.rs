@@ -31,6 +31,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, Pacer, Policy, TickReport};
 use crate::gateway::client::{Client, Settings};
+use crate::metrics::{Metrics, MetricsServer};
 use crate::store::{Access, FileOutcome, Store, StoreError, SyncDirError};
 
 /// What wakes the due sweep.
@@ -63,6 +64,9 @@ pub struct RunOptions {
     pub create: Option<String>,
     /// Consecutive failed ticks after which the daemon gives up ([`DaemonError::TicksFailed`]).
     pub max_failed_ticks: u32,
+    /// A rehearsal clock's rate (virtual seconds per real second), recorded for `status`;
+    /// `None` on the real clock.
+    pub rehearsal: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +83,11 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error("the sweep scheduler: {0}")]
     Scheduler(String),
+    #[error("metrics.listen: cannot listen on {addr}: {error}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
     #[error(
         "{count} ticks in a row failed (daemon.max_failed_ticks), the last with: {last}; \
          stopping instead of retrying for ever"
@@ -103,6 +112,7 @@ impl DaemonError {
                 | DaemonError::Store(StoreError::TooNew { .. })
                 | DaemonError::Store(StoreError::NoDatabase { .. })
                 | DaemonError::Gateway(_)
+                | DaemonError::Metrics { .. }
         )
     }
 }
@@ -214,8 +224,9 @@ pub async fn run(
     // The signal handlers first: a SIGTERM during start-up (a long reconciliation) stops the
     // daemon cleanly instead of killing it with the default action.
     let mut signals = Signals::install()?;
-    let startup = start(config, gateway, &options, &notifier);
-    let (engine, mut subscriptions, mut watch) = tokio::select! {
+    let metrics = Arc::new(Metrics::new());
+    let startup = start(config, gateway, &options, &notifier, &metrics);
+    let (engine, mut subscriptions, mut watch, _metrics_server) = tokio::select! {
         started = startup => started?,
         signal = stopped(&mut signals.terminate, &mut signals.interrupt) => {
             tracing::info!("{signal} during start-up: stopping before anything was charged");
@@ -289,6 +300,7 @@ pub async fn run(
                         notifier.watchdog();
                         totals.add(&report);
                         last_tick = Some((options.clock.now(), report));
+                        tick_succeeded(&engine, &metrics, &options.clock).await;
                     }
                     // A database or task failure: logged, and the next tick tries again (the
                     // state in the database is always consistent) — but not for ever: after
@@ -412,7 +424,8 @@ async fn start(
     gateway: Settings,
     options: &RunOptions,
     notifier: &Notifier,
-) -> Result<(Engine, usize, Watch), DaemonError> {
+    metrics: &Arc<Metrics>,
+) -> Result<(Engine, usize, Watch, Option<MetricsServer>), DaemonError> {
     notifier.status("opening the store");
     let database = options.database.clone();
     let create = options.create.is_some();
@@ -434,7 +447,9 @@ async fn start(
             "created a new, empty database: it knows of no past charge"
         );
     }
-    let client = Client::new(gateway).map_err(DaemonError::Gateway)?;
+    let client = Client::new(gateway)
+        .map_err(DaemonError::Gateway)?
+        .with_metrics(Arc::clone(metrics));
     let engine = Engine::new(
         store,
         client,
@@ -445,8 +460,31 @@ async fn start(
             config.gateway.max_in_flight,
             config.gateway.requests_per_second,
         ),
-    )?;
+    )?
+    .with_metrics(Arc::clone(metrics));
     tracing::info!(database = %options.database.display(), "store open");
+    // Who holds the lock, for `status` (a separate process): pid, version, start, clock.
+    let rehearsal = options.rehearsal;
+    engine
+        .with_store(move |s| {
+            s.record_daemon_start(
+                std::process::id(),
+                env!("CARGO_PKG_VERSION"),
+                Utc::now(),
+                rehearsal,
+            )
+        })
+        .await?;
+    let server = match config.metrics.listen {
+        Some(addr) => {
+            let server = MetricsServer::start(addr, Arc::clone(metrics))
+                .await
+                .map_err(|error| DaemonError::Metrics { addr, error })?;
+            tracing::info!(listen = %server.local_addr(), "serving metrics at /metrics");
+            Some(server)
+        }
+        None => None,
+    };
     notifier.status("syncing the schedule files");
     let seen = fingerprint(config).await;
     let subscriptions = sync(&engine, config, &options.clock).await?;
@@ -459,7 +497,32 @@ async fn start(
         still_unknown = reconciled.unknown,
         "reconciled unresolved attempts before charging anything"
     );
-    Ok((engine, subscriptions, Watch::new(seen)))
+    refresh_gauges(&engine, metrics, &options.clock).await;
+    Ok((engine, subscriptions, Watch::new(seen), server))
+}
+
+/// After a tick that finished without error: its time (real and the daemon's clock) recorded
+/// for `status`, and the metrics' gauges refreshed. A failure here is logged, never fatal.
+async fn tick_succeeded(engine: &Engine, metrics: &Metrics, clock: &Arc<dyn Clock>) {
+    let real = Utc::now();
+    let at = clock.now();
+    metrics.tick_succeeded(real);
+    if let Err(error) = engine.with_store(move |s| s.record_tick(real, at)).await {
+        tracing::warn!(%error, "cannot record the tick for `status`");
+    }
+    refresh_gauges(engine, metrics, clock).await;
+}
+
+/// The metrics' gauges, from the store.
+async fn refresh_gauges(engine: &Engine, metrics: &Metrics, clock: &Arc<dyn Clock>) {
+    let now = clock.now();
+    match engine.with_store(move |s| s.gauges(now)).await {
+        Ok(gauges) => metrics.set_gauges(&gauges),
+        Err(error) => tracing::warn!(%error, "cannot read the figures for the metrics"),
+    }
+    // wired at merge: the outbox's undelivered count and oldest age (the outbox's store
+    // function), read here with the other gauges.
+    metrics.set_outbox(0, 0);
 }
 
 /// Whether the watcher sees the schedule folder changed since it was last read.

@@ -16,6 +16,7 @@
 //!   with reconciliation, retries, dunning, parking, the circuit breaker and pacing.
 //! - [`clock`]: the engine's time source (the system clock, or a manual one in tests).
 //! - [`daemon`]: `run`: the store, schedule sync, reconciliation and the tick loop, signals.
+//! - [`metrics`]: Prometheus metrics and their opt-in loopback listener.
 //! - [`failpoint`]: named crash points for the crash tests (debug builds only).
 //! - [`cli`]: the operator commands behind `main.rs`.
 //!
@@ -30,6 +31,7 @@ pub mod engine;
 pub mod failpoint;
 pub mod forecast;
 pub mod gateway;
+pub mod metrics;
 pub mod money;
 pub mod schedule;
 pub mod store;

@@ -208,6 +208,7 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
         database: database.clone(),
         create,
         max_failed_ticks: config.daemon.max_failed_ticks,
+        rehearsal: rehearsal.then_some(speed),
     };
     let mut sandbox_config = None;
     if let Some(schedules) = sandbox_config_override {

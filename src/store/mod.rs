@@ -17,6 +17,7 @@
 
 mod charges;
 mod enrolment;
+mod operate;
 mod overview;
 mod report;
 mod resolve;
@@ -44,6 +45,7 @@ pub use charges::{
     Flag, History, Job, OpenCharge, PeriodRow, PlanTx, Purpose, event, flag,
 };
 pub use enrolment::{EnrolmentAttempt, EnrolmentState, OrderUse, enrolment_event};
+pub use operate::{AuditEvent, DaemonRecord, OpenAttempt, RefusedFile};
 pub use overview::{LastOutcome, PeriodPosition, SubscriptionOverview};
 pub use report::{
     Attention, HistoryRow, INITIAL_PERIOD, LastAttempt, LedgerPeriod, LedgerState, StatusReport,
