@@ -665,12 +665,82 @@ async fn status_all_and_resolving_parked_charges_on_a_live_database() {
         pause["last_state"].is_null(),
         "a blocked period has no attempt: {pause}"
     );
-    assert_eq!(pause["next_due"], "2027-02-05T07:00:00Z");
+    assert!(pause["next_due"].is_null(), "paused: no next due: {pause}");
+    assert!(hard["next_due"].is_null(), "waits for an operator: {hard}");
     let park1 = by_id(&json, "park-1");
     let order1 = park1["parked_order_number"].as_str().unwrap().to_string();
     assert_eq!(park1["last_state"], "parked");
     assert_eq!(park1["last_order_number"], order1.as_str());
-    assert_eq!(park1["next_due"], "2027-02-05T07:00:00Z");
+    assert!(park1["next_due"].is_null(), "parked: no next due: {park1}");
+
+    // `status SUB`: one subscription in full, with the parked attempt's order number.
+    let out = rig.run(&["status", "park-1", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "it needs an operator");
+    let one: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(one["subscription"], "park-1");
+    assert_eq!(one["state"], "active");
+    assert_eq!(one["file"], "subs.toml");
+    assert_eq!(one["bill_number"], "999000000001300");
+    assert_eq!(one["amount"], "99.00");
+    assert_eq!(one["every"], "1 month");
+    assert_eq!(one["limits"]["min_amount"], "50.00");
+    assert_eq!(one["limits"]["max_amount"], "150.00");
+    assert_eq!(one["limits"]["period_days"], 28);
+    assert_eq!(one["limits"]["max_date"], "2027-12-31");
+    assert!(one["next_due"].is_null());
+    assert_eq!(one["needs_attention"], serde_json::json!(["parked"]));
+    assert_eq!(one["open_attempts"][0]["order_number"], order1.as_str());
+    assert_eq!(one["open_attempts"][0]["state"], "parked");
+    assert_eq!(one["last_charges"][0]["order_number"], order1.as_str());
+    let out = rig.run(&["status", "ok-1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    for expected in [
+        "subscription: ok-1",
+        "state: active",
+        "file: subs.toml",
+        "limits: min_amount 50.00, max_amount 150.00, period_days 28, max_date 2027-12-31",
+        "next due: 2027-02-05 07:00:00 UTC (",
+        "open attempts: none",
+        "-ok-1-0-1",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} in:\n{shown}");
+    }
+    let out = rig.run(&["status", "no-such-sub"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no subscription \"no-such-sub\""),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = rig.run(&["status", "ok-1", "--all"]);
+    assert_eq!(out.status.code(), Some(2), "SUB and --all conflict");
+
+    // `status --json`: the daemon that holds the lock, the breaker as a state.
+    let out = rig.run(&["status", "--json"]);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["breaker"], "closed", "{summary:#}");
+    assert_eq!(summary["daemon"]["running"], true);
+    assert_eq!(summary["daemon"]["pid"], daemon.id());
+    assert_eq!(summary["daemon"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(summary["daemon"]["rehearsal_rate"], 20_000);
+    assert!(summary["daemon"]["last_tick_at"].is_string(), "{summary:#}");
+    let clock = summary["daemon"]["clock"].as_str().unwrap();
+    assert!(clock.starts_with("2027-"), "the rehearsal's clock: {clock}");
+    let out = rig.run(&["status"]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains(&format!(
+            "daemon: running (pid {}, recurrentd ",
+            daemon.id()
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("daemon clock: REHEARSAL at 20000x"),
+        "{shown}"
+    );
+    assert!(shown.contains("last tick: "), "{shown}");
     let order2 = by_id(&json, "park-2")["parked_order_number"]
         .as_str()
         .unwrap()
@@ -783,7 +853,10 @@ async fn status_all_and_resolving_parked_charges_on_a_live_database() {
     let park2 = by_id(&json, "park-2");
     assert_eq!(park2["needs_attention"], serde_json::json!([]));
     assert_eq!(park2["last_state"], "approved");
-    assert_eq!(park2["next_due"], "2027-02-05T07:00:00Z");
+    assert_eq!(
+        park2["next_due"], "2027-02-05T07:00:00Z",
+        "settled: due again"
+    );
 
     // The ledger names who and why.
     let db = rusqlite::Connection::open(rig.db()).unwrap();

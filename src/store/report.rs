@@ -122,8 +122,10 @@ pub struct StatusReport {
     pub periods: BTreeMap<String, u64>,
     /// The oldest attempt whose outcome is not known yet (pending, not sent, unknown, parked).
     pub oldest_unresolved: Option<String>,
-    /// Why new charges are stopped, if the circuit breaker is open.
-    pub breaker: Option<String>,
+    /// The circuit breaker's state: "closed", or "open" (no new charges).
+    pub breaker: &'static str,
+    /// Why it is open.
+    pub breaker_reason: Option<String>,
     /// Why new charges are stopped for the clock (a jump), until `recurrentd clock ack`.
     pub clock_hold: Option<String>,
     pub needs_attention: Vec<Attention>,
@@ -465,7 +467,8 @@ impl Store {
             attempts,
             periods,
             oldest_unresolved,
-            breaker,
+            breaker: if breaker.is_some() { "open" } else { "closed" },
+            breaker_reason: breaker,
             clock_hold,
             needs_attention,
         })
