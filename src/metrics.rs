@@ -426,6 +426,75 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
     }
 
+    /// The shipped alert rules parse, carry the alerts that page someone, and name only
+    /// metrics the daemon exports.
+    #[test]
+    fn alert_rules_name_only_exported_metrics() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/contrib/prometheus/recurrentd-alerts.yml"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let docs = yaml_rust2::YamlLoader::load_from_str(&text).unwrap();
+        let rules = docs[0]["groups"][0]["rules"]
+            .as_vec()
+            .expect("groups[0].rules");
+        let mut alerts = Vec::new();
+        for rule in rules {
+            let name = rule["alert"].as_str().expect("alert name");
+            let expr = rule["expr"].as_str().expect("expr");
+            assert!(rule["labels"]["severity"].as_str().is_some(), "{name}");
+            assert!(rule["annotations"]["summary"].as_str().is_some(), "{name}");
+            // Every recurrentd_* name in the expression.
+            let mut rest = expr;
+            while let Some(at) = rest.find("recurrentd_") {
+                let tail = &rest[at..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                let metric = &tail[..end];
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| metric.strip_suffix(s))
+                    .unwrap_or(metric);
+                assert!(
+                    EXPORTED.contains(&metric) || EXPORTED.contains(&base),
+                    "alert {name} names {metric}, which the daemon does not export"
+                );
+                rest = &tail[end..];
+            }
+            alerts.push((
+                name.to_string(),
+                expr.to_string(),
+                rule["labels"]["severity"].as_str().unwrap().to_string(),
+            ));
+        }
+        let pages = |metric: &str, threshold: &str| {
+            alerts.iter().any(|(_, expr, severity)| {
+                expr.contains(metric) && expr.contains(threshold) && severity == "page"
+            })
+        };
+        assert!(
+            pages("recurrentd_unresolved_oldest_age_seconds", "3600"),
+            "unresolved > 1 h"
+        );
+        assert!(
+            pages("recurrentd_refused_schedule_files", "> 0"),
+            "a refused file"
+        );
+        assert!(
+            pages("recurrentd_last_successful_tick_timestamp_seconds", "300"),
+            "no tick 5 min"
+        );
+        assert!(pages("recurrentd_breaker_open", "== 1"), "breaker open");
+        assert!(
+            alerts
+                .iter()
+                .any(|(_, e, _)| e.contains("recurrentd_subscriptions_needing_operator")),
+            "subscriptions needing an operator"
+        );
+    }
+
     #[test]
     fn gauges_take_the_store_figures() {
         let m = Metrics::new();
