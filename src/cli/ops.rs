@@ -1127,7 +1127,7 @@ pub fn audit(config: &Config, args: &AuditArgs) -> u8 {
     } else {
         writeln!(
             out,
-            "{:<6} {:<20} {:<22} {:<28} {:<20} {:<16} WHY / WHAT",
+            "{:<6} {:<20} {:<22} {:<28} {:<20} {:<24} WHY / WHAT",
             "SEQ",
             "AT (UTC)",
             format!("({})", tz.name()),
@@ -1162,7 +1162,7 @@ pub fn audit(config: &Config, args: &AuditArgs) -> u8 {
             }
             writeln!(
                 out,
-                "{:<6} {:<20} {:<22} {:<28} {:<20} {:<16} {}",
+                "{:<6} {:<20} {:<22} {:<28} {:<20} {:<24} {}",
                 row.seq,
                 at.format("%Y-%m-%d %H:%M:%S"),
                 at.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z"),
