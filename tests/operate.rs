@@ -64,8 +64,14 @@ async fn metrics_are_scraped_over_http_from_the_running_daemon() {
         if let Some(text) = scrape(&client, &url).await {
             let approved = sample(&text, "recurrentd_charges_total{outcome=\"approved\"}");
             let declined = sample(&text, "recurrentd_charges_total{outcome=\"declined\"}");
+            // Gauges are refreshed after each tick: wait for one after both outcomes.
             let flagged = sample(&text, "recurrentd_subscriptions_needing_operator");
-            if approved == Some(1.0) && declined == Some(1.0) && flagged == Some(1.0) {
+            let unresolved = sample(&text, "recurrentd_unresolved_attempts");
+            if approved == Some(1.0)
+                && declined == Some(1.0)
+                && flagged == Some(1.0)
+                && unresolved == Some(0.0)
+            {
                 exposition = text;
                 break;
             }

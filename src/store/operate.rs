@@ -375,6 +375,45 @@ mod tests {
     }
 
     #[test]
+    fn gauges_count_unresolved_attempts_and_their_age_and_what_waits() {
+        use crate::store::test_support::{at, store_with};
+        use crate::store::{Event, Flag, flag};
+        let (_dir, mut store) = store_with(&["s1", "s2"]);
+        let sub = store.subscription("s1").unwrap().unwrap();
+        let tx = store.plan(at(1, 1)).unwrap();
+        let open = tx.open_period(&sub, 0, sub.terms.start).unwrap();
+        let job = tx
+            .new_attempt(
+                "s1",
+                &open,
+                "P-s1-0-1",
+                at(1, 1),
+                Event {
+                    kind: "charge_intent",
+                    detail: serde_json::json!({}),
+                },
+            )
+            .unwrap();
+        tx.commit().unwrap();
+        let later = at(1, 1) + chrono::Duration::hours(2);
+        let g = store.gauges(later).unwrap();
+        assert_eq!(g.unresolved, 1);
+        assert_eq!(g.unresolved_oldest_secs, 7200, "two hours old");
+        assert_eq!(g.needing_operator, 0);
+        // A flag on s1 (and only one row per subscription, however many reasons).
+        let flagged = Flag {
+            kind: flag::HARD_DECLINE,
+            reason: "hard decline".into(),
+        };
+        store.flag_attempt(job.attempt_id, &flagged, later).unwrap();
+        let g = store.gauges(later).unwrap();
+        assert_eq!(g.needing_operator, 1);
+        assert!(!g.breaker_open);
+        store.open_breaker("test", later).unwrap();
+        assert!(store.gauges(later).unwrap().breaker_open);
+    }
+
+    #[test]
     fn gauges_of_an_empty_database_are_zero() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_or_create(&dir.path().join("g.db")).unwrap();
