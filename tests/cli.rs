@@ -619,6 +619,10 @@ async fn status_all_and_resolving_parked_charges_on_a_live_database() {
         "both In Process charges parked",
         || {
             let json = status_all()?;
+            // Before the daemon's first sync the list is empty.
+            if json["all_subscriptions"].as_array()?.len() < 5 {
+                return None;
+            }
             let parked = ["park-1", "park-2"]
                 .iter()
                 .all(|id| by_id(&json, id)["needs_attention"] == serde_json::json!(["parked"]));
