@@ -164,7 +164,10 @@ impl Store {
     }
 
     /// The figures behind the metrics' gauges, at `now` (the daemon's clock: attempts are
-    /// stamped with it).
+    /// stamped with it). Read after every tick, so every part goes through an index and never
+    /// walks the subscriptions: unresolved attempts by the partial index `attempts_unresolved`,
+    /// the few missing files first (CROSS JOIN keeps that order), then their subscriptions by
+    /// `subscriptions_by_file`.
     pub fn gauges(&self, now: DateTime<Utc>) -> Result<StoreGauges, StoreError> {
         let what = "reading the figures for the metrics";
         let (unresolved, oldest): (i64, Option<String>) = self
@@ -189,8 +192,8 @@ impl Store {
                      UNION SELECT c.subscription_id FROM attempts a \
                      JOIN charges c ON c.id = a.charge_id \
                      WHERE a.state IN {UNRESOLVED} AND a.state IN ('parked', 'quarantined') \
-                     UNION SELECT s.id FROM subscriptions s \
-                     JOIN schedule_files f ON f.file = s.file \
+                     UNION SELECT s.id FROM schedule_files f \
+                     CROSS JOIN subscriptions s ON s.file = f.file \
                      WHERE f.missing_since IS NOT NULL AND s.removed_at IS NULL)"
                 ),
                 [],
@@ -411,6 +414,18 @@ mod tests {
         assert!(!g.breaker_open);
         store.open_breaker("test", later).unwrap();
         assert!(store.gauges(later).unwrap().breaker_open);
+    }
+
+    #[test]
+    fn subscriptions_held_by_a_missing_file_wait_for_an_operator() {
+        use crate::store::test_support::{at, store_with};
+        let (_dir, mut store) = store_with(&["s1", "s2"]);
+        assert_eq!(store.gauges(at(1, 2)).unwrap().needing_operator, 0);
+        let empty = crate::schedule::DirReport { files: vec![] };
+        store.sync_schedules(&empty, at(1, 2)).unwrap();
+        let g = store.gauges(at(1, 2)).unwrap();
+        assert_eq!(g.needing_operator, 2, "both held by the missing file");
+        assert_eq!(g.refused_files, 0, "a missing file is not a refused one");
     }
 
     #[test]
