@@ -587,7 +587,15 @@ async fn status_all_and_resolving_parked_charges_on_a_live_database() {
     let sandbox = Sandbox::start(config, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let rig = common::Rig::new(&sandbox, "\n[engine]\npark_after_hours = 1\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rig = common::Rig::new(
+        &sandbox,
+        &format!("\n[engine]\npark_after_hours = 1\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
     let paused = common::subscription("pause-1", "5111112000000002", "99.00", "2027-01-05")
         .replace("currency = ", "state = \"paused\"\ncurrency = ");
     rig.write_schedule(
@@ -632,6 +640,38 @@ async fn status_all_and_resolving_parked_charges_on_a_live_database() {
                 .then_some(json)
         },
     );
+    // The metrics say the same: two attempts parked, unresolved for over an hour (daemon's
+    // clock), two subscriptions and the hard decline waiting for an operator.
+    // (Counters move just after each commit and gauges after each tick: polled.)
+    let value = |metrics: &str, series: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let v = |series: &str| value(&metrics, series);
+        if v("recurrentd_charges_total{outcome=\"parked\"}") == Some(2.0)
+            && v("recurrentd_charges_total{outcome=\"approved\"}") == Some(1.0)
+            && v("recurrentd_charges_total{outcome=\"declined\"}") == Some(1.0)
+            && v("recurrentd_unresolved_attempts").is_some_and(|n| n >= 2.0)
+            && v("recurrentd_unresolved_oldest_age_seconds").is_some_and(|age| age > 3600.0)
+            && v("recurrentd_subscriptions_needing_operator") == Some(3.0)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the metrics do not show the parked charges:\n{metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     // The summary's fields are still there, with the list after them.
     assert_eq!(json["daemon_running"], true);
     assert!(

@@ -1038,7 +1038,6 @@ impl Inner {
                         .into(),
                 );
                 if job.state != AttemptState::Parked {
-                    self.count("parked");
                     change.event =
                         Some(self.outcome_event(event::PARKED, &job, &verified.outcome, None));
                     tracing::warn!(
@@ -1049,7 +1048,7 @@ impl Inner {
                          at the merchant portal); it is never sent again under a new number"
                     );
                 }
-                self.apply(&job, change).await?;
+                self.apply_counting_park(&job, change).await?;
                 Ok(Step::Unknown)
             }
             Outcome::NotFound => {
@@ -1080,7 +1079,7 @@ impl Inner {
                 }
                 let mut change = self.still_unknown(&job, base, now);
                 change.not_found = Some(not_found);
-                self.apply(&job, change).await?;
+                self.apply_counting_park(&job, change).await?;
                 Ok(Step::Unknown)
             }
             other => {
@@ -1088,7 +1087,7 @@ impl Inner {
                     self.pacer.pause(RATE_PAUSE);
                 }
                 let change = self.still_unknown(&job, base, now);
-                self.apply(&job, change).await?;
+                self.apply_counting_park(&job, change).await?;
                 if let Some(c) = &claim {
                     self.log_outcome(
                         &job,
@@ -1345,6 +1344,20 @@ impl Inner {
             kind,
             detail: self.event_detail(job, outcome, code),
         }
+    }
+
+    /// [`Inner::apply`], counting an attempt that becomes parked (`outcome="parked"`).
+    async fn apply_counting_park(
+        &self,
+        job: &Job,
+        change: AttemptChange,
+    ) -> Result<(), EngineError> {
+        let parks = change.state == AttemptState::Parked && job.state != AttemptState::Parked;
+        self.apply(job, change).await?;
+        if parks {
+            self.count("parked");
+        }
+        Ok(())
     }
 
     /// One charge outcome in the metrics (`recurrentd_charges_total`).
