@@ -674,6 +674,20 @@ async fn status_all_and_resolving_parked_charges_on_a_live_database() {
     }
     // The summary's fields are still there, with the list after them.
     assert_eq!(json["daemon_running"], true);
+    // Its times are RFC 3339 UTC in whole seconds.
+    let whole_seconds = |t: &serde_json::Value| {
+        let t = t.as_str().unwrap();
+        t.len() == 20 && t.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(t).is_ok()
+    };
+    assert!(whole_seconds(&json["oldest_unresolved"]), "{json:#}");
+    assert!(
+        json["needs_attention"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| whole_seconds(&a["since"])),
+        "{json:#}"
+    );
     assert!(
         json["needs_attention"].as_array().unwrap().len() >= 3,
         "{json:#}"
