@@ -28,8 +28,8 @@ pub use charge::ChargeArgs;
 pub use enroll::{EnrollArgs, Enrolment};
 pub use events::EventsArgs;
 pub use ops::{
-    BackupArgs, BreakerCommand, ClockCommand, HistoryArgs, RemoveFileArgs, ResolveArgs, ResumeArgs,
-    StatusArgs,
+    AuditArgs, BackupArgs, BreakerCommand, ClockCommand, HistoryArgs, RemoveFileArgs, ResolveArgs,
+    ResumeArgs, StatusArgs,
 };
 pub use refund::RefundArgs;
 pub use run::RunArgs;
@@ -109,25 +109,35 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
 
-    /// Show the daemon's health: counts per state, the oldest unresolved charge, the circuit
-    /// breaker, the subscriptions that need an operator, and the books findings not yet
-    /// acknowledged (kind books; see `recurrentd books`).
+    /// Show the daemon's health: whether it runs (pid, version, start), its last successful
+    /// tick and, in a rehearsal, its clock; counts per state, the oldest unresolved charge, the
+    /// circuit breaker, refused schedule files (with their first problem), the subscriptions
+    /// that need an operator (hard decline, parked, quarantined, held by a missing file), and
+    /// the books findings not yet acknowledged (kind books; see `recurrentd books`). Times in
+    /// UTC and in billing.timezone.
     ///
     /// Safe while the daemon runs (the database is opened read-only). Exit 1 when something
-    /// needs attention, and when the daemon is not running (no process holds the database's
-    /// lock) unless --offline-ok.
+    /// needs attention (a refused schedule file included), and when the daemon is not running
+    /// (no process holds the database's lock) unless --offline-ok. In --json the breaker is
+    /// "closed" or "open" (its reason in "breaker_reason"), the daemon an object.
+    ///
+    /// status SUBSCRIPTION shows one subscription in full: state, file, terms, the four limits,
+    /// what needs an operator, next due, open attempts with their order numbers and the last
+    /// --last N charges (exit 1 if it needs an operator or is unknown).
     ///
     /// --all then lists every subscription: its state (active, paused, cancelled, removed), what
     /// needs an operator (hard_decline, double_approval, late_approval, parked with the order
     /// number to resolve, quarantined),
     /// its next due charge (when the daemon next tries: a scheduled retry, else its next
-    /// period's due instant; an instant in the past means the next sweep; "-" when it never
-    /// will again) and its last outcome (the latest attempt's state, order number and when).
+    /// period's due instant; an instant in the past means the next sweep; "-" when it will
+    /// not without a change: paused, cancelled, removed, ended, or waiting for an operator) and
+    /// its last outcome (the latest attempt's state, order number and when).
     /// Rows are written as they are read, by id. With --json: the summary's object plus an
     /// "all_subscriptions" array, one subscription per line.
     ///
     /// Examples:
     ///   recurrentd status --json | jq .needs_attention
+    ///   recurrentd status acme-1001
     ///   recurrentd status --all
     ///   recurrentd status --all --json | jq -c '.all_subscriptions[] | select(.needs_attention != [])'
     #[command(verbatim_doc_comment)]
@@ -144,6 +154,7 @@ pub enum Command {
     /// Examples:
     ///   recurrentd history acme-1001
     ///   recurrentd history --since 2027-01-01T00:00:00Z --json
+    ///   recurrentd history acme-1001 --events     (every ledger event: see `audit`)
     #[command(verbatim_doc_comment)]
     History(HistoryArgs),
 
@@ -166,6 +177,21 @@ pub enum Command {
     ///   recurrentd events --redeliver-dead
     #[command(verbatim_doc_comment)]
     Events(EventsArgs),
+
+    /// The audit trail: every ledger event, oldest first, with who and why.
+    ///
+    /// Each event: sequence number, time (UTC and billing.timezone), kind, subscription, who
+    /// (the operator's user name for resume, resolve, remove-file, charge, breaker reset and
+    /// clock ack; `file NAME` for schedule changes; `enroll`; else `daemon`), why (the --reason
+    /// given, or the recorded reason or outcome), and for a schedule change each changed
+    /// field before -> after. --json prints one array; each object also has the event's whole
+    /// record ("detail"). Safe while the daemon runs (read-only).
+    ///
+    /// Examples:
+    ///   recurrentd audit acme-1001
+    ///   recurrentd audit --since 2027-01-01T00:00:00Z --json | jq -c '.[] | select(.who != "daemon")'
+    #[command(verbatim_doc_comment)]
+    Audit(AuditArgs),
 
     /// Queue an ad-hoc charge (a balance top-up, say) for the daemon to make.
     ///
@@ -402,6 +428,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => ops::status(&config, &args),
         Command::History(args) => ops::history(&config, &args),
         Command::Events(args) => events::run(&config, &args),
+        Command::Audit(args) => ops::audit(&config, &args),
         Command::Resume(args) => ops::resume(&config, &args),
         Command::Resolve(args) => ops::resolve(&config, &args),
         Command::RemoveFile(args) => ops::remove_file(&config, &args),

@@ -53,6 +53,7 @@ pub struct Config {
     /// The `[webhook]` section: outcomes POSTed to the merchant's systems. `None`: no webhook
     /// (the outbox is still kept, for `recurrentd events`).
     pub webhook: Option<WebhookConfig>,
+    pub metrics: MetricsConfig,
 }
 
 /// Where and how ledger events are delivered (the `[webhook]` section).
@@ -92,6 +93,14 @@ impl Default for BooksConfig {
             run_after: NaiveTime::from_hms_opt(3, 0, 0).unwrap_or_default(),
         }
     }
+}
+
+/// The Prometheus metrics endpoint (the `[metrics]` section). Off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// A loopback address and port on which `GET /metrics` is served (OpenMetrics text);
+    /// `None`: no listener.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// How `recurrentd run` paces itself (the `[daemon]` section).
@@ -293,6 +302,8 @@ struct RawConfig {
     webhook: Option<RawWebhook>,
     #[serde(default)]
     books: RawBooks,
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 #[derive(Deserialize)]
@@ -329,6 +340,12 @@ impl Default for RawBooks {
             run_after: d.run_after.format("%H:%M").to_string(),
         }
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -685,6 +702,8 @@ impl Config {
                 ))
             })?,
         };
+        let metrics =
+            check_metrics(raw.metrics).map_err(|e| err(format!("config file {shown}: {e}")))?;
         Ok(Config {
             books,
             engine,
@@ -721,6 +740,7 @@ impl Config {
                 format: raw.log.format,
             },
             webhook,
+            metrics,
         })
     }
 }
@@ -796,6 +816,29 @@ fn check_engine(raw: RawEngine) -> Result<EngineConfig, String> {
         max_skipped_periods: raw.max_skipped_periods,
         adhoc_max_age_hours: raw.adhoc_max_age_hours,
     })
+}
+
+/// `metrics.listen`: an `IP:PORT` on a loopback address. The endpoint has no authentication
+/// and shows business figures, so it is never exposed on a network interface: a scraper on
+/// another host goes through a reverse proxy or an SSH tunnel of the operator's choice.
+fn check_metrics(raw: RawMetrics) -> Result<MetricsConfig, String> {
+    let Some(text) = raw.listen else {
+        return Ok(MetricsConfig::default());
+    };
+    let addr: std::net::SocketAddr = text.trim().parse().map_err(|_| {
+        format!(
+            "metrics.listen: must be a loopback IP:PORT such as \"127.0.0.1:9464\" or              \"[::1]:9464\", got {text:?}"
+        )
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "metrics.listen: {addr} is not a loopback address: the metrics endpoint has no              authentication, so it listens only on 127.0.0.0/8 or [::1] (put a proxy in front              to scrape it from elsewhere)"
+        ));
+    }
+    if addr.port() == 0 {
+        return Err("metrics.listen: the port must not be 0".into());
+    }
+    Ok(MetricsConfig { listen: Some(addr) })
 }
 
 fn check_daemon(raw: RawDaemon) -> Result<DaemonConfig, String> {
@@ -1161,6 +1204,46 @@ catch_up = "none"
         assert!(config.gateway.test_mode);
         assert!(!config.gateway.sign_requests);
         assert_eq!(config.gateway.format, ResponseFormat::Xml);
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_only_on_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "[gateway]\nurl = \"https://x.test\"\nmerchant_id = \"1\"\nlogin = \"l\"\n";
+        let path = write(dir.path(), "config.toml", base);
+        assert_eq!(load(&path).unwrap().metrics.listen, None);
+        for (listen, ok) in [
+            ("127.0.0.1:9464", true),
+            ("[::1]:9464", true),
+            ("127.0.0.2:1", true),
+            ("0.0.0.0:9464", false),
+            ("192.168.1.10:9464", false),
+            ("localhost:9464", false),
+            ("127.0.0.1:0", false),
+        ] {
+            let path = write(
+                dir.path(),
+                "config.toml",
+                &format!("{base}[metrics]\nlisten = \"{listen}\"\n"),
+            );
+            match load(&path) {
+                Ok(config) => {
+                    assert!(ok, "{listen} accepted");
+                    assert_eq!(config.metrics.listen, Some(listen.parse().unwrap()));
+                }
+                Err(e) => {
+                    assert!(!ok, "{listen} refused: {e}");
+                    assert!(e.0.contains("metrics.listen"), "{e}");
+                }
+            }
+        }
+        let path = write(
+            dir.path(),
+            "config.toml",
+            &format!("{base}[metrics]\nlisten = \"0.0.0.0:9464\"\n"),
+        );
+        let e = load(&path).unwrap_err();
+        assert!(e.0.contains("not a loopback address"), "{e}");
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, Pacer, Policy, TickReport};
 use crate::gateway::client::{Client, Settings};
+use crate::metrics::{Metrics, MetricsServer};
 use crate::store::{Access, FileOutcome, Store, StoreError, SyncDirError};
 
 /// What wakes the due sweep.
@@ -66,6 +67,9 @@ pub struct RunOptions {
     pub max_failed_ticks: u32,
     /// Deliver the outbox to this webhook (a task of its own beside the engine).
     pub webhook: Option<crate::outbox::Webhook>,
+    /// A rehearsal clock's rate (virtual seconds per real second), recorded for `status`;
+    /// `None` on the real clock.
+    pub rehearsal: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +86,11 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error("the sweep scheduler: {0}")]
     Scheduler(String),
+    #[error("metrics.listen: cannot listen on {addr}: {error}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
     #[error(
         "{count} ticks in a row failed (daemon.max_failed_ticks), the last with: {last}; \
          stopping instead of retrying for ever"
@@ -106,6 +115,7 @@ impl DaemonError {
                 | DaemonError::Store(StoreError::TooNew { .. })
                 | DaemonError::Store(StoreError::NoDatabase { .. })
                 | DaemonError::Gateway(_)
+                | DaemonError::Metrics { .. }
         )
     }
 }
@@ -217,8 +227,9 @@ pub async fn run(
     // The signal handlers first: a SIGTERM during start-up (a long reconciliation) stops the
     // daemon cleanly instead of killing it with the default action.
     let mut signals = Signals::install()?;
-    let startup = start(config, gateway, &options, &notifier);
-    let (engine, subscriptions, watch) = tokio::select! {
+    let metrics = Arc::new(Metrics::new());
+    let startup = start(config, gateway, &options, &notifier, &metrics);
+    let (engine, subscriptions, watch, _metrics_server) = tokio::select! {
         started = startup => started?,
         signal = stopped(&mut signals.terminate, &mut signals.interrupt) => {
             tracing::info!("{signal} during start-up: stopping before anything was charged");
@@ -229,6 +240,7 @@ pub async fn run(
 
     // The webhook: its own task and store connection, so a slow or failing endpoint never
     // holds up a charge. Stopped after the drain (the drain's outcomes are delivered too).
+    let webhook_on = options.webhook.is_some();
     let deliverer = match options.webhook.take() {
         Some(webhook) => Some(
             crate::outbox::Deliverer::start(
@@ -243,11 +255,15 @@ pub async fn run(
     let result = run_loop(
         config,
         &options,
-        &notifier,
         &mut signals,
         engine,
         subscriptions,
         watch,
+        Reporting {
+            notifier: &notifier,
+            metrics: &metrics,
+            webhook_on,
+        },
     )
     .await;
     if let Some(deliverer) = deliverer {
@@ -257,6 +273,14 @@ pub async fn run(
     result
 }
 
+/// Where the loop reports: systemd, and the metrics (gauges refreshed after each good tick).
+struct Reporting<'a> {
+    notifier: &'a Notifier,
+    metrics: &'a Arc<Metrics>,
+    /// Whether a webhook consumes the outbox (its backlog is a gauge only then).
+    webhook_on: bool,
+}
+
 /// The loop of [`run`], once started: ticks, reloads, the watchdog, until a stop.
 // The body is the loop as it was inside `run`, unchanged (its `&options` and `&notifier` are
 // references to references now).
@@ -264,12 +288,17 @@ pub async fn run(
 async fn run_loop(
     config: &Config,
     options: &RunOptions,
-    notifier: &Notifier,
     signals: &mut Signals,
     engine: Engine,
     mut subscriptions: usize,
     mut watch: Watch,
+    reporting: Reporting<'_>,
 ) -> Result<(), DaemonError> {
+    let Reporting {
+        notifier,
+        metrics,
+        webhook_on,
+    } = reporting;
     // The daily books comparison: its own task, never in the way of charging.
     let books_task = config.books.enabled.then(|| {
         tokio::spawn(books::daily(
@@ -343,6 +372,7 @@ async fn run_loop(
                         notifier.watchdog();
                         totals.add(&report);
                         last_tick = Some((options.clock.now(), report));
+                        tick_succeeded(&engine, metrics, &options.clock, webhook_on).await;
                     }
                     // A database or task failure: logged, and the next tick tries again (the
                     // state in the database is always consistent) — but not for ever: after
@@ -471,7 +501,8 @@ async fn start(
     gateway: Settings,
     options: &RunOptions,
     notifier: &Notifier,
-) -> Result<(Engine, usize, Watch), DaemonError> {
+    metrics: &Arc<Metrics>,
+) -> Result<(Engine, usize, Watch, Option<MetricsServer>), DaemonError> {
     notifier.status("opening the store");
     let database = options.database.clone();
     let create = options.create.is_some();
@@ -493,7 +524,9 @@ async fn start(
             "created a new, empty database: it knows of no past charge"
         );
     }
-    let client = Client::new(gateway).map_err(DaemonError::Gateway)?;
+    let client = Client::new(gateway)
+        .map_err(DaemonError::Gateway)?
+        .with_metrics(Arc::clone(metrics));
     let engine = Engine::new(
         store,
         client,
@@ -504,8 +537,31 @@ async fn start(
             config.gateway.max_in_flight,
             config.gateway.requests_per_second,
         ),
-    )?;
+    )?
+    .with_metrics(Arc::clone(metrics));
     tracing::info!(database = %options.database.display(), "store open");
+    // Who holds the lock, for `status` (a separate process): pid, version, start, clock.
+    let rehearsal = options.rehearsal;
+    engine
+        .with_store(move |s| {
+            s.record_daemon_start(
+                std::process::id(),
+                env!("CARGO_PKG_VERSION"),
+                Utc::now(),
+                rehearsal,
+            )
+        })
+        .await?;
+    let server = match config.metrics.listen {
+        Some(addr) => {
+            let server = MetricsServer::start(addr, Arc::clone(metrics))
+                .await
+                .map_err(|error| DaemonError::Metrics { addr, error })?;
+            tracing::info!(listen = %server.local_addr(), "serving metrics at /metrics");
+            Some(server)
+        }
+        None => None,
+    };
     notifier.status("syncing the schedule files");
     let seen = fingerprint(config).await;
     let subscriptions = sync(&engine, config, &options.clock).await?;
@@ -518,7 +574,43 @@ async fn start(
         still_unknown = reconciled.unknown,
         "reconciled unresolved attempts before charging anything"
     );
-    Ok((engine, subscriptions, Watch::new(seen)))
+    refresh_gauges(&engine, metrics, &options.clock, options.webhook.is_some()).await;
+    Ok((engine, subscriptions, Watch::new(seen), server))
+}
+
+/// After a tick that finished without error: its time (real and the daemon's clock) recorded
+/// for `status`, and the metrics' gauges refreshed. A failure here is logged, never fatal.
+async fn tick_succeeded(engine: &Engine, metrics: &Metrics, clock: &Arc<dyn Clock>, webhook: bool) {
+    let real = Utc::now();
+    let at = clock.now();
+    metrics.tick_succeeded(real);
+    if let Err(error) = engine.with_store(move |s| s.record_tick(real, at)).await {
+        tracing::warn!(%error, "cannot record the tick for `status`");
+    }
+    refresh_gauges(engine, metrics, clock, webhook).await;
+}
+
+/// The metrics' gauges, from the store; the outbox's backlog only when a webhook delivers it
+/// (without one, nothing consumes the outbox but `recurrentd events`, and 0 is shown).
+async fn refresh_gauges(engine: &Engine, metrics: &Metrics, clock: &Arc<dyn Clock>, webhook: bool) {
+    let now = clock.now();
+    match engine.with_store(move |s| s.gauges(now)).await {
+        Ok(gauges) => metrics.set_gauges(&gauges),
+        Err(error) => tracing::warn!(%error, "cannot read the figures for the metrics"),
+    }
+    if !webhook {
+        metrics.set_outbox(0, 0);
+        return;
+    }
+    match engine.with_store(|s| s.outbox_backlog()).await {
+        Ok(backlog) => {
+            let oldest = backlog
+                .oldest_undelivered_at
+                .map_or(0, |at| (now - at).num_seconds());
+            metrics.set_outbox(backlog.undelivered, oldest);
+        }
+        Err(error) => tracing::warn!(%error, "cannot read the outbox backlog for the metrics"),
+    }
 }
 
 /// Whether the watcher sees the schedule folder changed since it was last read.

@@ -18,6 +18,7 @@
 //! - [`clock`]: the engine's time source (the system clock, or a manual one in tests).
 //! - [`outbox`]: delivering the ledger's merchant-facing events: the signed webhook.
 //! - [`daemon`]: `run`: the store, schedule sync, reconciliation and the tick loop, signals.
+//! - [`metrics`]: Prometheus metrics and their opt-in loopback listener.
 //! - [`failpoint`]: named crash points for the crash tests (debug builds only).
 //! - [`cli`]: the operator commands behind `main.rs`.
 //!
@@ -33,6 +34,7 @@ pub mod engine;
 pub mod failpoint;
 pub mod forecast;
 pub mod gateway;
+pub mod metrics;
 pub mod money;
 pub mod outbox;
 pub mod schedule;

@@ -587,7 +587,15 @@ async fn status_all_and_resolving_parked_charges_on_a_live_database() {
     let sandbox = Sandbox::start(config, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let rig = common::Rig::new(&sandbox, "\n[engine]\npark_after_hours = 1\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rig = common::Rig::new(
+        &sandbox,
+        &format!("\n[engine]\npark_after_hours = 1\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
     let paused = common::subscription("pause-1", "5111112000000002", "99.00", "2027-01-05")
         .replace("currency = ", "state = \"paused\"\ncurrency = ");
     rig.write_schedule(
@@ -619,6 +627,10 @@ async fn status_all_and_resolving_parked_charges_on_a_live_database() {
         "both In Process charges parked",
         || {
             let json = status_all()?;
+            // Before the daemon's first sync the list is empty.
+            if json["all_subscriptions"].as_array()?.len() < 5 {
+                return None;
+            }
             let parked = ["park-1", "park-2"]
                 .iter()
                 .all(|id| by_id(&json, id)["needs_attention"] == serde_json::json!(["parked"]));
@@ -628,8 +640,54 @@ async fn status_all_and_resolving_parked_charges_on_a_live_database() {
                 .then_some(json)
         },
     );
+    // The metrics say the same: two attempts parked, unresolved for over an hour (daemon's
+    // clock), two subscriptions and the hard decline waiting for an operator.
+    // (Counters move just after each commit and gauges after each tick: polled.)
+    let value = |metrics: &str, series: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let v = |series: &str| value(&metrics, series);
+        if v("recurrentd_charges_total{outcome=\"parked\"}") == Some(2.0)
+            && v("recurrentd_charges_total{outcome=\"approved\"}") == Some(1.0)
+            && v("recurrentd_charges_total{outcome=\"declined\"}") == Some(1.0)
+            && v("recurrentd_unresolved_attempts").is_some_and(|n| n >= 2.0)
+            && v("recurrentd_unresolved_oldest_age_seconds").is_some_and(|age| age > 3600.0)
+            && v("recurrentd_subscriptions_needing_operator") == Some(3.0)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the metrics do not show the parked charges:\n{metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     // The summary's fields are still there, with the list after them.
     assert_eq!(json["daemon_running"], true);
+    // Its times are RFC 3339 UTC in whole seconds.
+    let whole_seconds = |t: &serde_json::Value| {
+        let t = t.as_str().unwrap();
+        t.len() == 20 && t.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(t).is_ok()
+    };
+    assert!(whole_seconds(&json["oldest_unresolved"]), "{json:#}");
+    assert!(
+        json["needs_attention"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| whole_seconds(&a["since"])),
+        "{json:#}"
+    );
     assert!(
         json["needs_attention"].as_array().unwrap().len() >= 3,
         "{json:#}"
@@ -665,12 +723,82 @@ async fn status_all_and_resolving_parked_charges_on_a_live_database() {
         pause["last_state"].is_null(),
         "a blocked period has no attempt: {pause}"
     );
-    assert_eq!(pause["next_due"], "2027-02-05T07:00:00Z");
+    assert!(pause["next_due"].is_null(), "paused: no next due: {pause}");
+    assert!(hard["next_due"].is_null(), "waits for an operator: {hard}");
     let park1 = by_id(&json, "park-1");
     let order1 = park1["parked_order_number"].as_str().unwrap().to_string();
     assert_eq!(park1["last_state"], "parked");
     assert_eq!(park1["last_order_number"], order1.as_str());
-    assert_eq!(park1["next_due"], "2027-02-05T07:00:00Z");
+    assert!(park1["next_due"].is_null(), "parked: no next due: {park1}");
+
+    // `status SUB`: one subscription in full, with the parked attempt's order number.
+    let out = rig.run(&["status", "park-1", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "it needs an operator");
+    let one: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(one["subscription"], "park-1");
+    assert_eq!(one["state"], "active");
+    assert_eq!(one["file"], "subs.toml");
+    assert_eq!(one["bill_number"], "999000000001300");
+    assert_eq!(one["amount"], "99.00");
+    assert_eq!(one["every"], "1 month");
+    assert_eq!(one["limits"]["min_amount"], "50.00");
+    assert_eq!(one["limits"]["max_amount"], "150.00");
+    assert_eq!(one["limits"]["period_days"], 28);
+    assert_eq!(one["limits"]["max_date"], "2027-12-31");
+    assert!(one["next_due"].is_null());
+    assert_eq!(one["needs_attention"], serde_json::json!(["parked"]));
+    assert_eq!(one["open_attempts"][0]["order_number"], order1.as_str());
+    assert_eq!(one["open_attempts"][0]["state"], "parked");
+    assert_eq!(one["last_charges"][0]["order_number"], order1.as_str());
+    let out = rig.run(&["status", "ok-1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    for expected in [
+        "subscription: ok-1",
+        "state: active",
+        "file: subs.toml",
+        "limits: min_amount 50.00, max_amount 150.00, period_days 28, max_date 2027-12-31",
+        "next due: 2027-02-05 07:00:00 UTC (",
+        "open attempts: none",
+        "-ok-1-0-1",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} in:\n{shown}");
+    }
+    let out = rig.run(&["status", "no-such-sub"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no subscription \"no-such-sub\""),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = rig.run(&["status", "ok-1", "--all"]);
+    assert_eq!(out.status.code(), Some(2), "SUB and --all conflict");
+
+    // `status --json`: the daemon that holds the lock, the breaker as a state.
+    let out = rig.run(&["status", "--json"]);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["breaker"], "closed", "{summary:#}");
+    assert_eq!(summary["daemon"]["running"], true);
+    assert_eq!(summary["daemon"]["pid"], daemon.id());
+    assert_eq!(summary["daemon"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(summary["daemon"]["rehearsal_rate"], 20_000);
+    assert!(summary["daemon"]["last_tick_at"].is_string(), "{summary:#}");
+    let clock = summary["daemon"]["clock"].as_str().unwrap();
+    assert!(clock.starts_with("2027-"), "the rehearsal's clock: {clock}");
+    let out = rig.run(&["status"]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains(&format!(
+            "daemon: running (pid {}, recurrentd ",
+            daemon.id()
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("daemon clock: REHEARSAL at 20000x"),
+        "{shown}"
+    );
+    assert!(shown.contains("last tick: "), "{shown}");
     let order2 = by_id(&json, "park-2")["parked_order_number"]
         .as_str()
         .unwrap()
@@ -783,7 +911,10 @@ async fn status_all_and_resolving_parked_charges_on_a_live_database() {
     let park2 = by_id(&json, "park-2");
     assert_eq!(park2["needs_attention"], serde_json::json!([]));
     assert_eq!(park2["last_state"], "approved");
-    assert_eq!(park2["next_due"], "2027-02-05T07:00:00Z");
+    assert_eq!(
+        park2["next_due"], "2027-02-05T07:00:00Z",
+        "settled: due again"
+    );
 
     // The ledger names who and why.
     let db = rusqlite::Connection::open(rig.db()).unwrap();

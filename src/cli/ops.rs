@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use chrono_tz::Tz;
 use clap::{ArgGroup, Args, Subcommand};
 use serde::Serialize;
 
@@ -13,12 +14,20 @@ use super::exit;
 use crate::billing::{self, Calendar, Next, SubscriptionState};
 use crate::config::Config;
 use crate::store::{
-    self, Access, ChargeState, RemovedFile, Resolution, Resolved, Store, StoreError,
+    self, Access, ChargeState, DaemonRecord, RemovedFile, Resolution, Resolved, Store, StoreError,
     SubscriptionOverview,
 };
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// Show this one subscription in full instead: state, file, terms, the four limits, what
+    /// needs an operator, next due, open attempts with their order numbers, last charges.
+    /// Exit 1 if it needs an operator, or if the database does not know it.
+    #[arg(conflicts_with = "all", value_name = "SUBSCRIPTION")]
+    pub subscription: Option<String>,
+    /// With SUBSCRIPTION: how many of its latest charges to show.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub last: usize,
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
@@ -43,6 +52,10 @@ pub struct HistoryArgs {
     /// Print JSON (one array) for scripts.
     #[arg(long)]
     pub json: bool,
+    /// Show every ledger event instead (who, why, before/after): the same as `recurrentd
+    /// audit`.
+    #[arg(long)]
+    pub events: bool,
 }
 
 #[derive(Debug, Args)]
@@ -120,11 +133,36 @@ pub(super) fn open(config: &Config, access: Access) -> Result<Store, u8> {
     })
 }
 
+/// Who runs this command, for the ledger: `$SUDO_USER` (the person behind sudo), else `$USER`,
+/// else the real uid's name from the password database, else `uid:N`. Empty variables do not
+/// count (a service or `env -i` may leave `USER=` empty).
 pub(super) fn operator() -> String {
-    std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    var("SUDO_USER")
+        .or_else(|| var("USER"))
+        .unwrap_or_else(real_user)
+}
+
+/// The real uid's user name, else `uid:N`.
+fn real_user() -> String {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value for getpwuid_r to fill (pointers null).
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call, `buf` outlives the use of the strings
+    // `entry` points into (read below, before `buf` is dropped).
+    let rc = unsafe { libc::getpwuid_r(uid, &mut entry, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc == 0 && !found.is_null() && !entry.pw_name.is_null() {
+        // SAFETY: getpwuid_r succeeded: pw_name is a NUL-terminated string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+        let name = name.to_string_lossy().trim().to_string();
+        if !name.is_empty() {
+            return name;
+        }
+    }
+    format!("uid:{uid}")
 }
 
 fn finish(result: std::io::Result<()>) -> u8 {
@@ -138,14 +176,115 @@ fn finish(result: std::io::Result<()>) -> u8 {
     }
 }
 
+/// A time for people: UTC, then the billing time zone's local time.
+fn both(at: DateTime<Utc>, tz: Tz) -> String {
+    format!(
+        "{} ({})",
+        at.format("%Y-%m-%d %H:%M:%S UTC"),
+        at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z")
+    )
+}
+
+/// [`both`] of a stored RFC 3339 text; the text itself if it does not parse.
+fn both_text(text: &str, tz: Tz) -> String {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| both(t.with_timezone(&Utc), tz))
+        .unwrap_or_else(|_| text.to_string())
+}
+
+/// "42 s", "5 min", "3 h", "2 d".
+fn age(seconds: i64) -> String {
+    match seconds.max(0) {
+        s if s < 120 => format!("{s} s"),
+        s if s < 2 * 3600 => format!("{} min", s / 60),
+        s if s < 2 * 86400 => format!("{} h", s / 3600),
+        s => format!("{} d", s / 86400),
+    }
+}
+
+/// The daemon as `status` shows it: from the lock and what it recorded in the database.
+#[derive(Debug, Serialize)]
+struct DaemonView {
+    running: bool,
+    /// The pid and version of the daemon that holds (or last held) the lock.
+    pid: Option<u32>,
+    version: Option<String>,
+    /// When it started (real time).
+    started_at: Option<String>,
+    /// Its last tick that finished without error (real time), and how long ago.
+    last_tick_at: Option<String>,
+    last_tick_age_seconds: Option<i64>,
+    /// In a rehearsal: its clock's rate (seconds per real second) and its clock now (estimated
+    /// from its last tick while it runs; at its last tick once stopped). Null on the real clock.
+    rehearsal_rate: Option<u32>,
+    clock: Option<String>,
+}
+
+impl DaemonView {
+    fn new(record: &DaemonRecord, running: bool, now: DateTime<Utc>) -> DaemonView {
+        let clock = match (
+            record.rehearsal,
+            record.last_tick_clock,
+            record.last_tick_at,
+        ) {
+            (Some(rate), Some(clock), Some(at)) if running => {
+                let real = (now - at).num_milliseconds().max(0);
+                Some(clock + chrono::Duration::milliseconds(real.saturating_mul(i64::from(rate))))
+            }
+            (Some(_), Some(clock), _) => Some(clock),
+            _ => None,
+        };
+        DaemonView {
+            running,
+            pid: record.pid,
+            version: record.version.clone(),
+            started_at: record.started_at.map(rfc3339),
+            last_tick_at: record.last_tick_at.map(rfc3339),
+            last_tick_age_seconds: record.last_tick_at.map(|at| (now - at).num_seconds()),
+            rehearsal_rate: record.rehearsal,
+            clock: clock.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct RefusedView {
+    file: String,
+    /// Its first diagnostic (`path:line:column: field: message`).
+    first_error: String,
+    /// How many diagnostics it has (`recurrentd check` lists them all).
+    errors: usize,
+}
+
+/// `status --json`: the store's report, the daemon, refused schedule files.
+#[derive(Debug, Serialize)]
+struct StatusView<'a> {
+    #[serde(flatten)]
+    report: &'a store::StatusReport,
+    daemon: DaemonView,
+    refused_schedule_files: Vec<RefusedView>,
+    /// `billing.timezone`: the text output shows times in it beside UTC.
+    timezone: String,
+}
+
 pub fn status(config: &Config, args: &StatusArgs) -> u8 {
     let store = match open(config, Access::ReadOnly) {
         Ok(store) => store,
         Err(code) => return code,
     };
+    if let Some(id) = &args.subscription {
+        return status_of(config, &store, id, args);
+    }
     let running = store::daemon_running(&config.database.path);
-    let mut report = match store.status(running) {
-        Ok(report) => report,
+    let read = || -> Result<_, StoreError> {
+        Ok((
+            store.status(running)?,
+            store.daemon_record()?,
+            store.refused_files()?,
+        ))
+    };
+    let (mut report, record, refused) = match read() {
+        Ok(read) => read,
         Err(error) => {
             eprintln!("recurrentd: {error}");
             return exit::UNAVAILABLE;
@@ -161,6 +300,20 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
             }
         }
     }
+    let tz = config.billing.timezone;
+    let view = StatusView {
+        report: &report,
+        daemon: DaemonView::new(&record, running, Utc::now()),
+        refused_schedule_files: refused
+            .iter()
+            .map(|r| RefusedView {
+                file: r.file.clone(),
+                first_error: r.first_error.clone(),
+                errors: r.errors,
+            })
+            .collect(),
+        timezone: tz.name().to_string(),
+    };
     if !running {
         // On stderr too, so that it is seen whatever is done with stdout (`--json | jq`).
         eprintln!(
@@ -181,19 +334,55 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
                 // The list follows the summary's fields inside the same object.
                 return Ok(());
             }
-            serde_json::to_writer_pretty(&mut out, &report)?;
+            serde_json::to_writer_pretty(&mut out, &view)?;
             return writeln!(out);
         }
+        let d = &view.daemon;
         writeln!(out, "database: {}", report.database.display())?;
-        writeln!(
-            out,
-            "daemon: {}",
-            if report.daemon_running {
-                "running"
-            } else {
-                "NOT RUNNING — nothing is charged or reconciled until it is started"
-            }
-        )?;
+        let who = match (d.pid, &d.version) {
+            (Some(pid), Some(version)) => format!("pid {pid}, recurrentd {version}"),
+            (Some(pid), None) => format!("pid {pid}"),
+            _ => "no daemon has recorded itself in this database yet".to_string(),
+        };
+        let started = record
+            .started_at
+            .map(|at| format!(", started {}", both(at, tz)))
+            .unwrap_or_default();
+        if report.daemon_running {
+            writeln!(out, "daemon: running ({who}{started})")?;
+        } else {
+            writeln!(
+                out,
+                "daemon: NOT RUNNING — nothing is charged or reconciled until it is started \
+                 (last: {who}{started})"
+            )?;
+        }
+        match (record.last_tick_at, d.last_tick_age_seconds) {
+            (Some(at), Some(seconds)) => writeln!(
+                out,
+                "last tick: {}, {} ago{}",
+                both(at, tz),
+                age(seconds),
+                if report.daemon_running && seconds > 300 {
+                    " — LATE: no successful tick for over 5 minutes (see the daemon's log)"
+                } else {
+                    ""
+                }
+            )?,
+            _ => writeln!(out, "last tick: none yet")?,
+        }
+        if let (Some(rate), Some(clock)) = (record.rehearsal, &d.clock) {
+            writeln!(
+                out,
+                "daemon clock: REHEARSAL at {rate}x real time: {}{}",
+                both_text(clock, tz),
+                if report.daemon_running {
+                    " (estimated from its last tick)"
+                } else {
+                    " (at its last tick)"
+                }
+            )?;
+        }
         let line = |map: &std::collections::BTreeMap<String, u64>| {
             if map.is_empty() {
                 "none".to_string()
@@ -210,9 +399,13 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
         writeln!(
             out,
             "oldest unresolved: {}",
-            report.oldest_unresolved.as_deref().unwrap_or("none")
+            report
+                .oldest_unresolved
+                .as_deref()
+                .map(|t| both_text(t, tz))
+                .unwrap_or_else(|| "none".into())
         )?;
-        match &report.breaker {
+        match &report.breaker_reason {
             Some(reason) => writeln!(
                 out,
                 "circuit breaker: OPEN — {reason}\n  (no new charges; `recurrentd breaker reset --reason ...` once fixed)"
@@ -245,6 +438,23 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
                 }
             )?,
         }
+        if refused.is_empty() {
+            writeln!(out, "refused schedule files: none")?;
+        } else {
+            writeln!(
+                out,
+                "refused schedule files (each keeps its last accepted version in force; \
+                 `recurrentd check` lists every problem):"
+            )?;
+            for r in &refused {
+                let more = if r.errors > 1 {
+                    format!(" (+{} more)", r.errors - 1)
+                } else {
+                    String::new()
+                };
+                writeln!(out, "  {}: {}{more}", r.file, r.first_error)?;
+            }
+        }
         if report.needs_attention.is_empty() {
             writeln!(out, "needs attention: nothing")?;
         } else {
@@ -255,7 +465,7 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
                     "  {:<20} {:<12} since {}  {}{}",
                     a.subscription,
                     a.kind,
-                    a.since,
+                    both_text(&a.since, tz),
                     a.order_number
                         .as_deref()
                         .map(|o| format!("{o}: "))
@@ -264,6 +474,7 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
                 )?;
             }
         }
+        writeln!(out, "times: UTC, and {} in brackets", tz.name())?;
         Ok(())
     })();
     let code = finish(printed);
@@ -272,7 +483,14 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
     }
     if args.all {
         let calendar = Calendar::from(&config.billing);
-        match list_all(&store, &report, &calendar, args.json) {
+        let summary = match serde_json::to_value(&view) {
+            Ok(summary) => summary,
+            Err(error) => {
+                eprintln!("recurrentd: {error}");
+                return exit::INTERNAL;
+            }
+        };
+        match list_all(&store, &summary, &calendar, args.json) {
             Ok(()) => {}
             Err(ListError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
             Err(ListError::Io(e)) => {
@@ -287,14 +505,247 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
     }
     let stopped = !report.daemon_running && !args.offline_ok;
     if stopped
-        || report.breaker.is_some()
+        || report.breaker_reason.is_some()
         || report.clock_hold.is_some()
         || !report.needs_attention.is_empty()
         || report.webhook.as_ref().is_some_and(|w| w.dead > 0)
+        || !refused.is_empty()
     {
         exit::PROBLEMS
     } else {
         exit::OK
+    }
+}
+
+/// `status SUB --json`.
+#[derive(Debug, Serialize)]
+struct SubscriptionView<'a> {
+    #[serde(flatten)]
+    line: SubscriptionLine<'a>,
+    file: &'a str,
+    line_number: usize,
+    customer: Option<&'a str>,
+    bill_number: &'a str,
+    currency: &'a str,
+    /// The terms in force: amount, cadence ("1 month"), first due date, catch-up override.
+    amount: String,
+    every: String,
+    start: String,
+    catch_up: Option<&'static str>,
+    /// The four limits the customer agreed to (null: not set).
+    limits: LimitsView,
+    /// Why it waits for an operator (a hard decline, a possible double charge), if it does.
+    attention_reason: Option<&'a str>,
+    attention_since: Option<String>,
+    created_at: String,
+    updated_at: String,
+    removed_at: Option<String>,
+    /// Attempts whose outcome is not known yet, with their OrderNumbers.
+    open_attempts: Vec<OpenAttemptView>,
+    /// Its latest charges (as `history` shows them), oldest first.
+    last_charges: Vec<store::HistoryRow>,
+    timezone: String,
+}
+
+#[derive(Debug, Serialize)]
+struct LimitsView {
+    min_amount: Option<String>,
+    max_amount: Option<String>,
+    period_days: Option<u32>,
+    max_date: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct OpenAttemptView {
+    order_number: String,
+    /// `period N` or `adhoc:REFERENCE`.
+    purpose: String,
+    state: String,
+    amount: String,
+    currency: String,
+    created_at: String,
+    next_check_at: Option<String>,
+    detail: Option<String>,
+}
+
+/// `status SUB`: one subscription in full.
+fn status_of(config: &Config, store: &Store, id: &str, args: &StatusArgs) -> u8 {
+    let read = || -> Result<_, StoreError> {
+        let Some(overview) = store.subscription_overview(id)? else {
+            return Ok(None);
+        };
+        let open = store.open_attempts(id)?;
+        let mut history = store.history(Some(id), None)?;
+        let keep = history.len().saturating_sub(args.last);
+        history.drain(..keep);
+        Ok(Some((overview, open, history)))
+    };
+    let (overview, open, history) = match read() {
+        Ok(Some(read)) => read,
+        Ok(None) => {
+            eprintln!(
+                "recurrentd: no subscription {id:?} in the database (`recurrentd status --all` \
+                 lists them all)"
+            );
+            return exit::PROBLEMS;
+        }
+        Err(error) => {
+            eprintln!("recurrentd: {error}");
+            return exit::UNAVAILABLE;
+        }
+    };
+    let calendar = Calendar::from(&config.billing);
+    let tz = config.billing.timezone;
+    let sub = &overview.subscription;
+    let terms = &sub.terms;
+    let view = SubscriptionView {
+        line: line(&overview, &calendar),
+        file: &sub.file,
+        line_number: sub.line,
+        customer: sub.customer.as_deref(),
+        bill_number: &sub.bill_number,
+        currency: sub.currency.as_str(),
+        amount: terms.amount.to_string(),
+        every: terms.every.to_string(),
+        start: terms.start.to_string(),
+        catch_up: terms.catch_up.map(|c| match c {
+            crate::config::CatchUp::Latest => "latest",
+            crate::config::CatchUp::None => "none",
+        }),
+        limits: LimitsView {
+            min_amount: terms.limits.min_amount.map(|m| m.to_string()),
+            max_amount: terms.limits.max_amount.map(|m| m.to_string()),
+            period_days: terms.limits.period_days,
+            max_date: terms.limits.max_date.map(|d| d.to_string()),
+        },
+        attention_reason: overview.flagged.as_ref().map(|(r, _)| r.as_str()),
+        attention_since: overview.flagged.as_ref().map(|(_, at)| rfc3339(*at)),
+        created_at: rfc3339(sub.created_at),
+        updated_at: rfc3339(sub.updated_at),
+        removed_at: sub.removed_at.map(rfc3339),
+        open_attempts: open
+            .iter()
+            .map(|a| OpenAttemptView {
+                order_number: a.order_number.clone(),
+                purpose: a.purpose.clone(),
+                state: a.state.clone(),
+                amount: a.amount.to_string(),
+                currency: a.currency.clone(),
+                created_at: rfc3339(a.created_at),
+                next_check_at: a.next_check_at.map(rfc3339),
+                detail: a.detail.clone(),
+            })
+            .collect(),
+        last_charges: history,
+        timezone: tz.name().to_string(),
+    };
+    let printed = (|| -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            serde_json::to_writer_pretty(&mut out, &view)?;
+            return writeln!(out);
+        }
+        let v = &view;
+        let or_dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+        writeln!(out, "subscription: {}", v.line.subscription)?;
+        writeln!(out, "state: {}", v.line.state)?;
+        writeln!(out, "file: {} (line {})", v.file, v.line_number)?;
+        writeln!(out, "customer: {}", v.customer.unwrap_or("-"))?;
+        writeln!(out, "bill number: {}", v.bill_number)?;
+        writeln!(
+            out,
+            "terms: {} {} every {}, from {}{}",
+            v.amount,
+            v.currency,
+            v.every,
+            v.start,
+            v.catch_up
+                .map(|c| format!(", catch_up {c}"))
+                .unwrap_or_default()
+        )?;
+        writeln!(
+            out,
+            "limits: min_amount {}, max_amount {}, period_days {}, max_date {}",
+            or_dash(v.limits.min_amount.clone()),
+            or_dash(v.limits.max_amount.clone()),
+            or_dash(v.limits.period_days.map(|d| d.to_string())),
+            or_dash(v.limits.max_date.clone()),
+        )?;
+        if v.line.needs_attention.is_empty() {
+            writeln!(out, "needs attention: nothing")?;
+        } else {
+            writeln!(
+                out,
+                "needs attention: {}{}",
+                v.line.needs_attention.join(", "),
+                match (v.attention_reason, overview.flagged.as_ref()) {
+                    (Some(reason), Some((_, since))) =>
+                        format!(" — {reason} (since {})", both(*since, tz)),
+                    _ => String::new(),
+                }
+            )?;
+        }
+        let next_due = next_due(&overview, &calendar);
+        writeln!(
+            out,
+            "next due: {}",
+            match next_due {
+                Some(at) => both(at, tz),
+                None if v.line.state == "active" && !v.line.needs_attention.is_empty() =>
+                    "none until an operator has acted (see above)".into(),
+                None if v.line.state == "active" => "none: no period will be charged again".into(),
+                None => format!("none while {}", v.line.state),
+            }
+        )?;
+        if open.is_empty() {
+            writeln!(out, "open attempts: none")?;
+        } else {
+            writeln!(out, "open attempts:")?;
+            for a in &open {
+                writeln!(
+                    out,
+                    "  {}  {}  {}  {} {}  since {}{}",
+                    a.order_number,
+                    a.purpose,
+                    a.state,
+                    a.amount,
+                    a.currency,
+                    both(a.created_at, tz),
+                    a.next_check_at
+                        .map(|at| format!(", next look-up {}", both(at, tz)))
+                        .unwrap_or_default()
+                )?;
+            }
+        }
+        if v.last_charges.is_empty() {
+            writeln!(out, "last charges: none")?;
+        } else {
+            writeln!(out, "last charges (oldest first):")?;
+            for r in &v.last_charges {
+                writeln!(
+                    out,
+                    "  {:<24} {:<10} {:>3} {:<34} {:>10} {:<3} {:<12} {}",
+                    both_text(&r.at, tz).split(" (").next().unwrap_or_default(),
+                    r.period,
+                    r.attempt.map(|a| a.to_string()).unwrap_or_default(),
+                    r.order_number.as_deref().unwrap_or("-"),
+                    r.amount,
+                    r.currency,
+                    r.state,
+                    r.reason.as_deref().unwrap_or(""),
+                )?;
+            }
+        }
+        writeln!(out, "times: UTC, and {} in brackets", tz.name())?;
+        Ok(())
+    })();
+    let code = finish(printed);
+    if code != exit::OK {
+        code
+    } else if view.line.needs_attention.is_empty() {
+        exit::OK
+    } else {
+        exit::PROBLEMS
     }
 }
 
@@ -327,8 +778,9 @@ struct SubscriptionLine<'a> {
     needs_attention: Vec<&'static str>,
     /// The parked attempt's OrderNumber, for `recurrentd resolve`.
     parked_order_number: Option<&'a str>,
-    /// When the daemon next tries to charge it (RFC 3339, daemon's clock); null when it never
-    /// will again (cancelled, removed, past its end date).
+    /// When the daemon next tries to charge it (RFC 3339, daemon's clock); null when it will
+    /// not without a change: paused, cancelled, removed, past its end date, or waiting for an
+    /// operator (needs_attention not empty).
     next_due: Option<String>,
     /// The latest attempt's state (an attempt state: pending, not_sent, unknown, parked,
     /// approved, declined, not_received, rejected, quarantined).
@@ -348,10 +800,16 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 /// (or, with no retry instant and no live attempt, its own due instant: the next sweep); else
 /// the due instant of its next period, as `billing::decide` sees it before anything is due;
 /// `None` once no period will be charged again. An instant in the past means the next sweep.
-/// A subscription waiting for an operator (hard decline, parked) is not charged until then.
+/// A subscription that is paused, or waiting for an operator (a flag, a parked or quarantined
+/// attempt), has none: nothing is charged until that changes.
 pub(crate) fn next_due(o: &SubscriptionOverview, calendar: &Calendar) -> Option<DateTime<Utc>> {
     let sub = &o.subscription;
-    if sub.removed_at.is_some() || sub.terms.state == SubscriptionState::Cancelled {
+    if sub.removed_at.is_some()
+        || sub.terms.state != SubscriptionState::Active
+        || o.flagged.is_some()
+        || o.parked.is_some()
+        || o.quarantined > 0
+    {
         return None;
     }
     if let Some(open) = o
@@ -425,14 +883,13 @@ fn line<'a>(o: &'a SubscriptionOverview, calendar: &Calendar) -> SubscriptionLin
 /// an "all_subscriptions" array, one subscription per line, written as the rows are read.
 fn list_all(
     store: &Store,
-    report: &store::StatusReport,
+    summary: &serde_json::Value,
     calendar: &Calendar,
     json: bool,
 ) -> Result<(), ListError> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut count = 0u64;
     if json {
-        let summary = serde_json::to_value(report).map_err(std::io::Error::from)?;
         write!(out, "{{")?;
         if let serde_json::Value::Object(fields) = summary {
             for (key, value) in fields {
@@ -456,8 +913,14 @@ fn list_all(
         writeln!(out, "subscriptions:")?;
         writeln!(
             out,
-            "  {:<20} {:<9} {:<16} {:<20} {:<12} {:<34} LAST AT",
-            "SUBSCRIPTION", "STATE", "ATTENTION", "NEXT DUE", "LAST", "LAST ORDER"
+            "  {:<20} {:<9} {:<16} {:<20} {:<22} {:<12} {:<34} LAST AT",
+            "SUBSCRIPTION",
+            "STATE",
+            "ATTENTION",
+            "NEXT DUE",
+            format!("({})", calendar.timezone.name()),
+            "LAST",
+            "LAST ORDER"
         )?;
         store.each_subscription_overview(|o| -> Result<(), ListError> {
             let l = line(&o, calendar);
@@ -472,13 +935,21 @@ fn list_all(
                 (Some(state), false) => state,
                 (None, _) => "-",
             };
+            let local = next_due(&o, calendar)
+                .map(|at| {
+                    at.with_timezone(&calendar.timezone)
+                        .format("%Y-%m-%d %H:%M %Z")
+                        .to_string()
+                })
+                .unwrap_or_else(|| "-".into());
             writeln!(
                 out,
-                "  {:<20} {:<9} {:<16} {:<20} {:<12} {:<34} {}",
+                "  {:<20} {:<9} {:<16} {:<20} {:<22} {:<12} {:<34} {}",
                 l.subscription,
                 l.state,
                 attention,
                 l.next_due.as_deref().unwrap_or("-"),
+                local,
                 last,
                 l.last_order_number.unwrap_or("-"),
                 l.last_at.as_deref().unwrap_or("-"),
@@ -504,6 +975,16 @@ fn refund_note(r: &store::HistoryRow) -> String {
 }
 
 pub fn history(config: &Config, args: &HistoryArgs) -> u8 {
+    if args.events {
+        return audit(
+            config,
+            &AuditArgs {
+                subscription: args.subscription.clone(),
+                since: args.since,
+                json: args.json,
+            },
+        );
+    }
     let store = match open(config, Access::ReadOnly) {
         Ok(store) => store,
         Err(code) => return code,
@@ -555,6 +1036,229 @@ pub fn history(config: &Config, args: &HistoryArgs) -> u8 {
         Ok(())
     })();
     finish(printed)
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only this subscription's events.
+    pub subscription: Option<String>,
+    /// Only events from this instant on (RFC 3339; the daemon's events carry its clock, an
+    /// operator command's the real time).
+    #[arg(long, value_name = "RFC3339")]
+    pub since: Option<DateTime<Utc>>,
+    /// Print JSON (one array) for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One ledger event as `audit` shows it.
+#[derive(Debug, Serialize)]
+struct AuditRow {
+    seq: i64,
+    at: String,
+    kind: String,
+    subscription: Option<String>,
+    /// An operator's name (a command that records who ran it), `file NAME` (schedule sync),
+    /// `enroll` (the enroll command) or `daemon`.
+    who: String,
+    /// The reason given or recorded, if any.
+    why: Option<String>,
+    /// What a schedule change changed: each field before and after.
+    changes: Vec<FieldChange>,
+    /// The event's whole record.
+    detail: serde_json::Value,
+}
+
+#[derive(Debug, Serialize)]
+struct FieldChange {
+    field: String,
+    before: serde_json::Value,
+    after: serde_json::Value,
+}
+
+fn audit_row(event: store::AuditEvent) -> AuditRow {
+    let d = &event.detail;
+    let text = |key: &str| d.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let who = text("by")
+        .or_else(|| text("attested_by"))
+        .or_else(|| match event.kind.as_str() {
+            "subscription_added"
+            | "subscription_updated"
+            | "subscription_removed"
+            | "schedule_refused"
+            | "schedule_file_missing"
+            | "schedule_file_returned" => Some(format!(
+                "file {}",
+                text("file").unwrap_or_else(|| "?".into())
+            )),
+            kind if kind.starts_with("enrol") => Some("enroll".into()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "daemon".into());
+    let why = text("why")
+        .or_else(|| text("reason"))
+        .or_else(|| {
+            d.get("errors")
+                .and_then(|e| e.get(0))
+                .and_then(|e| e.as_str())
+                .map(str::to_string)
+        })
+        .or_else(|| text("outcome"));
+    let changes = d
+        .get("changes")
+        .and_then(|c| c.as_object())
+        .map(|fields| {
+            fields
+                .iter()
+                .map(|(field, change)| FieldChange {
+                    field: field.clone(),
+                    before: change.get("from").cloned().unwrap_or_default(),
+                    after: change.get("to").cloned().unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    AuditRow {
+        seq: event.seq,
+        at: rfc3339(event.at),
+        kind: event.kind,
+        subscription: event.subscription,
+        who,
+        why,
+        changes,
+        detail: event.detail,
+    }
+}
+
+/// What an event was about, in a few words (order number, amount, reference, file).
+fn audit_what(d: &serde_json::Value) -> String {
+    let text = |key: &str| d.get(key).and_then(|v| v.as_str());
+    let mut parts = Vec::new();
+    if let Some(order) = text("order_number") {
+        parts.push(order.to_string());
+    }
+    if let (Some(amount), Some(currency)) = (text("amount"), text("currency")) {
+        parts.push(format!("{amount} {currency}"));
+    }
+    if let Some(reference) = text("reference") {
+        parts.push(format!("ref {reference}"));
+    }
+    parts.join(", ")
+}
+
+/// A JSON value as an operator reads it: strings bare, null as "-".
+fn shown(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `audit` (and `history --events`): every ledger event with who, why and before/after.
+pub fn audit(config: &Config, args: &AuditArgs) -> u8 {
+    let store = match open(config, Access::ReadOnly) {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let tz = config.billing.timezone;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut count = 0u64;
+    let json = args.json;
+    let header = if json {
+        write!(out, "[")
+    } else {
+        writeln!(
+            out,
+            "{:<6} {:<20} {:<22} {:<28} {:<20} {:<24} WHY / WHAT",
+            "SEQ",
+            "AT (UTC)",
+            format!("({})", tz.name()),
+            "KIND",
+            "SUBSCRIPTION",
+            "WHO"
+        )
+    };
+    let walked = header.and_then(|()| {
+        let read = store.audit(args.subscription.as_deref(), args.since, |event| {
+            let row = audit_row(event);
+            count += 1;
+            if json {
+                if count > 1 {
+                    write!(out, ",")?;
+                }
+                writeln!(out)?;
+                serde_json::to_writer(&mut out, &row).map_err(std::io::Error::from)?;
+                return Ok(());
+            }
+            let at = DateTime::parse_from_rfc3339(&row.at)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_default();
+            let what = audit_what(&row.detail);
+            let mut said = row.why.clone().unwrap_or_default();
+            if !what.is_empty() {
+                said = if said.is_empty() {
+                    what
+                } else {
+                    format!("{said} ({what})")
+                };
+            }
+            writeln!(
+                out,
+                "{:<6} {:<20} {:<22} {:<28} {:<20} {:<24} {}",
+                row.seq,
+                at.format("%Y-%m-%d %H:%M:%S"),
+                at.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z"),
+                row.kind,
+                row.subscription.as_deref().unwrap_or("-"),
+                row.who,
+                said
+            )?;
+            for c in &row.changes {
+                writeln!(
+                    out,
+                    "{:>8}{}: {} -> {}",
+                    "",
+                    c.field,
+                    shown(&c.before),
+                    shown(&c.after)
+                )?;
+            }
+            Ok(())
+        });
+        match read {
+            Ok(result) => result,
+            Err(error) => Err(std::io::Error::other(error)),
+        }
+    });
+    let closed = walked.and_then(|()| {
+        if json {
+            writeln!(out, "{}]", if count > 0 { "\n" } else { "" })?;
+        } else if count == 0 {
+            writeln!(out, "(no events)")?;
+        }
+        out.flush()
+    });
+    match closed {
+        Ok(()) => exit::OK,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => match e.into_inner() {
+            Some(inner) => match inner.downcast::<StoreError>() {
+                Ok(error) => {
+                    eprintln!("recurrentd: {error}");
+                    exit::UNAVAILABLE
+                }
+                Err(other) => {
+                    eprintln!("recurrentd: cannot write: {other}");
+                    exit::INTERNAL
+                }
+            },
+            None => {
+                eprintln!("recurrentd: cannot write");
+                exit::INTERNAL
+            }
+        },
+    }
 }
 
 pub fn resume(config: &Config, args: &ResumeArgs) -> u8 {
@@ -883,10 +1587,29 @@ mod tests {
         // Open with a live attempt (unknown, parked): the next period.
         o.last_period = Some(period(0, ChargeState::Open, None, true));
         assert_eq!(next_due(&o, &cal), Some(instant(2, 5, 7)));
-        // Paused: still the schedule's next due instant (it is blocked then, while paused).
+    }
+
+    #[test]
+    fn a_paused_or_waiting_subscription_has_no_next_due() {
+        let cal = calendar();
         let mut paused = overview(SubscriptionState::Paused, None);
         paused.last_period = Some(period(0, ChargeState::Blocked, None, false));
-        assert_eq!(next_due(&paused, &cal), Some(instant(2, 5, 7)));
+        assert_eq!(next_due(&paused, &cal), None, "paused");
+        let active = || {
+            let mut o = overview(SubscriptionState::Active, None);
+            o.last_period = Some(period(0, ChargeState::Paid, None, true));
+            o
+        };
+        assert_eq!(next_due(&active(), &cal), Some(instant(2, 5, 7)));
+        let mut flagged = active();
+        flagged.flagged = Some(("hard decline 05".into(), instant(1, 5, 7)));
+        assert_eq!(next_due(&flagged, &cal), None, "hard decline");
+        let mut parked = active();
+        parked.parked = Some("P-s-0-1".into());
+        assert_eq!(next_due(&parked, &cal), None, "parked");
+        let mut quarantined = active();
+        quarantined.quarantined = 1;
+        assert_eq!(next_due(&quarantined, &cal), None, "quarantined");
     }
 
     #[test]

@@ -211,6 +211,7 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
         create,
         max_failed_ticks: config.daemon.max_failed_ticks,
         webhook: None,
+        rehearsal: rehearsal.then_some(speed),
     };
     // The webhook: the configured one, or, in a sandbox run, a local receiver that checks every
     // signature (unless one is configured).

@@ -35,6 +35,7 @@ use crate::clock::Clock;
 use crate::config::EngineConfig;
 use crate::gateway::client::{ChargeRequest, Client, StatusAnswer, StatusQuery};
 use crate::gateway::outcome::{DeclineKind, Outcome};
+use crate::metrics::Metrics;
 use crate::store::{
     AttemptChange, AttemptState, ChargeChange, ChargeState, Event, Flag, Job, PlanTx, Purpose,
     Store, StoreError, event, flag,
@@ -173,6 +174,8 @@ struct Inner {
     trailing: Mutex<Vec<tokio::task::JoinHandle<Vec<Step>>>>,
     /// The clock's instant and the monotonic instant at the previous sweep (clock jumps).
     last_sweep: Mutex<Option<(DateTime<Utc>, std::time::Instant)>>,
+    /// Where charge outcomes and pickup delays are counted (the daemon's), if anywhere.
+    metrics: Option<Arc<Metrics>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -289,9 +292,18 @@ impl Engine {
                 stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 trailing: Mutex::new(Vec::new()),
                 last_sweep: Mutex::new(None),
+                metrics: None,
             }),
             gate: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Counts charge outcomes and pickup delays in `metrics` (call before the first tick).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Engine {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.metrics = Some(metrics);
+        }
+        self
     }
 
     /// Runs `f` with the store on a blocking thread, for callers (the daemon, tests) that need
@@ -517,6 +529,7 @@ impl Engine {
         let prefix = inner.prefix.clone();
         let stopping = Arc::clone(&inner.stopping);
         let store = Arc::clone(&inner.store);
+        let metrics = inner.metrics.clone();
         let batch = inner.pacer.max_in_flight().clamp(8, 64);
         let (ready, mut batches) = tokio::sync::mpsc::channel::<Vec<Job>>(1);
         let planner = tokio::task::spawn_blocking(move || {
@@ -529,6 +542,7 @@ impl Engine {
                 &prefix,
                 &stopping,
                 batch,
+                metrics.as_deref(),
                 |jobs| ready.blocking_send(jobs).is_ok(),
             )
         });
@@ -767,6 +781,7 @@ impl Inner {
                 detail: json!({ "order_number": job.order_number, "reason": reason }),
             });
             self.apply(&job, change).await?;
+            self.count("blocked");
             tracing::warn!(
                 subscription = %job.subscription_id,
                 period = %job.purpose,
@@ -1081,7 +1096,7 @@ impl Inner {
                          at the merchant portal); it is never sent again under a new number"
                     );
                 }
-                self.apply(&job, change).await?;
+                self.apply_counting_park(&job, change).await?;
                 Ok(Step::Unknown)
             }
             Outcome::NotFound => {
@@ -1112,7 +1127,7 @@ impl Inner {
                 }
                 let mut change = self.still_unknown(&job, base, now);
                 change.not_found = Some(not_found);
-                self.apply(&job, change).await?;
+                self.apply_counting_park(&job, change).await?;
                 Ok(Step::Unknown)
             }
             other => {
@@ -1120,7 +1135,7 @@ impl Inner {
                     self.pacer.pause(RATE_PAUSE);
                 }
                 let change = self.still_unknown(&job, base, now);
-                self.apply(&job, change).await?;
+                self.apply_counting_park(&job, change).await?;
                 if let Some(c) = &claim {
                     self.log_outcome(
                         &job,
@@ -1250,6 +1265,7 @@ impl Inner {
             detail,
         });
         self.apply(job, change).await?;
+        self.count("quarantined");
         tracing::error!(
             subscription = %job.subscription_id,
             period = %job.purpose,
@@ -1378,15 +1394,37 @@ impl Inner {
         }
     }
 
+    /// [`Inner::apply`], counting an attempt that becomes parked (`outcome="parked"`).
+    async fn apply_counting_park(
+        &self,
+        job: &Job,
+        change: AttemptChange,
+    ) -> Result<(), EngineError> {
+        let parks = change.state == AttemptState::Parked && job.state != AttemptState::Parked;
+        self.apply(job, change).await?;
+        if parks {
+            self.count("parked");
+        }
+        Ok(())
+    }
+
+    /// One charge outcome in the metrics (`recurrentd_charges_total`).
+    fn count(&self, outcome: &'static str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.charge(outcome);
+        }
+    }
+
     /// The one log line per charge outcome.
     fn log_outcome(
         &self,
         job: &Job,
-        outcome: &str,
+        outcome: &'static str,
         detail: &Outcome,
         code: Option<&str>,
         checkvalue: &str,
     ) {
+        self.count(outcome);
         tracing::info!(
             subscription = %job.subscription_id,
             period = %job.purpose,
@@ -1485,6 +1523,7 @@ fn plan_all(
     prefix: &str,
     stopping: &std::sync::atomic::AtomicBool,
     max_intents: usize,
+    metrics: Option<&Metrics>,
     mut ready: impl FnMut(Vec<Job>) -> bool,
 ) -> Result<(u32, Option<String>), StoreError> {
     let ids = lock(store).plannable(now)?;
@@ -1500,6 +1539,7 @@ fn plan_all(
             break;
         }
         let mut jobs = Vec::new();
+        let mut pickups = Vec::new();
         {
             let mut guard = lock(store);
             let tx = guard.plan(now)?;
@@ -1509,7 +1549,19 @@ fn plan_all(
                 if stopping.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }
-                let (job, n) = plan_one(&tx, id, now, since, &mut jump, calendar, policy, prefix)?;
+                let mut pickup = None;
+                let (job, n) = plan_one(
+                    &tx,
+                    id,
+                    now,
+                    since,
+                    &mut jump,
+                    &mut pickup,
+                    calendar,
+                    policy,
+                    prefix,
+                )?;
+                pickups.extend(pickup);
                 jobs.extend(job);
                 settled += n;
                 planned += 1;
@@ -1519,6 +1571,11 @@ fn plan_all(
             }
             tx.commit()?;
             done += planned as u64;
+        }
+        if let Some(metrics) = metrics {
+            for delay in pickups {
+                metrics.pickup(delay);
+            }
         }
         // Committed: only now may these intents be sent.
         if !jobs.is_empty() && !ready(jobs) {
@@ -1565,7 +1622,8 @@ fn too_many_skipped(
 
 /// Plans one subscription inside the batch's write transaction: settles what `billing::decide`
 /// settles, records at most one new intent, with the limits checked on the history read in the
-/// same transaction, and records when the due sweep must look at it again.
+/// same transaction, and records when the due sweep must look at it again. A period's first
+/// intent sets `pickup` to how long after its due instant it was made (a metric).
 #[allow(clippy::too_many_arguments)]
 fn plan_one(
     tx: &PlanTx<'_>,
@@ -1573,6 +1631,7 @@ fn plan_one(
     now: DateTime<Utc>,
     since: Option<DateTime<Utc>>,
     jump: &mut Option<String>,
+    pickup: &mut Option<Duration>,
     calendar: &Calendar,
     policy: &Policy,
     prefix: &str,
@@ -1725,6 +1784,7 @@ fn plan_one(
     }
     let job = match plan.next {
         Next::Charge { period, due_date } => {
+            *pickup = Some(now - calendar.due_instant(due_date));
             let open = tx.open_period(sub, period, due_date)?;
             let number = order_number(prefix, id, period, 1);
             Some(tx.new_attempt(

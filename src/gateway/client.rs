@@ -14,6 +14,7 @@
 //! anything after that (timeout, lost connection, 5xx, garbage) is [`Outcome::Unknown`].
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Duration as ChronoDuration, Timelike, Utc};
@@ -25,6 +26,7 @@ use super::outcome::Outcome;
 use super::reply::{self, Expected, Verified};
 use super::wire::{self, MAX_REPLY_BYTES, Reply};
 use crate::config::{GatewayConfig, ResponseFormat};
+use crate::metrics::{Metrics, RequestResult};
 use crate::money::{Currency, Money};
 
 mod books;
@@ -94,6 +96,8 @@ pub struct Client {
     format: ResponseFormat,
     /// Rows at which a resultbydate reply is taken as possibly cut ([`MAX_ROWS_PER_REPLY`]).
     books_page_rows: usize,
+    /// Where requests are counted and timed (the daemon's); `None` in commands and tests.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -233,6 +237,7 @@ impl Client {
             test_mode: settings.test_mode,
             format: settings.format,
             books_page_rows: MAX_ROWS_PER_REPLY,
+            metrics: None,
         })
     }
 
@@ -240,6 +245,12 @@ impl Client {
     /// tests of the paging against a sandbox with a small cap).
     pub fn with_books_page_rows(mut self, rows: usize) -> Client {
         self.books_page_rows = rows.max(1);
+        self
+    }
+
+    /// Counts and times every request in `metrics` from now on.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Client {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -317,6 +328,7 @@ impl Client {
         );
         let received = self
             .post(
+                "recurrent/rp.cfm",
                 self.http
                     .post(self.endpoint("recurrent/rp.cfm"))
                     .form(&form),
@@ -438,7 +450,7 @@ impl Client {
         answer
     }
 
-    async fn status_call(&self, path: &str, query: &StatusQuery<'_>) -> StatusAnswer {
+    async fn status_call(&self, path: &'static str, query: &StatusQuery<'_>) -> StatusAnswer {
         let window = status_window(query.sent_at, Utc::now());
         let mut form: Vec<(&str, &str)> = vec![
             ("Ordernumber", query.order_number),
@@ -455,7 +467,7 @@ impl Client {
             "querying order status"
         );
         let request = self.http.post(self.endpoint(path)).form(&form);
-        let received = self.post(request).await;
+        let received = self.post(path, request).await;
         let failed = |outcome: Outcome, raw: Option<String>| StatusAnswer {
             verified: Verified {
                 outcome,
@@ -534,7 +546,7 @@ impl Client {
 
     async fn token_call(
         &self,
-        path: &str,
+        path: &'static str,
         customer: &str,
         token: Option<&str>,
     ) -> Result<Vec<u8>, Outcome> {
@@ -556,14 +568,34 @@ impl Client {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_string());
         tracing::debug!(service = path, customer, "calling the token service");
-        match self.post(request).await {
+        match self.post(path, request).await {
             Received::Body(body) => Ok(body),
             Received::Failed { outcome, .. } => Err(outcome),
         }
     }
 
-    /// Sends one request and reads at most [`MAX_REPLY_BYTES`] of a 2xx reply.
-    async fn post(&self, request: reqwest::RequestBuilder) -> Received {
+    /// Sends one request to `path` (its last segment names it in the metrics) and reads at most
+    /// [`MAX_REPLY_BYTES`] of a 2xx reply.
+    async fn post(&self, path: &'static str, request: reqwest::RequestBuilder) -> Received {
+        let started = std::time::Instant::now();
+        let received = self.post_unmeasured(request).await;
+        if let Some(metrics) = &self.metrics {
+            let result = match &received {
+                Received::Body(_) => RequestResult::Answered,
+                Received::Failed { outcome, .. } => match outcome {
+                    Outcome::NotSent(_) => RequestResult::NotSent,
+                    Outcome::RateLimited => RequestResult::RateLimited,
+                    Outcome::Unknown(why) if why.starts_with("HTTP ") => RequestResult::HttpError,
+                    _ => RequestResult::NoAnswer,
+                },
+            };
+            let endpoint = path.rsplit('/').next().unwrap_or(path);
+            metrics.request(endpoint, result, started.elapsed());
+        }
+        received
+    }
+
+    async fn post_unmeasured(&self, request: reqwest::RequestBuilder) -> Received {
         let failed = |outcome| Received::Failed {
             outcome,
             retry_after: None,

@@ -18,6 +18,7 @@
 mod books;
 mod charges;
 mod enrolment;
+mod operate;
 mod outbox;
 mod overview;
 mod refund;
@@ -48,6 +49,7 @@ pub use charges::{
     Flag, History, Job, OpenCharge, PeriodRow, PlanTx, Purpose, event, flag,
 };
 pub use enrolment::{EnrolmentAttempt, EnrolmentState, OrderUse, enrolment_event};
+pub use operate::{AuditEvent, DaemonRecord, OpenAttempt, RefusedFile};
 pub use outbox::{Delivery, OutboxBacklog, OutboxEvent, WebhookStatus};
 pub use overview::{LastOutcome, PeriodPosition, SubscriptionOverview};
 pub use refund::{Recorded, Refund, RefundState, RefundTarget, refund_event};

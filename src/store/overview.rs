@@ -94,6 +94,7 @@ LEFT JOIN attempts la ON la.id = max( \
 LEFT JOIN enrolments e ON e.subscription_id = s.id \
 LEFT JOIN parked p ON p.sub = s.id \
 LEFT JOIN quarantined q ON q.sub = s.id \
+{WHERE} \
 ORDER BY s.id";
 
 // Why the latest attempt is found this way: attempts of a later period are always newer than
@@ -107,6 +108,28 @@ impl Store {
     /// is handed to `each` as it is read. Stops at the first error `each` returns.
     pub fn each_subscription_overview<E: From<StoreError>>(
         &self,
+        each: impl FnMut(SubscriptionOverview) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.overviews(None, each)
+    }
+
+    /// One subscription (active or removed) with where its billing stands; `None` for an id
+    /// the store does not know.
+    pub fn subscription_overview(
+        &self,
+        id: &str,
+    ) -> Result<Option<SubscriptionOverview>, StoreError> {
+        let mut found = None;
+        self.overviews(Some(id), |o| -> Result<(), StoreError> {
+            found = Some(o);
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    fn overviews<E: From<StoreError>>(
+        &self,
+        only: Option<&str>,
         mut each: impl FnMut(SubscriptionOverview) -> Result<(), E>,
     ) -> Result<(), E> {
         let what = "reading every subscription's status";
@@ -118,9 +141,20 @@ impl Store {
         // The subscription's columns come first, in `SubRow::from_row`'s order.
         let n = columns.len();
         let columns = columns.join(", ");
-        let sql = OVERVIEW_SQL.replace("{COLUMNS}", &columns);
+        let sql = OVERVIEW_SQL.replace("{COLUMNS}", &columns).replace(
+            "{WHERE}",
+            if only.is_some() {
+                "WHERE s.id = ?1"
+            } else {
+                ""
+            },
+        );
         let mut statement = self.conn.prepare(&sql).ctx(path, what)?;
-        let mut rows = statement.query([]).ctx(path, what)?;
+        let mut rows = match only {
+            Some(id) => statement.query([id]),
+            None => statement.query([]),
+        }
+        .ctx(path, what)?;
         let corrupt = |what: &str, value: String| StoreError::Corrupt {
             path: path.clone(),
             what: what.into(),

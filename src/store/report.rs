@@ -127,10 +127,13 @@ pub struct StatusReport {
     pub subscriptions: BTreeMap<String, u64>,
     pub attempts: BTreeMap<String, u64>,
     pub periods: BTreeMap<String, u64>,
-    /// The oldest attempt whose outcome is not known yet (pending, not sent, unknown, parked).
+    /// When the oldest attempt whose outcome is not known yet (pending, not sent, unknown,
+    /// parked) was made (RFC 3339 UTC, whole seconds).
     pub oldest_unresolved: Option<String>,
-    /// Why new charges are stopped, if the circuit breaker is open.
-    pub breaker: Option<String>,
+    /// The circuit breaker's state: "closed", or "open" (no new charges).
+    pub breaker: &'static str,
+    /// Why it is open.
+    pub breaker_reason: Option<String>,
     /// Why new charges are stopped for the clock (a jump), until `recurrentd clock ack`.
     pub clock_hold: Option<String>,
     pub needs_attention: Vec<Attention>,
@@ -434,11 +437,12 @@ impl Store {
                 "SELECT min(created_at) FROM attempts \
                  WHERE state IN ('pending', 'not_sent', 'unknown', 'parked')",
                 [],
-                |row| row.get(0),
+                |row| row.get::<_, Option<String>>(0),
             )
             .optional()
             .ctx(&self.path, what)?
-            .flatten();
+            .flatten()
+            .map(|t| whole_seconds(&t));
         let breaker = self.breaker()?;
         let clock_hold = self.clock_hold()?;
         let mut needs_attention = Vec::new();
@@ -491,7 +495,7 @@ impl Store {
                     "refund_pending" => "refund_pending",
                     _ => "hard_decline",
                 },
-                since,
+                since: whole_seconds(&since),
                 detail,
                 order_number,
             });
@@ -515,7 +519,8 @@ impl Store {
             attempts,
             periods,
             oldest_unresolved,
-            breaker,
+            breaker: if breaker.is_some() { "open" } else { "closed" },
+            breaker_reason: breaker,
             clock_hold,
             needs_attention,
             webhook: None,
@@ -590,6 +595,17 @@ impl Store {
         text.map(|t| parse_timestamp(&self.path, "attempts.created_at", &t))
             .transpose()
     }
+}
+
+/// A stored instant as RFC 3339 UTC in whole seconds (`...Z`), as JSON output shows times; the
+/// text itself if it does not parse.
+fn whole_seconds(text: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| {
+            t.with_timezone(&Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+        .unwrap_or_else(|_| text.to_string())
 }
 
 /// `PRAGMA integrity_check` on a backup just written, opened read-only on its own.

@@ -923,7 +923,7 @@ impl Store {
         let ids = active_ids_of(&tx, name).ctx(&path, what)?;
         let reason = format!("its schedule file is gone: removal confirmed by {by}: {why}");
         for id in &ids {
-            remove(&tx, name, id, &reason, &at).ctx(&path, what)?;
+            remove(&tx, name, id, &reason, Some((by, why)), &at).ctx(&path, what)?;
         }
         cached_execute(&tx, "DELETE FROM schedule_files WHERE file = ?1", [name])
             .ctx(&path, what)?;
@@ -1037,7 +1037,7 @@ fn apply(
             )?;
         }
         Step::Remove(id) => {
-            remove(tx, file, &id, "no longer in its schedule file", at)?;
+            remove(tx, file, &id, "no longer in its schedule file", None, at)?;
             changes.removed.push(id);
         }
     }
@@ -1138,6 +1138,7 @@ fn remove(
     file: &str,
     id: &str,
     reason: &str,
+    operator: Option<(&str, &str)>,
     at: &str,
 ) -> rusqlite::Result<()> {
     cached_execute(
@@ -1145,13 +1146,13 @@ fn remove(
         "UPDATE subscriptions SET removed_at = ?2, updated_at = ?2 WHERE id = ?1",
         params![id, at],
     )?;
-    append(
-        tx,
-        at,
-        Some(id),
-        kind::SUBSCRIPTION_REMOVED,
-        json!({ "file": file, "reason": reason }),
-    )
+    let mut detail = json!({ "file": file, "reason": reason });
+    // An operator's `remove-file`: who and why, for the audit trail.
+    if let (Some((by, why)), Some(map)) = (operator, detail.as_object_mut()) {
+        map.insert("by".into(), Value::String(by.into()));
+        map.insert("why".into(), Value::String(why.into()));
+    }
+    append(tx, at, Some(id), kind::SUBSCRIPTION_REMOVED, detail)
 }
 
 /// Appends a ledger event.

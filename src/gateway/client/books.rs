@@ -163,7 +163,7 @@ impl Client {
             .http
             .post(self.endpoint("resultbydate/resultbydate.cfm"))
             .form(&form);
-        let body = match self.post(request).await {
+        let body = match self.post("resultbydate/resultbydate.cfm", request).await {
             Received::Body(body) => body,
             Received::Failed { outcome, .. } => {
                 return Err(match outcome {

@@ -83,6 +83,7 @@ impl Client {
         );
         let received = self
             .post(
+                "cancel/wscancel.cfm",
                 self.http
                     .post(self.endpoint("cancel/wscancel.cfm"))
                     .form(&form),

@@ -195,6 +195,7 @@ impl Client {
         );
         let received = self
             .post(
+                "pay/tokenpay.cfm",
                 self.http
                     .post(self.endpoint("pay/tokenpay.cfm"))
                     .form(&form),
