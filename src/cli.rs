@@ -108,9 +108,10 @@ pub enum Command {
     /// Show the daemon's health: counts per state, the oldest unresolved charge, the circuit
     /// breaker, and the subscriptions that need an operator.
     ///
-    /// Safe while the daemon runs (the database is opened read-only). Exit 1 when something
-    /// needs attention, and when the daemon is not running (no process holds the database's
-    /// lock) unless --offline-ok.
+    /// With a [webhook]: its backlog (undelivered events, the oldest one's age, dead letters;
+    /// "webhook" in --json). Safe while the daemon runs (the database is opened read-only).
+    /// Exit 1 when something needs attention (a dead letter too), and when the daemon is not
+    /// running (no process holds the database's lock) unless --offline-ok.
     ///
     /// --all then lists every subscription: its state (active, paused, cancelled, removed), what
     /// needs an operator (hard_decline, double_approval, late_approval, parked with the order
