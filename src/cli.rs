@@ -116,10 +116,12 @@ pub enum Command {
     /// the books findings not yet acknowledged (kind books; see `recurrentd books`). Times in
     /// UTC and in billing.timezone.
     ///
-    /// Safe while the daemon runs (the database is opened read-only). Exit 1 when something
-    /// needs attention (a refused schedule file included), and when the daemon is not running
-    /// (no process holds the database's lock) unless --offline-ok. In --json the breaker is
-    /// "closed" or "open" (its reason in "breaker_reason"), the daemon an object.
+    /// With a [webhook]: its backlog (undelivered events, the oldest one's age, dead letters;
+    /// "webhook" in --json). Safe while the daemon runs (the database is opened read-only).
+    /// Exit 1 when something needs attention (a refused schedule file or a dead letter
+    /// included), and when the daemon is not running (no process holds the database's lock)
+    /// unless --offline-ok. In --json the breaker is "closed" or "open" (its reason in
+    /// "breaker_reason"), the daemon an object.
     ///
     /// status SUBSCRIPTION shows one subscription in full: state, file, terms, the four limits,
     /// what needs an operator, next due, open attempts with their order numbers and the last

@@ -189,7 +189,10 @@ fn rig(sandbox: &Sandbox, receiver: &Receiver, extra: &str) -> Rig {
     let rig = Rig::new(
         sandbox,
         &format!(
-            "\n[webhook]\nurl = \"{}\"\nsecret_file = \"webhook-secret\"\n{extra}",
+            // Paced only by the sandbox (the default 5 requests per second are real seconds,
+            // virtual hours at these speeds).
+            "max_in_flight = 16\nrequests_per_second = 1000\n\
+             \n[webhook]\nurl = \"{}\"\nsecret_file = \"webhook-secret\"\n{extra}",
             receiver.url()
         ),
     );
@@ -426,6 +429,22 @@ async fn a_dead_endpoint_never_holds_charging_and_its_events_are_dead_lettered_t
         || (approved_charges(&rig) >= 3).then_some(()),
     );
     assert!(receiver.delivered_ids().is_empty());
+    // On time: each first charge left within a virtual day (half a real second) of its due
+    // instant (2027-01-04 10:00 Moscow), although every delivery attempt hangs for a second.
+    let due: DateTime<Utc> = "2027-01-04T07:00:00Z".parse().unwrap();
+    for entry in rig
+        .history(None)
+        .iter()
+        .filter(|e| e["state"] == "approved")
+    {
+        let sent: DateTime<Utc> = entry["sent_at"].as_str().unwrap().parse().unwrap();
+        if entry["period"] == "2027-01-04" {
+            assert!(
+                sent >= due && sent - due < chrono::Duration::days(1),
+                "charged late while the webhook hung: {entry}"
+            );
+        }
+    }
 
     // Dead letters: `status` shows them and exits 1.
     let status = until(Duration::from_secs(60), &log, "dead letters", || {
