@@ -70,6 +70,9 @@ pub struct RunOptions {
     /// A rehearsal clock's rate (virtual seconds per real second), recorded for `status`;
     /// `None` on the real clock.
     pub rehearsal: Option<u32>,
+    /// The registry the daemon counts in (a sandbox run prints it at the end); `None`: one of
+    /// its own.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,7 +230,10 @@ pub async fn run(
     // The signal handlers first: a SIGTERM during start-up (a long reconciliation) stops the
     // daemon cleanly instead of killing it with the default action.
     let mut signals = Signals::install()?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = options
+        .metrics
+        .clone()
+        .unwrap_or_else(|| Arc::new(Metrics::new()));
     let startup = start(config, gateway, &options, &notifier, &metrics);
     let (engine, subscriptions, watch, _metrics_server) = tokio::select! {
         started = startup => started?,

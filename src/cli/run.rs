@@ -16,6 +16,7 @@ use crate::config::{self, Config, SecretName};
 use crate::daemon::{self, DaemonError, RunOptions, Sweep};
 use crate::gateway::client::{Settings, check_base_url};
 use crate::gateway::sandbox::{self, Sandbox, SandboxConfig};
+use crate::metrics::Metrics;
 use crate::outbox::Webhook;
 use crate::outbox::receiver::{Received, Receiver};
 use crate::store::{Access, AttemptState, ChargeState, Store, StoreError};
@@ -212,6 +213,7 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
         max_failed_ticks: config.daemon.max_failed_ticks,
         webhook: None,
         rehearsal: rehearsal.then_some(speed),
+        metrics: None,
     };
     // The webhook: the configured one, or, in a sandbox run, a local receiver that checks every
     // signature (unless one is configured).
@@ -253,9 +255,16 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
         // month per ten seconds a request paced at 5 per second is a virtual day late.
         copy.gateway.max_in_flight = copy.gateway.max_in_flight.max(16);
         copy.gateway.requests_per_second = copy.gateway.requests_per_second.max(200);
+        // Metrics on a free loopback port unless configured (the log says where), and their
+        // figures printed at the end.
+        copy.metrics
+            .listen
+            .get_or_insert(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        options.metrics = Some(Arc::new(Metrics::new()));
         sandbox_config = Some(copy);
     }
     let config = sandbox_config.as_ref().unwrap_or(config);
+    let metrics = options.metrics.clone();
     let result = daemon::run(config, settings, options).await;
     let code = match result {
         Ok(()) => exit::OK,
@@ -269,7 +278,33 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
         print_webhook_summary(&receiver.received(), &database);
         receiver.shutdown().await;
     }
+    if let Some(metrics) = metrics {
+        print_metrics_summary(&metrics);
+    }
     code
+}
+
+/// The sandbox run's main Prometheus figures, from the text its `/metrics` endpoint served.
+fn print_metrics_summary(metrics: &Metrics) {
+    let text = metrics.encode();
+    let wanted = [
+        "recurrentd_charges_total{",
+        "recurrentd_gateway_requests_total{",
+        "recurrentd_unresolved_attempts ",
+        "recurrentd_subscriptions_needing_operator ",
+        "recurrentd_outbox_backlog ",
+    ];
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| wanted.iter().any(|w| line.starts_with(w)))
+        .collect();
+    println!(
+        "Metrics (what /metrics served at the end; gauges as of the last tick; the log's \
+         \"serving metrics\" line gives the address, metrics.listen chooses it):"
+    );
+    for line in lines {
+        println!("  {line}");
+    }
 }
 
 /// The configured webhook with its secret, if `[webhook]` is set; exit 78 when its secret is
