@@ -48,6 +48,26 @@ pub mod exit {
     /// The database file is damaged (EX_IOERR): `PRAGMA quick_check` failed at start, or SQLite
     /// found it corrupt. Restarting cannot fix it; systemd must not restart on it.
     pub const IO_ERROR: u8 = 74;
+
+    /// The exit code of a local database problem — never [`UNAVAILABLE`], which is the
+    /// gateway's: no database at `database.path`, a file system without WAL, a schema this
+    /// binary cannot use, a second daemon: [`CONFIG`]; a damaged file, a value in it that is not
+    /// valid, a file-system failure: [`IO_ERROR`]; anything else (a busy database, a bug):
+    /// [`INTERNAL`].
+    pub fn store(error: &crate::store::StoreError) -> u8 {
+        use crate::store::StoreError as E;
+        match error {
+            E::Missing { .. }
+            | E::NoDatabase { .. }
+            | E::Locked { .. }
+            | E::Pragma { .. }
+            | E::TooNew { .. }
+            | E::NotMigrated { .. } => CONFIG,
+            E::Corrupt { .. } => IO_ERROR,
+            e if e.is_damaged() || e.is_io() => IO_ERROR,
+            _ => INTERNAL,
+        }
+    }
 }
 
 const AFTER_HELP: &str = "\
@@ -60,8 +80,9 @@ Examples:
   recurrentd tokens list --customer 1234 a customer's saved cards at the gateway
 
 Exit codes: 0 ok, 1 problems found (e.g. an invalid schedule file), 2 bad command line,
-69 gateway unavailable or no usable answer, 78 configuration error, 74 the database is
-damaged, 70 internal error (and `run` after too many failed ticks).
+69 gateway unavailable or no usable answer (never a local database problem), 78 configuration
+error (also no database at database.path, or a schema this binary cannot use), 74 the database
+is damaged or the file system failed, 70 internal error (and `run` after too many failed ticks).
 
 The config file is --config, else $RECURRENTD_CONFIG, else $CONFIGURATION_DIRECTORY/config.toml
 (under systemd), else ./config.toml. Keys can be overridden with RECURRENTD_SECTION__KEY.";
@@ -218,10 +239,18 @@ pub enum Command {
     #[command(subcommand, verbatim_doc_comment)]
     Clock(ClockCommand),
 
-    /// Write a consistent copy of the database (safe while the daemon runs).
+    /// Write a consistent copy of the database (safe while the daemon runs), or check one.
     ///
-    /// Example:
+    /// The copy is owner-only, synced, checked with PRAGMA integrity_check, and never written
+    /// over an existing file (exit 1: choose another name). It is one self-contained file that
+    /// status, history and forecast read directly, read-only (RECURRENTD_DATABASE__PATH=copy).
+    /// --verify checks an existing copy without changing it: exit 0 usable, 1 not a recurrentd
+    /// database (or a newer schema), 74 damaged.
+    ///
+    /// Examples:
     ///   recurrentd backup /var/backups/recurrentd-$(date +%F).db
+    ///   recurrentd backup --verify /var/backups/recurrentd-2027-01-31.db
+    ///   RECURRENTD_DATABASE__PATH=/var/backups/recurrentd-2027-01-31.db recurrentd history acme-1001
     #[command(verbatim_doc_comment)]
     Backup(BackupArgs),
 
@@ -443,7 +472,7 @@ fn forecast(config: &Config, args: &ForecastArgs) -> u8 {
                     Ok(ledger) => ledgers.push((subscription, ledger)),
                     Err(error) => {
                         eprintln!("recurrentd: {error}");
-                        return exit::UNAVAILABLE;
+                        return exit::store(&error);
                     }
                 }
             }
@@ -465,7 +494,7 @@ fn forecast(config: &Config, args: &ForecastArgs) -> u8 {
         }
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            return exit::UNAVAILABLE;
+            return exit::store(&error);
         }
     };
     let printed = if args.json {

@@ -18,6 +18,7 @@
 //! - [`daemon`]: `run`: the store, schedule sync, reconciliation and the tick loop, signals.
 //! - [`failpoint`]: named crash points for the crash tests (debug builds only).
 //! - [`cli`]: the operator commands behind `main.rs`.
+//! - [`timefmt`]: the one time format of every JSON output (RFC 3339, `Z`, whole seconds).
 //!
 //! See ARCHITECTURE.md for the data's path and the invariants.
 
@@ -33,3 +34,4 @@ pub mod gateway;
 pub mod money;
 pub mod schedule;
 pub mod store;
+pub mod timefmt;

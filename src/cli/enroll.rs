@@ -513,13 +513,13 @@ fn open_store(config: &Config) -> Result<Store, Exit> {
              database.path to it, e.g. /var/lib/recurrentd/recurrentd.db under systemd); not \
              enrolled, nothing was sent"
         );
-        exit::CONFIG
+        exit::store(&error)
     })
 }
 
 fn store_failed(error: StoreError) -> Exit {
     eprintln!("recurrentd: {error}; not enrolled, nothing was sent");
-    exit::UNAVAILABLE
+    exit::store(&error)
 }
 
 fn connect(config: &Config) -> Result<(Client, tokio::runtime::Runtime), Exit> {

@@ -106,17 +106,20 @@ pub enum ClockCommand {
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Where to write the copy (must not exist).
+    /// Where to write the copy (must not exist: a backup never overwrites a file), or with
+    /// --verify the copy to check.
     pub path: PathBuf,
+    /// Check an existing copy instead of writing one: the whole file's integrity, that
+    /// recurrentd wrote it, its schema version; then what it holds. Read-only: the copy is never
+    /// changed. Exit 0 usable, 1 not a recurrentd database or a newer schema, 74 damaged.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 pub(super) fn open(config: &Config, access: Access) -> Result<Store, u8> {
     Store::open(&config.database.path, access).map_err(|error| {
         eprintln!("recurrentd: {error}");
-        match error {
-            StoreError::Missing { .. } => exit::PROBLEMS,
-            _ => exit::UNAVAILABLE,
-        }
+        exit::store(&error)
     })
 }
 
@@ -148,7 +151,7 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
         Ok(report) => report,
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            return exit::UNAVAILABLE;
+            return exit::store(&error);
         }
     };
     if !running {
@@ -251,7 +254,7 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
             }
             Err(ListError::Store(error)) => {
                 eprintln!("recurrentd: {error}");
-                return exit::UNAVAILABLE;
+                return exit::store(&error);
             }
         }
     }
@@ -469,7 +472,7 @@ pub fn history(config: &Config, args: &HistoryArgs) -> u8 {
         Ok(rows) => rows,
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            return exit::UNAVAILABLE;
+            return exit::store(&error);
         }
     };
     let printed = (|| -> std::io::Result<()> {
@@ -536,7 +539,7 @@ pub fn resume(config: &Config, args: &ResumeArgs) -> u8 {
         }
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            exit::UNAVAILABLE
+            exit::store(&error)
         }
     }
 }
@@ -592,7 +595,7 @@ pub fn remove_file(config: &Config, args: &RemoveFileArgs) -> u8 {
         }
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            exit::UNAVAILABLE
+            exit::store(&error)
         }
     }
 }
@@ -659,7 +662,7 @@ pub fn resolve(config: &Config, args: &ResolveArgs) -> u8 {
         }
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            exit::UNAVAILABLE
+            exit::store(&error)
         }
     }
 }
@@ -688,7 +691,7 @@ pub fn breaker(config: &Config, command: &BreakerCommand) -> u8 {
         }
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            exit::UNAVAILABLE
+            exit::store(&error)
         }
     }
 }
@@ -703,7 +706,7 @@ pub fn clock(config: &Config, command: &ClockCommand) -> u8 {
         Ok(held) => held,
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            return exit::UNAVAILABLE;
+            return exit::store(&error);
         }
     };
     match store.acknowledge_clock(&operator(), reason, Utc::now()) {
@@ -719,12 +722,19 @@ pub fn clock(config: &Config, command: &ClockCommand) -> u8 {
         }
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            exit::UNAVAILABLE
+            exit::store(&error)
         }
     }
 }
 
 pub fn backup(config: &Config, args: &BackupArgs) -> u8 {
+    if args.verify {
+        return verify_backup(&args.path);
+    }
+    // Checked again, atomically, when the file is created; this is for the clear message.
+    if args.path.symlink_metadata().is_ok() {
+        return target_exists(&args.path);
+    }
     let store = match open(config, Access::ReadOnly) {
         Ok(store) => store,
         Err(code) => return code,
@@ -742,9 +752,73 @@ pub fn backup(config: &Config, args: &BackupArgs) -> u8 {
             eprintln!("recurrentd: {error}; no backup was written");
             exit::IO_ERROR
         }
+        Err(StoreError::Backup { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            target_exists(&args.path)
+        }
         Err(error) => {
+            eprintln!("recurrentd: {error}; no backup was written");
+            exit::store(&error)
+        }
+    }
+}
+
+fn target_exists(path: &std::path::Path) -> u8 {
+    eprintln!(
+        "recurrentd: {} already exists; a backup never overwrites a file: choose another name \
+         (or check that copy with `recurrentd backup --verify {}`)",
+        path.display(),
+        path.display()
+    );
+    exit::PROBLEMS
+}
+
+/// `backup --verify FILE`: what [`store::verify_copy`] found, one fact per line.
+fn verify_backup(path: &std::path::Path) -> u8 {
+    match store::verify_copy(path) {
+        Ok(copy) => {
+            println!("{}: a usable recurrentd backup", path.display());
+            println!("  integrity: ok (PRAGMA integrity_check)");
+            println!(
+                "  schema version: {}{}",
+                copy.schema_version,
+                if copy.schema_version < store::SCHEMA_VERSION {
+                    format!(
+                        " (this recurrentd uses {}: the daemon migrates it when it starts on it)",
+                        store::SCHEMA_VERSION
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            println!("  order-number prefix: {}", copy.order_prefix);
+            println!("  database created: {}", copy.created_at);
+            println!(
+                "  holds: {} subscription(s), {} attempt(s), {} ledger event(s); the latest at {}",
+                copy.subscriptions,
+                copy.attempts,
+                copy.ledger_events,
+                copy.last_event_at.as_deref().unwrap_or("-")
+            );
+            println!("  journal mode: {}", copy.journal_mode);
+            exit::OK
+        }
+        Err(error @ (StoreError::NotOurs { .. } | StoreError::TooNew { .. })) => {
             eprintln!("recurrentd: {error}");
             exit::PROBLEMS
+        }
+        Err(StoreError::Missing { .. }) => {
+            eprintln!("recurrentd: no file at {}", path.display());
+            exit::PROBLEMS
+        }
+        Err(error) => {
+            eprintln!("recurrentd: {error}; this copy cannot be restored");
+            if error.is_damaged() {
+                exit::IO_ERROR
+            } else {
+                exit::store(&error)
+            }
         }
     }
 }

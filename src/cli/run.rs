@@ -14,6 +14,7 @@ use crate::billing::Calendar;
 use crate::clock::{Clock, RehearsalClock, SystemClock};
 use crate::config::{self, Config, SecretName};
 use crate::daemon::{self, DaemonError, RunOptions, Sweep};
+use crate::engine::EngineError;
 use crate::gateway::client::{Settings, check_base_url};
 use crate::gateway::sandbox::{self, Sandbox, SandboxConfig};
 use crate::store::{Access, AttemptState, ChargeState, Store, StoreError};
@@ -262,12 +263,17 @@ fn report_failure(error: &DaemonError) -> u8 {
             eprintln!("recurrentd: {error}");
             exit::INTERNAL
         }
+        // A local database problem is never "gateway unavailable" (69).
+        DaemonError::Store(store) | DaemonError::Engine(EngineError::Store(store)) => {
+            eprintln!("recurrentd: {error}");
+            exit::store(store)
+        }
         _ => {
             eprintln!("recurrentd: {error}");
-            if error.is_permanent() {
-                exit::CONFIG
-            } else {
-                exit::UNAVAILABLE
+            match error {
+                DaemonError::Gateway(_) | DaemonError::Schedules(_) => exit::CONFIG,
+                _ if error.is_permanent() => exit::CONFIG,
+                _ => exit::INTERNAL,
             }
         }
     }

@@ -1,0 +1,235 @@
+//! Issue 13, items 5–7 ("Operate it"), through the real binary: backups that can be used and
+//! verified, honest rehearsals, and consistent exit codes, times, JSON shapes and help.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn recurrentd(config: &Path, args: &[&str]) -> Output {
+    recurrentd_env(config, args, &[])
+}
+
+fn recurrentd_env(config: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_recurrentd"));
+    command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("RECURRENTD_CONFIG")
+        .env_remove("RECURRENTD_DATABASE__PATH")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("STATE_DIRECTORY");
+    for (key, value) in vars {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const SUB: &str = "[[subscription]]\nid = \"acme-1\"\nbill_number = \"4100000000000001\"\n\
+    currency = \"RUB\"\namount = \"100.00\"\nevery = \"1 month\"\nstart = 2027-01-05\n\n\
+    [subscription.limits]\nmin_amount = \"50.00\"\nmax_amount = \"150.00\"\n\
+    period_days = 28\nmax_date = 2099-12-31\n";
+
+/// A config in a temporary folder with a schedules folder holding `schedules`.
+fn setup(schedules: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[gateway]\nurl = \"https://payments.demo.paysecure.ru\"\nmerchant_id = \"1\"\nlogin = \"l\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("schedules")).unwrap();
+    for (name, body) in schedules {
+        std::fs::write(dir.path().join("schedules").join(name), body).unwrap();
+    }
+    (dir, config)
+}
+
+/// [`setup`] with `acme-1`, and the database as the daemon leaves it after its first sync, with
+/// one ad-hoc charge queued (a history entry).
+fn with_database() -> (tempfile::TempDir, PathBuf) {
+    let (dir, config) = setup(&[("subs.toml", SUB)]);
+    {
+        use recurrentd::store::Store;
+        let mut store = Store::open_or_create(&dir.path().join("recurrentd.db")).unwrap();
+        let report = recurrentd::schedule::load_dir(&dir.path().join("schedules")).unwrap();
+        store.sync_schedules(&report, chrono::Utc::now()).unwrap();
+    }
+    let out = recurrentd(
+        &config,
+        &[
+            "charge",
+            "acme-1",
+            "--amount",
+            "120.00",
+            "--reference",
+            "T-1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    (dir, config)
+}
+
+/// Item 5: a copy made by `backup` is opened read-only by status, history and forecast (it is
+/// in rollback-journal mode, which the read-only open used to refuse with exit 69).
+#[test]
+fn a_backup_copy_is_usable_by_the_read_only_commands() {
+    let (dir, config) = with_database();
+    let copy = dir.path().join("copy.db");
+    let out = recurrentd(&config, &["backup", copy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let on_copy = |args: &[&str]| {
+        recurrentd_env(
+            &config,
+            args,
+            &[("RECURRENTD_DATABASE__PATH", copy.to_str().unwrap())],
+        )
+    };
+    let history = on_copy(&["history", "--json"]);
+    assert_eq!(history.status.code(), Some(0), "{history:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    let status = on_copy(&["status", "--offline-ok", "--json"]);
+    assert_eq!(status.status.code(), Some(0), "{status:?}");
+    let forecast = on_copy(&["forecast", "--json", "--from", "2027-01-01T00:00:00Z"]);
+    assert_eq!(forecast.status.code(), Some(0), "{forecast:?}");
+    let json: serde_json::Value = serde_json::from_slice(&forecast.stdout).unwrap();
+    assert_eq!(json["source"], "ledger", "{json}");
+    // Read-only: nothing beside the copy was made (no -wal, -shm or lock file).
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("copy.db"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["copy.db"]);
+}
+
+/// Item 5: a backup never overwrites a file, and says so in one clear line.
+#[test]
+fn a_backup_over_an_existing_file_is_refused_clearly() {
+    let (dir, config) = with_database();
+    let target = dir.path().join("taken.db");
+    std::fs::write(&target, "someone's file").unwrap();
+    let out = recurrentd(&config, &["backup", target.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("already exists") && stderr.contains("choose another name"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not valid") && !stderr.contains("os error"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "someone's file");
+}
+
+/// Item 5: `backup --verify` checks a copy: usable (0), not recurrentd's (1), damaged (74).
+#[test]
+fn backup_verify_checks_a_copy() {
+    let (dir, config) = with_database();
+    let copy = dir.path().join("copy.db");
+    let out = recurrentd(&config, &["backup", copy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let verify = |path: &Path| recurrentd(&config, &["backup", "--verify", path.to_str().unwrap()]);
+    let out = verify(&copy);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout.contains("usable recurrentd backup")
+            && stdout.contains("integrity: ok")
+            && stdout.contains(&format!(
+                "schema version: {}",
+                recurrentd::store::SCHEMA_VERSION
+            ))
+            && stdout.contains("1 subscription(s)"),
+        "{stdout}"
+    );
+    // Verifying changes nothing and makes no file beside it.
+    assert!(!dir.path().join("copy.db-wal").exists());
+
+    let foreign = dir.path().join("foreign.db");
+    foreign_sqlite(&foreign);
+    let out = verify(&foreign);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("not a recurrentd database"),
+        "{out:?}"
+    );
+
+    // Damage the copy: overwrite a page in the middle.
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let page = 4096 * 2;
+    for b in &mut bytes[page..page + 4096] {
+        *b = 0xA5;
+    }
+    let damaged = dir.path().join("damaged.db");
+    std::fs::write(&damaged, bytes).unwrap();
+    let out = verify(&damaged);
+    assert_eq!(out.status.code(), Some(74), "{out:?}");
+    assert!(text(&out.stderr).contains("damaged"), "{out:?}");
+
+    let out = verify(&dir.path().join("absent.db"));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
+
+/// An SQLite database recurrentd did not write (a schema version, no meta table).
+fn foreign_sqlite(path: &Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch("CREATE TABLE t (x); PRAGMA user_version = 3;")
+        .unwrap();
+}
+
+/// Item 7: 69 is the gateway's alone; a local database problem is 78 (configuration: no
+/// database at database.path, a schema this binary cannot use) or 74 (a damaged file).
+#[test]
+fn database_problems_never_exit_69() {
+    let (dir, config) = with_database();
+    let db = dir.path().join("recurrentd.db");
+    let with_db = |path: &Path, args: &[&str]| {
+        recurrentd_env(
+            &config,
+            args,
+            &[("RECURRENTD_DATABASE__PATH", path.to_str().unwrap())],
+        )
+    };
+    let missing = dir.path().join("nothing-here.db");
+    for args in [
+        &["history"][..],
+        &["status"],
+        &["resume", "acme-1", "--reason", "r"],
+        &["breaker", "reset", "--reason", "r"],
+        &["backup", "x.db"],
+    ] {
+        let out = with_db(&missing, args);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {out:?}");
+        assert!(text(&out.stderr).contains("no database at"), "{out:?}");
+    }
+
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, vec![0x5Au8; 8192]).unwrap();
+    for args in [&["history"][..], &["status", "--offline-ok"], &["forecast"]] {
+        let out = with_db(&junk, args);
+        assert_eq!(out.status.code(), Some(74), "{args:?}: {out:?}");
+    }
+
+    let newer = dir.path().join("newer.db");
+    std::fs::copy(&db, &newer).unwrap();
+    rusqlite::Connection::open(&newer)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 9999;")
+        .unwrap();
+    for args in [&["history"][..], &["status", "--offline-ok"], &["forecast"]] {
+        let out = with_db(&newer, args);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {out:?}");
+        assert!(text(&out.stderr).contains("newer"), "{out:?}");
+    }
+}
