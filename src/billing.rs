@@ -323,7 +323,7 @@ impl fmt::Display for SkipReason {
             SkipReason::Missed { due_at } => write!(
                 f,
                 "missed while not running (due {}); catch_up = none",
-                due_at.to_rfc3339()
+                crate::timefmt::rfc3339(*due_at)
             ),
             SkipReason::TooSoon(reason) => write!(f, "{reason}, and not before the next period"),
         }

@@ -150,14 +150,17 @@ pub enum Command {
     /// The ledger: every attempt (and every period blocked or skipped, and every enrolment's
     /// initial payment), oldest first.
     ///
-    /// Each entry: subscription, period (due date, or "initial" for an enrolment), attempt,
-    /// order number, amount, currency, state (pending, not_sent, unknown, approved, declined,
+    /// Each entry: subscription, period (due date YYYY-MM-DD as in forecast --json,
+    /// "adhoc:REF", or "initial" for an enrolment), period_index, attempt, order number,
+    /// amount, currency, state (pending, not_sent, unknown, approved, declined, not_received,
     /// quarantined, blocked, skipped, parked), sent_at, response code, checkvalue (verified,
-    /// mismatch, absent), reason, at.
+    /// mismatch, absent), reason, at. Times are RFC 3339 UTC, whole seconds. A subscription the
+    /// database does not know: exit 1.
     ///
     /// Examples:
     ///   recurrentd history acme-1001
-    ///   recurrentd history --since 2027-01-01T00:00:00Z --json
+    ///   recurrentd history --since 2027-01-01T00:00:00Z --until 2027-02-01T00:00:00Z --json
+    ///   recurrentd history --state declined,quarantined --limit 20
     #[command(verbatim_doc_comment)]
     History(HistoryArgs),
 

@@ -86,7 +86,10 @@ pub enum Source {
     Schedules,
 }
 
+/// In JSON, `period` is the period's due date (`YYYY-MM-DD`, as in `history --json`) and
+/// `period_index` its index (0 = the first due date); instants are RFC 3339, `Z`, whole seconds.
 #[derive(Debug, Clone, Serialize)]
+#[serde(into = "EntryJson")]
 pub struct Entry {
     pub subscription: String,
     pub period: u32,
@@ -102,11 +105,46 @@ pub struct Entry {
     pub order_number: Option<String>,
 }
 
+/// An [`Entry`] as JSON: the same shape of `period` as `history --json`.
+#[derive(Serialize)]
+struct EntryJson {
+    subscription: String,
+    period: String,
+    period_index: u32,
+    due_date: NaiveDate,
+    #[serde(serialize_with = "crate::timefmt::serialize")]
+    at: DateTime<Utc>,
+    amount: Money,
+    currency: Currency,
+    status: Status,
+    reason: Option<String>,
+    order_number: Option<String>,
+}
+
+impl From<Entry> for EntryJson {
+    fn from(e: Entry) -> EntryJson {
+        EntryJson {
+            subscription: e.subscription,
+            period: e.due_date.format("%Y-%m-%d").to_string(),
+            period_index: e.period,
+            due_date: e.due_date,
+            at: e.at,
+            amount: e.amount,
+            currency: e.currency,
+            status: e.status,
+            reason: e.reason,
+            order_number: e.order_number,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Forecast {
     /// `ledger` or `schedules`.
     pub source: Source,
+    #[serde(serialize_with = "crate::timefmt::serialize")]
     pub from: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timefmt::serialize")]
     pub until: DateTime<Utc>,
     pub timezone: String,
     pub entries: Vec<Entry>,
@@ -279,7 +317,7 @@ impl<'a> Simulation<'a> {
                 Some(format!(
                     "waits for an operator since {}: {reason}; nothing is charged until \
                      `recurrentd resume`",
-                    since.to_rfc3339()
+                    crate::timefmt::rfc3339(*since)
                 )),
             ));
             return false;
@@ -459,8 +497,9 @@ impl<'a> Simulation<'a> {
                 Next::Charge { period, due_date } => {
                     let due_at = calendar.due_instant(due_date);
                     let reason = deferred.take().or_else(|| {
-                        (due_at < self.now)
-                            .then(|| format!("due {}; charged late", due_at.to_rfc3339()))
+                        (due_at < self.now).then(|| {
+                            format!("due {}; charged late", crate::timefmt::rfc3339(due_at))
+                        })
                     });
                     entries.push(self.entry(period, due_date, self.now, Status::Charge, reason));
                     self.charges.push(self.now);
@@ -473,7 +512,10 @@ impl<'a> Simulation<'a> {
                         billing::verdict(terms, calendar, &self.charges, terms.amount, self.now)
                             .err()
                             .map_or_else(String::new, |reason| format!(": {reason}"));
-                    deferred = Some(format!("deferred from {}{why}", self.now.to_rfc3339()));
+                    deferred = Some(format!(
+                        "deferred from {}{why}",
+                        crate::timefmt::rfc3339(self.now)
+                    ));
                     if at > self.until {
                         return;
                     }

@@ -233,3 +233,129 @@ fn database_problems_never_exit_69() {
         assert!(text(&out.stderr).contains("newer"), "{out:?}");
     }
 }
+
+/// RFC 3339 in UTC with `Z`, whole seconds: `2027-01-05T07:00:00Z`.
+fn is_json_time(value: &serde_json::Value) -> bool {
+    let Some(text) = value.as_str() else {
+        return false;
+    };
+    let b = text.as_bytes();
+    b.len() == 20
+        && b[19] == b'Z'
+        && b[10] == b'T'
+        && chrono::DateTime::parse_from_rfc3339(text).is_ok()
+}
+
+/// Two subscriptions, one ad-hoc charge queued on each (acme-2's second).
+fn two_queued() -> (tempfile::TempDir, PathBuf) {
+    let second = SUB
+        .replace("acme-1", "acme-2")
+        .replace("4100000000000001", "4100000000000002");
+    let (dir, config) = setup(&[("subs.toml", SUB), ("more.toml", &second)]);
+    {
+        use recurrentd::store::Store;
+        let mut store = Store::open_or_create(&dir.path().join("recurrentd.db")).unwrap();
+        let report = recurrentd::schedule::load_dir(&dir.path().join("schedules")).unwrap();
+        store.sync_schedules(&report, chrono::Utc::now()).unwrap();
+    }
+    for (sub, reference) in [("acme-1", "T-1"), ("acme-2", "T-2")] {
+        let out = recurrentd(
+            &config,
+            &[
+                "charge",
+                sub,
+                "--amount",
+                "120.00",
+                "--reference",
+                reference,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    }
+    (dir, config)
+}
+
+fn json_rows(out: &Output) -> Vec<serde_json::Value> {
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Item 7: `history` of an unknown subscription exits 1; --until, --state and --limit filter;
+/// every time is RFC 3339 with `Z`, whole seconds.
+#[test]
+fn history_filters_and_refuses_an_unknown_subscription() {
+    let (_dir, config) = two_queued();
+    let out = recurrentd(&config, &["history", "nobody"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("knows no subscription \"nobody\""),
+        "{out:?}"
+    );
+    assert_eq!(
+        json_rows(&recurrentd(&config, &["history", "acme-1", "--json"])).len(),
+        1
+    );
+
+    let all = json_rows(&recurrentd(&config, &["history", "--json"]));
+    assert_eq!(all.len(), 2, "{all:?}");
+    for row in &all {
+        assert!(is_json_time(&row["at"]), "{row}");
+    }
+    let state = |states: &[&str]| {
+        let mut args = vec!["history", "--json"];
+        for s in states {
+            args.extend(["--state", s]);
+        }
+        json_rows(&recurrentd(&config, &args)).len()
+    };
+    assert_eq!(state(&["approved"]), 0);
+    assert_eq!(state(&["pending"]), 2);
+    assert_eq!(state(&["declined,pending"]), 2);
+    assert_eq!(state(&["declined", "approved"]), 0);
+    let out = recurrentd(&config, &["history", "--state", "paid"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    let latest = json_rows(&recurrentd(&config, &["history", "--json", "--limit", "1"]));
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0]["subscription"], "acme-2", "the latest entry");
+    let out = recurrentd(&config, &["history", "--limit", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    let until = |t: &str| json_rows(&recurrentd(&config, &["history", "--json", "--until", t]));
+    assert!(until("2000-01-01T00:00:00Z").is_empty());
+    assert_eq!(until("2999-01-01T00:00:00Z").len(), 2);
+}
+
+/// Item 7: `period` has one shape in `forecast --json` and `history --json` (the due date as
+/// `YYYY-MM-DD`, with `period_index`), and every time is RFC 3339 with `Z`, whole seconds.
+#[test]
+fn forecast_and_history_share_the_period_shape_and_the_time_format() {
+    let (_dir, config) = setup(&[("subs.toml", SUB)]);
+    let out = recurrentd(
+        &config,
+        &[
+            "forecast",
+            "--json",
+            "--from",
+            "2027-01-01T00:00:00.123456Z",
+            "--days",
+            "70",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["from"], "2027-01-01T00:00:00Z", "{json}");
+    assert!(is_json_time(&json["until"]), "{json}");
+    let entries = json["entries"].as_array().unwrap();
+    assert!(entries.len() >= 2, "{json}");
+    for (i, e) in entries.iter().enumerate() {
+        assert!(is_json_time(&e["at"]), "{e}");
+        assert_eq!(e["period"], e["due_date"], "{e}");
+        assert_eq!(e["period_index"], i, "{e}");
+    }
+    assert_eq!(entries[0]["period"], "2027-01-05");
+}

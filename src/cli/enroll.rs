@@ -107,7 +107,8 @@ pub struct Enrolment {
     pub bill_number: String,
     pub amount: Money,
     pub currency: Currency,
-    /// When the initial payment was sent.
+    /// When the initial payment was sent (in JSON: RFC 3339, `Z`, whole seconds).
+    #[serde(serialize_with = "crate::timefmt::serialize")]
     pub at: DateTime<Utc>,
 }
 

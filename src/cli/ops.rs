@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use clap::{ArgGroup, Args, Subcommand};
 use serde::Serialize;
 
@@ -33,13 +33,41 @@ pub struct StatusArgs {
     pub all: bool,
 }
 
+/// The states a history entry can be in (`history --state`).
+const HISTORY_STATES: [&str; 10] = [
+    "pending",
+    "not_sent",
+    "unknown",
+    "approved",
+    "declined",
+    "not_received",
+    "quarantined",
+    "blocked",
+    "skipped",
+    "parked",
+];
+
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
-    /// Only this subscription's history.
+    /// Only this subscription's history (exit 1 if the database knows no such subscription).
     pub subscription: Option<String>,
     /// Only entries from this instant on (RFC 3339, daemon's clock).
     #[arg(long, value_name = "RFC3339")]
     pub since: Option<DateTime<Utc>>,
+    /// Only entries before this instant (RFC 3339, daemon's clock; --since A --until B tile).
+    #[arg(long, value_name = "RFC3339")]
+    pub until: Option<DateTime<Utc>>,
+    /// Only entries in these states (repeat it, or a comma-separated list).
+    #[arg(
+        long,
+        value_name = "STATE",
+        value_delimiter = ',',
+        value_parser = clap::builder::PossibleValuesParser::new(HISTORY_STATES)
+    )]
+    pub state: Vec<String>,
+    /// At most this many entries: the latest ones (still printed oldest first).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
     /// Print JSON (one array) for scripts.
     #[arg(long)]
     pub json: bool,
@@ -312,9 +340,7 @@ struct SubscriptionLine<'a> {
     last_initial: bool,
 }
 
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
+use crate::timefmt::rfc3339;
 
 /// When the daemon will next try to charge a subscription: an open period's scheduled retry
 /// (or, with no retry instant and no live attempt, its own due instant: the next sweep); else
@@ -468,13 +494,45 @@ pub fn history(config: &Config, args: &HistoryArgs) -> u8 {
         Ok(store) => store,
         Err(code) => return code,
     };
-    let rows = match store.history(args.subscription.as_deref(), args.since) {
+    let mut rows = match store.history(args.subscription.as_deref(), args.since) {
         Ok(rows) => rows,
         Err(error) => {
             eprintln!("recurrentd: {error}");
             return exit::store(&error);
         }
     };
+    if let Some(id) = args.subscription.as_deref()
+        && rows.is_empty()
+    {
+        match store.subscription(id) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                eprintln!(
+                    "recurrentd: the database {} knows no subscription {id:?} (`recurrentd \
+                     status --all` lists them)",
+                    config.database.path.display()
+                );
+                return exit::PROBLEMS;
+            }
+            Err(error) => {
+                eprintln!("recurrentd: {error}");
+                return exit::store(&error);
+            }
+        }
+    }
+    if let Some(until) = args.until {
+        // Entries' times are RFC 3339 (whole seconds), so a parse never fails; keep any that did.
+        rows.retain(|r| DateTime::parse_from_rfc3339(&r.at).map_or(true, |at| at < until));
+    }
+    if !args.state.is_empty() {
+        rows.retain(|r| args.state.iter().any(|s| s == r.state));
+    }
+    if let Some(limit) = args.limit {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        if rows.len() > limit {
+            rows.drain(..rows.len() - limit);
+        }
+    }
     let printed = (|| -> std::io::Result<()> {
         let mut out = std::io::stdout().lock();
         if args.json {

@@ -36,7 +36,8 @@ pub struct HistoryRow {
     /// pending, not_sent, unknown, approved, declined, not_received, quarantined, blocked,
     /// skipped, parked.
     pub state: &'static str,
-    /// When the request was (last) sent, on the daemon's clock; `null` if never sent.
+    /// When the request was (last) sent, on the daemon's clock (RFC 3339, whole seconds); `null`
+    /// if never sent.
     pub sent_at: Option<String>,
     pub response_code: Option<String>,
     /// verified, mismatch or absent.
@@ -44,7 +45,8 @@ pub struct HistoryRow {
     /// Why a period was blocked or skipped, or what the last answer said.
     pub reason: Option<String>,
     /// When it happened (the attempt's intent, the period's settlement, the initial payment), on
-    /// the daemon's clock (the enrolling command's clock for an initial payment).
+    /// the daemon's clock (the enrolling command's clock for an initial payment); RFC 3339 with
+    /// `Z`, whole seconds.
     pub at: String,
 }
 
@@ -243,7 +245,9 @@ impl Store {
                 amount: amount.to_string(),
                 currency,
                 state,
-                sent_at: sent_at.filter(|_| sent == Some(1)),
+                sent_at: sent_at
+                    .filter(|_| sent == Some(1))
+                    .map(|t| crate::timefmt::normalise(&t)),
                 response_code,
                 checkvalue: match checkvalue.as_deref() {
                     Some("verified") => "verified",
@@ -251,7 +255,7 @@ impl Store {
                     _ => "absent",
                 },
                 reason,
-                at,
+                at: crate::timefmt::normalise(&at),
             });
         }
         Ok(out)
@@ -405,11 +409,12 @@ impl Store {
                 "SELECT min(created_at) FROM attempts \
                  WHERE state IN ('pending', 'not_sent', 'unknown', 'parked')",
                 [],
-                |row| row.get(0),
+                |row| row.get::<_, Option<String>>(0),
             )
             .optional()
             .ctx(&self.path, what)?
-            .flatten();
+            .flatten()
+            .map(|t| crate::timefmt::normalise(&t));
         let breaker = self.breaker()?;
         let clock_hold = self.clock_hold()?;
         let mut needs_attention = Vec::new();
@@ -453,7 +458,7 @@ impl Store {
                     "late_approval" => "late_approval",
                     _ => "hard_decline",
                 },
-                since,
+                since: crate::timefmt::normalise(&since),
                 detail,
                 order_number,
             });
