@@ -259,13 +259,17 @@ pub enum Command {
 
     /// Validate the config and every schedule file.
     ///
-    /// Reports every problem as `path:line:column: field: message` on stderr, warns about missing
-    /// limits and secrets, and exits 0 only when everything is valid.
+    /// Reports every problem of every file as `path:line:column: field: message` on stderr,
+    /// sorted by line, with "did you mean" for a misspelt key; warns about missing limits and
+    /// secrets, and exits 0 only when everything is valid (1 otherwise, 78 for a broken config).
+    /// --json prints one object on stdout instead: every file accepted or refused, with its
+    /// diagnostics (severity, file, line, column, field, message).
     ///
-    /// Example:
+    /// Examples:
     ///   recurrentd --config /etc/recurrentd/config.toml check
+    ///   recurrentd check --json | jq '.files[] | select(.accepted | not)'
     #[command(verbatim_doc_comment)]
-    Check,
+    Check(CheckArgs),
 
     /// List the upcoming charges of every subscription.
     ///
@@ -331,6 +335,13 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print JSON for scripts (on stdout) instead of lines on stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ForecastArgs {
     /// How many days ahead to look.
     #[arg(long, default_value_t = 31, value_parser = clap::value_parser!(u32).range(1..=3660))]
@@ -358,7 +369,7 @@ pub fn run(cli: Cli) -> ExitCode {
     init_logging(config.log.format);
     let code = match cli.command {
         Command::Run(args) => run::run(&config, &args),
-        Command::Check => check(&config),
+        Command::Check(args) => check(&config, &args),
         Command::Status(args) => ops::status(&config, &args),
         Command::History(args) => ops::history(&config, &args),
         Command::Resume(args) => ops::resume(&config, &args),
@@ -411,48 +422,140 @@ fn load_schedules(config: &Config) -> Result<DirReport, u8> {
     })
 }
 
-fn check(config: &Config) -> u8 {
+/// One problem in `check --json`.
+#[derive(serde::Serialize)]
+struct CheckProblem {
+    /// `error` or `warning`.
+    severity: schedule::Severity,
+    file: String,
+    line: Option<usize>,
+    column: Option<usize>,
+    field: Option<String>,
+    message: String,
+}
+
+/// One schedule file in `check --json`.
+#[derive(serde::Serialize)]
+struct CheckedFile {
+    file: String,
+    /// No error: its subscriptions are in force once the daemon reads it.
+    accepted: bool,
+    subscriptions: usize,
+    diagnostics: Vec<CheckProblem>,
+}
+
+fn check(config: &Config, args: &CheckArgs) -> u8 {
     let mut code = exit::OK;
-    let mut secret_warnings = 0;
+    let mut config_problems = Vec::new();
     for name in SecretName::ALL {
         if name == SecretName::PrivateKey && !config.gateway.sign_requests {
             continue;
         }
-        match config::load_secret(&config.gateway, name) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                secret_warnings += 1;
-                eprintln!(
-                    "{}: warning: the {name} is not configured ({}, $CREDENTIALS_DIRECTORY/{}, or \
-                     {} in test mode); commands that talk to the gateway will refuse to start",
-                    config.source.display(),
+        let (severity, message) = match config::load_secret(&config.gateway, name) {
+            Ok(Some(_)) => continue,
+            Ok(None) => (
+                schedule::Severity::Warning,
+                format!(
+                    "the {name} is not configured ({}, $CREDENTIALS_DIRECTORY/{}, or {} in test \
+                     mode); commands that talk to the gateway will refuse to start",
                     name.config_key(),
                     name.credential(),
                     name.env_var()
-                );
-            }
+                ),
+            ),
             Err(error) => {
-                eprintln!("{}: {error}", config.source.display());
                 code = exit::PROBLEMS;
+                (schedule::Severity::Error, error.to_string())
             }
-        }
+        };
+        config_problems.push(CheckProblem {
+            severity,
+            file: config.source.display().to_string(),
+            line: None,
+            column: None,
+            field: None,
+            message,
+        });
     }
+    let secret_warnings = config_problems
+        .iter()
+        .filter(|p| p.severity == schedule::Severity::Warning)
+        .count();
     let report = match load_schedules(config) {
         Ok(report) => report,
         Err(code) => return code,
     };
-    for diagnostic in report.diagnostics() {
-        eprintln!("{diagnostic}");
-    }
     let subscriptions = report.subscriptions().count();
     let errors = report.error_count();
     let warnings = report.warning_count() + secret_warnings;
     let bad_files = report.files.iter().filter(|f| f.has_errors()).count();
+    let code = if errors > 0 { exit::PROBLEMS } else { code };
+    if args.json {
+        let files: Vec<CheckedFile> = report
+            .files
+            .iter()
+            .map(|f| CheckedFile {
+                file: f.path.display().to_string(),
+                accepted: !f.has_errors(),
+                subscriptions: if f.has_errors() {
+                    0
+                } else {
+                    f.subscriptions.len()
+                },
+                diagnostics: f
+                    .diagnostics
+                    .iter()
+                    .map(|d| CheckProblem {
+                        severity: d.severity,
+                        file: d.path.display().to_string(),
+                        line: Some(d.line),
+                        column: Some(d.column),
+                        field: Some(d.field.clone()),
+                        message: d.message.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let json = serde_json::json!({
+            "valid": code == exit::OK,
+            "config": {
+                "file": config.source.display().to_string(),
+                "diagnostics": config_problems,
+            },
+            "files": files,
+            "subscriptions": subscriptions,
+            "errors": errors,
+            "warnings": warnings,
+            "refused_files": bad_files,
+        });
+        let mut out = std::io::stdout().lock();
+        let printed = serde_json::to_writer_pretty(&mut out, &json)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out));
+        if let Err(error) = printed
+            && error.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            eprintln!("recurrentd: cannot write: {error}");
+            return exit::INTERNAL;
+        }
+        return code;
+    }
+    for problem in &config_problems {
+        let warning = if problem.severity == schedule::Severity::Warning {
+            "warning: "
+        } else {
+            ""
+        };
+        eprintln!("{}: {warning}{}", problem.file, problem.message);
+    }
+    for diagnostic in report.diagnostics() {
+        eprintln!("{diagnostic}");
+    }
     println!(
         "{} file(s), {subscriptions} valid subscription(s), {errors} error(s) in {bad_files} file(s), {warnings} warning(s)",
         report.files.len()
     );
-    if errors > 0 { exit::PROBLEMS } else { code }
+    code
 }
 
 fn forecast(config: &Config, args: &ForecastArgs) -> u8 {

@@ -359,3 +359,89 @@ fn forecast_and_history_share_the_period_shape_and_the_time_format() {
     }
     assert_eq!(entries[0]["period"], "2027-01-05");
 }
+
+/// Item 7: `check --json` says per file whether it is accepted, with every diagnostic located;
+/// `check` lists a file's problems sorted by line, with "did you mean" for a misspelt key.
+#[test]
+fn check_json_and_sorted_problems_with_suggestions() {
+    let broken = SUB
+        .replace("amount = \"100.00\"", "amout = \"100.00\"")
+        .replace("period_days = 28", "period_dyas = 28")
+        .replace("currency = \"RUB\"", "currency = \"rub\"");
+    let good = SUB
+        .replace("acme-1", "acme-2")
+        .replace("4100000000000001", "4100000000000002");
+    let (_dir, config) = setup(&[("broken.toml", &broken), ("good.toml", &good)]);
+
+    let out = recurrentd(&config, &["check"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    let located: Vec<usize> = stderr
+        .lines()
+        .filter(|l| l.contains("broken.toml:"))
+        .map(|l| l.split(':').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(located.len() >= 4, "{stderr}");
+    assert!(located.is_sorted(), "{stderr}");
+    assert!(
+        stderr.contains("amout: unknown key; did you mean `amount`?"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("limits.period_dyas: unknown key; did you mean `period_days`?"),
+        "{stderr}"
+    );
+
+    let out = recurrentd(&config, &["check", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["valid"], false, "{json}");
+    assert_eq!(json["refused_files"], 1, "{json}");
+    assert_eq!(json["subscriptions"], 1, "{json}");
+    let files = json["files"].as_array().unwrap();
+    let file = |name: &str| {
+        files
+            .iter()
+            .find(|f| f["file"].as_str().unwrap().ends_with(name))
+            .unwrap()
+    };
+    assert_eq!(file("good.toml")["accepted"], true);
+    assert_eq!(file("good.toml")["subscriptions"], 1);
+    let refused = file("broken.toml");
+    assert_eq!(refused["accepted"], false);
+    let diagnostics = refused["diagnostics"].as_array().unwrap();
+    let amout = diagnostics.iter().find(|d| d["field"] == "amout").unwrap();
+    assert_eq!(amout["severity"], "error");
+    assert!(
+        amout["line"].as_u64().unwrap() > 1 && amout["column"] == 1,
+        "{amout}"
+    );
+    assert!(
+        amout["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `amount`?")
+    );
+    assert!(amout["file"].as_str().unwrap().ends_with("broken.toml"));
+    let lines: Vec<u64> = diagnostics
+        .iter()
+        .map(|d| d["line"].as_u64().unwrap())
+        .collect();
+    assert!(lines.is_sorted(), "{lines:?}");
+    // No secrets configured: warnings about the config file, not errors.
+    assert!(
+        json["config"]["diagnostics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["severity"] == "warning"),
+        "{json}"
+    );
+
+    // All valid: exit 0 and `valid: true`.
+    let (_dir, config) = setup(&[("good.toml", &good)]);
+    let out = recurrentd(&config, &["check", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["valid"], true, "{json}");
+}
