@@ -445,3 +445,18 @@ fn check_json_and_sorted_problems_with_suggestions() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["valid"], true, "{json}");
 }
+
+/// Item 7: a config syntax error is one line that names the place, never the line's text (it
+/// may be an inline secret).
+#[test]
+fn a_config_syntax_error_never_echoes_a_secret() {
+    let (_dir, config) = setup(&[]);
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}password = \"hunter2-visible\n")).unwrap();
+    let out = recurrentd(&config, &["check"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("line 5, column"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
