@@ -14,6 +14,7 @@ use crate::schedule::{self, DirReport};
 use crate::store::{Access, Store, StoreError};
 
 mod charge;
+mod docs;
 mod enroll;
 mod ops;
 mod run;
@@ -21,6 +22,7 @@ mod sandbox;
 mod tokens;
 
 pub use charge::ChargeArgs;
+pub use docs::{CompletionsArgs, ManArgs};
 pub use enroll::{EnrollArgs, Enrolment};
 pub use ops::{
     BackupArgs, BreakerCommand, ClockCommand, HistoryArgs, RemoveFileArgs, ResolveArgs, ResumeArgs,
@@ -332,6 +334,24 @@ pub enum Command {
     ///     --max-date 2027-12-01
     #[command(verbatim_doc_comment)]
     Enroll(EnrollArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell); no config needed.
+    ///
+    /// Examples:
+    ///   recurrentd completions bash > /etc/bash_completion.d/recurrentd
+    ///   recurrentd completions zsh > "${fpath[1]}/_recurrentd"
+    ///   recurrentd completions fish > ~/.config/fish/completions/recurrentd.fish
+    #[command(verbatim_doc_comment)]
+    Completions(CompletionsArgs),
+
+    /// Print the man page (roff) to stdout, or write one page per command into --dir; no config
+    /// needed.
+    ///
+    /// Examples:
+    ///   recurrentd man | man -l -
+    ///   recurrentd man --dir /usr/local/share/man/man1
+    #[command(verbatim_doc_comment)]
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -358,6 +378,12 @@ pub struct ForecastArgs {
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    // Generated from the command line's definitions alone: no config needed.
+    match &cli.command {
+        Command::Completions(args) => return ExitCode::from(docs::completions(args)),
+        Command::Man(args) => return ExitCode::from(docs::man(args)),
+        _ => {}
+    }
     let config_path = cli.config.unwrap_or_else(config::default_config_path);
     let config = match Config::load(&config_path) {
         Ok(config) => config,
@@ -383,6 +409,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Tokens(command) => tokens::run(&config, &command),
         Command::Sandbox(args) => sandbox::run(&config, &args),
         Command::Enroll(args) => enroll::run(&config, &args),
+        Command::Completions(_) | Command::Man(_) => exit::OK,
     };
     ExitCode::from(code)
 }

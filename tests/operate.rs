@@ -460,3 +460,65 @@ fn a_config_syntax_error_never_echoes_a_secret() {
     assert!(stderr.contains("line 5, column"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+/// Item 7: shell completions and man pages generated from the clap definitions; neither needs a
+/// config.
+#[test]
+fn completions_and_man_pages_are_generated_without_a_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_config = dir.path().join("no-such-config.toml");
+    let out = recurrentd(&no_config, &["completions", "bash"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let bash = text(&out.stdout);
+    assert!(
+        bash.contains("_recurrentd()") && bash.contains("complete -F"),
+        "{bash}"
+    );
+    for command in [
+        "run", "status", "history", "backup", "forecast", "check", "enroll",
+    ] {
+        assert!(
+            bash.contains(command),
+            "{command} missing from the bash completions"
+        );
+    }
+    assert!(
+        bash.contains("--verify") && bash.contains("--limit"),
+        "options complete too"
+    );
+    for shell in ["zsh", "fish"] {
+        let out = recurrentd(&no_config, &["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(text(&out.stdout).contains("history"), "{shell}");
+    }
+    let out = recurrentd(&no_config, &["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    let out = recurrentd(&no_config, &["man"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let page = text(&out.stdout);
+    assert!(page.contains(".TH recurrentd 1"), "{page}");
+    assert!(
+        page.contains(".SH SUBCOMMANDS") || page.contains("SUBCOMMANDS"),
+        "{page}"
+    );
+    for command in [
+        "recurrentd\\-history",
+        "recurrentd\\-backup",
+        "recurrentd\\-completions",
+    ] {
+        assert!(
+            page.contains(command),
+            "{command} missing from the man page"
+        );
+    }
+    let pages = dir.path().join("man1");
+    let out = recurrentd(&no_config, &["man", "--dir", pages.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let history = std::fs::read_to_string(pages.join("recurrentd-history.1")).unwrap();
+    assert!(
+        history.contains(".TH recurrentd-history 1") && history.contains("\\-\\-state"),
+        "{history}"
+    );
+    assert!(pages.join("recurrentd.1").exists());
+}
