@@ -522,3 +522,28 @@ fn completions_and_man_pages_are_generated_without_a_config() {
     );
     assert!(pages.join("recurrentd.1").exists());
 }
+
+/// Item 7: `enroll --help` says what the code does with --order-number: the default
+/// enrol-<id> / enrol-<id>-<n>, and a used number refused (the behaviour is in tests/enroll.rs).
+#[test]
+fn enroll_help_says_the_order_number_default_the_code_uses() {
+    let out = Command::new(env!("CARGO_BIN_EXE_recurrentd"))
+        .args(["enroll", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        help.contains(
+            "Default: enrol-<id> for the subscription's first attempt, enrol-<id>-<n> for its n-th"
+        ),
+        "{help}"
+    );
+    assert!(
+        help.contains("one an enrolment used before is refused"),
+        "{help}"
+    );
+}
