@@ -547,3 +547,114 @@ fn enroll_help_says_the_order_number_default_the_code_uses() {
         "{help}"
     );
 }
+
+/// `n` daily subscriptions from 2 January 2027, in schedule-file syntax.
+fn daily(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "[[subscription]]\nid = \"d-{i}\"\nbill_number = \"51111120000{i:05}\"\n\
+                 currency = \"RUB\"\namount = \"10.00\"\nevery = \"1 day\"\nstart = 2027-01-02\n\n\
+                 [subscription.limits]\nmin_amount = \"5.00\"\nmax_amount = \"50.00\"\n\
+                 period_days = 1\nmax_date = 2027-12-31\n\n"
+            )
+        })
+        .collect()
+}
+
+/// Item 6: a rehearsal whose pace cannot keep up with its clock says at --until how many due
+/// charges it left unmade, and exits 1; one that kept up exits 0. Every charge line carries the
+/// virtual instant (`clock=`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rehearsal_that_falls_behind_says_so_and_exits_1() {
+    use recurrentd::gateway::sandbox::{Sandbox, SandboxConfig};
+    let sandbox = Sandbox::start(SandboxConfig::builtin(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+
+    // Six daily charges, one request per second, a virtual day per second: the first sweep's
+    // sends take six virtual days, and --until comes first.
+    let slow = common::Rig::new(&sandbox, "requests_per_second = 1\n");
+    slow.write_schedule("daily.toml", &daily(6));
+    let rehearse = |rig: &common::Rig, until: &str| {
+        let mut command = rig.command();
+        command
+            .args(["run", "--init", "--clock-start", "2027-01-01T00:00:00Z"])
+            .args(["--clock-speed", "86400", "--until", until])
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET");
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let out = rehearse(&slow, "2027-01-06T00:00:00Z").await.unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("recurrentd: the rehearsal left"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let count: u32 = line
+        .trim_start_matches("recurrentd: the rehearsal left ")
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(count >= 6, "{line}");
+    assert!(
+        line.contains("unmade") && line.contains("gateway.requests_per_second = 1"),
+        "{line}"
+    );
+    assert!(
+        stderr.contains("rehearsal incomplete"),
+        "the log says it too: {stderr}"
+    );
+    // Every charge outcome line names the virtual instant it happened at.
+    let outcomes: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("charge outcome"))
+        .collect();
+    assert!(!outcomes.is_empty(), "{stderr}");
+    for line in outcomes {
+        assert!(line.contains("clock=2027-01-"), "{line}");
+    }
+
+    // One subscription at the default pace keeps up: exit 0.
+    let healthy = common::Rig::new(&sandbox, "");
+    healthy.write_schedule("daily.toml", &daily(1));
+    let out = rehearse(&healthy, "2027-01-06T00:00:00Z").await.unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("every charge that fell due was made"),
+        "{stderr}"
+    );
+    sandbox.shutdown().await;
+}
+
+/// Item 6: the sandbox run's banner says the pace it uses instead of the configured one.
+#[test]
+fn the_sandbox_banner_prints_its_rate_override() {
+    let (_dir, config) = setup(&[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_recurrentd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--sandbox", "--clock-start", "2027-01-01T00:00:00Z"])
+        .args(["--until", "2027-01-03T00:00:00Z"])
+        .env("RUST_LOG", "info")
+        .env_remove("RECURRENTD_CONFIG")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let banner = stderr
+        .lines()
+        .find(|l| l.contains("sandbox run: the built-in Assist sandbox"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        banner.contains("requests_per_second=200")
+            && banner.contains("max_in_flight=16")
+            && banner.contains("gateway.requests_per_second 5"),
+        "{banner}"
+    );
+}
