@@ -48,7 +48,11 @@ pub struct RunArgs {
     pub clock_speed: Option<u32>,
 
     /// Rehearsal clock: stop creating charges once the virtual clock passes this instant, settle
-    /// what is outstanding, and exit 0.
+    /// what is outstanding, and exit 0 — or exit 1 if charges that fell due during the rehearsal
+    /// were left unmade (skipped because they were reached late, or never attempted: the pace,
+    /// gateway.requests_per_second, could not keep up with the clock), said on stderr and in
+    /// the log with the count. What fell due in the last 25 sweeps (at least a virtual day)
+    /// before this instant is not counted.
     #[arg(long, value_name = "RFC3339")]
     pub until: Option<DateTime<Utc>>,
 
