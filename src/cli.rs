@@ -81,7 +81,8 @@ Examples:
 
   recurrentd tokens list --customer 1234 a customer's saved cards at the gateway
 
-Exit codes: 0 ok, 1 problems found (e.g. an invalid schedule file), 2 bad command line,
+Exit codes: 0 ok, 1 problems found (e.g. an invalid schedule file, or a rehearsal that left
+due charges unmade at --until), 2 bad command line,
 69 gateway unavailable or no usable answer (never a local database problem), 78 configuration
 error (also no database at database.path, or a schema this binary cannot use), 74 the database
 is damaged or the file system failed, 70 internal error (and `run` after too many failed ticks).
