@@ -244,8 +244,9 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
     let config = sandbox_config.as_ref().unwrap_or(config);
     let result = daemon::run(config, settings, options).await;
     let code = match (result, until) {
-        // A rehearsal that reached --until: was everything that fell due made?
-        (Ok(()), Some(until)) if rehearsal => {
+        // A rehearsal that reached --until (not one stopped early by a signal): was everything
+        // that fell due made?
+        (Ok(()), Some(until)) if rehearsal && clock.now() >= until => {
             let config = config.clone();
             let database = database.clone();
             tokio::task::spawn_blocking(move || {
