@@ -514,7 +514,21 @@ impl Config {
             // be an inline secret (`password = "…`): the source text is never shown.
             let all: Vec<String> = e
                 .into_iter()
-                .map(|one| without_source_text(&one.to_string()))
+                .map(|one| {
+                    // A misspelt key: the nearest known one, as `check` does for schedules.
+                    let hint = match &one.kind {
+                        figment::error::Kind::UnknownField(field, expected) => {
+                            crate::schedule::did_you_mean(field, expected)
+                                .map(|k| format!(" (did you mean `{k}`?)"))
+                        }
+                        _ => None,
+                    };
+                    format!(
+                        "{}{}",
+                        without_source_text(&one.to_string()),
+                        hint.unwrap_or_default()
+                    )
+                })
                 .collect();
             err(format!("config file {shown}: {}", all.join("; ")))
         })?;
@@ -1126,7 +1140,7 @@ catch_up = "none"
             (
                 "test_mode = true",
                 "test_mode = true\ntimeuot_secs = 3",
-                "timeuot_secs",
+                "did you mean `timeout_secs`?",
             ),
             ("url = \"https://", "url = \"ftp://", "gateway.url"),
             (
