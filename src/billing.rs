@@ -301,6 +301,16 @@ pub fn verdict(
     Ok(())
 }
 
+/// How the reason of a period skipped for lateness begins ([`SkipReason::Superseded`],
+/// [`SkipReason::Missed`]): the charge fell due while nothing charged it.
+pub const MISSED: &str = "missed while not running";
+
+/// Whether a recorded skip reason (a period row's, or a run's) says the period was missed for
+/// lateness, not passed over by the limits.
+pub fn is_missed(reason: &str) -> bool {
+    reason.contains(MISSED)
+}
+
 /// Why a period was passed over without a charge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SkipReason {
@@ -317,13 +327,13 @@ impl fmt::Display for SkipReason {
         match self {
             SkipReason::Superseded { by_period } => write!(
                 f,
-                "missed while not running; only the latest due period (#{by_period}) is charged \
-                 (catch_up = latest)"
+                "{MISSED}; only the latest due period (#{by_period}) is charged (catch_up = \
+                 latest)"
             ),
             SkipReason::Missed { due_at } => write!(
                 f,
-                "missed while not running (due {}); catch_up = none",
-                due_at.to_rfc3339()
+                "{MISSED} (due {}); catch_up = none",
+                crate::timefmt::rfc3339(*due_at)
             ),
             SkipReason::TooSoon(reason) => write!(f, "{reason}, and not before the next period"),
         }

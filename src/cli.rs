@@ -15,6 +15,7 @@ use crate::store::{Access, Store, StoreError};
 
 mod books;
 mod charge;
+mod docs;
 mod enroll;
 mod events;
 mod ops;
@@ -25,6 +26,7 @@ mod tokens;
 
 pub use books::BooksArgs;
 pub use charge::ChargeArgs;
+pub use docs::{CompletionsArgs, ManArgs};
 pub use enroll::{EnrollArgs, Enrolment};
 pub use events::EventsArgs;
 pub use ops::{
@@ -54,6 +56,26 @@ pub mod exit {
     /// The database file is damaged (EX_IOERR): `PRAGMA quick_check` failed at start, or SQLite
     /// found it corrupt. Restarting cannot fix it; systemd must not restart on it.
     pub const IO_ERROR: u8 = 74;
+
+    /// The exit code of a local database problem — never [`UNAVAILABLE`], which is the
+    /// gateway's: no database at `database.path`, a file system without WAL, a schema this
+    /// binary cannot use, a second daemon: [`CONFIG`]; a damaged file, a value in it that is not
+    /// valid, a file-system failure: [`IO_ERROR`]; anything else (a busy database, a bug):
+    /// [`INTERNAL`].
+    pub fn store(error: &crate::store::StoreError) -> u8 {
+        use crate::store::StoreError as E;
+        match error {
+            E::Missing { .. }
+            | E::NoDatabase { .. }
+            | E::Locked { .. }
+            | E::Pragma { .. }
+            | E::TooNew { .. }
+            | E::NotMigrated { .. } => CONFIG,
+            E::Corrupt { .. } => IO_ERROR,
+            e if e.is_damaged() || e.is_io() => IO_ERROR,
+            _ => INTERNAL,
+        }
+    }
 }
 
 const AFTER_HELP: &str = "\
@@ -65,9 +87,11 @@ Examples:
 
   recurrentd tokens list --customer 1234 a customer's saved cards at the gateway
 
-Exit codes: 0 ok, 1 problems found (e.g. an invalid schedule file), 2 bad command line,
-69 gateway unavailable or no usable answer, 78 configuration error, 74 the database is
-damaged, 70 internal error (and `run` after too many failed ticks).
+Exit codes: 0 ok, 1 problems found (e.g. an invalid schedule file, or a rehearsal that left
+due charges unmade at --until), 2 bad command line,
+69 gateway unavailable or no usable answer (never a local database problem), 78 configuration
+error (also no database at database.path, or a schema this binary cannot use), 74 the database
+is damaged or the file system failed, 70 internal error (and `run` after too many failed ticks).
 
 The config file is --config, else $RECURRENTD_CONFIG, else $CONFIGURATION_DIRECTORY/config.toml
 (under systemd), else ./config.toml. Keys can be overridden with RECURRENTD_SECTION__KEY.";
@@ -148,14 +172,17 @@ pub enum Command {
     /// The ledger: every attempt (and every period blocked or skipped, and every enrolment's
     /// initial payment), oldest first.
     ///
-    /// Each entry: subscription, period (due date, or "initial" for an enrolment), attempt,
-    /// order number, amount, currency, state (pending, not_sent, unknown, approved, declined,
+    /// Each entry: subscription, period (due date YYYY-MM-DD as in forecast --json,
+    /// "adhoc:REF", or "initial" for an enrolment), period_index, attempt, order number,
+    /// amount, currency, state (pending, not_sent, unknown, approved, declined, not_received,
     /// quarantined, blocked, skipped, parked), sent_at, response code, checkvalue (verified,
-    /// mismatch, absent), reason, at.
+    /// mismatch, absent), reason, at. Times are RFC 3339 UTC, whole seconds. A subscription the
+    /// database does not know: exit 1.
     ///
     /// Examples:
     ///   recurrentd history acme-1001
-    ///   recurrentd history --since 2027-01-01T00:00:00Z --json
+    ///   recurrentd history --since 2027-01-01T00:00:00Z --until 2027-02-01T00:00:00Z --json
+    ///   recurrentd history --state declined,quarantined --limit 20
     ///   recurrentd history acme-1001 --events     (every ledger event: see `audit`)
     #[command(verbatim_doc_comment)]
     History(HistoryArgs),
@@ -295,22 +322,34 @@ pub enum Command {
     #[command(subcommand, verbatim_doc_comment)]
     Clock(ClockCommand),
 
-    /// Write a consistent copy of the database (safe while the daemon runs).
+    /// Write a consistent copy of the database (safe while the daemon runs), or check one.
     ///
-    /// Example:
+    /// The copy is owner-only, synced, checked with PRAGMA integrity_check, and never written
+    /// over an existing file (exit 1: choose another name). It is one self-contained file that
+    /// status, history and forecast read directly, read-only (RECURRENTD_DATABASE__PATH=copy).
+    /// --verify checks an existing copy without changing it: exit 0 usable, 1 not a recurrentd
+    /// database (or a newer schema), 74 damaged.
+    ///
+    /// Examples:
     ///   recurrentd backup /var/backups/recurrentd-$(date +%F).db
+    ///   recurrentd backup --verify /var/backups/recurrentd-2027-01-31.db
+    ///   RECURRENTD_DATABASE__PATH=/var/backups/recurrentd-2027-01-31.db recurrentd history acme-1001
     #[command(verbatim_doc_comment)]
     Backup(BackupArgs),
 
     /// Validate the config and every schedule file.
     ///
-    /// Reports every problem as `path:line:column: field: message` on stderr, warns about missing
-    /// limits and secrets, and exits 0 only when everything is valid.
+    /// Reports every problem of every file as `path:line:column: field: message` on stderr,
+    /// sorted by line, with "did you mean" for a misspelt key; warns about missing limits and
+    /// secrets, and exits 0 only when everything is valid (1 otherwise, 78 for a broken config).
+    /// --json prints one object on stdout instead: every file accepted or refused, with its
+    /// diagnostics (severity, file, line, column, field, message).
     ///
-    /// Example:
+    /// Examples:
     ///   recurrentd --config /etc/recurrentd/config.toml check
+    ///   recurrentd check --json | jq '.files[] | select(.accepted | not)'
     #[command(verbatim_doc_comment)]
-    Check,
+    Check(CheckArgs),
 
     /// List the upcoming charges of every subscription.
     ///
@@ -396,6 +435,31 @@ pub enum Command {
     ///   recurrentd refund 7KQ2M9XA-acme-1001-3-1 --amount 50.00 --reason "goodwill" --json
     #[command(verbatim_doc_comment)]
     Refund(RefundArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell); no config needed.
+    ///
+    /// Examples:
+    ///   recurrentd completions bash > /etc/bash_completion.d/recurrentd
+    ///   recurrentd completions zsh > "${fpath[1]}/_recurrentd"
+    ///   recurrentd completions fish > ~/.config/fish/completions/recurrentd.fish
+    #[command(verbatim_doc_comment)]
+    Completions(CompletionsArgs),
+
+    /// Print the man page (roff) to stdout, or write one page per command into --dir; no config
+    /// needed.
+    ///
+    /// Examples:
+    ///   recurrentd man | man -l -
+    ///   recurrentd man --dir /usr/local/share/man/man1
+    #[command(verbatim_doc_comment)]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print JSON for scripts (on stdout) instead of lines on stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -415,6 +479,12 @@ pub struct ForecastArgs {
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    // Generated from the command line's definitions alone: no config needed.
+    match &cli.command {
+        Command::Completions(args) => return ExitCode::from(docs::completions(args)),
+        Command::Man(args) => return ExitCode::from(docs::man(args)),
+        _ => {}
+    }
     let config_path = cli.config.unwrap_or_else(config::default_config_path);
     let config = match Config::load(&config_path) {
         Ok(config) => config,
@@ -426,7 +496,7 @@ pub fn run(cli: Cli) -> ExitCode {
     init_logging(config.log.format);
     let code = match cli.command {
         Command::Run(args) => run::run(&config, &args),
-        Command::Check => check(&config),
+        Command::Check(args) => check(&config, &args),
         Command::Status(args) => ops::status(&config, &args),
         Command::History(args) => ops::history(&config, &args),
         Command::Events(args) => events::run(&config, &args),
@@ -444,6 +514,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Sandbox(args) => sandbox::run(&config, &args),
         Command::Enroll(args) => enroll::run(&config, &args),
         Command::Refund(args) => refund::run(&config, &args),
+        Command::Completions(_) | Command::Man(_) => exit::OK,
     };
     ExitCode::from(code)
 }
@@ -483,31 +554,60 @@ fn load_schedules(config: &Config) -> Result<DirReport, u8> {
     })
 }
 
-fn check(config: &Config) -> u8 {
+/// One problem in `check --json`.
+#[derive(serde::Serialize)]
+struct CheckProblem {
+    /// `error` or `warning`.
+    severity: schedule::Severity,
+    file: String,
+    line: Option<usize>,
+    column: Option<usize>,
+    field: Option<String>,
+    message: String,
+}
+
+/// One schedule file in `check --json`.
+#[derive(serde::Serialize)]
+struct CheckedFile {
+    file: String,
+    /// No error: its subscriptions are in force once the daemon reads it.
+    accepted: bool,
+    subscriptions: usize,
+    diagnostics: Vec<CheckProblem>,
+}
+
+fn check(config: &Config, args: &CheckArgs) -> u8 {
     let mut code = exit::OK;
-    let mut secret_warnings = 0;
+    let mut config_problems = Vec::new();
     for name in SecretName::ALL {
         if name == SecretName::PrivateKey && !config.gateway.sign_requests {
             continue;
         }
-        match config::load_secret(&config.gateway, name) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                secret_warnings += 1;
-                eprintln!(
-                    "{}: warning: the {name} is not configured ({}, $CREDENTIALS_DIRECTORY/{}, or \
-                     {} in test mode); commands that talk to the gateway will refuse to start",
-                    config.source.display(),
+        let (severity, message) = match config::load_secret(&config.gateway, name) {
+            Ok(Some(_)) => continue,
+            Ok(None) => (
+                schedule::Severity::Warning,
+                format!(
+                    "the {name} is not configured ({}, $CREDENTIALS_DIRECTORY/{}, or {} in test \
+                     mode); commands that talk to the gateway will refuse to start",
                     name.config_key(),
                     name.credential(),
                     name.env_var()
-                );
-            }
+                ),
+            ),
             Err(error) => {
-                eprintln!("{}: {error}", config.source.display());
                 code = exit::PROBLEMS;
+                (schedule::Severity::Error, error.to_string())
             }
-        }
+        };
+        config_problems.push(CheckProblem {
+            severity,
+            file: config.source.display().to_string(),
+            line: None,
+            column: None,
+            field: None,
+            message,
+        });
     }
     // The webhook's secret, when a webhook is configured: `run` refuses to start without it.
     if config.webhook.is_some() {
@@ -528,22 +628,85 @@ fn check(config: &Config) -> u8 {
             }
         }
     }
+    let secret_warnings = config_problems
+        .iter()
+        .filter(|p| p.severity == schedule::Severity::Warning)
+        .count();
     let report = match load_schedules(config) {
         Ok(report) => report,
         Err(code) => return code,
     };
-    for diagnostic in report.diagnostics() {
-        eprintln!("{diagnostic}");
-    }
     let subscriptions = report.subscriptions().count();
     let errors = report.error_count();
     let warnings = report.warning_count() + secret_warnings;
     let bad_files = report.files.iter().filter(|f| f.has_errors()).count();
+    let code = if errors > 0 { exit::PROBLEMS } else { code };
+    if args.json {
+        let files: Vec<CheckedFile> = report
+            .files
+            .iter()
+            .map(|f| CheckedFile {
+                file: f.path.display().to_string(),
+                accepted: !f.has_errors(),
+                subscriptions: if f.has_errors() {
+                    0
+                } else {
+                    f.subscriptions.len()
+                },
+                diagnostics: f
+                    .diagnostics
+                    .iter()
+                    .map(|d| CheckProblem {
+                        severity: d.severity,
+                        file: d.path.display().to_string(),
+                        line: Some(d.line),
+                        column: Some(d.column),
+                        field: Some(d.field.clone()),
+                        message: d.message.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let json = serde_json::json!({
+            "valid": code == exit::OK,
+            "config": {
+                "file": config.source.display().to_string(),
+                "diagnostics": config_problems,
+            },
+            "files": files,
+            "subscriptions": subscriptions,
+            "errors": errors,
+            "warnings": warnings,
+            "refused_files": bad_files,
+        });
+        let mut out = std::io::stdout().lock();
+        let printed = serde_json::to_writer_pretty(&mut out, &json)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out));
+        if let Err(error) = printed
+            && error.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            eprintln!("recurrentd: cannot write: {error}");
+            return exit::INTERNAL;
+        }
+        return code;
+    }
+    for problem in &config_problems {
+        let warning = if problem.severity == schedule::Severity::Warning {
+            "warning: "
+        } else {
+            ""
+        };
+        eprintln!("{}: {warning}{}", problem.file, problem.message);
+    }
+    for diagnostic in report.diagnostics() {
+        eprintln!("{diagnostic}");
+    }
     println!(
         "{} file(s), {subscriptions} valid subscription(s), {errors} error(s) in {bad_files} file(s), {warnings} warning(s)",
         report.files.len()
     );
-    if errors > 0 { exit::PROBLEMS } else { code }
+    code
 }
 
 fn forecast(config: &Config, args: &ForecastArgs) -> u8 {
@@ -566,7 +729,7 @@ fn forecast(config: &Config, args: &ForecastArgs) -> u8 {
                     Ok(ledger) => ledgers.push((subscription, ledger)),
                     Err(error) => {
                         eprintln!("recurrentd: {error}");
-                        return exit::UNAVAILABLE;
+                        return exit::store(&error);
                     }
                 }
             }
@@ -588,7 +751,7 @@ fn forecast(config: &Config, args: &ForecastArgs) -> u8 {
         }
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            return exit::UNAVAILABLE;
+            return exit::store(&error);
         }
     };
     let printed = if args.json {

@@ -610,9 +610,27 @@ impl Config {
             }
         }
         let raw: RawConfig = figment.extract().map_err(|e| {
-            // figment may hold several errors; each names its key and its source. None of them
-            // can quote a secret, since secrets are not read through figment.
-            let all: Vec<String> = e.into_iter().map(|one| one.to_string()).collect();
+            // figment may hold several errors; each names its key and its source. Secrets are
+            // not read through figment, but a syntax error quotes the offending line, which may
+            // be an inline secret (`password = "…`): the source text is never shown.
+            let all: Vec<String> = e
+                .into_iter()
+                .map(|one| {
+                    // A misspelt key: the nearest known one, as `check` does for schedules.
+                    let hint = match &one.kind {
+                        figment::error::Kind::UnknownField(field, expected) => {
+                            crate::schedule::did_you_mean(field, expected)
+                                .map(|k| format!(" (did you mean `{k}`?)"))
+                        }
+                        _ => None,
+                    };
+                    format!(
+                        "{}{}",
+                        without_source_text(&one.to_string()),
+                        hint.unwrap_or_default()
+                    )
+                })
+                .collect();
             err(format!("config file {shown}: {}", all.join("; ")))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -941,6 +959,25 @@ impl SecretName {
             SecretName::WebhookSecret => None,
         }
     }
+}
+
+/// A figment/toml error on one line, without the source lines it quotes (a TOML syntax error
+/// shows the offending line under a `|` gutter, and that line may hold a secret: `password =
+/// "hunter2` with its quote missing). Line and column stay: `TOML parse error at line 5,
+/// column 27: invalid basic string: in config.toml TOML file`.
+fn without_source_text(message: &str) -> String {
+    let gutter = |line: &str| {
+        let trimmed = line.trim_start();
+        let digits = trimmed.trim_start_matches(|c: char| c.is_ascii_digit());
+        digits.trim_start().starts_with('|')
+    };
+    message
+        .lines()
+        .filter(|line| !gutter(line))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 impl fmt::Display for SecretName {
@@ -1442,7 +1479,7 @@ catch_up = "none"
             (
                 "test_mode = true",
                 "test_mode = true\ntimeuot_secs = 3",
-                "timeuot_secs",
+                "did you mean `timeout_secs`?",
             ),
             ("url = \"https://", "url = \"ftp://", "gateway.url"),
             (
@@ -1458,9 +1495,28 @@ catch_up = "none"
             let message = load(&path).unwrap_err().to_string();
             assert!(message.contains(expect), "{expect}: {message}");
             assert!(message.contains("config.toml"), "{message}");
+            assert!(!message.contains('\n'), "one line: {message}");
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_never_echoes_the_line_it_is_on() {
+        let dir = tempfile::tempdir().unwrap();
+        for broken in [
+            "password = \"hunter2-xyz",
+            "salt = 'hunter2-xyz",
+            "webhook_secret = hunter2-xyz",
+            "api_token = \"\"\"hunter2-xyz",
+            "private_key = { pem = \"hunter2-xyz\"",
+        ] {
+            let text = GOOD.replace("test_mode = true", &format!("test_mode = true\n{broken}"));
+            let path = write(dir.path(), "config.toml", &text);
+            let message = load(&path).unwrap_err().to_string();
+            assert!(!message.contains("hunter2"), "{broken}: {message}");
+            assert!(!message.contains('\n'), "one line: {message}");
             assert!(
-                !message.contains('\n') || expect == "TOML",
-                "one line: {message}"
+                message.contains("config.toml") && message.contains("TOML parse error at line"),
+                "{message}"
             );
         }
     }

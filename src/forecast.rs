@@ -86,7 +86,10 @@ pub enum Source {
     Schedules,
 }
 
+/// In JSON, `period` is the period's due date (`YYYY-MM-DD`, as in `history --json`) and
+/// `period_index` its index (0 = the first due date); instants are RFC 3339, `Z`, whole seconds.
 #[derive(Debug, Clone, Serialize)]
+#[serde(into = "EntryJson")]
 pub struct Entry {
     pub subscription: String,
     pub period: u32,
@@ -106,11 +109,46 @@ pub struct Entry {
     pub refunded: Option<Money>,
 }
 
+/// An [`Entry`] as JSON: the same shape of `period` as `history --json`.
+#[derive(Serialize)]
+struct EntryJson {
+    subscription: String,
+    period: String,
+    period_index: u32,
+    due_date: NaiveDate,
+    #[serde(serialize_with = "crate::timefmt::serialize")]
+    at: DateTime<Utc>,
+    amount: Money,
+    currency: Currency,
+    status: Status,
+    reason: Option<String>,
+    order_number: Option<String>,
+}
+
+impl From<Entry> for EntryJson {
+    fn from(e: Entry) -> EntryJson {
+        EntryJson {
+            subscription: e.subscription,
+            period: e.due_date.format("%Y-%m-%d").to_string(),
+            period_index: e.period,
+            due_date: e.due_date,
+            at: e.at,
+            amount: e.amount,
+            currency: e.currency,
+            status: e.status,
+            reason: e.reason,
+            order_number: e.order_number,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Forecast {
     /// `ledger` or `schedules`.
     pub source: Source,
+    #[serde(serialize_with = "crate::timefmt::serialize")]
     pub from: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timefmt::serialize")]
     pub until: DateTime<Utc>,
     pub timezone: String,
     pub entries: Vec<Entry>,
@@ -155,6 +193,101 @@ pub fn forecast_from_ledger<'a>(
         .run(Some(ledger), &mut entries);
     }
     finish(Source::Ledger, calendar, from, until, entries)
+}
+
+/// Due charges a rehearsal left unmade (see [`unmade`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unmade {
+    /// Periods that fell due at or after the rehearsal's start and were skipped for lateness
+    /// (catch-up: a later period was due too, or it was due longer ago than the grace time).
+    pub skipped: u32,
+    /// Charges (a period, or an open period's retry) due at or after the start and by the cutoff
+    /// that were never attempted, and periods the engine would skip for lateness at the cutoff.
+    pub not_attempted: u32,
+}
+
+impl Unmade {
+    pub fn total(&self) -> u32 {
+        self.skipped.saturating_add(self.not_attempted)
+    }
+
+    pub fn add(&mut self, other: Unmade) {
+        self.skipped = self.skipped.saturating_add(other.skipped);
+        self.not_attempted = self.not_attempted.saturating_add(other.not_attempted);
+    }
+}
+
+/// What one subscription's ledger shows undone at `cutoff` of a rehearsal that started at
+/// `start`: periods due in `[start, cutoff]` that were skipped for lateness or never attempted.
+/// Only charges the engine itself should have made count: a period blocked by the limits or a
+/// paused subscription is not a charge; one waiting for an operator (a hard decline, a parked
+/// attempt) and attempts whose outcome is not known yet are not counted either. The decision is
+/// [`billing::decide`]'s at `cutoff`, as a sweep then would have made it.
+pub fn unmade(
+    subscription: &Subscription,
+    ledger: &LedgerState,
+    calendar: &Calendar,
+    start: DateTime<Utc>,
+    cutoff: DateTime<Utc>,
+) -> Unmade {
+    let terms = &subscription.terms;
+    let due_in_run = |first: u32, last: u32| -> u32 {
+        let count = (first..=last)
+            .filter_map(|p| billing::due_date(terms, p))
+            .map(|d| calendar.due_instant(d))
+            .filter(|at| *at >= start && *at <= cutoff)
+            .count();
+        u32::try_from(count).unwrap_or(u32::MAX)
+    };
+    let mut unmade = Unmade::default();
+    // Recorded skips for lateness (a run is one row, under its last period).
+    let mut first = 0;
+    for row in &ledger.periods {
+        if row.state == ChargeState::Skipped
+            && row.reason.as_deref().is_some_and(billing::is_missed)
+        {
+            unmade.skipped = unmade.skipped.saturating_add(due_in_run(first, row.period));
+        }
+        first = row.period.saturating_add(1);
+    }
+    if ledger.attention.is_some() {
+        return unmade;
+    }
+    // An open period: its retry, if it is due and nothing is in flight.
+    if let Some(open) = ledger
+        .periods
+        .iter()
+        .rev()
+        .find(|p| p.state == ChargeState::Open)
+    {
+        let settled_last = open
+            .last_attempt
+            .as_ref()
+            .is_none_or(|a| !a.state.unresolved() && !a.state.may_have_charged());
+        if settled_last
+            && open
+                .next_attempt_at
+                .is_some_and(|at| at >= start && at <= cutoff)
+        {
+            unmade.not_attempted = unmade.not_attempted.saturating_add(1);
+        }
+    }
+    let plan = billing::decide(terms, calendar, ledger.next_period, &ledger.charged, cutoff);
+    for settled in &plan.settled {
+        if let SettledOutcome::Skipped(reason) = &settled.outcome
+            && billing::is_missed(&reason.to_string())
+        {
+            unmade.not_attempted = unmade
+                .not_attempted
+                .saturating_add(due_in_run(settled.first, settled.period));
+        }
+    }
+    if let Next::Charge { period, .. } = plan.next {
+        unmade.not_attempted = unmade
+            .not_attempted
+            .saturating_add(due_in_run(period, period));
+    }
+    unmade
 }
 
 fn finish(
@@ -284,7 +417,7 @@ impl<'a> Simulation<'a> {
                 Some(format!(
                     "waits for an operator since {}: {reason}; nothing is charged until \
                      `recurrentd resume`",
-                    since.to_rfc3339()
+                    crate::timefmt::rfc3339(*since)
                 )),
             ));
             return false;
@@ -471,8 +604,9 @@ impl<'a> Simulation<'a> {
                 Next::Charge { period, due_date } => {
                     let due_at = calendar.due_instant(due_date);
                     let reason = deferred.take().or_else(|| {
-                        (due_at < self.now)
-                            .then(|| format!("due {}; charged late", due_at.to_rfc3339()))
+                        (due_at < self.now).then(|| {
+                            format!("due {}; charged late", crate::timefmt::rfc3339(due_at))
+                        })
                     });
                     entries.push(self.entry(period, due_date, self.now, Status::Charge, reason));
                     self.charges.push(self.now);
@@ -485,7 +619,10 @@ impl<'a> Simulation<'a> {
                         billing::verdict(terms, calendar, &self.charges, terms.amount, self.now)
                             .err()
                             .map_or_else(String::new, |reason| format!(": {reason}"));
-                    deferred = Some(format!("deferred from {}{why}", self.now.to_rfc3339()));
+                    deferred = Some(format!(
+                        "deferred from {}{why}",
+                        crate::timefmt::rfc3339(self.now)
+                    ));
                     if at > self.until {
                         return;
                     }

@@ -21,6 +21,7 @@
 //! - [`metrics`]: Prometheus metrics and their opt-in loopback listener.
 //! - [`failpoint`]: named crash points for the crash tests (debug builds only).
 //! - [`cli`]: the operator commands behind `main.rs`.
+//! - [`timefmt`]: the one time format of every JSON output (RFC 3339, `Z`, whole seconds).
 //!
 //! See ARCHITECTURE.md for the data's path and the invariants.
 
@@ -39,3 +40,4 @@ pub mod money;
 pub mod outbox;
 pub mod schedule;
 pub mod store;
+pub mod timefmt;

@@ -281,15 +281,21 @@ fn parse_file(path: &Path, text: &str, report: &mut FileReport) {
             walker.error(span, "toml", error.message().trim().to_string());
         }
         report.diagnostics = walker.diagnostics;
+        sort_by_location(&mut report.diagnostics);
         return;
     }
     let document = document.into_inner();
     for (key, value) in document.iter() {
         if key.get_ref() != "subscription" {
+            let hint = if did_you_mean(key.get_ref(), &["subscription"]).is_some() {
+                "did you mean `subscription`? "
+            } else {
+                ""
+            };
             walker.error(
                 key.span(),
                 key.get_ref(),
-                "unknown key; a schedule file holds only [[subscription]] tables".to_string(),
+                format!("unknown key; {hint}a schedule file holds only [[subscription]] tables"),
             );
             continue;
         }
@@ -314,6 +320,44 @@ fn parse_file(path: &Path, text: &str, report: &mut FileReport) {
     }
     check_within_file(&mut walker, &report.subscriptions);
     report.diagnostics = walker.diagnostics;
+    sort_by_location(&mut report.diagnostics);
+}
+
+/// Every problem of a file in the order an editor shows them: by line, then column (stable: two
+/// at one place keep the order they were found in).
+fn sort_by_location(diagnostics: &mut [Diagnostic]) {
+    diagnostics.sort_by_key(|d| (d.line, d.column));
+}
+
+/// The known key nearest to a misspelt `name`, if one is close enough to be what was meant:
+/// at most one edit in 4 characters (and at most 3), by Levenshtein distance, ignoring case.
+pub fn did_you_mean<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    let name = name.to_ascii_lowercase();
+    let limit = (name.chars().count() / 4).clamp(1, 3);
+    known
+        .iter()
+        .map(|k| (edit_distance(&name, &k.to_ascii_lowercase()), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance between two short strings (keys), by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// Walks the spanned document, collecting diagnostics.
@@ -362,10 +406,13 @@ impl Walker<'_> {
             if known.contains(&name) {
                 found.insert(name, value);
             } else {
+                let hint = did_you_mean(name, known)
+                    .map(|k| format!("did you mean `{k}`? "))
+                    .unwrap_or_default();
                 self.error(
                     key.span(),
                     &format!("{prefix}{name}"),
-                    format!("unknown key; expected one of: {}", known.join(", ")),
+                    format!("unknown key; {hint}expected one of: {}", known.join(", ")),
                 );
             }
         }

@@ -428,7 +428,7 @@ async fn forecast_continues_from_the_ledger() {
             .filter(|e| e["subscription"] == id)
             .map(|e| {
                 (
-                    e["period"].as_u64().unwrap(),
+                    e["period_index"].as_u64().unwrap(),
                     e["status"].as_str().unwrap().to_string(),
                     e["at"].as_str().unwrap().to_string(),
                 )

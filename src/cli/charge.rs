@@ -113,7 +113,7 @@ pub fn run(config: &Config, args: &ChargeArgs) -> u8 {
         ),
         Err(AdhocError::Store(error)) => {
             eprintln!("recurrentd: {error}");
-            return exit::UNAVAILABLE;
+            return exit::store(error);
         }
         Err(error) => (
             exit::PROBLEMS,
@@ -174,7 +174,7 @@ fn cancel(store: &mut store::Store, args: &ChargeArgs, reference: &str, by: &str
         ),
         Err(CancelError::Store(error)) => {
             eprintln!("recurrentd: {error}");
-            return exit::UNAVAILABLE;
+            return exit::store(error);
         }
         Err(error) => {
             let found = match error {

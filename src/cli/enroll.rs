@@ -83,8 +83,12 @@ pub struct EnrollArgs {
     /// RecurringMaxDate: no charge after this date.
     #[arg(long, value_name = "YYYY-MM-DD")]
     pub max_date: NaiveDate,
-    /// The initial payment's OrderNumber (default: enrol-<id>, then enrol-<id>-2, ... for later
-    /// attempts after one that was not charged). Never one an enrolment used before.
+    /// The new attempt's OrderNumber. Default: enrol-<id> for the subscription's first attempt,
+    /// enrol-<id>-<n> for its n-th (after attempts that were not charged), skipping any number
+    /// an enrolment used. An order number is sent once: one an enrolment used before is refused
+    /// (exit 1), so after a declined attempt run again without it, or with a new one. A rerun
+    /// first looks up the subscription's pending attempt under that attempt's own number,
+    /// whatever this option says.
     #[arg(long, value_name = "O")]
     pub order_number: Option<String>,
     /// The schedule file to append to (default: <schedules.dir>/enrolled-<id>.toml).
@@ -107,7 +111,8 @@ pub struct Enrolment {
     pub bill_number: String,
     pub amount: Money,
     pub currency: Currency,
-    /// When the initial payment was sent.
+    /// When the initial payment was sent (in JSON: RFC 3339, `Z`, whole seconds).
+    #[serde(serialize_with = "crate::timefmt::serialize")]
     pub at: DateTime<Utc>,
 }
 
@@ -513,13 +518,13 @@ fn open_store(config: &Config) -> Result<Store, Exit> {
              database.path to it, e.g. /var/lib/recurrentd/recurrentd.db under systemd); not \
              enrolled, nothing was sent"
         );
-        exit::CONFIG
+        exit::store(&error)
     })
 }
 
 fn store_failed(error: StoreError) -> Exit {
     eprintln!("recurrentd: {error}; not enrolled, nothing was sent");
-    exit::UNAVAILABLE
+    exit::store(&error)
 }
 
 fn connect(config: &Config) -> Result<(Client, tokio::runtime::Runtime), Exit> {

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use clap::{ArgGroup, Args, Subcommand};
 use serde::Serialize;
@@ -42,13 +42,41 @@ pub struct StatusArgs {
     pub all: bool,
 }
 
+/// The states a history entry can be in (`history --state`).
+const HISTORY_STATES: [&str; 10] = [
+    "pending",
+    "not_sent",
+    "unknown",
+    "approved",
+    "declined",
+    "not_received",
+    "quarantined",
+    "blocked",
+    "skipped",
+    "parked",
+];
+
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
-    /// Only this subscription's history.
+    /// Only this subscription's history (exit 1 if the database knows no such subscription).
     pub subscription: Option<String>,
     /// Only entries from this instant on (RFC 3339, daemon's clock).
     #[arg(long, value_name = "RFC3339")]
     pub since: Option<DateTime<Utc>>,
+    /// Only entries before this instant (RFC 3339, daemon's clock; --since A --until B tile).
+    #[arg(long, value_name = "RFC3339")]
+    pub until: Option<DateTime<Utc>>,
+    /// Only entries in these states (repeat it, or a comma-separated list).
+    #[arg(
+        long,
+        value_name = "STATE",
+        value_delimiter = ',',
+        value_parser = clap::builder::PossibleValuesParser::new(HISTORY_STATES)
+    )]
+    pub state: Vec<String>,
+    /// At most this many entries: the latest ones (still printed oldest first).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
     /// Print JSON (one array) for scripts.
     #[arg(long)]
     pub json: bool,
@@ -119,17 +147,20 @@ pub enum ClockCommand {
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Where to write the copy (must not exist).
+    /// Where to write the copy (must not exist: a backup never overwrites a file), or with
+    /// --verify the copy to check.
     pub path: PathBuf,
+    /// Check an existing copy instead of writing one: the whole file's integrity, that
+    /// recurrentd wrote it, its schema version; then what it holds. Read-only: the copy is never
+    /// changed. Exit 0 usable, 1 not a recurrentd database or a newer schema, 74 damaged.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 pub(super) fn open(config: &Config, access: Access) -> Result<Store, u8> {
     Store::open(&config.database.path, access).map_err(|error| {
         eprintln!("recurrentd: {error}");
-        match error {
-            StoreError::Missing { .. } => exit::PROBLEMS,
-            _ => exit::UNAVAILABLE,
-        }
+        exit::store(&error)
     })
 }
 
@@ -287,7 +318,7 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
         Ok(read) => read,
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            return exit::UNAVAILABLE;
+            return exit::store(&error);
         }
     };
     // The webhook's backlog, when one is configured.
@@ -499,7 +530,7 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
             }
             Err(ListError::Store(error)) => {
                 eprintln!("recurrentd: {error}");
-                return exit::UNAVAILABLE;
+                return exit::store(&error);
             }
         }
     }
@@ -792,9 +823,7 @@ struct SubscriptionLine<'a> {
     last_initial: bool,
 }
 
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
+use crate::timefmt::rfc3339;
 
 /// When the daemon will next try to charge a subscription: an open period's scheduled retry
 /// (or, with no retry instant and no live attempt, its own due instant: the next sweep); else
@@ -989,13 +1018,45 @@ pub fn history(config: &Config, args: &HistoryArgs) -> u8 {
         Ok(store) => store,
         Err(code) => return code,
     };
-    let rows = match store.history(args.subscription.as_deref(), args.since) {
+    let mut rows = match store.history(args.subscription.as_deref(), args.since) {
         Ok(rows) => rows,
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            return exit::UNAVAILABLE;
+            return exit::store(&error);
         }
     };
+    if let Some(id) = args.subscription.as_deref()
+        && rows.is_empty()
+    {
+        match store.subscription(id) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                eprintln!(
+                    "recurrentd: the database {} knows no subscription {id:?} (`recurrentd \
+                     status --all` lists them)",
+                    config.database.path.display()
+                );
+                return exit::PROBLEMS;
+            }
+            Err(error) => {
+                eprintln!("recurrentd: {error}");
+                return exit::store(&error);
+            }
+        }
+    }
+    if let Some(until) = args.until {
+        // Entries' times are RFC 3339 (whole seconds), so a parse never fails; keep any that did.
+        rows.retain(|r| DateTime::parse_from_rfc3339(&r.at).map_or(true, |at| at < until));
+    }
+    if !args.state.is_empty() {
+        rows.retain(|r| args.state.iter().any(|s| s == r.state));
+    }
+    if let Some(limit) = args.limit {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        if rows.len() > limit {
+            rows.drain(..rows.len() - limit);
+        }
+    }
     let printed = (|| -> std::io::Result<()> {
         let mut out = std::io::stdout().lock();
         if args.json {
@@ -1283,7 +1344,7 @@ pub fn resume(config: &Config, args: &ResumeArgs) -> u8 {
         }
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            exit::UNAVAILABLE
+            exit::store(&error)
         }
     }
 }
@@ -1339,7 +1400,7 @@ pub fn remove_file(config: &Config, args: &RemoveFileArgs) -> u8 {
         }
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            exit::UNAVAILABLE
+            exit::store(&error)
         }
     }
 }
@@ -1406,7 +1467,7 @@ pub fn resolve(config: &Config, args: &ResolveArgs) -> u8 {
         }
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            exit::UNAVAILABLE
+            exit::store(&error)
         }
     }
 }
@@ -1435,7 +1496,7 @@ pub fn breaker(config: &Config, command: &BreakerCommand) -> u8 {
         }
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            exit::UNAVAILABLE
+            exit::store(&error)
         }
     }
 }
@@ -1450,7 +1511,7 @@ pub fn clock(config: &Config, command: &ClockCommand) -> u8 {
         Ok(held) => held,
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            return exit::UNAVAILABLE;
+            return exit::store(&error);
         }
     };
     match store.acknowledge_clock(&operator(), reason, Utc::now()) {
@@ -1466,12 +1527,19 @@ pub fn clock(config: &Config, command: &ClockCommand) -> u8 {
         }
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            exit::UNAVAILABLE
+            exit::store(&error)
         }
     }
 }
 
 pub fn backup(config: &Config, args: &BackupArgs) -> u8 {
+    if args.verify {
+        return verify_backup(&args.path);
+    }
+    // Checked again, atomically, when the file is created; this is for the clear message.
+    if args.path.symlink_metadata().is_ok() {
+        return target_exists(&args.path);
+    }
     let store = match open(config, Access::ReadOnly) {
         Ok(store) => store,
         Err(code) => return code,
@@ -1489,9 +1557,73 @@ pub fn backup(config: &Config, args: &BackupArgs) -> u8 {
             eprintln!("recurrentd: {error}; no backup was written");
             exit::IO_ERROR
         }
+        Err(StoreError::Backup { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            target_exists(&args.path)
+        }
         Err(error) => {
+            eprintln!("recurrentd: {error}; no backup was written");
+            exit::store(&error)
+        }
+    }
+}
+
+fn target_exists(path: &std::path::Path) -> u8 {
+    eprintln!(
+        "recurrentd: {} already exists; a backup never overwrites a file: choose another name \
+         (or check that copy with `recurrentd backup --verify {}`)",
+        path.display(),
+        path.display()
+    );
+    exit::PROBLEMS
+}
+
+/// `backup --verify FILE`: what [`store::verify_copy`] found, one fact per line.
+fn verify_backup(path: &std::path::Path) -> u8 {
+    match store::verify_copy(path) {
+        Ok(copy) => {
+            println!("{}: a usable recurrentd backup", path.display());
+            println!("  integrity: ok (PRAGMA integrity_check)");
+            println!(
+                "  schema version: {}{}",
+                copy.schema_version,
+                if copy.schema_version < store::SCHEMA_VERSION {
+                    format!(
+                        " (this recurrentd uses {}: the daemon migrates it when it starts on it)",
+                        store::SCHEMA_VERSION
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            println!("  order-number prefix: {}", copy.order_prefix);
+            println!("  database created: {}", copy.created_at);
+            println!(
+                "  holds: {} subscription(s), {} attempt(s), {} ledger event(s); the latest at {}",
+                copy.subscriptions,
+                copy.attempts,
+                copy.ledger_events,
+                copy.last_event_at.as_deref().unwrap_or("-")
+            );
+            println!("  journal mode: {}", copy.journal_mode);
+            exit::OK
+        }
+        Err(error @ (StoreError::NotOurs { .. } | StoreError::TooNew { .. })) => {
             eprintln!("recurrentd: {error}");
             exit::PROBLEMS
+        }
+        Err(StoreError::Missing { .. }) => {
+            eprintln!("recurrentd: no file at {}", path.display());
+            exit::PROBLEMS
+        }
+        Err(error) => {
+            eprintln!("recurrentd: {error}; this copy cannot be restored");
+            if error.is_damaged() {
+                exit::IO_ERROR
+            } else {
+                exit::store(&error)
+            }
         }
     }
 }

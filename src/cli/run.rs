@@ -14,6 +14,8 @@ use crate::billing::Calendar;
 use crate::clock::{Clock, RehearsalClock, SystemClock};
 use crate::config::{self, Config, SecretName};
 use crate::daemon::{self, DaemonError, RunOptions, Sweep};
+use crate::engine::EngineError;
+use crate::forecast;
 use crate::gateway::client::{Settings, check_base_url};
 use crate::gateway::sandbox::{self, Sandbox, SandboxConfig};
 use crate::metrics::Metrics;
@@ -24,6 +26,12 @@ use crate::store::{Access, AttemptState, ChargeState, Store, StoreError};
 /// Rehearsal speed of `--sandbox` when `--clock-speed` is not given: a 30-day month in ten
 /// seconds.
 pub const SANDBOX_SPEED: u32 = 30 * 86_400 / 10;
+
+/// The pace `--sandbox` allows itself at least (the configured one is the real gateway's; at a
+/// month per ten seconds a request paced at 5 per second is a virtual day late): requests per
+/// second, and requests in flight.
+const SANDBOX_RATE: u32 = 200;
+const SANDBOX_IN_FLIGHT: u32 = 16;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -43,7 +51,11 @@ pub struct RunArgs {
     pub clock_speed: Option<u32>,
 
     /// Rehearsal clock: stop creating charges once the virtual clock passes this instant, settle
-    /// what is outstanding, and exit 0.
+    /// what is outstanding, and exit 0 — or exit 1 if charges that fell due during the rehearsal
+    /// were left unmade (skipped because they were reached late, or never attempted: the pace,
+    /// gateway.requests_per_second, could not keep up with the clock), said on stderr and in
+    /// the log with the count. What fell due in the last 25 sweeps (at least a virtual day)
+    /// before this instant is not counted.
     #[arg(long, value_name = "RFC3339")]
     pub until: Option<DateTime<Utc>>,
 
@@ -134,7 +146,13 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
             gateway = %sandbox.url(),
             database = %database.display(),
             speed,
-            "sandbox run: the built-in Assist sandbox, demo secrets, a fresh database"
+            requests_per_second = config.gateway.requests_per_second.max(SANDBOX_RATE),
+            max_in_flight = config.gateway.max_in_flight.max(SANDBOX_IN_FLIGHT),
+            "sandbox run: the built-in Assist sandbox, demo secrets, a fresh database; the pace \
+             is raised for the sandbox (gateway.requests_per_second {} and gateway.max_in_flight \
+             {} are the real gateway's)",
+            config.gateway.requests_per_second,
+            config.gateway.max_in_flight
         );
         sandbox_handle = Some(sandbox);
         (settings, database)
@@ -253,8 +271,8 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
         copy.schedules.dir = schedules;
         // The configured pace is the real gateway's; the built-in sandbox takes more, and at a
         // month per ten seconds a request paced at 5 per second is a virtual day late.
-        copy.gateway.max_in_flight = copy.gateway.max_in_flight.max(16);
-        copy.gateway.requests_per_second = copy.gateway.requests_per_second.max(200);
+        copy.gateway.max_in_flight = copy.gateway.max_in_flight.max(SANDBOX_IN_FLIGHT);
+        copy.gateway.requests_per_second = copy.gateway.requests_per_second.max(SANDBOX_RATE);
         // Metrics on a free loopback port unless configured (the log says where), and their
         // figures printed at the end.
         copy.metrics
@@ -266,9 +284,20 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
     let config = sandbox_config.as_ref().unwrap_or(config);
     let metrics = options.metrics.clone();
     let result = daemon::run(config, settings, options).await;
-    let code = match result {
-        Ok(()) => exit::OK,
-        Err(error) => report_failure(&error),
+    let code = match (result, until) {
+        // A rehearsal that reached --until (not one stopped early by a signal): was everything
+        // that fell due made?
+        (Ok(()), Some(until)) if rehearsal && clock.now() >= until => {
+            let config = config.clone();
+            let database = database.clone();
+            tokio::task::spawn_blocking(move || {
+                rehearsal_shortfall(&config, &database, start, until, speed)
+            })
+            .await
+            .unwrap_or(exit::INTERNAL)
+        }
+        (Ok(()), _) => exit::OK,
+        (Err(error), _) => report_failure(&error),
     };
     if let Some(sandbox) = sandbox_handle {
         print_sandbox_summary(&sandbox, &database);
@@ -363,6 +392,98 @@ fn print_webhook_summary(received: &Received, database: &Path) {
     );
 }
 
+/// At `--until`: the charges that fell due during the rehearsal and were left unmade (skipped
+/// for lateness, or never attempted by the cutoff), said in the log and on stderr, exit 1; else
+/// exit 0. The cutoff is the daemon's last sweep, or `until` less an allowance (25 virtual sweep
+/// intervals, at least a virtual day) if that is later: what fell due in that last stretch the
+/// next sweep would have made, had the rehearsal gone on.
+fn rehearsal_shortfall(
+    config: &Config,
+    database: &Path,
+    start: DateTime<Utc>,
+    until: DateTime<Utc>,
+    speed: u32,
+) -> u8 {
+    let store = match Store::open(database, Access::ReadOnly) {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("recurrentd: cannot check what the rehearsal made: {error}");
+            return exit::store(&error);
+        }
+    };
+    let report = match crate::schedule::load_dir(&config.schedules.dir) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("recurrentd: cannot check what the rehearsal made: {error}");
+            return exit::CONFIG;
+        }
+    };
+    let calendar = Calendar::from(&config.billing);
+    let cutoff = shortfall_cutoff(start, until, speed, store.last_sweep_at().ok().flatten());
+    let mut unmade = forecast::Unmade::default();
+    let mut subscriptions = 0u32;
+    for subscription in report.subscriptions() {
+        match store.ledger_state(&subscription.id) {
+            Ok(ledger) => {
+                let one = forecast::unmade(subscription, &ledger, &calendar, start, cutoff);
+                if one.total() > 0 {
+                    subscriptions += 1;
+                }
+                unmade.add(one);
+            }
+            Err(error) => {
+                eprintln!("recurrentd: cannot check what the rehearsal made: {error}");
+                return exit::store(&error);
+            }
+        }
+    }
+    if unmade.total() == 0 {
+        tracing::info!(
+            clock = %crate::timefmt::rfc3339(cutoff),
+            "rehearsal complete: every charge that fell due was made"
+        );
+        return exit::OK;
+    }
+    let message = format!(
+        "the rehearsal left {} due charge(s) of {subscriptions} subscription(s) unmade by {} \
+         ({} period(s) skipped because they were reached late, {} due and not attempted): \
+         the daemon could not keep up at --clock-speed {speed} with gateway.requests_per_second \
+         = {} and gateway.max_in_flight = {}; slow the clock down or raise the rate (exit 1)",
+        unmade.total(),
+        crate::timefmt::rfc3339(cutoff),
+        unmade.skipped,
+        unmade.not_attempted,
+        config.gateway.requests_per_second,
+        config.gateway.max_in_flight,
+    );
+    tracing::error!(
+        unmade = unmade.total(),
+        skipped = unmade.skipped,
+        not_attempted = unmade.not_attempted,
+        clock = %crate::timefmt::rfc3339(cutoff),
+        "rehearsal incomplete: due charges were left unmade"
+    );
+    eprintln!("recurrentd: {message}");
+    exit::PROBLEMS
+}
+
+/// The instant a rehearsal's due charges are reckoned to (see [`rehearsal_shortfall`]).
+fn shortfall_cutoff(
+    start: DateTime<Utc>,
+    until: DateTime<Utc>,
+    speed: u32,
+    last_sweep: Option<DateTime<Utc>>,
+) -> DateTime<Utc> {
+    let interval = rehearsal_sweep(speed) * speed.max(1);
+    let allowance = Duration::from_std(interval * 25)
+        .unwrap_or(Duration::days(1))
+        .max(Duration::days(1));
+    last_sweep
+        .unwrap_or(start)
+        .max(until - allowance)
+        .min(until)
+}
+
 /// Says why the daemon stopped (one line on stderr) and returns the exit code.
 fn report_failure(error: &DaemonError) -> u8 {
     match error {
@@ -389,12 +510,17 @@ fn report_failure(error: &DaemonError) -> u8 {
             eprintln!("recurrentd: {error}");
             exit::INTERNAL
         }
+        // A local database problem is never "gateway unavailable" (69).
+        DaemonError::Store(store) | DaemonError::Engine(EngineError::Store(store)) => {
+            eprintln!("recurrentd: {error}");
+            exit::store(store)
+        }
         _ => {
             eprintln!("recurrentd: {error}");
-            if error.is_permanent() {
-                exit::CONFIG
-            } else {
-                exit::UNAVAILABLE
+            match error {
+                DaemonError::Gateway(_) | DaemonError::Schedules(_) => exit::CONFIG,
+                _ if error.is_permanent() => exit::CONFIG,
+                _ => exit::INTERNAL,
             }
         }
     }

@@ -185,7 +185,7 @@ pub(super) fn plan_adhoc(
             },
         )?;
         tx.revisit(id, Revisit::Now)?;
-        tracing::warn!(subscription = %id, period = %adhoc.purpose, %reason, "ad-hoc charge expired");
+        tracing::warn!(subscription = %id, period = %adhoc.purpose, %reason, clock = %crate::timefmt::rfc3339(now), "ad-hoc charge expired");
         return Ok((None, 1));
     }
     let refused = if history.attempts_last_30_days >= policy.max_attempts_per_30_days {
@@ -223,7 +223,7 @@ pub(super) fn plan_adhoc(
             },
         )?;
         tx.revisit(id, Revisit::Now)?;
-        tracing::warn!(subscription = %id, period = %adhoc.purpose, %reason, "ad-hoc charge {}", state.as_str());
+        tracing::warn!(subscription = %id, period = %adhoc.purpose, %reason, clock = %crate::timefmt::rfc3339(now), "ad-hoc charge {}", state.as_str());
         return Ok((None, 1));
     }
     let number = adhoc_order_number(prefix, id, adhoc.id, adhoc.attempts + 1);

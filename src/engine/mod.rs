@@ -786,6 +786,7 @@ impl Inner {
                 subscription = %job.subscription_id,
                 period = %job.purpose,
                 order_number = %job.order_number,
+                clock = %crate::timefmt::rfc3339(self.clock.now()),
                 %reason,
                 "charge blocked before sending"
             );
@@ -839,6 +840,7 @@ impl Inner {
                     Outcome::IntegrityFailure(why) => tracing::warn!(
                         subscription = %job.subscription_id,
                         order_number = %job.order_number,
+                        clock = %crate::timefmt::rfc3339(self.clock.now()),
                         reason = %why,
                         "the charge reply does not match the request; looking the order up"
                     ),
@@ -849,6 +851,7 @@ impl Inner {
                     Outcome::Rejected(why) => tracing::error!(
                         subscription = %job.subscription_id,
                         order_number = %job.order_number,
+                        clock = %crate::timefmt::rfc3339(self.clock.now()),
                         reason = %why,
                         "the gateway rejected a charge request: check the configuration; \
                          the order is looked up before anything else is tried"
@@ -896,6 +899,7 @@ impl Inner {
         tracing::info!(
             subscription = %job.subscription_id,
             order_number = %job.order_number,
+            clock = %crate::timefmt::rfc3339(self.clock.now()),
             until = %until.to_rfc3339(),
             "charge held: too early for the agreed period"
         );
@@ -1008,6 +1012,7 @@ impl Inner {
                     tracing::error!(
                         subscription = %job.subscription_id,
                         order_number = %job.order_number,
+                        clock = %crate::timefmt::rfc3339(self.clock.now()),
                         approved_orders = verified.approved_orders,
                         pending_orders = verified.pending_orders,
                         "the gateway shows more than one order with this OrderNumber beside the \
@@ -1091,6 +1096,7 @@ impl Inner {
                     tracing::warn!(
                         subscription = %job.subscription_id,
                         order_number = %job.order_number,
+                        clock = %crate::timefmt::rfc3339(self.clock.now()),
                         "the gateway now says it has no such order, after it showed the order \
                          earlier: parked for an operator (resolve it once the order is checked \
                          at the merchant portal); it is never sent again under a new number"
@@ -1183,6 +1189,7 @@ impl Inner {
                 tracing::warn!(
                     subscription = %job.subscription_id,
                     order_number = %job.order_number,
+                    clock = %crate::timefmt::rfc3339(self.clock.now()),
                     "charge outcome still unknown after {} hours: parked for an operator",
                     self.policy.park_after.num_hours()
                 );
@@ -1270,6 +1277,7 @@ impl Inner {
             subscription = %job.subscription_id,
             period = %job.purpose,
             order_number = %job.order_number,
+            clock = %crate::timefmt::rfc3339(self.clock.now()),
             reason = %why,
             "charge quarantined: a gateway answer failed verification; nothing is booked"
         );
@@ -1352,6 +1360,7 @@ impl Inner {
                 tracing::error!(
                     subscription = %job.subscription_id,
                     order_number = %job.order_number,
+                    clock = %crate::timefmt::rfc3339(self.clock.now()),
                     state = now_state.unwrap_or("missing"),
                     "the gateway says this order was APPROVED, but the attempt was settled \
                      otherwise while the answer was on its way: check the order at the gateway \
@@ -1360,6 +1369,7 @@ impl Inner {
             } else {
                 tracing::warn!(
                     order_number = %job.order_number,
+                    clock = %crate::timefmt::rfc3339(self.clock.now()),
                     "attempt changed while this step ran; its result was not recorded"
                 );
             }
@@ -1429,6 +1439,7 @@ impl Inner {
             subscription = %job.subscription_id,
             period = %job.purpose,
             order_number = %job.order_number,
+            clock = %crate::timefmt::rfc3339(self.clock.now()),
             amount = %job.amount,
             currency = %job.currency,
             outcome,
@@ -1779,7 +1790,7 @@ fn plan_one(
                 }),
             },
         )?;
-        tracing::info!(subscription = %id, period = s.period, periods = s.count(), %reason, "period {}", state.as_str());
+        tracing::info!(subscription = %id, period = s.period, periods = s.count(), %reason, clock = %crate::timefmt::rfc3339(now), "period {}", state.as_str());
         settled += s.count();
     }
     let job = match plan.next {

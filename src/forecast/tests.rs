@@ -296,3 +296,71 @@ fn periods_the_ledger_blocked_or_skipped_are_shown_as_such() {
         Some("subscription is paused")
     );
 }
+
+/// A rehearsal from 1 Jan (before period 0's due instant) to a cutoff: what it left unmade.
+#[test]
+fn unmade_counts_due_charges_skipped_for_lateness_or_never_attempted() {
+    let cal = calendar();
+    let sub = subscription();
+    let start = at(1, 1) - Duration::hours(1);
+    // Two periods charged on time, nothing due after them by 15 February: nothing unmade.
+    assert_eq!(
+        unmade(&sub, &two_charged(), &cal, start, at(2, 15)).total(),
+        0
+    );
+    // By 1 April, periods 2 (1 March) and 3 (1 April) were due and never attempted: a sweep
+    // then skips period 2 (superseded) and charges period 3; both count.
+    let behind = unmade(&sub, &two_charged(), &cal, start, at(4, 1));
+    assert_eq!(
+        behind,
+        Unmade {
+            skipped: 0,
+            not_attempted: 2
+        }
+    );
+    // The engine reached them late: period 2 skipped for lateness, period 3 charged.
+    let mut late = two_charged();
+    let mut skipped = period(2, date(3, 1), ChargeState::Skipped, None);
+    skipped.reason = Some(billing::SkipReason::Superseded { by_period: 3 }.to_string());
+    late.periods.push(skipped);
+    late.periods.push(period(
+        3,
+        date(4, 1),
+        ChargeState::Paid,
+        Some((AttemptState::Approved, at(4, 2))),
+    ));
+    late.next_period = 4;
+    late.charged.push(at(4, 2));
+    assert_eq!(
+        unmade(&sub, &late, &cal, start, at(4, 15)),
+        Unmade {
+            skipped: 1,
+            not_attempted: 0
+        }
+    );
+    // A skip for lateness of a period due before the rehearsal started is history: not counted.
+    assert_eq!(unmade(&sub, &late, &cal, at(3, 2), at(4, 15)).total(), 0);
+    // A period skipped by the limits is not a charge left unmade.
+    let mut limited = two_charged();
+    let mut too_soon = period(2, date(3, 1), ChargeState::Skipped, None);
+    too_soon.reason = Some("too soon after the last charge, and not before the next period".into());
+    limited.periods.push(too_soon);
+    limited.next_period = 3;
+    assert_eq!(unmade(&sub, &limited, &cal, start, at(3, 15)).total(), 0);
+    // Waiting for an operator (a hard decline): the engine rightly charges nothing.
+    let mut held = two_charged();
+    held.attention = Some(("AS101 hard decline".into(), at(2, 1)));
+    assert_eq!(unmade(&sub, &held, &cal, start, at(4, 1)).total(), 0);
+    // An open period whose retry fell due and was not made counts once.
+    let mut open = two_charged();
+    let mut retry = period(
+        2,
+        date(3, 1),
+        ChargeState::Open,
+        Some((AttemptState::Declined, at(3, 1))),
+    );
+    retry.next_attempt_at = Some(at(3, 2));
+    open.periods.push(retry);
+    open.next_period = 3;
+    assert_eq!(unmade(&sub, &open, &cal, start, at(3, 10)).not_attempted, 1);
+}

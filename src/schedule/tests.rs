@@ -83,14 +83,14 @@ fn every_bad_value_gets_its_own_located_diagnostic() {
     assert_eq!(
         shown(&report),
         [
-            "10:1: colour: unknown key; expected one of: id, customer, bill_number, currency, amount, every, start, state, catch_up, limits",
             "3:6: id: must be 1 to 40 characters of A-Z a-z 0-9 _ -, got \"acme 1001!\"",
             "6:12: currency: currency must be an ISO 4217 code of three capital letters such as RUB, got \"rub\"",
             "7:10: amount: must be a quoted string such as \"499.00\" (numbers are not exact)",
             "8:9: every: must be \"N day(s)\", \"N week(s)\", \"N month(s)\" or \"N year(s)\", such as \"1 month\", got \"monthly\"",
             "9:9: start: must be a TOML date such as 2026-12-01 (no quotes, no time), found string",
-            "16:12: limits.max_date: must be a TOML date such as 2026-12-01 (no quotes, no time), got 2027-12-01T10:00:00",
+            "10:1: colour: unknown key; expected one of: id, customer, bill_number, currency, amount, every, start, state, catch_up, limits",
             "15:15: limits.period_days: must be a whole number of days, 1 to 999, got 0",
+            "16:12: limits.max_date: must be a TOML date such as 2026-12-01 (no quotes, no time), got 2027-12-01T10:00:00",
         ]
     );
 }
@@ -341,4 +341,60 @@ fn line_index_agrees_with_a_scan() {
             assert_eq!(scan(text, start), (line, 1), "{text:?} line {line}");
         }
     }
+}
+
+#[test]
+fn a_misspelt_key_is_answered_with_the_nearest_known_one() {
+    let text = GOOD
+        .replace("amount = \"499.00\"", "amout = \"499.00\"")
+        .replace("period_days = 28", "period_dyas = 28")
+        .replace(
+            "currency = \"RUB\"\namount = \"99.00\"",
+            "currency = \"RUB\"\nwibble = 1\namount = \"99.00\"",
+        );
+    let report = parse(&text);
+    let shown = shown(&report);
+    assert!(
+        shown
+            .iter()
+            .any(|d| d.contains("amout: unknown key; did you mean `amount`?")),
+        "{shown:#?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|d| d.contains("limits.period_dyas: unknown key; did you mean `period_days`?")),
+        "{shown:#?}"
+    );
+    // Nothing near: no guess.
+    let wibble = shown.iter().find(|d| d.contains("wibble")).unwrap();
+    assert!(!wibble.contains("did you mean"), "{wibble}");
+    assert_eq!(
+        did_you_mean("subscriptions", &["subscription"]),
+        Some("subscription")
+    );
+    assert_eq!(did_you_mean("ID", &["id", "customer"]), Some("id"));
+    assert_eq!(
+        did_you_mean("idd", &["id"]),
+        Some("id"),
+        "one edit in a short key"
+    );
+    assert_eq!(did_you_mean("x", &["id"]), None);
+    assert_eq!(did_you_mean("colour", &["id", "customer", "state"]), None);
+}
+
+#[test]
+fn every_problem_of_a_file_is_reported_sorted_by_line() {
+    // Problems found by the walk and by the checks across the file (a duplicate id, found
+    // after both subscriptions were read) come out in line order.
+    let text = "[[subscription]]\nid = \"a\"\nbill_number = \"1\"\ncurrency = \"RUB\"\n\
+        amount = \"10.00\"\nevery = \"1 month\"\nstart = 2027-01-01\n\n\
+        [[subscription]]\nid = \"a\"\nbill_number = \"2\"\ncurrency = \"XXX\"\n\
+        amount = \"1.234\"\nevery = \"1 month\"\nstart = 2027-01-01\n";
+    let report = parse(text);
+    let lines: Vec<usize> = report.diagnostics.iter().map(|d| d.line).collect();
+    assert!(report.diagnostics.len() >= 3, "{:#?}", shown(&report));
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted, "{:#?}", shown(&report));
 }

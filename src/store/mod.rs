@@ -57,6 +57,7 @@ pub use report::{
     Attention, HistoryRow, INITIAL_PERIOD, LastAttempt, LedgerPeriod, LedgerState, StatusReport,
     daemon_running,
 };
+pub use report::{CopyReport, verify_copy};
 pub use resolve::{Resolution, Resolved};
 pub use sync::{Changes, FileOutcome, FileSync, RemovedFile, SyncDirError, SyncSummary};
 
@@ -160,6 +161,17 @@ pub enum StoreError {
     },
     #[error("database {path}: no OS randomness for the order-number prefix: {message}")]
     Random { path: PathBuf, message: String },
+    /// Writing a backup copy failed on the file system (the target exists, no space...).
+    #[error("database {path}: backup {target}: {what}: {source}")]
+    Backup {
+        path: PathBuf,
+        target: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// `backup --verify`: the file is an SQLite database, but not one recurrentd wrote.
+    #[error("{path} is not a recurrentd database: {why}")]
+    NotOurs { path: PathBuf, why: String },
 }
 
 impl StoreError {
@@ -169,6 +181,27 @@ impl StoreError {
         match self {
             StoreError::Damaged { .. } => true,
             StoreError::Sqlite { source, .. } => is_damage(source),
+            _ => false,
+        }
+    }
+
+    /// The file system failed us (the lock file, a backup's target, SQLite's own I/O, a
+    /// database it cannot open, a full disk, a read-only file for a write).
+    pub fn is_io(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            StoreError::LockFile { .. } | StoreError::Io { .. } | StoreError::Backup { .. } => true,
+            StoreError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(
+                    C::SystemIoFailure
+                        | C::CannotOpen
+                        | C::DiskFull
+                        | C::ReadOnly
+                        | C::PermissionDenied
+                        | C::FileLockingProtocolFailed
+                )
+            ),
             _ => false,
         }
     }
@@ -479,11 +512,20 @@ impl Store {
                 })
             }
         };
-        check(
-            "journal_mode",
-            "wal",
-            "; the database must be on a local filesystem that supports WAL",
-        )?;
+        // A read-only open also takes a copy in rollback-journal mode (`backup` writes one with
+        // VACUUM INTO: a single self-contained file), which it reads without ever needing write
+        // access; whoever opens it to write (a restore) switches it to WAL above.
+        let copy = self.access == Access::ReadOnly
+            && conn
+                .query_row("PRAGMA journal_mode", [], |row| row.get::<_, String>(0))
+                .is_ok_and(|mode| mode.eq_ignore_ascii_case("delete"));
+        if !copy {
+            check(
+                "journal_mode",
+                "wal",
+                "; the database must be on a local filesystem that supports WAL",
+            )?;
+        }
         // 2 = FULL: every commit is synced, so a committed intent survives a power cut.
         check("synchronous", "2", "")?;
         check("foreign_keys", "1", "")?;

@@ -36,7 +36,8 @@ pub struct HistoryRow {
     /// pending, not_sent, unknown, approved, declined, not_received, quarantined, blocked,
     /// skipped, parked.
     pub state: &'static str,
-    /// When the request was (last) sent, on the daemon's clock; `null` if never sent.
+    /// When the request was (last) sent, on the daemon's clock (RFC 3339, whole seconds); `null`
+    /// if never sent.
     pub sent_at: Option<String>,
     pub response_code: Option<String>,
     /// verified, mismatch or absent.
@@ -44,7 +45,8 @@ pub struct HistoryRow {
     /// Why a period was blocked or skipped, or what the last answer said.
     pub reason: Option<String>,
     /// When it happened (the attempt's intent, the period's settlement, the initial payment), on
-    /// the daemon's clock (the enrolling command's clock for an initial payment).
+    /// the daemon's clock (the enrolling command's clock for an initial payment); RFC 3339 with
+    /// `Z`, whole seconds.
     pub at: String,
     /// How much of an approved charge was refunded (`recurrentd refund`, completed); `null`
     /// when nothing was. The charge stays `approved` and counts for the limits.
@@ -268,7 +270,9 @@ impl Store {
                 amount: amount.to_string(),
                 currency,
                 state,
-                sent_at: sent_at.filter(|_| sent == Some(1)),
+                sent_at: sent_at
+                    .filter(|_| sent == Some(1))
+                    .map(|t| crate::timefmt::normalise(&t)),
                 response_code,
                 checkvalue: match checkvalue.as_deref() {
                     Some("verified") => "verified",
@@ -276,7 +280,7 @@ impl Store {
                     _ => "absent",
                 },
                 reason,
-                at,
+                at: crate::timefmt::normalise(&at),
                 refunded: refund_text(refunded),
                 refund_pending: refund_text(refund_pending),
             });
@@ -442,7 +446,7 @@ impl Store {
             .optional()
             .ctx(&self.path, what)?
             .flatten()
-            .map(|t| whole_seconds(&t));
+            .map(|t| crate::timefmt::normalise(&t));
         let breaker = self.breaker()?;
         let clock_hold = self.clock_hold()?;
         let mut needs_attention = Vec::new();
@@ -495,7 +499,7 @@ impl Store {
                     "refund_pending" => "refund_pending",
                     _ => "hard_decline",
                 },
-                since: whole_seconds(&since),
+                since: crate::timefmt::normalise(&since),
                 detail,
                 order_number,
             });
@@ -573,11 +577,12 @@ impl Store {
         Ok(())
     }
 
-    fn backup_io(&self, target: &Path, what: &str, e: std::io::Error) -> StoreError {
-        StoreError::Corrupt {
+    fn backup_io(&self, target: &Path, what: &'static str, e: std::io::Error) -> StoreError {
+        StoreError::Backup {
             path: self.path.clone(),
-            what: format!("backup {}: {what}", target.display()),
-            value: e.to_string(),
+            target: target.to_path_buf(),
+            what,
+            source: e,
         }
     }
 
@@ -597,17 +602,6 @@ impl Store {
     }
 }
 
-/// A stored instant as RFC 3339 UTC in whole seconds (`...Z`), as JSON output shows times; the
-/// text itself if it does not parse.
-fn whole_seconds(text: &str) -> String {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| {
-            t.with_timezone(&Utc)
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        })
-        .unwrap_or_else(|_| text.to_string())
-}
-
 /// `PRAGMA integrity_check` on a backup just written, opened read-only on its own.
 fn check_copy(target: &Path) -> Result<(), StoreError> {
     let conn = rusqlite::Connection::open_with_flags(
@@ -616,6 +610,96 @@ fn check_copy(target: &Path) -> Result<(), StoreError> {
     )
     .ctx(target, "opening the backup to check it")?;
     super::check_file(&conn, target, "integrity_check")
+}
+
+/// What `backup --verify` found in a copy (see [`verify_copy`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyReport {
+    /// `PRAGMA user_version`: at most [`super::SCHEMA_VERSION`] (an older one is migrated by the
+    /// daemon that starts on it).
+    pub schema_version: u32,
+    /// `wal`, or `delete` for a copy made by `backup`.
+    pub journal_mode: String,
+    pub order_prefix: String,
+    pub created_at: String,
+    pub subscriptions: u64,
+    pub attempts: u64,
+    pub ledger_events: u64,
+    /// When the latest ledger event was written (RFC 3339, whole seconds).
+    pub last_event_at: Option<String>,
+}
+
+/// Checks a backup copy without changing it (opened read-only; never needs write access): the
+/// whole file's `PRAGMA integrity_check` ([`StoreError::Damaged`]), that recurrentd wrote it (its
+/// `meta` order-number prefix, [`StoreError::NotOurs`]) and a schema version this binary knows
+/// ([`StoreError::TooNew`]); then what it holds.
+pub fn verify_copy(path: &Path) -> Result<CopyReport, StoreError> {
+    if !path.try_exists().unwrap_or(true) {
+        return Err(StoreError::Missing {
+            path: path.to_path_buf(),
+        });
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ctx(path, "opening the copy to verify it")?;
+    super::check_file(&conn, path, "integrity_check")?;
+    let not_ours = |why: &str| StoreError::NotOurs {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+    };
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .ctx(path, "reading user_version")?;
+    let schema_version =
+        u32::try_from(version).map_err(|_| not_ours("a negative schema version"))?;
+    if schema_version == 0 {
+        return Err(not_ours(
+            "no schema version (an empty or foreign SQLite file)",
+        ));
+    }
+    if schema_version > super::SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: schema_version,
+            known: super::SCHEMA_VERSION,
+        });
+    }
+    let meta = |key: &str| -> Result<Option<String>, StoreError> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+            row.get(0)
+        })
+        .optional()
+        .map_err(|_| not_ours("it has no recurrentd meta table"))
+    };
+    let order_prefix =
+        meta("order_prefix")?.ok_or_else(|| not_ours("it has no order-number prefix"))?;
+    let created_at =
+        meta("created_at")?.map_or_else(|| "-".into(), |t| crate::timefmt::normalise(&t));
+    let count = |table: &str| -> Result<u64, StoreError> {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .map(|n| u64::try_from(n).unwrap_or(0))
+        .map_err(|_| not_ours(&format!("it has no {table} table")))
+    };
+    let last_event_at: Option<String> = conn
+        .query_row("SELECT max(at) FROM ledger", [], |row| row.get(0))
+        .map_err(|_| not_ours("it has no ledger table"))?;
+    let journal_mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .ctx(path, "reading journal_mode")?;
+    Ok(CopyReport {
+        schema_version,
+        journal_mode,
+        order_prefix,
+        created_at,
+        subscriptions: count("subscriptions")?,
+        attempts: count("attempts")?,
+        ledger_events: count("ledger")?,
+        last_event_at: last_event_at.map(|t| crate::timefmt::normalise(&t)),
+    })
 }
 
 /// Whether a daemon holds the lock of the database at `path` right now.

@@ -116,20 +116,26 @@ fn pragmas_read_back_in_every_mode() {
 }
 
 #[test]
-fn a_pragma_that_does_not_read_back_is_refused() {
-    // A read-only open does not set WAL, it only checks it: a rollback-journal database fails.
+fn a_read_only_open_takes_a_rollback_journal_copy_without_writing() {
+    // What `backup` writes (VACUUM INTO): a database in rollback-journal mode. A read-only open
+    // reads it as it is, and makes no file beside it; a writer switches it to WAL.
     let dir = tempfile::tempdir().unwrap();
-    Connection::open(db(&dir))
-        .unwrap()
-        .execute_batch("CREATE TABLE t (x INTEGER);")
-        .unwrap();
-    let message = Store::open(&db(&dir), Access::ReadOnly)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        message.contains("journal_mode") && message.contains("\"delete\""),
-        "{message}"
-    );
+    let copy = dir.path().join("copy.db");
+    {
+        let store = Store::open_or_create(&db(&dir)).unwrap();
+        store.backup_to(&copy).unwrap();
+    }
+    let store = Store::open(&copy, Access::ReadOnly).unwrap();
+    assert_eq!(pragma(&store, "journal_mode"), "Text(\"delete\")");
+    assert!(store.subscriptions().unwrap().is_empty());
+    drop(store);
+    for suffix in ["-wal", "-shm", ".lock"] {
+        let mut beside = copy.as_os_str().to_owned();
+        beside.push(suffix);
+        assert!(!std::path::Path::new(&beside).exists(), "{suffix}");
+    }
+    let store = Store::open(&copy, Access::Write).unwrap();
+    assert_eq!(pragma(&store, "journal_mode"), "Text(\"wal\")");
 }
 
 #[test]

@@ -70,8 +70,12 @@ fn history_shows_an_enrolment_as_its_initial_payment() {
     assert_eq!(initial.currency, "RUB");
     assert_eq!(initial.state, "approved");
     assert_eq!(initial.checkvalue, "verified");
-    assert_eq!(initial.at, timestamp(paid));
-    assert_eq!(initial.sent_at.as_deref(), Some(timestamp(paid).as_str()));
+    // Shown as every JSON time is: RFC 3339, `Z`, whole seconds.
+    assert_eq!(initial.at, crate::timefmt::rfc3339(paid));
+    assert_eq!(
+        initial.sent_at.as_deref(),
+        Some(crate::timefmt::rfc3339(paid).as_str())
+    );
     assert!(
         initial
             .reason
@@ -83,7 +87,7 @@ fn history_shows_an_enrolment_as_its_initial_payment() {
     assert_eq!(rows[1].period, "2027-01-01");
     assert_eq!(rows[1].period_index, Some(0));
     assert_eq!(rows[1].attempt, Some(1));
-    assert_eq!(rows[1].at, timestamp(at(1, 1)));
+    assert_eq!(rows[1].at, crate::timefmt::rfc3339(at(1, 1)));
 
     // Filters apply to it like to any entry.
     assert_eq!(store.history(Some("e-1"), None).unwrap().len(), 1);
