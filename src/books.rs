@@ -10,7 +10,11 @@
 //!   received, rejected: a late-filed order, a wrong `resolve`): held (`late_approval` flag);
 //! - `double_approval`: two approved orders for one period: held (`double_approval` flag);
 //! - `amount_mismatch`: amount or currency differ from the attempt's: never booked;
-//! - `not_at_gateway`: approved in the ledger, absent or not approved in the books;
+//! - `not_at_gateway`: approved in the ledger, absent or not approved in the books (a refunded
+//!   order is not: see `refund_mismatch`);
+//! - `refund_mismatch`: approved in the ledger, `Canceled` / `PartialCanceled` in the books, and
+//!   the ledger's refunds (`recurrentd refund`) do not account for that state: a refund made
+//!   outside recurrentd (the merchant portal, a reversal), or refunds that disagree;
 //! - `unknown_order`: an order with our prefix that the ledger does not know;
 //! - `integrity`: a record whose check value (or test mode) does not verify: never taken as
 //!   paid.
@@ -44,6 +48,7 @@ pub mod kind {
     pub const DOUBLE_APPROVAL: (&str, &str) = ("double_approval", "books_double_approval");
     pub const AMOUNT_MISMATCH: (&str, &str) = ("amount_mismatch", "books_amount_mismatch");
     pub const NOT_AT_GATEWAY: (&str, &str) = ("not_at_gateway", "books_not_at_gateway");
+    pub const REFUND_MISMATCH: (&str, &str) = ("refund_mismatch", "books_refund_mismatch");
     pub const UNKNOWN_ORDER: (&str, &str) = ("unknown_order", "books_unknown_order");
     pub const INTEGRITY: (&str, &str) = ("integrity", "books_integrity");
 }
@@ -155,16 +160,45 @@ fn record_detail(record: &BookRecord) -> serde_json::Value {
     })
 }
 
+/// What the ledger knows of an order's refunds, in minor units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Refunded {
+    completed: i64,
+    pending: i64,
+}
+
+/// Whether a verified `Canceled` / `PartialCanceled` record of an order the ledger has approved
+/// for `amount_cents` is explained by the ledger's refunds. What the gateway has refunded is
+/// either the completed refunds, or those plus the pending one (at most one is pending: its
+/// request may or may not have been applied when the books were read, which happens before the
+/// ledger is read): the state must fit one of the two. `Canceled`: all of it refunded;
+/// `PartialCanceled`: some of it, not all.
+fn refunds_explain(state: BookState, refunded: Refunded, amount_cents: i64) -> bool {
+    let fits = |cents: i64| match state {
+        BookState::Reversed => cents == amount_cents,
+        BookState::PartlyReversed => cents > 0 && cents < amount_cents,
+        _ => false,
+    };
+    fits(refunded.completed) || fits(refunded.completed.saturating_add(refunded.pending))
+}
+
+/// Minor units as an amount string (`0.00` for none).
+fn cents_text(cents: i64) -> String {
+    rust_decimal::Decimal::new(cents, 2).to_string()
+}
+
 /// Compares the books with the ledger (pure). `day`: our records created in the day; `margin`:
 /// ours around it; `attempts`: the ledger's attempts by order number; `enrolment_orders`:
 /// order numbers of enrolments' initial payments (not compared); `ledger_approved`: the
-/// ledger's approved attempts of the day.
+/// ledger's approved attempts of the day; `refunds`: the ledger's refunds by order number (an
+/// order without any is absent).
 fn compare(
     day: &[BookRecord],
     margin: &[BookRecord],
     attempts: &HashMap<String, Job>,
     enrolment_orders: &BTreeSet<String>,
     ledger_approved: &[Job],
+    refunds: &HashMap<String, Refunded>,
     test_mode: bool,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
@@ -340,6 +374,35 @@ fn compare(
             // Its own integrity finding says it (or the margin's record could not be read).
             continue;
         }
+        // Refunded at the gateway (a verified record): fine when the ledger's refunds say so.
+        if let Some(reversed) = records
+            .iter()
+            .find(|r| matches!(r.state, BookState::Reversed | BookState::PartlyReversed))
+        {
+            let refunded = refunds.get(number).copied().unwrap_or_default();
+            if refunds_explain(reversed.state, refunded, job.amount.cents()) {
+                continue;
+            }
+            let mut detail = record_detail(reversed);
+            detail["ledger_state"] = json!("approved");
+            detail["ledger_amount"] = json!(job.amount.to_string());
+            detail["ledger_currency"] = json!(job.currency.as_str());
+            detail["ledger_refunded"] = json!(cents_text(refunded.completed));
+            detail["ledger_refund_pending"] = json!(cents_text(refunded.pending));
+            detail["reason"] = json!(if refunded == Refunded::default() {
+                "reversed at the gateway but the ledger has no refund: a refund made outside \
+                 recurrentd?"
+            } else {
+                "the ledger's refunds do not match the gateway's state"
+            });
+            actions.push(Action::Record(finding(
+                kind::REFUND_MISMATCH,
+                number,
+                Some(job),
+                detail,
+            )));
+            continue;
+        }
         let states: Vec<&str> = records.iter().map(|r| r.state_text.as_str()).collect();
         actions.push(Action::Record(finding(
             kind::NOT_AT_GATEWAY,
@@ -424,7 +487,9 @@ pub async fn run(
         .chain(&margin)
         .map(|r| r.order_number.clone())
         .collect();
-    let (attempts, enrolment_orders, ledger_approved) = db(&store, move |s| {
+    // Read after the books, so a refund the books show is already in the ledger (recorded
+    // pending before its request left).
+    let (attempts, enrolment_orders, ledger_approved, refunds) = db(&store, move |s| {
         let mut attempts = HashMap::new();
         let mut enrolments = BTreeSet::new();
         for number in numbers {
@@ -435,7 +500,19 @@ pub async fn run(
             }
         }
         let approved = s.approved_attempts_between(start, end)?;
-        Ok((attempts, enrolments, approved))
+        let mut refunds = HashMap::new();
+        let ours: BTreeSet<&str> = approved
+            .iter()
+            .map(|j| j.order_number.as_str())
+            .chain(attempts.keys().map(String::as_str))
+            .collect();
+        for number in ours {
+            let (completed, pending) = s.refunded_cents(number)?;
+            if completed != 0 || pending != 0 {
+                refunds.insert(number.to_string(), Refunded { completed, pending });
+            }
+        }
+        Ok((attempts, enrolments, approved, refunds))
     })
     .await?;
     let test_mode = client.test_mode();
@@ -445,6 +522,7 @@ pub async fn run(
         &attempts,
         &enrolment_orders,
         &ledger_approved,
+        &refunds,
         test_mode,
     );
     let mut findings = Vec::new();
@@ -597,6 +675,7 @@ mod tests {
                 &attempts,
                 &BTreeSet::new(),
                 &[],
+                &HashMap::new(),
                 true,
             );
             assert_eq!(kinds(&actions), ["integrity"], "{state:?}");
@@ -613,6 +692,7 @@ mod tests {
                 &attempts,
                 &BTreeSet::new(),
                 &[],
+                &HashMap::new(),
                 true,
             ))
         };
@@ -629,7 +709,15 @@ mod tests {
         let attempts = HashMap::from([("P-a-3-1".to_string(), unknown)]);
         let mut paid = record("P-a-3-1", BookState::Paid, true);
         paid.test_mode = None;
-        let actions = compare(&[paid], &[], &attempts, &BTreeSet::new(), &[], true);
+        let actions = compare(
+            &[paid],
+            &[],
+            &attempts,
+            &BTreeSet::new(),
+            &[],
+            &HashMap::new(),
+            true,
+        );
         assert_eq!(kinds(&actions), ["integrity"]);
     }
 
@@ -645,9 +733,160 @@ mod tests {
             &attempts,
             &BTreeSet::new(),
             &[],
+            &HashMap::new(),
             false,
         );
         assert_eq!(kinds(&actions), ["integrity"]);
+    }
+
+    /// `compare` for one order approved in the ledger whose verified record is in `state`
+    /// (`state_text`), the ledger's refunds `completed` / `pending` (cents).
+    fn refunded_case(
+        state: BookState,
+        state_text: &str,
+        completed: i64,
+        pending: i64,
+    ) -> Vec<Action> {
+        let approved = job("P-a-3-1", AttemptState::Approved, 1);
+        let attempts = HashMap::from([("P-a-3-1".to_string(), approved.clone())]);
+        let mut reversed = record("P-a-3-1", state, true);
+        reversed.state_text = state_text.into();
+        let refunds = if completed == 0 && pending == 0 {
+            HashMap::new()
+        } else {
+            HashMap::from([("P-a-3-1".to_string(), Refunded { completed, pending })])
+        };
+        compare(
+            &[reversed],
+            &[],
+            &attempts,
+            &BTreeSet::new(),
+            &[approved],
+            &refunds,
+            true,
+        )
+    }
+
+    fn only_finding(actions: &[Action]) -> &NewFinding {
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        match &actions[0] {
+            Action::Record(f) | Action::LateBook(_, f) => f,
+        }
+    }
+
+    #[test]
+    fn an_order_refunded_in_full_through_the_ledger_is_no_finding() {
+        let canceled = |completed, pending| {
+            kinds(&refunded_case(
+                BookState::Reversed,
+                "Canceled",
+                completed,
+                pending,
+            ))
+        };
+        assert_eq!(canceled(10000, 0), Vec::<&str>::new());
+        // Refunded in two parts; the last one still pending in the ledger (the books were read
+        // after the gateway applied it, before its outcome was settled).
+        assert_eq!(canceled(3000, 7000), Vec::<&str>::new());
+        assert_eq!(canceled(0, 10000), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn an_order_refunded_in_part_through_the_ledger_is_no_finding() {
+        let partial = |completed, pending| {
+            kinds(&refunded_case(
+                BookState::PartlyReversed,
+                "PartialCanceled",
+                completed,
+                pending,
+            ))
+        };
+        assert_eq!(partial(3000, 0), Vec::<&str>::new());
+        assert_eq!(partial(0, 3000), Vec::<&str>::new());
+        // 30.00 done, the remaining 70.00 pending and not applied yet when the books were read.
+        assert_eq!(partial(3000, 7000), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_canceled_order_without_a_ledger_refund_is_a_refund_mismatch() {
+        let actions = refunded_case(BookState::Reversed, "Canceled", 0, 0);
+        assert_eq!(kinds(&actions), ["refund_mismatch"]);
+        let found = only_finding(&actions);
+        assert_eq!(found.ledger_kind, "books_refund_mismatch");
+        assert_eq!(found.subscription_id.as_deref(), Some("sub-1"));
+        assert!(found.hold.is_none());
+        assert_eq!(found.detail["gateway_state"], "Canceled");
+        assert_eq!(found.detail["ledger_amount"], "100.00");
+        assert_eq!(found.detail["ledger_refunded"], "0.00");
+        assert_eq!(found.detail["ledger_refund_pending"], "0.00");
+        assert_eq!(
+            found.detail["reason"],
+            "reversed at the gateway but the ledger has no refund: a refund made outside \
+             recurrentd?"
+        );
+        // The same for a partial refund made elsewhere.
+        let actions = refunded_case(BookState::PartlyReversed, "PartialCanceled", 0, 0);
+        assert_eq!(kinds(&actions), ["refund_mismatch"]);
+    }
+
+    #[test]
+    fn refunds_that_do_not_fit_the_gateways_state_are_a_refund_mismatch() {
+        // PartialCanceled, but the ledger refunded all of it.
+        let actions = refunded_case(BookState::PartlyReversed, "PartialCanceled", 10000, 0);
+        assert_eq!(kinds(&actions), ["refund_mismatch"]);
+        let found = only_finding(&actions);
+        assert_eq!(found.detail["gateway_state"], "PartialCanceled");
+        assert_eq!(found.detail["ledger_refunded"], "100.00");
+        assert_eq!(found.detail["ledger_refund_pending"], "0.00");
+        assert_eq!(
+            found.detail["reason"],
+            "the ledger's refunds do not match the gateway's state"
+        );
+        assert!(found.detail["ledger_refunded"].is_string());
+        // Canceled, but the ledger refunded only part (none pending that could make it whole).
+        let actions = refunded_case(BookState::Reversed, "Canceled", 3000, 0);
+        assert_eq!(kinds(&actions), ["refund_mismatch"]);
+        assert_eq!(only_finding(&actions).detail["ledger_refunded"], "30.00");
+        // A pending refund alone for all of it cannot make the order PartialCanceled.
+        let actions = refunded_case(BookState::PartlyReversed, "PartialCanceled", 0, 10000);
+        assert_eq!(kinds(&actions), ["refund_mismatch"]);
+        assert_eq!(
+            only_finding(&actions).detail["ledger_refund_pending"],
+            "100.00"
+        );
+    }
+
+    #[test]
+    fn a_declined_or_unverified_record_of_a_refunded_order_is_not_believed() {
+        // Declined at the gateway: not a refund, whatever the ledger refunded.
+        let declined = refunded_case(BookState::NotPaid, "Declined", 10000, 0);
+        assert_eq!(kinds(&declined), ["not_at_gateway"]);
+        // An unverified Canceled record: only its integrity finding.
+        let approved = job("P-a-3-1", AttemptState::Approved, 1);
+        let attempts = HashMap::from([("P-a-3-1".to_string(), approved.clone())]);
+        let mut forged = record("P-a-3-1", BookState::Reversed, false);
+        forged.state_text = "Canceled".into();
+        for refunds in [
+            HashMap::new(),
+            HashMap::from([(
+                "P-a-3-1".to_string(),
+                Refunded {
+                    completed: 10000,
+                    pending: 0,
+                },
+            )]),
+        ] {
+            let actions = compare(
+                &[forged.clone()],
+                &[],
+                &attempts,
+                &BTreeSet::new(),
+                std::slice::from_ref(&approved),
+                &refunds,
+                true,
+            );
+            assert_eq!(kinds(&actions), ["integrity"]);
+        }
     }
 
     #[test]

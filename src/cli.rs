@@ -281,7 +281,9 @@ pub enum Command {
     /// gateway charged an order still unresolved or quarantined here: booked now as a verified
     /// approval), unbooked_charge (charged, but settled otherwise here: the subscription is held),
     /// double_approval (two approved orders for one period: held), amount_mismatch,
-    /// not_at_gateway (approved here, absent or not approved there), unknown_order (our prefix,
+    /// not_at_gateway (approved here, absent or not approved there), refund_mismatch (approved
+    /// here, Canceled / PartialCanceled there, and this database's refunds do not account for
+    /// it: a refund made outside recurrentd?), unknown_order (our prefix,
     /// unknown here), integrity (a record whose checkvalue does not verify: never taken as paid).
     /// Each is a ledger event books_<kind> and an item in `status` until --ack; a clean day is a
     /// books_clean event. Running a day again records nothing twice. Safe while the daemon runs.

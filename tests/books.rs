@@ -532,3 +532,193 @@ async fn the_daily_sweep_compares_yesterday_once_and_remembers_it() {
     assert_eq!(again, None);
     assert_eq!(world.count("books_clean"), 1);
 }
+
+/// `refund` / `books` through the real binary: exit 0 (the stderr in the message otherwise) and
+/// the JSON it printed.
+fn command_json(world: &World, args: &[&str]) -> serde_json::Value {
+    let out = books_command(world, args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_refunded_through_recurrentd_are_no_finding() {
+    let world = World::new(
+        &[
+            ("full-1", "5611111111111111"),
+            ("part-1", "5622222222222222"),
+        ],
+        ResponseFormat::Xml,
+    )
+    .await;
+    let engine = world.start().await;
+    engine.tick().await.unwrap();
+    let full = world.attempts("full-1")[0].clone();
+    let part = world.attempts("part-1")[0].clone();
+    assert_eq!(
+        (full.1, part.1),
+        (AttemptState::Approved, AttemptState::Approved)
+    );
+    assert!(engine.books(today()).await.unwrap().clean());
+
+    // The operator refunds one charge in full and 30.00 of the other.
+    let json = command_json(
+        &world,
+        &["refund", &full.0, "--reason", "cancelled", "--json"],
+    );
+    assert_eq!(json["status"], "completed", "{json}");
+    let json = command_json(
+        &world,
+        &[
+            "refund", &part.0, "--amount", "30.00", "--reason", "goodwill", "--json",
+        ],
+    );
+    assert_eq!(json["status"], "completed", "{json}");
+    let states: Vec<_> = world
+        .sandbox
+        .book()
+        .orders
+        .iter()
+        .map(|o| o.state)
+        .collect();
+    assert!(
+        states.contains(&recurrentd::gateway::sandbox::OrderState::Canceled),
+        "{states:?}"
+    );
+
+    // The day compared again (`books --date`, and the engine's own run): still clean.
+    let date = today().to_string();
+    let json = command_json(&world, &["books", "--date", &date, "--json"]);
+    assert_eq!(json["clean"], true, "{json}");
+    assert_eq!(json["gateway_orders"], 2);
+    assert_eq!(json["ledger_approved"], 2);
+    let report = engine.books(today()).await.unwrap();
+    assert!(report.clean(), "{:?}", report.findings);
+    assert_eq!(world.count("books_not_at_gateway"), 0);
+    assert_eq!(world.count("books_refund_mismatch"), 0);
+    assert_eq!(world.count("books_clean"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_refunded_outside_recurrentd_are_a_refund_mismatch() {
+    let world = World::new(
+        &[("out-1", "5633333333333333"), ("mix-1", "5644444444444444")],
+        ResponseFormat::Json,
+    )
+    .await;
+    let engine = world.start().await;
+    engine.tick().await.unwrap();
+    let out = world.attempts("out-1")[0].clone();
+    let mix = world.attempts("mix-1")[0].clone();
+    // mix-1: 30.00 refunded through recurrentd, then the rest in the merchant portal; out-1:
+    // refunded in full in the portal.
+    let json = command_json(
+        &world,
+        &[
+            "refund", &mix.0, "--amount", "30.00", "--reason", "goodwill", "--json",
+        ],
+    );
+    assert_eq!(json["status"], "completed", "{json}");
+    let client = world.client();
+    let records = client
+        .results_by_date(Utc::now() - Duration::hours(1), Utc::now())
+        .await
+        .unwrap();
+    let bill = |order: &str| {
+        records
+            .iter()
+            .find(|r| r.order_number == order)
+            .unwrap()
+            .bill_number
+            .clone()
+    };
+    let rub = recurrentd::money::Currency::parse("RUB").unwrap();
+    let money = |text: &str| recurrentd::money::Money::parse(text).unwrap();
+    for (order, amount) in [(&out.0, "100.00"), (&mix.0, "70.00")] {
+        let bill = bill(order);
+        let reply = client
+            .cancel(&recurrentd::gateway::client::CancelRequest {
+                order_number: order,
+                bill_number: &bill,
+                order_amount: money("100.00"),
+                amount: money(amount),
+                currency: rub,
+                reason: "portal",
+            })
+            .await;
+        assert_eq!(
+            reply.claim,
+            recurrentd::gateway::outcome::Outcome::Approved,
+            "{reply:?}"
+        );
+    }
+
+    let report = engine.books(today()).await.unwrap();
+    assert_eq!(
+        finding_kinds(&report),
+        ["refund_mismatch", "refund_mismatch"]
+    );
+    let finding = |order: &str| {
+        report
+            .findings
+            .iter()
+            .find(|f| f.order_number == order)
+            .unwrap()
+            .clone()
+    };
+    let outside = finding(&out.0);
+    assert_eq!(outside.subscription_id.as_deref(), Some("out-1"));
+    assert_eq!(outside.detail["gateway_state"], "Canceled");
+    assert_eq!(outside.detail["ledger_refunded"], "0.00");
+    assert_eq!(outside.detail["ledger_refund_pending"], "0.00");
+    assert_eq!(
+        outside.detail["reason"],
+        "reversed at the gateway but the ledger has no refund: a refund made outside recurrentd?"
+    );
+    let mixed = finding(&mix.0);
+    assert_eq!(mixed.detail["gateway_state"], "Canceled");
+    assert_eq!(mixed.detail["ledger_amount"], "100.00");
+    assert_eq!(mixed.detail["ledger_refunded"], "30.00");
+    assert_eq!(
+        mixed.detail["reason"],
+        "the ledger's refunds do not match the gateway's state"
+    );
+    assert_eq!(world.count("books_refund_mismatch"), 2);
+    assert_eq!(world.count("books_not_at_gateway"), 0);
+
+    // An item of `status` and an event for the merchant's systems, like every books finding.
+    let out_status = books_command(&world, &["status", "--json", "--offline-ok"]);
+    assert_eq!(out_status.status.code(), Some(1), "{out_status:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out_status.stdout).unwrap();
+    let books: Vec<&serde_json::Value> = status["needs_attention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "books")
+        .collect();
+    assert_eq!(books.len(), 2, "{status}");
+    assert!(
+        books
+            .iter()
+            .all(|a| a["detail"].as_str().unwrap().contains("refund_mismatch")),
+        "{books:?}"
+    );
+    let out_events = books_command(&world, &["events", "--json"]);
+    let events = String::from_utf8_lossy(&out_events.stdout);
+    assert_eq!(
+        events.matches("books_refund_mismatch").count(),
+        2,
+        "{events}"
+    );
+
+    // Again: nothing new.
+    let again = engine.books(today()).await.unwrap();
+    assert_eq!(again.new_findings, 0);
+    assert_eq!(world.count("books_refund_mismatch"), 2);
+}

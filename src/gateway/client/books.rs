@@ -47,9 +47,11 @@ pub enum BookState {
     NotPaid,
     /// `In Process` and the like.
     InProgress,
-    /// `Canceled`: cancelled or refunded after approval.
+    /// `Canceled`: cancelled or refunded (in full) after approval.
     Reversed,
-    /// Anything else (partial states, unknown words): never paid, always reported.
+    /// `PartialCanceled`: approved, then part of it refunded.
+    PartlyReversed,
+    /// Anything else (other partial states, unknown words): never paid, always reported.
     Other,
 }
 
@@ -212,6 +214,9 @@ impl Client {
             StateClass::Failed => BookState::NotPaid,
             StateClass::InProgress => BookState::InProgress,
             StateClass::Reversed => BookState::Reversed,
+            StateClass::Anomalous if state_text.trim().eq_ignore_ascii_case("PartialCanceled") => {
+                BookState::PartlyReversed
+            }
             _ => BookState::Other,
         };
         BookRecord {
