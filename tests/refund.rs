@@ -372,7 +372,7 @@ async fn refund_partial_then_the_rest_once_each_and_the_daemon_never_charges_tha
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["period"] == 0)
+        .find(|e| e["period_index"] == 0)
         .unwrap()
         .clone();
     assert_eq!(entry["status"], "charged", "{entry}");
