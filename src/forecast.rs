@@ -123,6 +123,8 @@ struct EntryJson {
     status: Status,
     reason: Option<String>,
     order_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refunded: Option<Money>,
 }
 
 impl From<Entry> for EntryJson {
@@ -138,6 +140,7 @@ impl From<Entry> for EntryJson {
             status: e.status,
             reason: e.reason,
             order_number: e.order_number,
+            refunded: e.refunded,
         }
     }
 }
