@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::billing::{self, Calendar, Next, SettledOutcome};
 use crate::money::{Currency, Money};
 use crate::schedule::Subscription;
-use crate::store::{ChargeState, LedgerPeriod, LedgerState};
+use crate::store::{AttemptState, ChargeState, LedgerPeriod, LedgerState};
 
 /// Most events simulated per subscription, whatever the horizon (a daily plan over ten years).
 const MAX_EVENTS: usize = 4_000;
@@ -224,7 +224,8 @@ impl Unmade {
 /// `start`: periods due in `[start, cutoff]` that were skipped for lateness or never attempted.
 /// Only charges the engine itself should have made count: a period blocked by the limits or a
 /// paused subscription is not a charge; one waiting for an operator (a hard decline, a parked
-/// attempt) and attempts whose outcome is not known yet are not counted either. The decision is
+/// attempt) and one held by an attempt whose outcome is not known yet (unknown, parked,
+/// quarantined: the due sweep passes it by) are not counted either. The decision is
 /// [`billing::decide`]'s at `cutoff`, as a sweep then would have made it.
 pub fn unmade(
     subscription: &Subscription,
@@ -254,6 +255,18 @@ pub fn unmade(
         first = row.period.saturating_add(1);
     }
     if ledger.attention.is_some() {
+        return unmade;
+    }
+    // A period whose latest attempt is not settled (its outcome unknown, parked or quarantined)
+    // holds the subscription: the due sweep passes it by until the attempt settles, so later
+    // periods are rightly not attempted.
+    let unsettled = ledger.periods.iter().any(|p| {
+        p.state == ChargeState::Quarantined
+            || p.last_attempt
+                .as_ref()
+                .is_some_and(|a| a.state.unresolved() || a.state == AttemptState::Quarantined)
+    });
+    if unsettled {
         return unmade;
     }
     // An open period: its retry, if it is due and nothing is in flight.

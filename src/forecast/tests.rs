@@ -363,4 +363,26 @@ fn unmade_counts_due_charges_skipped_for_lateness_or_never_attempted() {
     open.periods.push(retry);
     open.next_period = 3;
     assert_eq!(unmade(&sub, &open, &cal, start, at(3, 10)).not_attempted, 1);
+    // A quarantined (or unknown, or parked) attempt holds the subscription: the periods due
+    // after it are rightly not attempted until it settles.
+    for state in [
+        AttemptState::Quarantined,
+        AttemptState::Unknown,
+        AttemptState::Parked,
+    ] {
+        let mut held = two_charged();
+        held.periods.push(period(
+            2,
+            date(3, 1),
+            ChargeState::Open,
+            Some((state, at(3, 1))),
+        ));
+        held.next_period = 3;
+        held.charged.push(at(3, 1));
+        assert_eq!(
+            unmade(&sub, &held, &cal, start, at(5, 2)).total(),
+            0,
+            "{state}"
+        );
+    }
 }
