@@ -39,8 +39,8 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+use crate::billing::CatchUp;
 use crate::billing::{Cadence, Calendar, Limits, Revisit, SubscriptionState, Terms};
-use crate::config::CatchUp;
 use crate::money::Money;
 
 pub use books::{BOOKS_ACKNOWLEDGED, BOOKS_CLEAN, BookFinding, NewFinding, RunRecorded};
