@@ -13,8 +13,8 @@ use std::fmt;
 
 use chrono::{DateTime, Datelike, Days, Duration, Months, NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{BillingConfig, CatchUp};
 use crate::money::Money;
 
 /// Most periods `check_terms` looks through for the smallest gap between due dates (about 27
@@ -147,6 +147,36 @@ pub struct Terms {
     pub limits: Limits,
 }
 
+/// Catch-up policy after downtime (see the README's billing rules): `billing.catch_up` in the
+/// config, `catch_up` in a schedule file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// Charge only the most recent missed period; report older ones as skipped.
+    Latest,
+    /// Skip missed periods; resume at the next period that is still on time.
+    None,
+}
+
+impl CatchUp {
+    pub fn parse(text: &str) -> Option<CatchUp> {
+        match text {
+            "latest" => Some(CatchUp::Latest),
+            "none" => Some(CatchUp::None),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CatchUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CatchUp::Latest => "latest",
+            CatchUp::None => "none",
+        })
+    }
+}
+
 /// How local time is read: the billing part of the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Calendar {
@@ -155,17 +185,6 @@ pub struct Calendar {
     pub catch_up: CatchUp,
     /// How long after its due instant a period is still on time (not "missed").
     pub grace: Duration,
-}
-
-impl From<&BillingConfig> for Calendar {
-    fn from(billing: &BillingConfig) -> Calendar {
-        Calendar {
-            timezone: billing.timezone,
-            charge_time: billing.charge_time,
-            catch_up: billing.catch_up,
-            grace: Duration::hours(i64::from(billing.grace_hours)),
-        }
-    }
 }
 
 impl Calendar {

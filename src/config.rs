@@ -11,6 +11,10 @@
 //! as [`SecretString`], whose `Debug` is redacted. A secret file outside the credentials
 //! directory must be the file itself (no symbolic link) and owned by the user running
 //! recurrentd.
+//!
+//! Config depends on the domain, never the reverse: `CatchUp` is `billing`'s and
+//! `ResponseFormat` is `gateway`'s (both re-exported here), and the conversions from config
+//! sections into domain values (`Calendar`, the gateway client's `Settings`) are written here.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -21,6 +25,11 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::billing::Calendar;
+pub use crate::billing::CatchUp;
+pub use crate::gateway::ResponseFormat;
+use crate::gateway::client::Settings;
 
 /// Prefix of the environment variables that override config keys: `RECURRENTD_GATEWAY__URL`.
 pub const ENV_PREFIX: &str = "RECURRENTD_";
@@ -221,47 +230,42 @@ pub struct BillingConfig {
     pub grace_hours: u32,
 }
 
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    pub format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ResponseFormat {
-    /// `Format=3`.
-    Xml,
-    /// `Format=5`.
-    Json,
-}
-
-/// Catch-up policy after downtime (see the README's billing rules).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CatchUp {
-    /// Charge only the most recent missed period; report older ones as skipped.
-    Latest,
-    /// Skip missed periods; resume at the next period that is still on time.
-    None,
-}
-
-impl CatchUp {
-    pub fn parse(text: &str) -> Option<CatchUp> {
-        match text {
-            "latest" => Some(CatchUp::Latest),
-            "none" => Some(CatchUp::None),
-            _ => None,
+impl From<&BillingConfig> for Calendar {
+    fn from(billing: &BillingConfig) -> Calendar {
+        Calendar {
+            timezone: billing.timezone,
+            charge_time: billing.charge_time,
+            catch_up: billing.catch_up,
+            grace: chrono::Duration::hours(i64::from(billing.grace_hours)),
         }
     }
 }
 
-impl fmt::Display for CatchUp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CatchUp::Latest => "latest",
-            CatchUp::None => "none",
-        })
+// The gateway client's settings from its config section, here so that `gateway` never reads
+// config: config depends on the domain, not the other way round.
+impl Settings {
+    pub fn from_config(
+        config: &GatewayConfig,
+        password: SecretString,
+        salt: SecretString,
+    ) -> Settings {
+        Settings {
+            url: config.url.clone(),
+            merchant_id: config.merchant_id.clone(),
+            login: config.login.clone(),
+            password,
+            salt,
+            test_mode: config.test_mode,
+            format: config.format,
+            connect_timeout: std::time::Duration::from_secs(config.connect_timeout_secs),
+            timeout: std::time::Duration::from_secs(config.timeout_secs),
+        }
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

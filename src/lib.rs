@@ -13,6 +13,8 @@
 //!   built-in sandbox.
 //! - [`store`]: the SQLite database (the only module that knows SQL): open modes and the daemon
 //!   lock, checked pragmas, migrations, the append-only ledger, and schedule sync.
+//! - [`lifecycle`]: the charge lifecycle's data: attempt and period states, `Purpose`, `Job`,
+//!   `History`, `AttemptChange` and its ledger events (plain data; the store persists it).
 //! - [`engine`]: the charge lifecycle: due sweep → intent → gateway → verified outcome → ledger,
 //!   with reconciliation, retries, dunning, parking, the circuit breaker and pacing.
 //! - [`clock`]: the engine's time source (the system clock, or a manual one in tests).
@@ -35,6 +37,7 @@ pub mod engine;
 pub mod failpoint;
 pub mod forecast;
 pub mod gateway;
+pub mod lifecycle;
 pub mod metrics;
 pub mod money;
 pub mod outbox;

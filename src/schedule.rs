@@ -17,8 +17,8 @@ use serde::Serialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::billing::CatchUp;
 use crate::billing::{self, Cadence, Limits, SubscriptionState, Terms};
-use crate::config::CatchUp;
 use crate::money::{Currency, Money};
 
 /// Largest schedule file read; larger ones are refused before reading.

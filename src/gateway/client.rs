@@ -22,10 +22,10 @@ use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
+use super::ResponseFormat;
 use super::outcome::Outcome;
 use super::reply::{self, Expected, Verified};
 use super::wire::{self, MAX_REPLY_BYTES, Reply};
-use crate::config::{GatewayConfig, ResponseFormat};
 use crate::metrics::{Metrics, RequestResult};
 use crate::money::{Currency, Money};
 
@@ -51,7 +51,7 @@ pub const STATUS_WINDOW_BEFORE_HOURS: i64 = 24;
 /// gateway's.
 pub const STATUS_WINDOW_AFTER_HOURS: i64 = 2;
 
-/// Where and how to reach the gateway.
+/// Where and how to reach the gateway (`Settings::from_config` is in `config`).
 pub struct Settings {
     pub url: String,
     pub merchant_id: String,
@@ -62,26 +62,6 @@ pub struct Settings {
     pub format: ResponseFormat,
     pub connect_timeout: Duration,
     pub timeout: Duration,
-}
-
-impl Settings {
-    pub fn from_config(
-        config: &GatewayConfig,
-        password: SecretString,
-        salt: SecretString,
-    ) -> Settings {
-        Settings {
-            url: config.url.clone(),
-            merchant_id: config.merchant_id.clone(),
-            login: config.login.clone(),
-            password,
-            salt,
-            test_mode: config.test_mode,
-            format: config.format,
-            connect_timeout: Duration::from_secs(config.connect_timeout_secs),
-            timeout: Duration::from_secs(config.timeout_secs),
-        }
-    }
 }
 
 /// The gateway client. Cheap to share (`&Client` across tasks); `Debug` shows no secret.

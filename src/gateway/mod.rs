@@ -19,6 +19,8 @@
 //! Only `client` and `sandbox` do I/O; secrets come in as [`secrecy::SecretString`] and stay
 //! inside them.
 
+use serde::{Deserialize, Serialize};
+
 use crate::money::{Currency, Money};
 
 pub mod checkvalue;
@@ -28,6 +30,16 @@ pub mod reply;
 pub mod sandbox;
 pub mod signature;
 pub mod wire;
+
+/// The reply format asked of Assist (`Format`): `gateway.format` in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseFormat {
+    /// `Format=3`.
+    Xml,
+    /// `Format=5`.
+    Json,
+}
 
 /// The request string `Merchant_ID;OrderNumber;OrderAmount;OrderCurrency` (assist-api.md §5.1,
 /// §6.1), hashed for the request check value and signed for the request `Signature`.

@@ -11,10 +11,9 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::charges::{
-    AttemptChange, AttemptState, Event, Flag, Job, append, apply_one, raise_flag,
-};
+use super::charges::{append, apply_one, raise_flag};
 use super::{Context, Store, StoreError, cached_query_row, date_text, parse_timestamp, timestamp};
+use crate::lifecycle::{AttemptChange, AttemptState, Event, Flag, Job};
 
 /// Ledger kind of a day whose books matched the ledger.
 pub const BOOKS_CLEAN: &str = "books_clean";

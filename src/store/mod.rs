@@ -39,14 +39,16 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+use crate::billing::CatchUp;
 use crate::billing::{Cadence, Calendar, Limits, Revisit, SubscriptionState, Terms};
-use crate::config::CatchUp;
-use crate::money::{Currency, Money};
+use crate::money::Money;
 
 pub use books::{BOOKS_ACKNOWLEDGED, BOOKS_CLEAN, BookFinding, NewFinding, RunRecorded};
-pub use charges::{
-    AdhocCharge, AttemptChange, AttemptState, ChargeChange, ChargeState, EnrolmentRecord, Event,
-    Flag, History, Job, OpenCharge, PeriodRow, PlanTx, Purpose, event, flag,
+pub use charges::{EnrolmentRecord, PlanTx};
+// The lifecycle's data lives in `crate::lifecycle`; the store persists it.
+pub use crate::lifecycle::{
+    AdhocCharge, AttemptChange, AttemptState, ChargeChange, ChargeState, Event, Flag, History, Job,
+    OpenCharge, PeriodRow, Purpose, StoredSubscription, event, flag,
 };
 pub use enrolment::{EnrolmentAttempt, EnrolmentState, OrderUse, enrolment_event};
 pub use operate::{AuditEvent, DaemonRecord, OpenAttempt, RefusedFile};
@@ -237,29 +239,6 @@ pub struct Store {
     /// This open created the database (see [`Store::open_or_create`]).
     created: bool,
     _lock: Option<File>,
-}
-
-/// A subscription as the store holds it: the last accepted definition, active or removed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSubscription {
-    pub id: String,
-    /// Name of the schedule file (inside the schedules folder) that last defined it.
-    pub file: String,
-    pub line: usize,
-    pub customer: Option<String>,
-    pub bill_number: String,
-    pub currency: Currency,
-    pub terms: Terms,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    /// Set once it is no longer defined by any file; its id stays reserved.
-    pub removed_at: Option<DateTime<Utc>>,
-}
-
-impl StoredSubscription {
-    pub fn is_active(&self) -> bool {
-        self.removed_at.is_none()
-    }
 }
 
 /// What the store knows of one schedule file.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::money::Currency;
 use crate::schedule::{DirReport, FileReport, parse_text};
 use crate::store::test_support::enrolment;
 use chrono::TimeZone;
