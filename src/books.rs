@@ -151,6 +151,21 @@ fn finding(
     }
 }
 
+/// A verified paid record for an attempt the ledger settled otherwise (`state`): a possible
+/// second charge for its period, held for an operator (`late_approval`).
+fn unbooked(number: &str, job: &Job, state: AttemptState, detail: serde_json::Value) -> NewFinding {
+    let mut unbooked = finding(kind::UNBOOKED_CHARGE, number, Some(job), detail);
+    unbooked.hold = Some(Flag {
+        kind: flag::LATE_APPROVAL,
+        reason: format!(
+            "the gateway's books show {number} ({} {}) APPROVED, but the ledger has it \
+             {state}: check for a second charge for the same period, refund it, then resume",
+            job.amount, job.currency
+        ),
+    });
+    unbooked
+}
+
 fn record_detail(record: &BookRecord) -> serde_json::Value {
     json!({
         "gateway_state": record.state_text,
@@ -295,19 +310,7 @@ fn compare(
                     finding(kind::LATE_BOOKED, number, Some(job), detail),
                 ));
             }
-            state => {
-                let mut unbooked = finding(kind::UNBOOKED_CHARGE, number, Some(job), detail);
-                unbooked.hold = Some(Flag {
-                    kind: flag::LATE_APPROVAL,
-                    reason: format!(
-                        "the gateway's books show {number} ({} {}) APPROVED, but the ledger has \
-                         it {state}: check for a second charge for the same period, refund it, \
-                         then resume",
-                        job.amount, job.currency
-                    ),
-                });
-                actions.push(Action::Record(unbooked));
-            }
+            state => actions.push(Action::Record(unbooked(number, job, state, detail))),
         }
     }
     // A period charged twice: paid records of other attempts of the same charge row in the
@@ -525,34 +528,7 @@ pub async fn run(
         &refunds,
         test_mode,
     );
-    let mut findings = Vec::new();
-    let mut booked = 0;
-    for action in actions {
-        match action {
-            Action::Record(found) => findings.push(found),
-            Action::LateBook(job, found) => {
-                let Some(record) = day.iter().find(|r| r.order_number == job.order_number) else {
-                    continue;
-                };
-                let change = late_change(&job, record, test_mode, date);
-                let (attempt_id, expected) = (job.attempt_id, job.state);
-                let applied = db(&store, move |s| {
-                    s.book_late_approval(date, attempt_id, expected, &change, &found, now)
-                })
-                .await?;
-                if applied {
-                    booked += 1;
-                    tracing::warn!(
-                        subscription = %job.subscription_id,
-                        order_number = %job.order_number,
-                        previous_state = job.state.as_str(),
-                        "books: the gateway's books show this order paid; booked as a verified \
-                         late approval"
-                    );
-                }
-            }
-        }
-    }
+    let (findings, booked) = act(&store, actions, &day, test_mode, date, now).await?;
     for found in &findings {
         tracing::error!(
             kind = found.kind,
@@ -580,6 +556,91 @@ pub async fn run(
         new_findings: recorded.new_findings + booked,
         findings: all,
     })
+}
+
+/// Carries out the comparison's actions: late bookings now (each its own guarded transaction),
+/// the findings to record returned with how many were booked. A late booking that finds its
+/// attempt moved meanwhile (the engine or an operator settled it while the books were read) is
+/// decided again from the state it moved to: still unsettled, booked from that state; approved,
+/// nothing to do; settled otherwise, the verified payment is an `unbooked_charge` held for an
+/// operator, as `compare` would have found it — never dropped (this date is not compared again).
+async fn act(
+    store: &Db,
+    actions: Vec<Action>,
+    day: &[BookRecord],
+    test_mode: bool,
+    date: NaiveDate,
+    now: DateTime<Utc>,
+) -> Result<(Vec<NewFinding>, usize), BooksError> {
+    /// Tries at booking one attempt whose state keeps moving between unsettled states.
+    const TRIES: usize = 3;
+    let mut findings = Vec::new();
+    let mut booked = 0;
+    for action in actions {
+        let (mut job, found) = match action {
+            Action::Record(found) => {
+                findings.push(found);
+                continue;
+            }
+            Action::LateBook(job, found) => (*job, found),
+        };
+        let Some(record) = day.iter().find(|r| r.order_number == job.order_number) else {
+            continue;
+        };
+        for tried in 1..=TRIES {
+            let mut found = found.clone();
+            found.detail["ledger_state"] = json!(job.state.as_str());
+            let change = late_change(&job, record, test_mode, date);
+            let (attempt_id, expected) = (job.attempt_id, job.state);
+            let applied = db(store, move |s| {
+                s.book_late_approval(date, attempt_id, expected, &change, &found, now)
+            })
+            .await?;
+            if applied {
+                booked += 1;
+                tracing::warn!(
+                    subscription = %job.subscription_id,
+                    order_number = %job.order_number,
+                    previous_state = job.state.as_str(),
+                    "books: the gateway's books show this order paid; booked as a verified \
+                     late approval"
+                );
+                break;
+            }
+            let number = job.order_number.clone();
+            let current = db(store, move |s| s.attempt_by_order_number(&number)).await?;
+            let moved_to = current.as_ref().map(|c| c.state);
+            match current {
+                Some(current) if current.state == AttemptState::Approved => break,
+                Some(current)
+                    if tried < TRIES
+                        && (current.state.unresolved()
+                            || current.state == AttemptState::Quarantined)
+                        && record
+                            .test_mode
+                            .or(current.test_mode)
+                            .is_some_and(|m| m == test_mode) =>
+                {
+                    job = current;
+                }
+                _ => {
+                    let state = moved_to.unwrap_or(job.state);
+                    let mut detail = record_detail(record);
+                    detail["ledger_state"] = json!(state.as_str());
+                    tracing::error!(
+                        subscription = %job.subscription_id,
+                        order_number = %job.order_number,
+                        state = state.as_str(),
+                        "books: the gateway's books show this order paid, but the attempt was \
+                         settled otherwise while the books were read: held for an operator"
+                    );
+                    findings.push(unbooked(&job.order_number, &job, state, detail));
+                    break;
+                }
+            }
+        }
+    }
+    Ok((findings, booked))
 }
 
 /// The local date the daemon should compare next at `now`, if any: the day before today
@@ -887,6 +948,137 @@ mod tests {
             );
             assert_eq!(kinds(&actions), ["integrity"]);
         }
+    }
+
+    /// A store whose subscription `s1` has period 0's attempt `ORD-1` (100.00 RUB, test mode)
+    /// sent and unknown, through the calls the engine makes.
+    fn unknown_attempt() -> (tempfile::TempDir, Store, Job) {
+        use crate::schedule::{DirReport, parse_text};
+        let at: DateTime<Utc> = "2027-01-01T07:00:00Z".parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_or_create(&dir.path().join("recurrentd.db")).unwrap();
+        let text = "[[subscription]]\nid = \"s1\"\nbill_number = \"5899110210000001\"\n\
+                    currency = \"RUB\"\namount = \"100.00\"\nevery = \"1 month\"\n\
+                    start = 2027-01-01\n\n";
+        let report = DirReport {
+            files: vec![parse_text(std::path::Path::new("schedules/a.toml"), text)],
+        };
+        store.sync_schedules(&report, at).unwrap();
+        let tx = store.plan(at).unwrap();
+        let history = tx.history("s1").unwrap().unwrap();
+        let open = tx
+            .open_period(&history.subscription, 0, "2027-01-01".parse().unwrap())
+            .unwrap();
+        let job = tx
+            .new_attempt(
+                "s1",
+                &open,
+                "ORD-1",
+                at,
+                Event {
+                    kind: event::INTENT,
+                    detail: json!({}),
+                },
+            )
+            .unwrap();
+        tx.commit().unwrap();
+        assert!(
+            store
+                .mark_sending(job.attempt_id, AttemptState::Pending, at, at)
+                .unwrap()
+        );
+        let mut change = AttemptChange::to(AttemptState::Unknown);
+        change.sent = true;
+        change.test_mode = Some(true);
+        assert!(
+            store
+                .apply(job.attempt_id, AttemptState::Pending, &change, at)
+                .unwrap()
+        );
+        let job = store.attempt_by_order_number("ORD-1").unwrap().unwrap();
+        assert_eq!(job.state, AttemptState::Unknown);
+        (dir, store, job)
+    }
+
+    #[tokio::test]
+    async fn a_late_booking_that_loses_the_race_is_held_not_dropped() {
+        let (_dir, mut store, job) = unknown_attempt();
+        let now: DateTime<Utc> = "2027-01-02T00:00:00Z".parse().unwrap();
+        let day = [record("ORD-1", BookState::Paid, true)];
+        let attempts = HashMap::from([("ORD-1".to_string(), job.clone())]);
+        let actions = compare(
+            &day,
+            &[],
+            &attempts,
+            &BTreeSet::new(),
+            &[],
+            &HashMap::new(),
+            true,
+        );
+        assert_eq!(kinds(&actions), ["late_booked"]);
+        // Meanwhile (after the books were read) the engine settles the attempt otherwise: two
+        // not-found answers, the period open for a new order number.
+        let change = AttemptChange::to(AttemptState::NotReceived);
+        assert!(
+            store
+                .apply(job.attempt_id, AttemptState::Unknown, &change, now)
+                .unwrap()
+        );
+        let store = Arc::new(Mutex::new(store));
+        let date = "2027-01-01".parse().unwrap();
+        let (findings, booked) = act(&store, actions, &day, true, date, now).await.unwrap();
+        assert_eq!(booked, 0);
+        let kinds: Vec<_> = findings.iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            ["unbooked_charge"],
+            "a verified payment is never dropped"
+        );
+        assert_eq!(
+            findings[0].hold.as_ref().map(|f| f.kind),
+            Some(flag::LATE_APPROVAL)
+        );
+        assert_eq!(findings[0].detail["ledger_state"], json!("not_received"));
+        let mut store = store.lock().unwrap();
+        store
+            .record_book_run(date, (now, now), 1, &findings, now)
+            .unwrap();
+        assert!(
+            store.attention("s1").unwrap().is_some(),
+            "held for an operator"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_late_booking_follows_an_attempt_that_moved_to_another_unsettled_state() {
+        let (_dir, mut store, job) = unknown_attempt();
+        let now: DateTime<Utc> = "2027-01-02T00:00:00Z".parse().unwrap();
+        let day = [record("ORD-1", BookState::Paid, true)];
+        let attempts = HashMap::from([("ORD-1".to_string(), job.clone())]);
+        let actions = compare(
+            &day,
+            &[],
+            &attempts,
+            &BTreeSet::new(),
+            &[],
+            &HashMap::new(),
+            true,
+        );
+        // Meanwhile the engine parks it (still unsettled): booked from `parked`.
+        let change = AttemptChange::to(AttemptState::Parked);
+        assert!(
+            store
+                .apply(job.attempt_id, AttemptState::Unknown, &change, now)
+                .unwrap()
+        );
+        let store = Arc::new(Mutex::new(store));
+        let date = "2027-01-01".parse().unwrap();
+        let (findings, booked) = act(&store, actions, &day, true, date, now).await.unwrap();
+        assert!(findings.is_empty());
+        assert_eq!(booked, 1);
+        let store = store.lock().unwrap();
+        let now_job = store.attempt_by_order_number("ORD-1").unwrap().unwrap();
+        assert_eq!(now_job.state, AttemptState::Approved);
     }
 
     #[test]
