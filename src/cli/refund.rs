@@ -586,7 +586,7 @@ fn settle(
             );
             return Err(exit::PROBLEMS);
         }
-        Err(error) => return Err(store_failed(error)),
+        Err(error) => return Err(settle_failed(&refund.reference, error)),
     }
     if rerun && state == RefundState::Failed {
         eprintln!(
@@ -606,9 +606,22 @@ fn completed_cents(refunds: &[Refund]) -> i64 {
         .sum()
 }
 
+/// A store error before a request of this run left: nothing was sent. The exit code is the
+/// store's (`exit::store`): 69 is the gateway's alone.
 fn store_failed(error: StoreError) -> u8 {
     eprintln!("recurrentd: {error}; nothing was sent");
-    exit::UNAVAILABLE
+    exit::store(&error)
+}
+
+/// A store error while settling a refund whose request has left (this run's or an earlier
+/// one's): the outcome is not recorded, the refund stays pending, and a rerun looks it up.
+fn settle_failed(reference: &str, error: StoreError) -> u8 {
+    eprintln!(
+        "recurrentd: {error}; refund {reference} was sent, but its outcome could not be \
+         recorded: it stays pending. Do not refund it another way: run this same command again \
+         once the database is writable; it looks the refund up and never sends it twice"
+    );
+    exit::store(&error)
 }
 
 fn connect(config: &Config) -> Result<(Client, tokio::runtime::Runtime), u8> {

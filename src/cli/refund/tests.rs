@@ -154,3 +154,15 @@ fn only_a_verified_answer_settles_a_refund() {
         Verdict::Pending(_)
     ));
 }
+
+#[test]
+fn a_store_failure_is_the_stores_exit_code_not_the_gateways() {
+    let corrupt = || StoreError::Corrupt {
+        path: "recurrentd.db".into(),
+        what: "refunds.state".into(),
+        value: "bogus".into(),
+    };
+    // 69 says "the gateway is unavailable"; a damaged database is 74, as everywhere else.
+    assert_eq!(store_failed(corrupt()), exit::IO_ERROR);
+    assert_eq!(settle_failed("ORD-1-R1", corrupt()), exit::IO_ERROR);
+}
