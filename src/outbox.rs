@@ -88,7 +88,8 @@ pub fn verify(
         }
     }
     let timestamp = timestamp.ok_or("no timestamp (t=) in the signature header")?;
-    if (now - timestamp).abs() > tolerance {
+    // `abs_diff`: a hostile `t=` (i64::MIN) must not overflow the subtraction.
+    if now.abs_diff(timestamp) > tolerance.unsigned_abs() {
         return Err(format!(
             "timestamp {timestamp} is more than {tolerance} s from now"
         ));

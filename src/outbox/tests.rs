@@ -86,3 +86,15 @@ fn the_webhooks_debug_shows_neither_secret_nor_url() {
         "{debug}"
     );
 }
+
+#[test]
+fn verify_refuses_an_extreme_timestamp_without_overflowing() {
+    let body = br#"{"id":"evt_X_1"}"#;
+    for t in [i64::MIN, i64::MAX] {
+        let header = sign(&secret(), t, body);
+        assert!(
+            verify(&secret(), &header, body, 1_700_000_010, 300).is_err(),
+            "{t}"
+        );
+    }
+}
