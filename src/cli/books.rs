@@ -49,7 +49,7 @@ pub fn run(config: &Config, args: &BooksArgs) -> u8 {
             }
             Err(error) => {
                 eprintln!("recurrentd: {error}");
-                exit::UNAVAILABLE
+                exit::store(&error)
             }
         };
     }
@@ -80,9 +80,13 @@ pub fn run(config: &Config, args: &BooksArgs) -> u8 {
                 exit::UNAVAILABLE
             };
         }
+        Err(BooksError::Store(error)) => {
+            eprintln!("recurrentd: {error}");
+            return exit::store(&error);
+        }
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            return exit::UNAVAILABLE;
+            return exit::INTERNAL;
         }
     };
     if args.json {

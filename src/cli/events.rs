@@ -49,13 +49,14 @@ pub fn run(config: &Config, args: &EventsArgs) -> u8 {
             Ok(count) => {
                 println!(
                     "{count} dead event(s) queued again for the webhook (the daemon delivers \
-                     them in order, with the events of their subscriptions)"
+                     them again; later events of their subscriptions may have been delivered \
+                     meanwhile: order by cursor)"
                 );
                 exit::OK
             }
             Err(error) => {
                 eprintln!("recurrentd: {error}");
-                exit::UNAVAILABLE
+                exit::store(&error)
             }
         };
     }
@@ -72,7 +73,7 @@ pub fn run(config: &Config, args: &EventsArgs) -> u8 {
         }
         Err(Failure::Store(error)) => {
             eprintln!("recurrentd: {error}");
-            exit::UNAVAILABLE
+            exit::store(&error)
         }
     }
 }

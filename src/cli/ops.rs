@@ -327,7 +327,7 @@ pub fn status(config: &Config, args: &StatusArgs) -> u8 {
             Ok(backlog) => report.webhook = Some(backlog.status(chrono::Utc::now())),
             Err(error) => {
                 eprintln!("recurrentd: {error}");
-                return exit::UNAVAILABLE;
+                return exit::store(&error);
             }
         }
     }
@@ -622,7 +622,7 @@ fn status_of(config: &Config, store: &Store, id: &str, args: &StatusArgs) -> u8 
         }
         Err(error) => {
             eprintln!("recurrentd: {error}");
-            return exit::UNAVAILABLE;
+            return exit::store(&error);
         }
     };
     let calendar = Calendar::from(&config.billing);
@@ -1307,7 +1307,7 @@ pub fn audit(config: &Config, args: &AuditArgs) -> u8 {
             Some(inner) => match inner.downcast::<StoreError>() {
                 Ok(error) => {
                     eprintln!("recurrentd: {error}");
-                    exit::UNAVAILABLE
+                    exit::store(&error)
                 }
                 Err(other) => {
                     eprintln!("recurrentd: cannot write: {other}");

@@ -1,7 +1,8 @@
 //! The outbox: the ledger events a merchant's systems are told about, read for `recurrentd
 //! events` and delivered by the webhook (`crate::outbox`).
 //!
-//! Rows are made by the trigger `ledger_to_outbox` (migration 8), in the transaction that
+//! Rows are made by the trigger `ledger_to_outbox` (migration 8; its list of kinds widened by
+//! migration 11), in the transaction that
 //! inserts the ledger event, so no path that writes the ledger can forget one. An event is read
 //! from its ledger row, exactly as recorded; its cursor is the outbox row id (monotonic). The
 //! webhook's delivery state lives beside it: `pending` (with its backoff), `delivered`, `dead`.
@@ -152,7 +153,9 @@ impl Store {
 
     /// The events the webhook may attempt at `now`: pending, their backoff over, and the first
     /// pending event of their stream (an event waits while an earlier one of its subscription
-    /// is pending). So no two share a subscription. Oldest first, at most `limit`.
+    /// is pending). So no two share a subscription. Oldest first, at most `limit`. The pending
+    /// events are walked in id order (`outbox_pending_by_id`; the `+` keeps SQLite off the
+    /// backoff index, which would sort every pending event to return a few).
     pub fn outbox_due(
         &self,
         now: DateTime<Utc>,
@@ -165,7 +168,7 @@ impl Store {
             .prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS}, o.attempts, o.first_attempt_at \
                  FROM outbox o JOIN ledger l ON l.seq = o.ledger_seq \
-                 WHERE o.state = 'pending' AND o.next_attempt_at <= ?1 \
+                 WHERE o.state = 'pending' AND +o.next_attempt_at <= ?1 \
                    AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' \
                                    AND p.stream = o.stream AND p.id < o.id) \
                  ORDER BY o.id LIMIT ?2"

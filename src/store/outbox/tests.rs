@@ -175,3 +175,57 @@ fn delivery_goes_in_order_per_subscription_with_backoff_and_dead_letters() {
     assert_eq!(read_only.events_after(0, 10).unwrap().len(), 4);
     assert!(read_only.outbox_delivered(approved, later).is_err());
 }
+
+#[test]
+fn a_settlement_as_never_received_or_rejected_reaches_the_merchant() {
+    let (_dir, mut store) = store_with(&["s1"]);
+    let last = store.events_after(0, 100).unwrap().last().unwrap().cursor;
+    append(&mut store, Some("s1"), "charge_quarantined", json!({}));
+    append(&mut store, Some("s1"), "charge_not_received", json!({}));
+    append(&mut store, Some("s1"), "charge_rejected", json!({}));
+    let kinds: Vec<String> = store
+        .events_after(last, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "charge_quarantined",
+            "charge_not_received",
+            "charge_rejected"
+        ]
+    );
+}
+
+#[test]
+fn the_due_query_walks_pending_events_by_id_without_sorting_them_all() {
+    let (_dir, store) = store_with(&["s1"]);
+    let plan: Vec<String> = {
+        let mut statement = store
+            .conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT o.id FROM outbox o JOIN ledger l ON l.seq = o.ledger_seq \
+                 WHERE o.state = 'pending' AND +o.next_attempt_at <= '9' \
+                   AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' \
+                                   AND p.stream = o.stream AND p.id < o.id) \
+                 ORDER BY o.id LIMIT 4",
+            )
+            .unwrap();
+        statement
+            .query_map([], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("outbox_pending_by_id")),
+        "{plan:?}"
+    );
+    assert!(
+        !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+        "{plan:?}"
+    );
+}
