@@ -439,7 +439,8 @@ impl Store {
             .conn
             .query_row(
                 "SELECT min(created_at) FROM attempts \
-                 WHERE state IN ('pending', 'not_sent', 'unknown', 'parked')",
+                 WHERE state IN ('pending', 'not_sent', 'unknown', 'parked', 'quarantined') \
+                 AND state IN ('pending', 'not_sent', 'unknown', 'parked')",
                 [],
                 |row| row.get::<_, Option<String>>(0),
             )
@@ -457,12 +458,13 @@ impl Store {
                  UNION ALL \
                  SELECT c.subscription_id, a.state, a.updated_at, COALESCE(a.detail, ''), \
                  a.order_number FROM attempts a JOIN charges c ON c.id = a.charge_id \
-                 WHERE a.state IN ('parked', 'quarantined') \
+                 WHERE a.state IN ('pending', 'not_sent', 'unknown', 'parked', 'quarantined') \
+                 AND a.state IN ('parked', 'quarantined') \
                  UNION ALL \
                  SELECT s.id, 'file_missing', f.missing_since, \
                  'held: its schedule file ' || f.file || ' is missing from the folder (restore \
                  it, or confirm with `recurrentd remove-file ' || f.file || '`)', NULL \
-                 FROM subscriptions s JOIN schedule_files f ON f.file = s.file \
+                 FROM schedule_files f CROSS JOIN subscriptions s ON s.file = f.file \
                  WHERE f.missing_since IS NOT NULL AND s.removed_at IS NULL \
                  UNION ALL \
                  SELECT c.subscription_id, 'refund_pending', r.created_at, \
@@ -592,7 +594,8 @@ impl Store {
             .conn
             .query_row(
                 "SELECT min(created_at) FROM attempts \
-                 WHERE state IN ('pending', 'not_sent', 'unknown', 'parked')",
+                 WHERE state IN ('pending', 'not_sent', 'unknown', 'parked', 'quarantined') \
+                 AND state IN ('pending', 'not_sent', 'unknown', 'parked')",
                 [],
                 |row| row.get(0),
             )
