@@ -211,31 +211,43 @@ fn check_test_mode(record: &OrderRecord, expected: &Expected<'_>) -> Result<Opti
     }
 }
 
+/// The one order a claim (an rp.cfm or wscancel.cfm reply) is about, or the claim that the reply
+/// makes instead: a fault's outcome, or an unknown outcome when it lists no order or several.
+fn claimed_order<'r>(
+    reply: &'r Reply,
+    what: &str,
+) -> Result<&'r OrderRecord, (Outcome, Option<String>)> {
+    match reply {
+        Reply::Fault {
+            firstcode,
+            secondcode,
+            ..
+        } => Err((
+            outcome::request_error(*firstcode, *secondcode)
+                .unwrap_or_else(|| Outcome::Unknown("fault with codes 0/0".into())),
+            None,
+        )),
+        Reply::Orders(orders) => match orders.as_slice() {
+            [record] => Ok(record),
+            _ => Err((
+                Outcome::Unknown(format!(
+                    "{what} reply carries {} orders, expected one",
+                    orders.len()
+                )),
+                None,
+            )),
+        },
+    }
+}
+
 /// Classifies the reply to a recurring charge request (rp.cfm) as a claim.
 ///
 /// `Approved` here means only "the gateway says it charged"; the caller confirms it with
 /// [`status`] before booking money.
 pub(crate) fn charge_claim(reply: &Reply, expected: &Expected<'_>) -> (Outcome, Option<String>) {
-    let orders = match reply {
-        Reply::Fault {
-            firstcode,
-            secondcode,
-            ..
-        } => {
-            let outcome = outcome::request_error(*firstcode, *secondcode)
-                .unwrap_or_else(|| Outcome::Unknown("fault with codes 0/0".into()));
-            return (outcome, None);
-        }
-        Reply::Orders(orders) => orders,
-    };
-    let [record] = orders.as_slice() else {
-        return (
-            Outcome::Unknown(format!(
-                "charge reply carries {} orders, expected one",
-                orders.len()
-            )),
-            None,
-        );
+    let record = match claimed_order(reply, "charge") {
+        Ok(record) => record,
+        Err(claim) => return claim,
     };
     let code = record.get("responsecode").map(str::to_string);
     if let Err(why) = check_identity(record, expected, false)
@@ -296,26 +308,9 @@ pub(crate) fn cancel_claim(
     expected: &Expected<'_>,
     refund: Money,
 ) -> (Outcome, Option<String>) {
-    let orders = match reply {
-        Reply::Fault {
-            firstcode,
-            secondcode,
-            ..
-        } => {
-            let outcome = outcome::request_error(*firstcode, *secondcode)
-                .unwrap_or_else(|| Outcome::Unknown("fault with codes 0/0".into()));
-            return (outcome, None);
-        }
-        Reply::Orders(orders) => orders,
-    };
-    let [record] = orders.as_slice() else {
-        return (
-            Outcome::Unknown(format!(
-                "cancel reply carries {} orders, expected one",
-                orders.len()
-            )),
-            None,
-        );
+    let record = match claimed_order(reply, "cancel") {
+        Ok(record) => record,
+        Err(claim) => return claim,
     };
     let code = record.get("responsecode").map(str::to_string);
     if let Err(why) = check_identity(record, expected, true)
