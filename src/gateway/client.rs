@@ -306,14 +306,7 @@ impl Client {
             currency = %request.currency,
             "sending recurring charge"
         );
-        let received = self
-            .post(
-                "recurrent/rp.cfm",
-                self.http
-                    .post(self.endpoint("recurrent/rp.cfm"))
-                    .form(&form),
-            )
-            .await;
+        let received = self.post_form("recurrent/rp.cfm", &form).await;
         let body = match received {
             Received::Body(body) => body,
             Received::Failed {
@@ -446,8 +439,7 @@ impl Client {
             order_number = query.order_number,
             "querying order status"
         );
-        let request = self.http.post(self.endpoint(path)).form(&form);
-        let received = self.post(path, request).await;
+        let received = self.post_form(path, &form).await;
         let failed = |outcome: Outcome, raw: Option<String>| StatusAnswer {
             verified: Verified {
                 outcome,
@@ -552,6 +544,16 @@ impl Client {
             Received::Body(body) => Ok(body),
             Received::Failed { outcome, .. } => Err(outcome),
         }
+    }
+
+    /// POSTs `form` (form-encoded) to the service at `path`: [`Client::post`].
+    async fn post_form<T: serde::Serialize + ?Sized>(
+        &self,
+        path: &'static str,
+        form: &T,
+    ) -> Received {
+        self.post(path, self.http.post(self.endpoint(path)).form(form))
+            .await
     }
 
     /// Sends one request to `path` (its last segment names it in the metrics) and reads at most

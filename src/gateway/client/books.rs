@@ -161,11 +161,7 @@ impl Client {
         ];
         form.extend(fields.iter().map(|(n, v)| (*n, v.as_str())));
         tracing::debug!(service = "resultbydate.cfm", %from, %to, "reading the gateway's books");
-        let request = self
-            .http
-            .post(self.endpoint("resultbydate/resultbydate.cfm"))
-            .form(&form);
-        let body = match self.post("resultbydate/resultbydate.cfm", request).await {
+        let body = match self.post_form("resultbydate/resultbydate.cfm", &form).await {
             Received::Body(body) => body,
             Received::Failed { outcome, .. } => {
                 return Err(match outcome {

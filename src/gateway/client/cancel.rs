@@ -81,14 +81,7 @@ impl Client {
             currency = %request.currency,
             "sending a refund"
         );
-        let received = self
-            .post(
-                "cancel/wscancel.cfm",
-                self.http
-                    .post(self.endpoint("cancel/wscancel.cfm"))
-                    .form(&form),
-            )
-            .await;
+        let received = self.post_form("cancel/wscancel.cfm", &form).await;
         let body = match received {
             Received::Body(body) => body,
             Received::Failed { outcome, raw, .. } => {

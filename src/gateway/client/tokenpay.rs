@@ -193,14 +193,7 @@ impl Client {
             signed = signature.is_some(),
             "sending initial recurring payment"
         );
-        let received = self
-            .post(
-                "pay/tokenpay.cfm",
-                self.http
-                    .post(self.endpoint("pay/tokenpay.cfm"))
-                    .form(&form),
-            )
-            .await;
+        let received = self.post_form("pay/tokenpay.cfm", &form).await;
         let body = match received {
             Received::Body(body) => body,
             Received::Failed { outcome, raw, .. } => {
