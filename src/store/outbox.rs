@@ -1,8 +1,7 @@
 //! The outbox: the ledger events a merchant's systems are told about, read for `recurrentd
 //! events` and delivered by the webhook (`crate::outbox`).
 //!
-//! Rows are made by the trigger `ledger_to_outbox` (migration 8; its list of kinds widened by
-//! migration 11), in the transaction that
+//! Rows are made by the trigger `ledger_to_outbox` (migration 8), in the transaction that
 //! inserts the ledger event, so no path that writes the ledger can forget one. An event is read
 //! from its ledger row, exactly as recorded; its cursor is the outbox row id (monotonic). The
 //! webhook's delivery state lives beside it: `pending` (with its backoff), `delivered`, `dead`.

@@ -19,7 +19,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
     OUTBOX,
     BOOKS,
     REFUNDS,
-    OUTBOX_DELIVERY,
 ];
 
 const MIGRATION_1: &str = r#"
@@ -326,11 +325,15 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_pending_by_stream ON outbox (stream, id) WHERE state = 'pending';
 CREATE INDEX outbox_pending_due ON outbox (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX outbox_dead ON outbox (id) WHERE state = 'dead';
+-- The webhook's due query walks the pending events by id (not the backoff index, which would
+-- sort every pending event to return a few: seconds per call after a 1 M first sync).
+CREATE INDEX outbox_pending_by_id ON outbox (id) WHERE state = 'pending';
 
 CREATE TRIGGER ledger_to_outbox AFTER INSERT ON ledger
 WHEN NEW.kind IN (
         'charge_approved', 'charge_declined', 'period_failed', 'period_blocked',
         'period_skipped', 'charge_parked', 'charge_quarantined', 'charge_held',
+        'charge_not_received', 'charge_rejected',
         'double_approval', 'late_approval', 'charge_attested_paid',
         'charge_attested_not_charged', 'hard_decline', 'attention_cleared',
         'subscription_added', 'subscription_updated', 'subscription_removed',
@@ -405,32 +408,4 @@ CREATE TABLE refunds (
 
 CREATE UNIQUE INDEX refunds_one_pending ON refunds (attempt_id) WHERE state = 'pending';
 CREATE INDEX refunds_by_attempt ON refunds (attempt_id);
-"#;
-
-/// The outbox, second version: the merchant also hears when a charge was settled as never
-/// received (`charge_not_received`: after a quarantine or an unknown outcome, a lookup or an
-/// operator showed the gateway never charged it) or refused before it was sent
-/// (`charge_rejected`); and the webhook's due query walks the pending events by id (the partial
-/// index `outbox_pending_by_id`) instead of sorting every pending event on each call, which after
-/// a large first sync (one `subscription_added` event per subscription) took seconds per call.
-const OUTBOX_DELIVERY: &str = r#"
-DROP TRIGGER ledger_to_outbox;
-CREATE TRIGGER ledger_to_outbox AFTER INSERT ON ledger
-WHEN NEW.kind IN (
-        'charge_approved', 'charge_declined', 'period_failed', 'period_blocked',
-        'period_skipped', 'charge_parked', 'charge_quarantined', 'charge_held',
-        'charge_not_received', 'charge_rejected',
-        'double_approval', 'late_approval', 'charge_attested_paid',
-        'charge_attested_not_charged', 'hard_decline', 'attention_cleared',
-        'subscription_added', 'subscription_updated', 'subscription_removed',
-        'adhoc_requested', 'adhoc_cancelled', 'adhoc_expired', 'enrolled')
-    OR substr(NEW.kind, 1, 7) = 'refund_'
-    OR substr(NEW.kind, 1, 6) = 'books_'
-BEGIN
-    INSERT INTO outbox (ledger_seq, stream)
-    VALUES (NEW.seq, coalesce(NEW.subscription_id,
-                              json_extract(NEW.detail, '$.subscription'), ''));
-END;
-
-CREATE INDEX outbox_pending_by_id ON outbox (id) WHERE state = 'pending';
 "#;
