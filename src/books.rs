@@ -693,6 +693,7 @@ mod tests {
             response_code: None,
             sent_at: Some(at),
             seen: false,
+            fence: crate::store::UNFENCED,
         }
     }
 

@@ -252,6 +252,10 @@ pub struct Job {
     /// The gateway has shown that it holds this order (`attempts.seen_at`): not-found answers
     /// no longer prove it was never received.
     pub seen: bool,
+    /// The fencing token of the claim this job was read under (see `store::boundary`): writes
+    /// for it are refused once another instance has claimed the attempt. Always
+    /// `store::UNFENCED` where one daemon owns the database.
+    pub fence: i64,
 }
 
 /// One billing period's row, for reports.

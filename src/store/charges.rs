@@ -151,6 +151,7 @@ fn decode_job(path: &Path, r: JobRow) -> Result<Job, StoreError> {
             .map(|t| parse_timestamp(path, "attempts.sent_at", &t))
             .transpose()?,
         seen,
+        fence: super::UNFENCED,
     })
 }
 
@@ -1210,6 +1211,7 @@ impl PlanTx<'_> {
             response_code: None,
             sent_at: None,
             seen: false,
+            fence: super::UNFENCED,
         })
     }
 
@@ -1378,5 +1380,170 @@ impl PlanTx<'_> {
 
     pub fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().ctx(self.path, "committing a plan")
+    }
+}
+
+/// The SQLite store behind the charge path's boundary. One daemon holds the database (its
+/// `flock`), so nobody else can claim an attempt: every job is [`super::UNFENCED`], and the
+/// state guard of each write is the whole guard.
+impl super::ChargeStore for Store {
+    type Plan<'a> = PlanTx<'a>;
+
+    fn location(&self) -> &Path {
+        &self.path
+    }
+
+    fn plannable(&mut self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        Store::plannable(self, now)
+    }
+
+    fn begin_plan(&mut self, now: DateTime<Utc>) -> Result<PlanTx<'_>, StoreError> {
+        self.plan(now)
+    }
+
+    fn claim_due_attempts(&mut self, now: DateTime<Utc>) -> Result<Vec<Job>, StoreError> {
+        self.due_attempts(now)
+    }
+
+    fn attempt_by_id(&mut self, attempt_id: i64) -> Result<Option<Job>, StoreError> {
+        self.attempt(attempt_id)
+    }
+
+    fn mark_sending(
+        &mut self,
+        job: &Job,
+        expected: AttemptState,
+        now: DateTime<Utc>,
+        wall: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Store::mark_sending(self, job.attempt_id, expected, now, wall)
+    }
+
+    fn apply_outcomes(
+        &mut self,
+        outcomes: &[super::OutcomeWrite<'_>],
+    ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
+        let items: Vec<_> = outcomes
+            .iter()
+            .map(|o| (o.attempt_id, o.expected, o.change, o.now))
+            .collect();
+        self.apply_all(&items)
+    }
+
+    fn charged_instants(
+        &mut self,
+        subscription_id: &str,
+        except_attempt: Option<i64>,
+    ) -> Result<Vec<DateTime<Utc>>, StoreError> {
+        Store::charged_instants(self, subscription_id, except_attempt)
+    }
+
+    fn flag_attempt(
+        &mut self,
+        attempt_id: i64,
+        flag: &Flag,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        Store::flag_attempt(self, attempt_id, flag, now)
+    }
+
+    fn stored_subscription(
+        &mut self,
+        subscription_id: &str,
+    ) -> Result<Option<StoredSubscription>, StoreError> {
+        self.subscription(subscription_id)
+    }
+
+    fn breaker_reason(&mut self) -> Result<Option<String>, StoreError> {
+        self.breaker()
+    }
+
+    fn trip_breaker(&mut self, reason: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.open_breaker(reason, now)
+    }
+
+    fn count_quarantines_since(&mut self, since: DateTime<Utc>) -> Result<u32, StoreError> {
+        self.quarantines_since(since)
+    }
+
+    fn clock_hold_reason(&mut self) -> Result<Option<String>, StoreError> {
+        self.clock_hold()
+    }
+
+    fn hold_clock(&mut self, reason: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.hold_for_clock(reason, now)
+    }
+
+    fn last_planned_sweep(&mut self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.last_sweep_at()
+    }
+
+    fn record_planned_sweep(&mut self, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.set_last_sweep_at(at)
+    }
+}
+
+impl super::PlanTransaction for PlanTx<'_> {
+    fn location(&self) -> &Path {
+        self.path
+    }
+
+    fn history(&mut self, subscription_id: &str) -> Result<Option<History>, StoreError> {
+        PlanTx::history(self, subscription_id)
+    }
+
+    fn adhoc_open(&mut self, subscription_id: &str) -> Result<Option<OpenCharge>, StoreError> {
+        PlanTx::adhoc_open(self, subscription_id)
+    }
+
+    fn settle(
+        &mut self,
+        subscription: &StoredSubscription,
+        period: u32,
+        due_date: NaiveDate,
+        state: ChargeState,
+        reason: &str,
+        event: Event,
+    ) -> Result<(), StoreError> {
+        PlanTx::settle(self, subscription, period, due_date, state, reason, event)
+    }
+
+    fn open_period(
+        &mut self,
+        subscription: &StoredSubscription,
+        period: u32,
+        due_date: NaiveDate,
+    ) -> Result<OpenCharge, StoreError> {
+        PlanTx::open_period(self, subscription, period, due_date)
+    }
+
+    fn new_attempt(
+        &mut self,
+        subscription_id: &str,
+        charge: &OpenCharge,
+        order_number: &str,
+        wall_at: DateTime<Utc>,
+        event: Event,
+    ) -> Result<Job, StoreError> {
+        PlanTx::new_attempt(self, subscription_id, charge, order_number, wall_at, event)
+    }
+
+    fn close_period(
+        &mut self,
+        subscription_id: &str,
+        charge_id: i64,
+        state: ChargeState,
+        reason: &str,
+        event: Event,
+    ) -> Result<(), StoreError> {
+        PlanTx::close_period(self, subscription_id, charge_id, state, reason, event)
+    }
+
+    fn revisit(&mut self, subscription_id: &str, revisit: Revisit) -> Result<(), StoreError> {
+        PlanTx::revisit(self, subscription_id, revisit)
+    }
+
+    fn commit(self) -> Result<(), StoreError> {
+        PlanTx::commit(self)
     }
 }

@@ -16,6 +16,7 @@
 //! same transaction as the ledger event that explains the change.
 
 mod books;
+pub mod boundary;
 mod charges;
 mod enrolment;
 mod operate;
@@ -44,6 +45,7 @@ use crate::billing::{Cadence, Calendar, Limits, Revisit, SubscriptionState, Term
 use crate::money::Money;
 
 pub use books::{BOOKS_ACKNOWLEDGED, BOOKS_CLEAN, BookFinding, NewFinding, RunRecorded};
+pub use boundary::{ChargeStore, OutcomeWrite, PlanTransaction, UNFENCED};
 pub use charges::{EnrolmentRecord, PlanTx};
 // The lifecycle's data lives in `crate::lifecycle`; the store persists it.
 pub use crate::lifecycle::{
