@@ -22,7 +22,8 @@ use super::{Policy, adhoc_order_number, adhoc_reference, intent_event};
 use crate::billing::{self, Calendar, Revisit};
 use crate::money::Money;
 use crate::store::{
-    AdhocCharge, ChargeState, Event, History, Job, OpenCharge, PlanTx, Store, StoreError, event,
+    AdhocCharge, ChargeState, Event, History, Job, OpenCharge, PlanTransaction, Store, StoreError,
+    event,
 };
 
 /// An operator's ad-hoc charge.
@@ -145,8 +146,8 @@ pub fn queue_adhoc(
 /// Plans an ad-hoc charge inside the subscription's planning transaction: the attempt budget and
 /// every limit checked on the history read in it, then one intent — or the charge closed with
 /// the reason, never held: it is made when asked or not at all.
-pub(super) fn plan_adhoc(
-    tx: &PlanTx<'_>,
+pub(super) fn plan_adhoc<T: PlanTransaction>(
+    tx: &mut T,
     history: &History,
     adhoc: &OpenCharge,
     now: DateTime<Utc>,

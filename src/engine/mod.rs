@@ -37,8 +37,8 @@ use crate::gateway::client::{ChargeRequest, Client, StatusAnswer, StatusQuery};
 use crate::gateway::outcome::{DeclineKind, Outcome};
 use crate::metrics::Metrics;
 use crate::store::{
-    AttemptChange, AttemptState, ChargeChange, ChargeState, Event, Flag, Job, PlanTx, Purpose,
-    Store, StoreError, event, flag,
+    AttemptChange, AttemptState, ChargeChange, ChargeState, ChargeStore, Event, Flag, Job,
+    OutcomeWrite, PlanTransaction, Purpose, Store, StoreError, event, flag,
 };
 
 pub use adhoc::{
@@ -147,16 +147,17 @@ impl From<&EngineConfig> for Policy {
     }
 }
 
-/// The engine. One tick at a time; the work inside a tick runs concurrently.
-pub struct Engine {
-    inner: Arc<Inner>,
+/// The engine, over any backend of the charge path's store boundary (SQLite by default). One
+/// tick at a time; the work inside a tick runs concurrently.
+pub struct Engine<S: ChargeStore = Store> {
+    inner: Arc<Inner<S>>,
     /// Ticks, reconciliation and draining never overlap.
     gate: tokio::sync::Mutex<()>,
 }
 
 /// The engine's shared parts, held by every task it spawns.
-struct Inner {
-    store: Arc<Mutex<Store>>,
+struct Inner<S> {
+    store: Arc<Mutex<S>>,
     client: Client,
     clock: Arc<dyn Clock>,
     calendar: Calendar,
@@ -186,7 +187,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Runs the books comparison with the engine's client and store, from any task.
 pub struct BooksRunner {
-    inner: Arc<Inner>,
+    inner: Arc<Inner<Store>>,
 }
 
 impl BooksRunner {
@@ -265,7 +266,7 @@ const CLOCK_BEHIND: Duration = Duration::minutes(5);
 /// The longest pause a gateway's `Retry-After` can impose.
 const MAX_PAUSE: StdDuration = StdDuration::from_secs(600);
 
-impl Engine {
+impl Engine<Store> {
     pub fn new(
         store: Store,
         client: Client,
@@ -278,42 +279,9 @@ impl Engine {
         let mut store = store;
         // The due sweep's index is computed with this calendar from now on.
         store.use_calendar(&calendar)?;
-        Ok(Engine {
-            inner: Arc::new(Inner {
-                store: Arc::new(Mutex::new(store)),
-                client,
-                clock,
-                calendar,
-                policy,
-                pacer,
-                prefix,
-                busy: Mutex::new(HashSet::new()),
-                outcomes: Arc::new(Mutex::new(Vec::new())),
-                stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-                trailing: Mutex::new(Vec::new()),
-                last_sweep: Mutex::new(None),
-                metrics: None,
-            }),
-            gate: tokio::sync::Mutex::new(()),
-        })
-    }
-
-    /// Counts charge outcomes and pickup delays in `metrics` (call before the first tick).
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Engine {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.metrics = Some(metrics);
-        }
-        self
-    }
-
-    /// Runs `f` with the store on a blocking thread, for callers (the daemon, tests) that need
-    /// it between ticks.
-    pub async fn with_store<T, F>(&self, f: F) -> Result<T, EngineError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.inner.db(f).await
+        Ok(Engine::with_backend(
+            store, prefix, client, clock, calendar, policy, pacer,
+        ))
     }
 
     /// Compares the gateway's books for a local date (in the billing time zone) with the ledger
@@ -332,12 +300,63 @@ impl Engine {
             inner: Arc::clone(&self.inner),
         }
     }
+}
+
+impl<S: ChargeStore + 'static> Engine<S> {
+    /// An engine over any backend of the store boundary; `prefix` is the database's
+    /// order-number prefix.
+    pub fn with_backend(
+        store: S,
+        prefix: String,
+        client: Client,
+        clock: Arc<dyn Clock>,
+        calendar: Calendar,
+        policy: Policy,
+        pacer: Pacer,
+    ) -> Engine<S> {
+        Engine {
+            inner: Arc::new(Inner {
+                store: Arc::new(Mutex::new(store)),
+                client,
+                clock,
+                calendar,
+                policy,
+                pacer,
+                prefix,
+                busy: Mutex::new(HashSet::new()),
+                outcomes: Arc::new(Mutex::new(Vec::new())),
+                stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                trailing: Mutex::new(Vec::new()),
+                last_sweep: Mutex::new(None),
+                metrics: None,
+            }),
+            gate: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Counts charge outcomes and pickup delays in `metrics` (call before the first tick).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Engine<S> {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.metrics = Some(metrics);
+        }
+        self
+    }
+
+    /// Runs `f` with the store on a blocking thread, for callers (the daemon, tests) that need
+    /// it between ticks.
+    pub async fn with_store<T, F>(&self, f: F) -> Result<T, EngineError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut S) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.db(f).await
+    }
 
     /// Looks up every unresolved attempt now, whenever its next check was due. Run at start,
     /// before the first tick creates anything.
     pub async fn reconcile(&self) -> Result<TickReport, EngineError> {
         let _gate = self.gate.lock().await;
-        let jobs = self.inner.db(|s| s.unresolved_attempts()).await?;
+        let jobs = self.inner.db(|s| s.claim_unresolved_attempts()).await?;
         let checks: Vec<Job> = jobs
             .into_iter()
             .filter(|job| job.state != AttemptState::NotSent)
@@ -363,7 +382,7 @@ impl Engine {
         let inner = &self.inner;
         let mut report = TickReport::default();
         let now = inner.clock.now();
-        let due = inner.db(move |s| s.due_attempts(now)).await?;
+        let due = inner.db(move |s| s.claim_due_attempts(now)).await?;
         report.checked = due.len() as u32;
         for step in Arc::clone(inner).run_all(due, false).await? {
             report.add(step);
@@ -381,7 +400,7 @@ impl Engine {
 
     /// How many attempts are still unresolved.
     pub async fn outstanding(&self) -> Result<usize, EngineError> {
-        Ok(self.inner.db(|s| s.unresolved_attempts()).await?.len())
+        self.inner.db(|s| s.count_unresolved()).await
     }
 
     /// One sweep at the clock's now (see the module documentation), returning once every
@@ -439,7 +458,7 @@ impl Engine {
         let inner = &self.inner;
         let previous = lock(&inner.last_sweep).replace((now, std::time::Instant::now()));
         let (hold, last) = inner
-            .db(|s| Ok((s.clock_hold()?, s.last_sweep_at()?)))
+            .db(|s| Ok((s.clock_hold_reason()?, s.last_planned_sweep()?)))
             .await?;
         if hold.is_some() {
             // Held: the next comparison starts after the operator's acknowledgement, from the
@@ -492,7 +511,7 @@ impl Engine {
         };
         *lock(&inner.last_sweep) = None;
         let held = reason.clone();
-        inner.db(move |s| s.hold_for_clock(&held, now)).await?;
+        inner.db(move |s| s.hold_clock(&held, now)).await?;
         Ok((Some(reason), last))
     }
 
@@ -504,7 +523,7 @@ impl Engine {
         report.merge(&self.finished_trailing().await);
 
         // 2. Plan.
-        if let Some(reason) = inner.db(|s| s.breaker()).await? {
+        if let Some(reason) = inner.db(|s| s.breaker_reason()).await? {
             report.breaker_open = true;
             tracing::warn!(%reason, "circuit breaker open: no new charges until an operator clears it");
             return Ok(report);
@@ -589,10 +608,10 @@ impl Engine {
                 // operator has looked at the clock.
                 tracing::error!(%reason, "clock hold: no new charges until an operator acknowledges the clock");
                 let at = now;
-                inner.db(move |s| s.hold_for_clock(&reason, at)).await?;
+                inner.db(move |s| s.hold_clock(&reason, at)).await?;
                 report.clock_held = true;
             }
-            None => inner.db(move |s| s.set_last_sweep_at(now)).await?,
+            None => inner.db(move |s| s.record_planned_sweep(now)).await?,
         }
         for step in steps {
             report.add(step);
@@ -637,12 +656,12 @@ fn joined_step(
     }
 }
 
-impl Inner {
+impl<S: ChargeStore + 'static> Inner<S> {
     /// Runs `f` on the store on a blocking thread: the database never blocks the runtime.
     async fn db<T, F>(&self, f: F) -> Result<T, EngineError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut S) -> Result<T, StoreError> + Send + 'static,
     {
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || f(&mut lock(&store)))
@@ -726,9 +745,9 @@ impl Inner {
         let (subscription, charged, breaker) = self
             .db(move |s| {
                 Ok((
-                    s.subscription(&id)?,
+                    s.stored_subscription(&id)?,
                     s.charged_instants(&id, Some(attempt_id))?,
-                    s.breaker()?,
+                    s.breaker_reason()?,
                 ))
             })
             .await?;
@@ -795,12 +814,16 @@ impl Inner {
 
         let wall = Utc::now();
         let sent_at = now;
-        if job.state == AttemptState::NotSent {
+        if job.state == AttemptState::NotSent || S::SHARED {
             // A resend: recorded as sent before it leaves, so that a crash or a lost reply from
-            // here on leads to status queries, never to another blind resend.
-            let id = job.attempt_id;
+            // here on leads to status queries, never to another blind resend. Where several
+            // instances share the database a fresh intent is marked too: the mark checks that
+            // this instance still holds the attempt, so one that paused past its lease does not
+            // send what another instance has taken over.
+            let expected = job.state;
+            let claimed = job.clone();
             let marked = self
-                .db(move |s| s.mark_sending(id, AttemptState::NotSent, now, wall))
+                .db(move |s| s.mark_sending(&claimed, expected, now, wall))
                 .await?;
             if !marked {
                 return Ok(Step::Other);
@@ -1034,7 +1057,7 @@ impl Inner {
                 change.checkvalue = Some("verified");
                 let reason = format!("declined ({}): {}", decline.code, decline.reason);
                 let id = job.subscription_id.clone();
-                let subscription = self.db(move |s| s.subscription(&id)).await?;
+                let subscription = self.db(move |s| s.stored_subscription(&id)).await?;
                 let retry_at = match decline.kind {
                     DeclineKind::Hard => None,
                     DeclineKind::Soft => subscription
@@ -1285,9 +1308,9 @@ impl Inner {
         let failures = self.policy.breaker_failures;
         let opened = self
             .db(move |s| {
-                let count = s.quarantines_since(window)?;
+                let count = s.count_quarantines_since(window)?;
                 if count >= failures {
-                    s.open_breaker(
+                    s.trip_breaker(
                         &format!(
                             "{count} gateway answers failed verification within the window; \
                              check the salt, the gateway URL and the merchant id"
@@ -1316,6 +1339,7 @@ impl Inner {
         lock(&self.outcomes).push(QueuedOutcome {
             attempt_id: job.attempt_id,
             expected: job.state,
+            fence: job.fence,
             change,
             now: self.clock.now(),
             reply,
@@ -1334,7 +1358,7 @@ impl Inner {
         if !applied {
             let id = job.attempt_id;
             let now_state = self
-                .db(move |s| s.attempt(id))
+                .db(move |s| s.attempt_by_id(id))
                 .await?
                 .map(|a| a.state.as_str());
             if approved && now_state != Some(AttemptState::Approved.as_str()) {
@@ -1455,21 +1479,28 @@ impl Inner {
 struct QueuedOutcome {
     attempt_id: i64,
     expected: AttemptState,
+    fence: i64,
     change: AttemptChange,
     now: DateTime<Utc>,
     reply: tokio::sync::oneshot::Sender<Result<bool, EngineError>>,
 }
 
 /// Commits queued outcomes in one transaction and tells each waiting task how its went.
-fn commit_outcomes(store: &mut Store, batch: Vec<QueuedOutcome>) {
+fn commit_outcomes<S: ChargeStore>(store: &mut S, batch: Vec<QueuedOutcome>) {
     if batch.is_empty() {
         return;
     }
     let items: Vec<_> = batch
         .iter()
-        .map(|q| (q.attempt_id, q.expected, &q.change, q.now))
+        .map(|q| OutcomeWrite {
+            attempt_id: q.attempt_id,
+            expected: q.expected,
+            fence: q.fence,
+            change: &q.change,
+            now: q.now,
+        })
         .collect();
-    match store.apply_all(&items) {
+    match store.apply_outcomes(&items) {
         Ok(results) => {
             for (queued, result) in batch.into_iter().zip(results) {
                 let _ = queued.reply.send(result.map_err(EngineError::from));
@@ -1485,12 +1516,12 @@ fn commit_outcomes(store: &mut Store, batch: Vec<QueuedOutcome>) {
 }
 
 /// Releases an attempt from the busy set however its task ends (a panic included).
-struct BusyGuard {
-    inner: Arc<Inner>,
+struct BusyGuard<S: ChargeStore + 'static> {
+    inner: Arc<Inner<S>>,
     attempt_id: i64,
 }
 
-impl Drop for BusyGuard {
+impl<S: ChargeStore + 'static> Drop for BusyGuard<S> {
     fn drop(&mut self) {
         lock(&self.inner.busy).remove(&self.attempt_id);
     }
@@ -1525,8 +1556,8 @@ const PLAN_BATCH_SUBSCRIPTIONS: usize = 256;
 /// without a charge, and why planning stopped for the clock (see [`too_many_skipped`]), if it
 /// did.
 #[allow(clippy::too_many_arguments)]
-fn plan_all(
-    store: &Mutex<Store>,
+fn plan_all<S: ChargeStore>(
+    store: &Mutex<S>,
     now: DateTime<Utc>,
     since: Option<DateTime<Utc>>,
     calendar: &Calendar,
@@ -1553,7 +1584,7 @@ fn plan_all(
         let mut pickups = Vec::new();
         {
             let mut guard = lock(store);
-            let tx = guard.plan(now)?;
+            let mut tx = guard.begin_plan(now)?;
             let mut planned = 0;
             while jobs.len() < max_intents.max(1) && planned < PLAN_BATCH_SUBSCRIPTIONS {
                 let Some(id) = ids.next() else { break };
@@ -1562,7 +1593,7 @@ fn plan_all(
                 }
                 let mut pickup = None;
                 let (job, n) = plan_one(
-                    &tx,
+                    &mut tx,
                     id,
                     now,
                     since,
@@ -1636,8 +1667,8 @@ fn too_many_skipped(
 /// same transaction, and records when the due sweep must look at it again. A period's first
 /// intent sets `pickup` to how long after its due instant it was made (a metric).
 #[allow(clippy::too_many_arguments)]
-fn plan_one(
-    tx: &PlanTx<'_>,
+fn plan_one<T: PlanTransaction>(
+    tx: &mut T,
     id: &str,
     now: DateTime<Utc>,
     since: Option<DateTime<Utc>>,
@@ -1664,8 +1695,8 @@ fn plan_one(
         },
         None => None,
     };
-    let revisit =
-        |revisit: Revisit| tx.revisit(id, billing::no_later_than(revisit, adhoc_retry_at));
+    // When to plan again: never later than an ad-hoc charge's retry.
+    let later = |revisit: Revisit| billing::no_later_than(revisit, adhoc_retry_at);
     let sub = &history.subscription;
     let terms = &sub.terms;
     let mut settled = 0;
@@ -1674,7 +1705,7 @@ fn plan_one(
     if let Some(open) = &history.open {
         let Purpose::Period(period) = open.purpose else {
             return Err(StoreError::Corrupt {
-                path: tx.path().to_path_buf(),
+                path: tx.location().to_path_buf(),
                 what: "an open period".into(),
                 value: open.purpose.to_string(),
             });
@@ -1683,7 +1714,7 @@ fn plan_one(
             // Settled attempts only (none unresolved), yet one counts as live: an approved or
             // quarantined attempt on an open period, which only an operator resolves. Look
             // again in an hour.
-            revisit(Revisit::At(now + Duration::hours(1)))?;
+            tx.revisit(id, later(Revisit::At(now + Duration::hours(1))))?;
             return Ok((None, 0));
         }
         let next_due = billing::due_date(terms, period + 1).map(|d| calendar.due_instant(d));
@@ -1692,7 +1723,7 @@ fn plan_one(
             if let Some(retry_at) = open.next_attempt_at.filter(|at| *at > now) {
                 // Nothing before the retry, or the end of its window, whichever comes first.
                 let at = next_due.map_or(retry_at, |next| next.min(retry_at));
-                revisit(Revisit::At(at))?;
+                tx.revisit(id, later(Revisit::At(at)))?;
                 return Ok((None, 0));
             }
             if history.attempts_last_30_days >= policy.max_attempts_per_30_days {
@@ -1706,7 +1737,7 @@ fn plan_one(
                         detail: json!({ "period": period, "reason": "attempt budget" }),
                     },
                 )?;
-                revisit(Revisit::Now)?;
+                tx.revisit(id, later(Revisit::Now))?;
                 return Ok((None, 1));
             }
             return match billing::verdict(terms, calendar, &history.charged, open.amount, now) {
@@ -1725,7 +1756,7 @@ fn plan_one(
                             open.currency,
                         ),
                     )?;
-                    revisit(Revisit::Now)?;
+                    tx.revisit(id, later(Revisit::Now))?;
                     Ok((Some(job), 0))
                 }
                 Err(reason) => {
@@ -1739,7 +1770,7 @@ fn plan_one(
                             detail: json!({ "period": period, "reason": reason.to_string() }),
                         },
                     )?;
-                    revisit(Revisit::Now)?;
+                    tx.revisit(id, later(Revisit::Now))?;
                     Ok((None, 1))
                 }
             };
@@ -1808,7 +1839,7 @@ fn plan_one(
         }
         Next::Defer { .. } | Next::Wait { .. } | Next::Ended(_) => None,
     };
-    revisit(billing::revisit(&plan.next, calendar))?;
+    tx.revisit(id, later(billing::revisit(&plan.next, calendar)))?;
     Ok((job, settled))
 }
 

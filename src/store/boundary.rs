@@ -119,6 +119,12 @@ pub trait ChargeStore: Send {
     where
         Self: 'a;
 
+    /// Whether several instances may work on this database at once. Then even a fresh intent is
+    /// marked sending ([`ChargeStore::mark_sending`], which checks its claim) before its request
+    /// leaves, so an instance that paused past its lease never sends an attempt another instance
+    /// has taken over; with one daemon per database that write is saved.
+    const SHARED: bool;
+
     /// Where the data lives, for error messages.
     fn location(&self) -> &std::path::Path;
 
@@ -136,6 +142,15 @@ pub trait ChargeStore: Send {
     /// instances each attempt is claimed by one of them, under a lease, and each returned job
     /// carries its claim's fencing token.
     fn claim_due_attempts(&mut self, now: DateTime<Utc>) -> Result<Vec<Job>, StoreError>;
+
+    /// Claims every unresolved attempt (pending, not sent, unknown, parked) whenever its next
+    /// check is due: the reconciliation at an instance's start. With several instances, only
+    /// attempts nobody else holds under a live lease.
+    fn claim_unresolved_attempts(&mut self) -> Result<Vec<Job>, StoreError>;
+
+    /// How many attempts are unresolved (pending, not sent, unknown, parked), whoever holds
+    /// them.
+    fn count_unresolved(&mut self) -> Result<usize, StoreError>;
 
     /// One attempt by id, as it is now (its fence is the current holder's).
     fn attempt_by_id(&mut self, attempt_id: i64) -> Result<Option<Job>, StoreError>;

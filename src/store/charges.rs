@@ -1388,6 +1388,7 @@ impl PlanTx<'_> {
 /// state guard of each write is the whole guard.
 impl super::ChargeStore for Store {
     type Plan<'a> = PlanTx<'a>;
+    const SHARED: bool = false;
 
     fn location(&self) -> &Path {
         &self.path
@@ -1403,6 +1404,14 @@ impl super::ChargeStore for Store {
 
     fn claim_due_attempts(&mut self, now: DateTime<Utc>) -> Result<Vec<Job>, StoreError> {
         self.due_attempts(now)
+    }
+
+    fn claim_unresolved_attempts(&mut self) -> Result<Vec<Job>, StoreError> {
+        self.unresolved_attempts()
+    }
+
+    fn count_unresolved(&mut self) -> Result<usize, StoreError> {
+        Ok(self.unresolved_attempts()?.len())
     }
 
     fn attempt_by_id(&mut self, attempt_id: i64) -> Result<Option<Job>, StoreError> {

@@ -18,6 +18,8 @@
 mod books;
 pub mod boundary;
 mod charges;
+#[cfg(test)]
+mod conformance;
 mod enrolment;
 mod operate;
 mod outbox;
