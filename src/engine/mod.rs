@@ -20,6 +20,7 @@
 //! the database is only touched from blocking threads.
 
 mod adhoc;
+mod conclusion;
 mod pacer;
 mod progress;
 
@@ -47,6 +48,7 @@ pub use adhoc::{
 pub use pacer::Pacer;
 
 use adhoc::plan_adhoc;
+use conclusion::{Decided, Notice};
 use progress::Progress;
 
 /// Why a tick could not finish. Gateway trouble is never an error here: it is an outcome.
@@ -850,7 +852,12 @@ impl<S: ChargeStore + 'static> Inner<S> {
                 change.next_check_at =
                     Some(now + backoff(RESEND_BASE, RESEND_CAP, job.checks, &job.order_number));
                 change.detail = Some(why.clone());
-                change.event = Some(self.outcome_event(event::NOT_SENT, &job, &reply.claim, None));
+                change.event = Some(conclusion::outcome_event(
+                    event::NOT_SENT,
+                    &job,
+                    &reply.claim,
+                    None,
+                ));
                 self.apply(&job, change).await?;
                 self.log_outcome(&job, "not_sent", &reply.claim, None, "absent");
                 Ok(Step::NotSent)
@@ -947,7 +954,7 @@ impl<S: ChargeStore + 'static> Inner<S> {
     }
 
     /// Commits what a status answer says about an attempt (`claim`: the charge reply it follows,
-    /// when it was just sent).
+    /// when it was just sent): [`conclusion::conclusion`] decides, this records it and logs.
     async fn conclude(
         &self,
         job: Job,
@@ -957,297 +964,79 @@ impl<S: ChargeStore + 'static> Inner<S> {
         crate::failpoint::hit(crate::failpoint::STATUS_RECEIVED);
         let now = self.clock.now();
         let verified = &answer.verified;
-        let response_code = verified
-            .response_code
-            .clone()
-            .or_else(|| claim.as_ref().and_then(|c| c.response_code.clone()));
-        let test_mode = verified
-            .test_mode
-            .or(claim.as_ref().and_then(|c| c.test_mode));
-        let sent_now = claim.is_some();
-        // The gateway has the order: it was sent, even if this process never saw it leave (an
-        // intent recovered after a crash). Its send instant is then the intent's.
-        let found = matches!(
-            verified.outcome,
-            Outcome::Approved | Outcome::Declined(_) | Outcome::Pending
-        ) || (verified.checkvalue_verified && verified.outcome != Outcome::NotFound);
-        let sent_at = claim
-            .as_ref()
-            .map(|c| c.sent_at)
-            .or_else(|| (found && job.sent_at.is_none()).then_some(job.created_at));
-        // Evidence that the gateway holds the order: a status answer found it, or the charge
-        // reply (unverified, but only ever trusted in the cautious direction) said it was
-        // approved, declined or in process (AS300). Once seen, not-found answers never make it
-        // "not received".
-        let seen_now = found
-            || claim.as_ref().is_some_and(|c| {
-                matches!(
-                    c.outcome,
-                    Outcome::Approved | Outcome::Declined(_) | Outcome::Pending
-                )
-            });
-        let base = |state| {
-            let mut change = AttemptChange::to(state);
-            change.seen = seen_now;
-            change.checked = !sent_now;
-            change.sent = sent_now || found;
-            change.sent_at = sent_at;
-            change.wall_at = claim.as_ref().map(|c| c.wall);
-            change.test_mode = test_mode;
-            change.response_code = response_code.clone();
-            change
-        };
-        match &verified.outcome {
-            Outcome::Approved => {
-                let mut change = base(AttemptState::Approved);
-                change.checkvalue = Some("verified");
-                change.charge = Some(ChargeChange {
-                    state: ChargeState::Paid,
-                    reason: None,
-                    next_attempt_at: None,
-                });
-                change.event = Some(self.outcome_event(
-                    event::APPROVED,
-                    &job,
-                    &verified.outcome,
-                    response_code.as_deref(),
-                ));
-                // Booked once (one attempt, one period), but another order under the same
-                // number is paid too, or may yet be: the customer may pay twice. Flagged, in
-                // the same transaction, until an operator refunds and resumes.
-                let others = verified.approved_orders.saturating_sub(1) + verified.pending_orders;
-                if others > 0 {
-                    change.attention = Some(Flag {
-                        kind: flag::DOUBLE_APPROVAL,
-                        reason: format!(
-                            "the gateway shows {} orders under {} ({} approved, {} in process): \
-                             the customer may have been charged twice; refund the extra one, \
-                             then resume",
-                            others + 1,
-                            job.order_number,
-                            verified.approved_orders,
-                            verified.pending_orders
-                        ),
-                    });
-                }
-                self.apply(&job, change).await?;
-                if others > 0 {
-                    tracing::error!(
-                        subscription = %job.subscription_id,
-                        order_number = %job.order_number,
-                        clock = %crate::timefmt::rfc3339(self.clock.now()),
-                        approved_orders = verified.approved_orders,
-                        pending_orders = verified.pending_orders,
-                        "the gateway shows more than one order with this OrderNumber beside the \
-                         approved one: the customer may have been charged twice; refund per the \
-                         runbook"
-                    );
-                }
-                self.log_outcome(
-                    &job,
-                    "approved",
-                    &verified.outcome,
-                    response_code.as_deref(),
-                    "verified",
-                );
-                Ok(Step::Approved)
-            }
-            Outcome::Declined(decline) => {
-                let mut change = base(AttemptState::Declined);
-                change.checkvalue = Some("verified");
-                let reason = format!("declined ({}): {}", decline.code, decline.reason);
+        // The subscription is read only where the decision needs it: a soft decline's dunning.
+        let subscription = match &verified.outcome {
+            Outcome::Declined(decline) if decline.kind == DeclineKind::Soft => {
                 let id = job.subscription_id.clone();
-                let subscription = self.db(move |s| s.stored_subscription(&id)).await?;
-                let retry_at = match decline.kind {
-                    DeclineKind::Hard => None,
-                    DeclineKind::Soft => subscription
-                        .as_ref()
-                        .and_then(|sub| self.dunning_retry(sub, &job, now)),
-                };
-                change.charge = Some(match retry_at {
-                    Some(at) => ChargeChange {
-                        state: ChargeState::Open,
-                        reason: Some(reason.clone()),
-                        next_attempt_at: Some(at),
-                    },
-                    None => ChargeState::Failed.with(&reason),
-                });
-                if decline.kind == DeclineKind::Hard {
-                    change.attention = Some(Flag {
-                        kind: flag::HARD_DECLINE,
-                        reason: format!(
-                            "hard decline {} ({}); resume once the customer has fixed the card",
-                            decline.code, decline.reason
-                        ),
-                    });
-                }
-                change.event = Some(self.outcome_event(
-                    event::DECLINED,
-                    &job,
-                    &verified.outcome,
-                    response_code.as_deref(),
-                ));
-                self.apply(&job, change).await?;
-                self.log_outcome(
-                    &job,
-                    "declined",
-                    &verified.outcome,
-                    response_code.as_deref(),
-                    "verified",
-                );
-                Ok(Step::Declined)
+                self.db(move |s| s.stored_subscription(&id)).await?
             }
-            Outcome::IntegrityFailure(why) => {
-                self.quarantine(&job, why, answer.raw.as_deref(), claim.map(|c| c.wall))
-                    .await
-            }
-            Outcome::NotFound if job.seen || seen_now => {
-                // The gateway showed this order before (in process, say) and now says it has
-                // none: that contradiction is not "never received". Sending the period again
-                // under a new OrderNumber could charge twice, so an operator decides; it is
-                // still looked up meanwhile, and settles if the order shows up.
-                let mut change = base(AttemptState::Parked);
-                change.not_found = Some(job.not_found.saturating_add(1));
-                change.next_check_at = Some(now + PARKED_EVERY);
-                change.detail = Some(
-                    "not found at the gateway after it showed the order: parked, never re-sent"
-                        .into(),
-                );
-                if job.state != AttemptState::Parked {
-                    change.event =
-                        Some(self.outcome_event(event::PARKED, &job, &verified.outcome, None));
-                    tracing::warn!(
-                        subscription = %job.subscription_id,
-                        order_number = %job.order_number,
-                        clock = %crate::timefmt::rfc3339(self.clock.now()),
-                        "the gateway now says it has no such order, after it showed the order \
-                         earlier: parked for an operator (resolve it once the order is checked \
-                         at the merchant portal); it is never sent again under a new number"
-                    );
-                }
-                self.apply_counting_park(&job, change).await?;
-                Ok(Step::Unknown)
-            }
-            Outcome::NotFound => {
-                // Only answers after the settle window count: before it, the gateway may simply
-                // not have filed the order yet.
-                let since = job.sent_at.unwrap_or(job.created_at);
-                let settled = !sent_now && now - since >= self.policy.settle;
-                let not_found = job.not_found.saturating_add(u32::from(settled));
-                if settled && not_found >= 2 {
-                    let mut change = base(AttemptState::NotReceived);
-                    change.not_found = Some(not_found);
-                    change.charge = Some(ChargeChange {
-                        state: ChargeState::Open,
-                        reason: Some("the gateway never received the previous attempt".into()),
-                        next_attempt_at: Some(
-                            now + backoff(RESEND_BASE, RESEND_CAP, job.attempt, &job.order_number),
-                        ),
-                    });
-                    change.event = Some(self.outcome_event(
-                        event::NOT_RECEIVED,
-                        &job,
-                        &verified.outcome,
-                        None,
-                    ));
-                    self.apply(&job, change).await?;
-                    self.log_outcome(&job, "not_received", &verified.outcome, None, "absent");
-                    return Ok(Step::Other);
-                }
-                let mut change = self.still_unknown(&job, base, now);
-                change.not_found = Some(not_found);
-                self.apply_counting_park(&job, change).await?;
-                Ok(Step::Unknown)
-            }
-            other => {
-                if *other == Outcome::RateLimited {
-                    self.pacer.pause(RATE_PAUSE);
-                }
-                let change = self.still_unknown(&job, base, now);
-                self.apply_counting_park(&job, change).await?;
-                if let Some(c) = &claim {
-                    self.log_outcome(
-                        &job,
-                        "unknown",
-                        &c.outcome,
-                        response_code.as_deref(),
-                        "absent",
-                    );
-                }
-                Ok(Step::Unknown)
-            }
-        }
-    }
-
-    /// The outcome is still open: look again later with backoff; park it for an operator once
-    /// it has been open too long. A failed status query changes nothing else.
-    fn still_unknown(
-        &self,
-        job: &Job,
-        base: impl Fn(AttemptState) -> AttemptChange,
-        now: DateTime<Utc>,
-    ) -> AttemptChange {
-        let parked = now - job.created_at > self.policy.park_after;
-        let state = if parked {
-            AttemptState::Parked
-        } else {
-            AttemptState::Unknown
+            _ => None,
         };
-        let mut change = base(state);
-        change.next_check_at = Some(
-            now + if parked {
-                PARKED_EVERY
-            } else {
-                backoff(STATUS_BASE, STATUS_CAP, job.checks, &job.order_number)
-            },
+        if verified.outcome == Outcome::RateLimited {
+            self.pacer.pause(RATE_PAUSE);
+        }
+        let decided = conclusion::conclusion(
+            &job,
+            verified,
+            claim.as_ref(),
+            now,
+            &self.policy,
+            &self.calendar,
+            subscription.as_ref(),
         );
-        if state != job.state {
-            let kind = if parked {
-                event::PARKED
-            } else {
-                event::UNKNOWN
-            };
-            change.event = Some(self.outcome_event(kind, job, &Outcome::Pending, None));
-            if parked {
-                tracing::warn!(
-                    subscription = %job.subscription_id,
-                    order_number = %job.order_number,
-                    clock = %crate::timefmt::rfc3339(self.clock.now()),
-                    "charge outcome still unknown after {} hours: parked for an operator",
-                    self.policy.park_after.num_hours()
-                );
+        let (change, step, outcome, notice) = match decided {
+            Decided::Quarantine { why } => {
+                return self
+                    .quarantine(&job, &why, answer.raw.as_deref(), claim.map(|c| c.wall))
+                    .await;
             }
+            Decided::Record {
+                change,
+                step,
+                outcome,
+                notice,
+            } => (change, step, outcome, notice),
+        };
+        self.apply_counting_park(&job, change).await?;
+        let clock = crate::timefmt::rfc3339(self.clock.now());
+        match notice {
+            Some(Notice::DoubleApproval { approved, pending }) => tracing::error!(
+                subscription = %job.subscription_id,
+                order_number = %job.order_number,
+                %clock,
+                approved_orders = approved,
+                pending_orders = pending,
+                "the gateway shows more than one order with this OrderNumber beside the \
+                 approved one: the customer may have been charged twice; refund per the \
+                 runbook"
+            ),
+            Some(Notice::VanishedAfterSeen) => tracing::warn!(
+                subscription = %job.subscription_id,
+                order_number = %job.order_number,
+                %clock,
+                "the gateway now says it has no such order, after it showed the order \
+                 earlier: parked for an operator (resolve it once the order is checked \
+                 at the merchant portal); it is never sent again under a new number"
+            ),
+            Some(Notice::ParkedTooLong) => tracing::warn!(
+                subscription = %job.subscription_id,
+                order_number = %job.order_number,
+                %clock,
+                "charge outcome still unknown after {} hours: parked for an operator",
+                self.policy.park_after.num_hours()
+            ),
+            None => {}
         }
-        change
-    }
-
-    /// When a soft-declined period is tried again: the next dunning day, if it comes before the
-    /// next period is due, within the agreement's end date and the 30-day attempt budget.
-    fn dunning_retry(
-        &self,
-        subscription: &crate::store::StoredSubscription,
-        job: &Job,
-        now: DateTime<Utc>,
-    ) -> Option<DateTime<Utc>> {
-        // An ad-hoc charge is not retried: the operator asks again (with a new reference).
-        let period = job.purpose.period()?;
-        let index = usize::try_from(job.attempt.saturating_sub(1)).ok()?;
-        let days = *self.policy.dunning_days.get(index)?;
-        let at = now + Duration::days(i64::from(days));
-        let terms = &subscription.terms;
-        let next_due =
-            billing::due_date(terms, period + 1).map(|date| self.calendar.due_instant(date));
-        if next_due.is_some_and(|next| at >= next) {
-            return None;
+        if let Some(line) = outcome {
+            self.log_outcome(
+                &job,
+                line.label,
+                &line.outcome,
+                line.response_code.as_deref(),
+                line.checkvalue,
+            );
         }
-        if terms
-            .limits
-            .max_date
-            .is_some_and(|max| self.calendar.local_date(at) > max)
-        {
-            return None;
-        }
-        Some(at)
+        Ok(step)
     }
 
     /// An answer failed verification: the attempt blocks its period, nothing is booked, the raw
@@ -1288,7 +1077,8 @@ impl<S: ChargeStore + 'static> Inner<S> {
         };
         change.detail = Some(why.to_string());
         change.charge = Some(ChargeState::Quarantined.with(why));
-        let mut detail = self.event_detail(job, &Outcome::IntegrityFailure(why.into()), None);
+        let mut detail =
+            conclusion::event_detail(job, &Outcome::IntegrityFailure(why.into()), None);
         detail["raw"] = json!(raw);
         change.event = Some(Event {
             kind: event::QUARANTINED,
@@ -1400,32 +1190,6 @@ impl<S: ChargeStore + 'static> Inner<S> {
         }
         crate::failpoint::hit(crate::failpoint::OUTCOME_COMMITTED);
         Ok(())
-    }
-
-    fn event_detail(&self, job: &Job, outcome: &Outcome, code: Option<&str>) -> serde_json::Value {
-        json!({
-            "order_number": job.order_number,
-            "period": job.purpose.period(),
-            "reference": adhoc_reference(&job.purpose),
-            "attempt": job.attempt,
-            "amount": job.amount.to_string(),
-            "currency": job.currency.as_str(),
-            "outcome": outcome.to_string(),
-            "response_code": code,
-        })
-    }
-
-    fn outcome_event(
-        &self,
-        kind: &'static str,
-        job: &Job,
-        outcome: &Outcome,
-        code: Option<&str>,
-    ) -> Event {
-        Event {
-            kind,
-            detail: self.event_detail(job, outcome, code),
-        }
     }
 
     /// [`Inner::apply`], counting an attempt that becomes parked (`outcome="parked"`).
