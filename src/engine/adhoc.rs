@@ -18,13 +18,10 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::{Policy, adhoc_order_number, adhoc_reference, intent_event};
+use super::Policy;
 use crate::billing::{self, Calendar, Revisit};
 use crate::money::Money;
-use crate::store::{
-    AdhocCharge, ChargeState, Event, History, Job, OpenCharge, PlanTransaction, Store, StoreError,
-    event,
-};
+use crate::store::{AdhocCharge, ChargeState, Event, Store, StoreError, event};
 
 /// An operator's ad-hoc charge.
 #[derive(Debug, Clone)]
@@ -141,108 +138,6 @@ pub fn queue_adhoc(
     tx.revisit(request.subscription, Revisit::Now)?;
     tx.commit()?;
     Ok(Queued::New { charge_id })
-}
-
-/// Plans an ad-hoc charge inside the subscription's planning transaction: the attempt budget and
-/// every limit checked on the history read in it, then one intent — or the charge closed with
-/// the reason, never held: it is made when asked or not at all.
-pub(super) fn plan_adhoc<T: PlanTransaction>(
-    tx: &mut T,
-    history: &History,
-    adhoc: &OpenCharge,
-    now: DateTime<Utc>,
-    calendar: &Calendar,
-    policy: &Policy,
-    prefix: &str,
-) -> Result<(Option<Job>, u32), StoreError> {
-    let id = history.subscription.id.as_str();
-    let reference = adhoc_reference(&adhoc.purpose);
-    // Only a request with no attempt that charged or may have reaches here (`adhoc_open`): one
-    // older than its time is closed, not sent late.
-    if now - adhoc.created_at > policy.adhoc_max_age {
-        let hours = policy.adhoc_max_age.num_hours();
-        let reason = format!(
-            "expired: requested at {}, not sent within engine.adhoc_max_age_hours ({hours} h); \
-             nothing was charged",
-            adhoc
-                .created_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        );
-        tx.close_period(
-            id,
-            adhoc.id,
-            ChargeState::Failed,
-            &reason,
-            Event {
-                kind: event::ADHOC_EXPIRED,
-                detail: json!({
-                    "reference": reference,
-                    "amount": adhoc.amount.to_string(),
-                    "currency": adhoc.currency.as_str(),
-                    "requested_at": adhoc.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                    "max_age_hours": hours,
-                    "reason": reason,
-                }),
-            },
-        )?;
-        tx.revisit(id, Revisit::Now)?;
-        tracing::warn!(subscription = %id, period = %adhoc.purpose, %reason, clock = %crate::timefmt::rfc3339(now), "ad-hoc charge expired");
-        return Ok((None, 1));
-    }
-    let refused = if history.attempts_last_30_days >= policy.max_attempts_per_30_days {
-        Some((
-            ChargeState::Failed,
-            event::PERIOD_FAILED,
-            "no attempts left in the 30-day budget".to_string(),
-        ))
-    } else {
-        billing::verdict(
-            &history.subscription.terms,
-            calendar,
-            &history.charged,
-            adhoc.amount,
-            now,
-        )
-        .err()
-        .map(|reason| {
-            (
-                ChargeState::Blocked,
-                event::PERIOD_BLOCKED,
-                reason.to_string(),
-            )
-        })
-    };
-    if let Some((state, kind, reason)) = refused {
-        tx.close_period(
-            id,
-            adhoc.id,
-            state,
-            &reason,
-            Event {
-                kind,
-                detail: json!({ "reference": reference, "reason": reason }),
-            },
-        )?;
-        tx.revisit(id, Revisit::Now)?;
-        tracing::warn!(subscription = %id, period = %adhoc.purpose, %reason, clock = %crate::timefmt::rfc3339(now), "ad-hoc charge {}", state.as_str());
-        return Ok((None, 1));
-    }
-    let number = adhoc_order_number(prefix, id, adhoc.id, adhoc.attempts + 1);
-    let job = tx.new_attempt(
-        id,
-        adhoc,
-        &number,
-        Utc::now(),
-        intent_event(
-            &number,
-            &adhoc.purpose,
-            adhoc.attempts + 1,
-            adhoc.amount,
-            adhoc.currency,
-        ),
-    )?;
-    tx.revisit(id, Revisit::Now)?;
-    Ok((Some(job), 0))
 }
 
 /// An operator's cancellation of an ad-hoc charge.

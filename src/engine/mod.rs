@@ -22,6 +22,7 @@
 mod adhoc;
 mod conclusion;
 mod pacer;
+mod planning;
 mod progress;
 
 use std::collections::HashSet;
@@ -31,7 +32,7 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
-use crate::billing::{self, BlockReason, Calendar, Next, Revisit, SettledOutcome};
+use crate::billing::{self, BlockReason, Calendar};
 use crate::clock::Clock;
 use crate::config::EngineConfig;
 use crate::gateway::client::{ChargeRequest, Client, StatusAnswer, StatusQuery};
@@ -47,7 +48,6 @@ pub use adhoc::{
 };
 pub use pacer::Pacer;
 
-use adhoc::plan_adhoc;
 use conclusion::{Decided, Notice};
 use progress::Progress;
 
@@ -1394,42 +1394,12 @@ fn plan_all<S: ChargeStore>(
     Ok((settled, jump))
 }
 
-/// Why planning one subscription now would settle more than `max_skipped_periods` periods as
-/// skipped that fell due since the previous sweep (`since`): a clock that jumped forward, or a
-/// daemon down for a long time. Periods due before the previous sweep (a new subscription with
-/// an old start) are an ordinary catch-up and do not count.
-fn too_many_skipped(
-    id: &str,
-    plan: &billing::Plan,
-    now: DateTime<Utc>,
-    since: Option<DateTime<Utc>>,
-    calendar: &Calendar,
-    policy: &Policy,
-) -> Option<String> {
-    let since = since?;
-    let fresh: u32 = plan
-        .settled
-        .iter()
-        .filter(|s| matches!(s.outcome, SettledOutcome::Skipped(_)))
-        .filter(|s| calendar.due_instant(s.first_due_date) > since)
-        .map(|s| s.count())
-        .sum();
-    (fresh > policy.max_skipped_periods).then(|| {
-        format!(
-            "planning {id} at {} would skip {fresh} periods that fell due since the last sweep \
-             at {} (engine.max_skipped_periods = {}): the clock jumped forward, or the daemon was \
-             stopped that long",
-            now.to_rfc3339(),
-            since.to_rfc3339(),
-            policy.max_skipped_periods
-        )
-    })
-}
-
-/// Plans one subscription inside the batch's write transaction: settles what `billing::decide`
-/// settles, records at most one new intent, with the limits checked on the history read in the
-/// same transaction, and records when the due sweep must look at it again. A period's first
-/// intent sets `pickup` to how long after its due instant it was made (a metric).
+/// Plans one subscription inside the batch's write transaction: reads its history (and the
+/// ad-hoc charge waiting first), decides by the planning rules ([`planning::decide_plan`], pure)
+/// and writes the decision in the same transaction ([`planning::apply_plan`]): what is settled,
+/// at most one new intent with the limits checked on the history read here, and when the due
+/// sweep must look again. A period's first intent sets `pickup` to how long after its due
+/// instant it was made (a metric).
 #[allow(clippy::too_many_arguments)]
 fn plan_one<T: PlanTransaction>(
     tx: &mut T,
@@ -1449,162 +1419,29 @@ fn plan_one<T: PlanTransaction>(
         // Its `next_plan_at` stays reached: planned again once this clears.
         return Ok((None, 0));
     }
-    // An ad-hoc charge an operator queued goes first; the schedule waits for its outcome. One
-    // waiting to be tried again (its attempt was not received) is tried at its time: the sweep
-    // comes back then, whatever the schedule says.
-    let adhoc_retry_at = match tx.adhoc_open(id)? {
-        Some(adhoc) => match adhoc.next_attempt_at.filter(|at| *at > now) {
-            None => return plan_adhoc(tx, &history, &adhoc, now, calendar, policy, prefix),
-            later => later,
-        },
-        None => None,
-    };
-    // When to plan again: never later than an ad-hoc charge's retry.
-    let later = |revisit: Revisit| billing::no_later_than(revisit, adhoc_retry_at);
-    let sub = &history.subscription;
-    let terms = &sub.terms;
-    let mut settled = 0;
-
-    // A period still open (a retry is scheduled): retry it, or close it when its window ended.
-    if let Some(open) = &history.open {
-        let Purpose::Period(period) = open.purpose else {
-            return Err(StoreError::Corrupt {
-                path: tx.location().to_path_buf(),
-                what: "an open period".into(),
-                value: open.purpose.to_string(),
-            });
-        };
-        if open.live_attempt {
-            // Settled attempts only (none unresolved), yet one counts as live: an approved or
-            // quarantined attempt on an open period, which only an operator resolves. Look
-            // again in an hour.
-            tx.revisit(id, later(Revisit::At(now + Duration::hours(1))))?;
-            return Ok((None, 0));
-        }
-        let next_due = billing::due_date(terms, period + 1).map(|d| calendar.due_instant(d));
-        let window_over = next_due.is_some_and(|next| next <= now);
-        if !window_over {
-            if let Some(retry_at) = open.next_attempt_at.filter(|at| *at > now) {
-                // Nothing before the retry, or the end of its window, whichever comes first.
-                let at = next_due.map_or(retry_at, |next| next.min(retry_at));
-                tx.revisit(id, later(Revisit::At(at)))?;
-                return Ok((None, 0));
-            }
-            if history.attempts_last_30_days >= policy.max_attempts_per_30_days {
-                tx.close_period(
-                    id,
-                    open.id,
-                    ChargeState::Failed,
-                    "no attempts left in the 30-day budget",
-                    Event {
-                        kind: event::PERIOD_FAILED,
-                        detail: json!({ "period": period, "reason": "attempt budget" }),
-                    },
-                )?;
-                tx.revisit(id, later(Revisit::Now))?;
-                return Ok((None, 1));
-            }
-            return match billing::verdict(terms, calendar, &history.charged, open.amount, now) {
-                Ok(()) => {
-                    let number = order_number(prefix, id, period, open.attempts + 1);
-                    let job = tx.new_attempt(
-                        id,
-                        open,
-                        &number,
-                        Utc::now(),
-                        intent_event(
-                            &number,
-                            &open.purpose,
-                            open.attempts + 1,
-                            open.amount,
-                            open.currency,
-                        ),
-                    )?;
-                    tx.revisit(id, later(Revisit::Now))?;
-                    Ok((Some(job), 0))
-                }
-                Err(reason) => {
-                    tx.close_period(
-                        id,
-                        open.id,
-                        ChargeState::Blocked,
-                        &reason.to_string(),
-                        Event {
-                            kind: event::PERIOD_BLOCKED,
-                            detail: json!({ "period": period, "reason": reason.to_string() }),
-                        },
-                    )?;
-                    tx.revisit(id, later(Revisit::Now))?;
-                    Ok((None, 1))
-                }
-            };
-        }
-        let reason = "its retry window ended: the next period is due";
-        tx.close_period(
-            id,
-            open.id,
-            ChargeState::Failed,
-            reason,
-            Event {
-                kind: event::PERIOD_FAILED,
-                detail: json!({ "period": period, "reason": reason }),
-            },
-        )?;
-        settled += 1;
+    let adhoc = tx.adhoc_open(id)?;
+    let plan = planning::decide_plan(
+        &history,
+        adhoc.as_ref(),
+        now,
+        since,
+        calendar,
+        policy,
+        prefix,
+    )
+    .map_err(|value| StoreError::Corrupt {
+        path: tx.location().to_path_buf(),
+        what: "an open period".into(),
+        value,
+    })?;
+    let job = planning::apply_plan(tx, &history.subscription, &plan, now)?;
+    if let Some(planning::Intent::First { pickup: delay, .. }) = &plan.intent {
+        *pickup = Some(*delay);
     }
-
-    let plan = billing::decide(terms, calendar, history.next_period, &history.charged, now);
-    if let Some(reason) = too_many_skipped(id, &plan, now, since, calendar, policy) {
-        // Nothing more of it is settled: its `next_plan_at` stays reached, and it is planned
-        // again once an operator has acknowledged the clock.
-        *jump = Some(reason);
-        return Ok((None, settled));
+    if plan.jump.is_some() {
+        *jump = plan.jump;
     }
-    for s in &plan.settled {
-        let (state, kind) = match &s.outcome {
-            SettledOutcome::Skipped(_) => (ChargeState::Skipped, event::PERIOD_SKIPPED),
-            SettledOutcome::Blocked(_) => (ChargeState::Blocked, event::PERIOD_BLOCKED),
-        };
-        let reason = s.describe();
-        // A run of periods is one row (under its last period), one event and one log line.
-        tx.settle(
-            sub,
-            s.period,
-            s.due_date,
-            state,
-            &reason,
-            Event {
-                kind,
-                detail: json!({
-                    "period": s.period,
-                    "due_date": s.due_date.to_string(),
-                    "first_period": s.first,
-                    "first_due_date": s.first_due_date.to_string(),
-                    "periods": s.count(),
-                    "reason": reason,
-                }),
-            },
-        )?;
-        tracing::info!(subscription = %id, period = s.period, periods = s.count(), %reason, clock = %crate::timefmt::rfc3339(now), "period {}", state.as_str());
-        settled += s.count();
-    }
-    let job = match plan.next {
-        Next::Charge { period, due_date } => {
-            *pickup = Some(now - calendar.due_instant(due_date));
-            let open = tx.open_period(sub, period, due_date)?;
-            let number = order_number(prefix, id, period, 1);
-            Some(tx.new_attempt(
-                id,
-                &open,
-                &number,
-                Utc::now(),
-                intent_event(&number, &open.purpose, 1, open.amount, open.currency),
-            )?)
-        }
-        Next::Defer { .. } | Next::Wait { .. } | Next::Ended(_) => None,
-    };
-    tx.revisit(id, later(billing::revisit(&plan.next, calendar)))?;
-    Ok((job, settled))
+    Ok((job, plan.settled))
 }
 
 /// The reference of an ad-hoc charge, for ledger details (null for a period).
