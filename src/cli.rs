@@ -496,6 +496,18 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     init_logging(config.log.format);
+    if let Some(postgres) = &config.database.postgres
+        && !works_on_postgres(&cli.command)
+    {
+        eprintln!(
+            "recurrentd: {}: not available with database.url (PostgreSQL, instance {}) yet; \
+             only `check`, `tokens` and `sandbox` are. The SQLite database (database.path) is \
+             not used when database.url is set.",
+            command_name(&cli.command),
+            postgres.instance
+        );
+        return ExitCode::from(exit::CONFIG);
+    }
     let code = match cli.command {
         Command::Run(args) => run::run(&config, &args),
         Command::Check(args) => check(&config, &args),
@@ -519,6 +531,46 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Completions(_) | Command::Man(_) => exit::OK,
     };
     ExitCode::from(code)
+}
+
+/// Whether a command works with `database.url` (PostgreSQL). The others refuse, rather than
+/// read or write the SQLite database beside it.
+fn works_on_postgres(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Check(_)
+            | Command::Tokens(_)
+            | Command::Sandbox(_)
+            | Command::Completions(_)
+            | Command::Man(_)
+    )
+}
+
+/// The command's name as typed.
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Run(_) => "run",
+        Command::Check(_) => "check",
+        Command::Status(_) => "status",
+        Command::History(_) => "history",
+        Command::Events(_) => "events",
+        Command::Audit(_) => "audit",
+        Command::Resume(_) => "resume",
+        Command::Resolve(_) => "resolve",
+        Command::RemoveFile(_) => "remove-file",
+        Command::Charge(_) => "charge",
+        Command::Books(_) => "books",
+        Command::Breaker(_) => "breaker",
+        Command::Clock(_) => "clock",
+        Command::Backup(_) => "backup",
+        Command::Forecast(_) => "forecast",
+        Command::Tokens(_) => "tokens",
+        Command::Sandbox(_) => "sandbox",
+        Command::Enroll(_) => "enroll",
+        Command::Refund(_) => "refund",
+        Command::Completions(_) => "completions",
+        Command::Man(_) => "man",
+    }
 }
 
 /// Logs to stderr: human-readable text (colour only on a terminal, so journald gets plain

@@ -41,6 +41,7 @@ const NON_CONFIG_ENV: &[&str] = &[
     "SECRET_SALT",
     "SECRET_PRIVATE_KEY",
     "SECRET_WEBHOOK",
+    "SECRET_DATABASE",
     "LOG",
     // The crash tests' fail points (debug builds only; see `failpoint`).
     "FAILPOINT",
@@ -183,8 +184,26 @@ impl Default for EngineConfig {
 
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
-    /// SQLite database file.
+    /// SQLite database file (the default store: one daemon per file).
     pub path: PathBuf,
+    /// PostgreSQL instead (`database.url`): several instances sharing one database.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// A PostgreSQL database shared by several instances (`database.url` and its keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// The server, as a `postgres://` URL without a password.
+    pub url: String,
+    /// A file holding the password (else `$CREDENTIALS_DIRECTORY/database-password`, else none:
+    /// a local socket with peer authentication, say).
+    pub password_file: Option<PathBuf>,
+    /// This instance's name among those sharing the database (leases, `status`): by default
+    /// the host name. Two instances must never share one.
+    pub instance: String,
+    /// How long an instance's claim on work lasts without being renewed: after it dies, others
+    /// take its work over within this long. Shorter than `engine.settle_minutes`.
+    pub lease: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -407,14 +426,27 @@ impl Default for RawEngine {
 struct RawDatabase {
     #[serde(default = "default_database_path")]
     path: PathBuf,
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    instance: Option<String>,
+    #[serde(default = "default_lease_secs")]
+    lease_secs: u32,
 }
 
 impl Default for RawDatabase {
     fn default() -> Self {
         RawDatabase {
             path: default_database_path(),
+            url: None,
+            password_file: None,
+            instance: None,
+            lease_secs: default_lease_secs(),
         }
     }
+}
+
+fn default_lease_secs() -> u32 {
+    30
 }
 
 #[derive(Deserialize)]
@@ -726,12 +758,32 @@ impl Config {
         };
         let metrics =
             check_metrics(raw.metrics).map_err(|e| err(format!("config file {shown}: {e}")))?;
+        let postgres = check_postgres(&raw.database, &engine)
+            .map_err(|e| err(format!("config file {shown}: {e}")))?;
+        if postgres.is_some() {
+            // What does not run on PostgreSQL yet is refused, not silently skipped.
+            let unsupported = [
+                (books.enabled, "books.enabled = true (set it to false)"),
+                (webhook.is_some(), "a [webhook] section"),
+                (metrics.listen.is_some(), "metrics.listen"),
+            ];
+            if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
+                return Err(err(format!(
+                    "config file {shown}: database.url: {what} is not available with PostgreSQL \
+                     yet; only the charge engine and schedule sync run on it"
+                )));
+            }
+        }
         Ok(Config {
             books,
             engine,
             daemon,
             source: source.to_path_buf(),
             database: DatabaseConfig {
+                postgres: postgres.map(|mut p| {
+                    p.password_file = p.password_file.map(&resolve);
+                    p
+                }),
                 path: resolve(raw.database.path),
             },
             schedules: SchedulesConfig {
@@ -765,6 +817,93 @@ impl Config {
             metrics,
         })
     }
+}
+
+/// `database.url` and its keys: a `postgres://` URL without a password, the instance's name
+/// (default: the host name), a lease shorter than the settle window. `None` without a URL.
+fn check_postgres(
+    raw: &RawDatabase,
+    engine: &EngineConfig,
+) -> Result<Option<PostgresConfig>, String> {
+    let Some(url) = raw.url.as_deref() else {
+        for (set, key) in [
+            (raw.password_file.is_some(), "database.password_file"),
+            (raw.instance.is_some(), "database.instance"),
+        ] {
+            if set {
+                return Err(format!("{key}: set only with database.url (PostgreSQL)"));
+            }
+        }
+        return Ok(None);
+    };
+    let parsed = url::Url::parse(url).map_err(|_| {
+        "database.url: must be a URL such as \"postgres://recurrentd@db.internal/recurrentd\""
+            .to_string()
+    })?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(format!(
+            "database.url: must start with postgres:// (SQLite is database.path), got a {}:// URL",
+            parsed.scheme()
+        ));
+    }
+    let password_in_query = parsed
+        .query_pairs()
+        .any(|(key, _)| key.eq_ignore_ascii_case("password"));
+    if parsed.password().is_some() || password_in_query {
+        // Never echo the URL: it holds the password.
+        return Err(
+            "database.url: holds a password; put it in a file named by database.password_file \
+             (mode 0600) or in $CREDENTIALS_DIRECTORY/database-password, and remove it from the \
+             URL"
+            .into(),
+        );
+    }
+    let instance = match &raw.instance {
+        Some(name) => name.clone(),
+        None => host_name().ok_or(
+            "database.instance: not set, and the host name could not be read; name this \
+             instance (e.g. \"billing-1\")",
+        )?,
+    };
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if instance.is_empty() || instance.len() > 64 || !instance.chars().all(valid) {
+        return Err(format!(
+            "database.instance: must be 1 to 64 letters, digits, '.', '-' or '_', got {instance:?}"
+        ));
+    }
+    if !(5..=3600).contains(&raw.lease_secs) {
+        return Err(format!(
+            "database.lease_secs: must be 5..=3600, got {}",
+            raw.lease_secs
+        ));
+    }
+    if u64::from(raw.lease_secs) >= u64::from(engine.settle_minutes) * 60 {
+        return Err(format!(
+            "database.lease_secs: {} s is not shorter than engine.settle_minutes ({} min): a \
+             request sent at the end of a lease must leave well inside the window in which \"not \
+             found\" proves nothing",
+            raw.lease_secs, engine.settle_minutes
+        ));
+    }
+    Ok(Some(PostgresConfig {
+        url: url.to_string(),
+        password_file: raw.password_file.clone(),
+        instance,
+        lease: std::time::Duration::from_secs(u64::from(raw.lease_secs)),
+    }))
+}
+
+/// This host's name (the default instance name), if it can be read.
+fn host_name() -> Option<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    let name = std::str::from_utf8(&buffer[..end]).ok()?.trim().to_string();
+    (!name.is_empty()).then_some(name)
 }
 
 fn check_webhook(
@@ -915,6 +1054,8 @@ pub enum SecretName {
     PrivateKey,
     /// The webhook's signing secret (not in [`SecretName::ALL`], the gateway's secrets).
     WebhookSecret,
+    /// The PostgreSQL password (`database.password_file`; not in [`SecretName::ALL`]).
+    DatabasePassword,
 }
 
 impl SecretName {
@@ -931,6 +1072,7 @@ impl SecretName {
             SecretName::Salt => "assist-salt",
             SecretName::PrivateKey => "assist-private-key",
             SecretName::WebhookSecret => "webhook-secret",
+            SecretName::DatabasePassword => "database-password",
         }
     }
 
@@ -941,6 +1083,7 @@ impl SecretName {
             SecretName::Salt => "RECURRENTD_SECRET_SALT",
             SecretName::PrivateKey => "RECURRENTD_SECRET_PRIVATE_KEY",
             SecretName::WebhookSecret => "RECURRENTD_SECRET_WEBHOOK",
+            SecretName::DatabasePassword => "RECURRENTD_SECRET_DATABASE",
         }
     }
 
@@ -951,6 +1094,7 @@ impl SecretName {
             SecretName::Salt => "gateway.salt_file",
             SecretName::PrivateKey => "gateway.private_key_file",
             SecretName::WebhookSecret => "webhook.secret_file",
+            SecretName::DatabasePassword => "database.password_file",
         }
     }
 
@@ -961,6 +1105,8 @@ impl SecretName {
             SecretName::PrivateKey => gateway.private_key_file.as_deref(),
             // Read by `load_webhook_secret`, from the `[webhook]` section.
             SecretName::WebhookSecret => None,
+            // Read by `load_database_password`, from the `[database]` section.
+            SecretName::DatabasePassword => None,
         }
     }
 }
@@ -991,6 +1137,7 @@ impl fmt::Display for SecretName {
             SecretName::Salt => "checkvalue salt",
             SecretName::PrivateKey => "RSA private key",
             SecretName::WebhookSecret => "webhook secret",
+            SecretName::DatabasePassword => "database password",
         })
     }
 }
@@ -1052,6 +1199,28 @@ pub fn load_webhook_secret(config: &Config) -> Result<Option<SecretString>, Conf
         .webhook
         .as_ref()
         .and_then(|w| w.secret_file.as_deref())
+    {
+        Some(file) => {
+            // The environment is refused outside test mode even when a file is named.
+            load_secret_from(&config.gateway, name, None, env_value)?;
+            read_secret_file(file, name, name.config_key(), credentials.as_deref()).map(Some)
+        }
+        None => load_secret_from(&config.gateway, name, credentials.as_deref(), env_value),
+    }
+}
+
+/// The PostgreSQL password, as [`load_secret`] finds the others: `database.password_file`, then
+/// `$CREDENTIALS_DIRECTORY/database-password`, then (test mode only)
+/// `RECURRENTD_SECRET_DATABASE`; `None` if there is none (peer or trust authentication).
+pub fn load_database_password(config: &Config) -> Result<Option<SecretString>, ConfigError> {
+    let name = SecretName::DatabasePassword;
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let env_value = std::env::var(name.env_var()).ok();
+    match config
+        .database
+        .postgres
+        .as_ref()
+        .and_then(|p| p.password_file.as_deref())
     {
         Some(file) => {
             // The environment is refused outside test mode even when a file is named.
@@ -1311,6 +1480,74 @@ catch_up = "none"
             config.books.run_after,
             NaiveTime::from_hms_opt(3, 0, 0).unwrap()
         );
+    }
+
+    #[test]
+    fn database_url_chooses_postgres_with_a_checked_instance_lease_and_no_password_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "[gateway]\nurl = \"https://x.test\"\nmerchant_id = \"1\"\nlogin = \"l\"\n\
+                    [books]\nenabled = false\n";
+        let with = |database: &str| {
+            let path = write(
+                dir.path(),
+                "config.toml",
+                &format!("{base}[database]\n{database}\n"),
+            );
+            load(&path)
+        };
+        assert_eq!(
+            load(&write(dir.path(), "c.toml", base))
+                .unwrap()
+                .database
+                .postgres,
+            None
+        );
+        let config = with(
+            "url = \"postgres://billing@db.internal:5432/recurrentd\"\ninstance = \"billing-1\"\n\
+             lease_secs = 20\npassword_file = \"secrets/db\"",
+        )
+        .unwrap();
+        let pg = config.database.postgres.unwrap();
+        assert_eq!(pg.url, "postgres://billing@db.internal:5432/recurrentd");
+        assert_eq!(pg.instance, "billing-1");
+        assert_eq!(pg.lease, std::time::Duration::from_secs(20));
+        assert_eq!(pg.password_file, Some(dir.path().join("secrets/db")));
+        // The host name by default.
+        let config = with("url = \"postgres://billing@db.internal/recurrentd\"").unwrap();
+        assert!(!config.database.postgres.unwrap().instance.is_empty());
+
+        for (database, wanted) in [
+            ("url = \"postgres://u:hunter2@db/r\"", "holds a password"),
+            (
+                "url = \"postgres://u@db/r?password=hunter2\"",
+                "holds a password",
+            ),
+            ("url = \"mysql://u@db/r\"", "must start with postgres://"),
+            ("url = \"not a url\"", "must be a URL"),
+            (
+                "url = \"postgres://u@db/r\"\ninstance = \"a b\"",
+                "database.instance",
+            ),
+            ("url = \"postgres://u@db/r\"\nlease_secs = 2", "5..=3600"),
+            (
+                "url = \"postgres://u@db/r\"\nlease_secs = 1800",
+                "not shorter than",
+            ),
+            ("instance = \"billing-1\"", "only with database.url"),
+        ] {
+            let message = with(database).unwrap_err().to_string();
+            assert!(message.contains(wanted), "{database}: {message}");
+            assert!(!message.contains("hunter2"), "{database}: {message}");
+        }
+        // What does not run on PostgreSQL yet is refused, not skipped.
+        let path = write(
+            dir.path(),
+            "config.toml",
+            "[gateway]\nurl = \"https://x.test\"\nmerchant_id = \"1\"\nlogin = \"l\"\n\
+             [database]\nurl = \"postgres://u@db/r\"\n",
+        );
+        let message = load(&path).unwrap_err().to_string();
+        assert!(message.contains("books.enabled"), "{message}");
     }
 
     #[test]
