@@ -30,6 +30,8 @@ mod resolve;
 mod schema;
 mod sync;
 mod sync_boundary;
+#[cfg(test)]
+mod sync_conformance;
 mod sync_sqlite;
 #[cfg(test)]
 mod test_support;
