@@ -23,6 +23,9 @@
 //! (`store::timestamp`: RFC 3339, UTC, microseconds), whatever the backend keeps; they appear in
 //! ledger details and messages as they are.
 //!
+//! A backend shows that it gives the sync the same behaviour by passing
+//! `store::sync_conformance::run_all` (the sync's rules on its primitives).
+//!
 //! Everything here is synchronous and called from blocking threads.
 
 use std::collections::HashMap;
