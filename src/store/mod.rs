@@ -29,6 +29,10 @@ mod report;
 mod resolve;
 mod schema;
 mod sync;
+mod sync_boundary;
+#[cfg(test)]
+mod sync_conformance;
+mod sync_sqlite;
 #[cfg(test)]
 mod test_support;
 
@@ -778,7 +782,7 @@ impl Store {
 
     /// Whether a subscription has any charges row.
     pub fn has_charges(&self, subscription_id: &str) -> Result<bool, StoreError> {
-        sync::has_charges(&self.conn, subscription_id).ctx(&self.path, "reading charges")
+        sync_sqlite::has_charges(&self.conn, subscription_id).ctx(&self.path, "reading charges")
     }
 }
 
@@ -792,7 +796,7 @@ fn query_subscriptions<P: rusqlite::Params>(
     let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions {filter} ORDER BY id");
     let mut statement = conn.prepare_cached(&sql).ctx(path, what)?;
     let rows = statement
-        .query_map(params, sync::SubRow::from_row)
+        .query_map(params, sync_sqlite::sub_row)
         .ctx(path, what)?;
     let mut out = Vec::new();
     for row in rows {
@@ -813,7 +817,7 @@ fn read_subscription(
         .next())
 }
 
-/// The columns `sync::SubRow::from_row` reads, in its order.
+/// The columns `sync_sqlite::sub_row` reads, in its order.
 const SUBSCRIPTION_COLUMNS: &str = "id, file, line, customer, bill_number, currency, \
     amount_cents, cadence, start_date, state, catch_up, min_cents, max_cents, period_days, \
     max_date, created_at, updated_at, removed_at";

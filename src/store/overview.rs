@@ -13,7 +13,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
     AttemptState, ChargeState, Context, SUBSCRIPTION_COLUMNS, Store, StoreError,
-    StoredSubscription, parse_date, parse_timestamp, sync,
+    StoredSubscription, parse_date, parse_timestamp, sync_sqlite,
 };
 
 /// One subscription as `status --all` lists it.
@@ -161,7 +161,7 @@ impl Store {
             value,
         };
         while let Some(row) = rows.next().ctx(path, what)? {
-            let subscription = sync::SubRow::from_row(row).ctx(path, what)?.decode(path)?;
+            let subscription = sync_sqlite::sub_row(row).ctx(path, what)?.decode(path)?;
             let get_text = |i: usize| row.get::<_, Option<String>>(n + i).ctx(path, what);
             let flagged = match (get_text(0)?, get_text(1)?) {
                 (Some(reason), Some(since)) => {

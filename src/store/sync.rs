@@ -1,8 +1,8 @@
 //! Schedule sync: the schedule files are the operator's desired state; the store holds what was
 //! last accepted from each file.
 //!
-//! Each file is applied in its own `BEGIN IMMEDIATE` transaction, together with the ledger events
-//! that explain the change:
+//! Each file is applied in its own write transaction (SQLite: `BEGIN IMMEDIATE`), together with
+//! the ledger events that explain the change:
 //!
 //! - a file with errors keeps its last accepted version in force; `last_error` records why;
 //! - a valid file replaces its subscriptions: new ids are added, changed ones updated, ids no
@@ -27,21 +27,28 @@
 //! differently in the config changes nothing. Unchanged files are skipped by digest: the digest is
 //! over the validated content (not the bytes), and only a file whose current content is the
 //! version in force is skipped, so a refused file is re-examined at every sync.
+//!
+//! The rules live here and hold no SQL: they run on any backend through the traits of
+//! `store::sync_boundary` ([`SyncStore`]: the files the store knows, a file's transaction;
+//! [`SyncTransaction`]: the primitive reads and writes of one file's sync), which the SQLite
+//! store implements in `store::sync_sqlite`. [`Store::sync_schedules`], [`Store::sync_dir`] and
+//! [`Store::remove_missing_file`] are the SQLite store's entry points to the generic
+//! [`sync_schedules`], [`sync_dir`] and [`remove_missing_file`]; another backend calls those with
+//! its own store and inherits every rule.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use serde_json::{Map, Value, json};
 
-use super::{
-    Context, SUBSCRIPTION_COLUMNS, Store, StoreError, StoredSubscription, cached_execute,
-    cached_query_row, date_text, decode_terms, kind, parse_timestamp, revisit_text, timestamp,
+use super::sync_boundary::{
+    ADD_CHUNK, Def, Enrolled, FileRecord, NewSubscription, SyncStore, SyncTransaction,
 };
+use super::{Store, StoreError, date_text, kind, timestamp};
 use crate::billing::{self, Calendar, Revisit};
-use crate::money::{Currency, Money};
+use crate::money::Money;
 use crate::schedule::{self, Diagnostic, DirReport, FileReport, Severity, Subscription};
 
 /// The fields of a subscription that are the customer's agreement: fixed once it has charges,
@@ -128,24 +135,6 @@ impl SyncSummary {
             _ => &[],
         })
     }
-}
-
-/// A subscription's definition as stored, in comparable form (file and line excluded).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Def {
-    id: String,
-    customer: Option<String>,
-    bill_number: String,
-    currency: String,
-    amount_cents: i64,
-    cadence: String,
-    start_date: String,
-    state: String,
-    catch_up: Option<String>,
-    min_cents: Option<i64>,
-    max_cents: Option<i64>,
-    period_days: Option<i64>,
-    max_date: Option<String>,
 }
 
 impl Def {
@@ -273,88 +262,10 @@ impl Def {
     }
 }
 
-/// A `subscriptions` row.
-pub(super) struct SubRow {
-    def: Def,
-    file: String,
-    line: i64,
-    created_at: String,
-    updated_at: String,
-    removed_at: Option<String>,
-}
-
-impl SubRow {
-    /// Reads the columns of [`SUBSCRIPTION_COLUMNS`].
-    pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<SubRow> {
-        Ok(SubRow {
-            def: Def {
-                id: row.get(0)?,
-                customer: row.get(3)?,
-                bill_number: row.get(4)?,
-                currency: row.get(5)?,
-                amount_cents: row.get(6)?,
-                cadence: row.get(7)?,
-                start_date: row.get(8)?,
-                state: row.get(9)?,
-                catch_up: row.get(10)?,
-                min_cents: row.get(11)?,
-                max_cents: row.get(12)?,
-                period_days: row.get(13)?,
-                max_date: row.get(14)?,
-            },
-            file: row.get(1)?,
-            line: row.get(2)?,
-            created_at: row.get(15)?,
-            updated_at: row.get(16)?,
-            removed_at: row.get(17)?,
-        })
-    }
-
-    pub(super) fn decode(self, path: &Path) -> Result<StoredSubscription, StoreError> {
-        let def = &self.def;
-        let id = def.id.as_str();
-        let corrupt = |what: &str, value: String| StoreError::Corrupt {
-            path: path.to_path_buf(),
-            what: format!("subscription {id} {what}"),
-            value,
-        };
-        let terms = decode_terms(
-            path,
-            id,
-            def.amount_cents,
-            &def.cadence,
-            &def.start_date,
-            &def.state,
-            def.catch_up.as_deref(),
-            def.min_cents,
-            def.max_cents,
-            def.period_days,
-            def.max_date.as_deref(),
-        )?;
-        Ok(StoredSubscription {
-            id: def.id.clone(),
-            file: self.file.clone(),
-            line: usize::try_from(self.line).map_err(|_| corrupt("line", self.line.to_string()))?,
-            customer: def.customer.clone(),
-            bill_number: def.bill_number.clone(),
-            currency: Currency::parse(&def.currency)
-                .map_err(|_| corrupt("currency", def.currency.clone()))?,
-            terms,
-            created_at: parse_timestamp(path, "subscriptions.created_at", &self.created_at)?,
-            updated_at: parse_timestamp(path, "subscriptions.updated_at", &self.updated_at)?,
-            removed_at: self
-                .removed_at
-                .as_deref()
-                .map(|t| parse_timestamp(path, "subscriptions.removed_at", t))
-                .transpose()?,
-        })
-    }
-}
-
 /// One change a valid file asks for.
 enum Step<'r> {
     /// With its first `next_plan_at`.
-    Add(&'r Subscription, Def, String),
+    Add(&'r Subscription, Def, Revisit),
     Update {
         sub: &'r Subscription,
         new: Def,
@@ -416,479 +327,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<SyncSummary, StoreError> {
         self.require_write("schedule sync")?;
-        let at = timestamp(now);
-        let mut wanted: Wanted<'_> = HashMap::new();
-        let mut files: Vec<(Option<&str>, &FileReport)> = Vec::new();
-        for file in &report.files {
-            match file.path.file_name().and_then(|n| n.to_str()) {
-                Some(name) if !wanted.contains_key(name) => {
-                    let ids = (!file.has_errors())
-                        .then(|| file.subscriptions.iter().map(|s| s.id.as_str()).collect());
-                    wanted.insert(name, ids);
-                    files.push((Some(name), file));
-                }
-                _ => files.push((None, file)),
-            }
-        }
-
-        let mut summary = SyncSummary::default();
-        for (name, file) in files {
-            let (name, outcome) = match name {
-                None => (
-                    file.path.display().to_string(),
-                    FileOutcome::Refused {
-                        diagnostics: vec![error_at(
-                            &file.path,
-                            1,
-                            "file",
-                            "the file name is not UTF-8 or is listed twice; refused".to_string(),
-                        )],
-                    },
-                ),
-                Some(name) if file.has_errors() => {
-                    let errors = self.refuse_file(name, file, &at)?;
-                    (
-                        name.to_string(),
-                        FileOutcome::Refused {
-                            diagnostics: errors,
-                        },
-                    )
-                }
-                Some(name) => {
-                    let digest = digest(file);
-                    let (outcome, _) =
-                        self.sync_file(name, file, digest, &mut wanted, false, now)?;
-                    (name.to_string(), outcome)
-                }
-            };
-            summary.files.push(FileSync {
-                file: name,
-                outcome,
-            });
-        }
-
-        let listed: Vec<&str> = wanted.keys().copied().collect();
-        self.returned_files(&listed, &at)?;
-        for name in self.known_files()? {
-            if !wanted.contains_key(name.as_str()) {
-                let outcome = self.sync_gone(&name, &mut wanted, &at)?;
-                summary.files.push(FileSync {
-                    file: name,
-                    outcome,
-                });
-            }
-        }
-        Ok(summary)
-    }
-
-    /// Refuses a file whose report has errors, in a transaction of its own (see [`refuse`]);
-    /// returns the errors.
-    fn refuse_file(
-        &mut self,
-        name: &str,
-        report: &FileReport,
-        at: &str,
-    ) -> Result<Vec<Diagnostic>, StoreError> {
-        let what = "recording a refused schedule file";
-        let errors: Vec<Diagnostic> = report
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .cloned()
-            .collect();
-        let path = self.path.clone();
-        let tx = self.write_tx(what)?;
-        refuse(&tx, &path, name, &errors, at)?;
-        tx.commit().ctx(&path, what)?;
-        Ok(errors)
-    }
-
-    fn write_tx(&mut self, what: &str) -> Result<Transaction<'_>, StoreError> {
-        self.conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .ctx(&self.path, what)
-    }
-
-    fn known_files(&self) -> Result<Vec<String>, StoreError> {
-        let what = "reading schedule_files";
-        let mut statement = self
-            .conn
-            .prepare("SELECT file FROM schedule_files ORDER BY file")
-            .ctx(&self.path, what)?;
-        let names = statement
-            .query_map([], |row| row.get(0))
-            .ctx(&self.path, what)?
-            .collect::<rusqlite::Result<Vec<String>>>()
-            .ctx(&self.path, what)?;
-        Ok(names)
-    }
-
-    /// Applies one valid file, or refuses it whole. `digest` identifies its content (see
-    /// `schedule_files.digest`); `check_bills` adds the check that no subscription of another
-    /// file in force holds one of its bill numbers (the folder sync's stand-in for the
-    /// across-files check of `schedule::load_dir`). Also returns the ids it no longer defines
-    /// but leaves in force for a hand-over.
-    fn sync_file(
-        &mut self,
-        name: &str,
-        file: &FileReport,
-        digest: String,
-        claims: &mut dyn Claims,
-        check_bills: bool,
-        now: DateTime<Utc>,
-    ) -> Result<(FileOutcome, HashSet<String>), StoreError> {
-        let at = timestamp(now);
-        let at = at.as_str();
-        let calendar = self.calendar;
-        let path = self.path.clone();
-        let what = format!("syncing schedule file {name}");
-        let what = what.as_str();
-        let tx = self.write_tx(what)?;
-        let stored: Option<(Option<String>, Option<String>)> = cached_query_row(
-            &tx,
-            "SELECT digest, last_error FROM schedule_files WHERE file = ?1",
-            [name],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()
-        .ctx(&path, what)?;
-        if let Some((Some(stored_digest), None)) = &stored
-            && *stored_digest == digest
-        {
-            return Ok((FileOutcome::Unchanged, HashSet::new()));
-        }
-
-        let mut errors = Vec::new();
-        let mut steps = Vec::new();
-        // One probe, so that a folder without enrolments costs no lookup per subscription.
-        let any_enrolments = any_enrolments(&tx).ctx(&path, what)?;
-        for sub in &file.subscriptions {
-            let new = Def::from_subscription(sub);
-            let old = load_row(&tx, &sub.id).ctx(&path, what)?;
-            let enrolled = if any_enrolments {
-                enrolled_terms(&tx, &sub.id).ctx(&path, what)?
-            } else {
-                None
-            };
-            // An enrolled subscription is held to the terms of its initial payment from the
-            // start, charged or not (for an enrolment recorded without its limits, to the
-            // stored terms).
-            if let Some(enrolled) = &enrolled {
-                let agreed = enrolled.agreed(old.as_ref().map(|o| &o.def), &new);
-                let broken = agreed.diff(&new);
-                let broken: Vec<_> = broken
-                    .iter()
-                    .filter(|(field, _, _)| AGREED.contains(field))
-                    .collect();
-                if !broken.is_empty() {
-                    for (field, before, after) in broken {
-                        errors.push(error_at(
-                            &sub.origin.path,
-                            sub.origin.line,
-                            field,
-                            format!(
-                                "subscription {} was enrolled with the terms the customer \
-                                 agreed to (initial payment, order {}), so they cannot change \
-                                 ({field} was {}, the file now says {}); a new agreement needs \
-                                 a new subscription id",
-                                sub.id,
-                                enrolled.order_number,
-                                shown(before),
-                                shown(after)
-                            ),
-                        ));
-                    }
-                    continue;
-                }
-            }
-            let Some(old) = old else {
-                bill_checks(&tx, name, sub, claims, true, check_bills, &mut errors)
-                    .ctx(&path, what)?;
-                steps.push(Step::Add(sub, new, first_plan(sub, calendar.as_ref(), now)));
-                continue;
-            };
-            if let Some(removed_at) = &old.removed_at {
-                errors.push(error_at(
-                    &sub.origin.path,
-                    sub.origin.line,
-                    "id",
-                    format!(
-                        "{:?} belonged to a subscription removed at {removed_at}; ids are never \
-                         reused, give this subscription a new id",
-                        sub.id
-                    ),
-                ));
-                continue;
-            }
-            let moved_from = if old.file == name {
-                None
-            } else {
-                match claims.claim(&old.file, &sub.id) {
-                    // Its old file is gone, or valid and no longer defines it: a move.
-                    Claim::Gone | Claim::Drops => Some(old.file.clone()),
-                    Claim::Refused => {
-                        errors.push(error_at(
-                            &sub.origin.path,
-                            sub.origin.line,
-                            "id",
-                            format!(
-                                "{:?} is still defined by the version in force of {}, which \
-                                 has errors now; fix that file first",
-                                sub.id, old.file
-                            ),
-                        ));
-                        continue;
-                    }
-                    Claim::Defines => {
-                        errors.push(error_at(
-                            &sub.origin.path,
-                            sub.origin.line,
-                            "id",
-                            format!("{:?} is also defined in {}", sub.id, old.file),
-                        ));
-                        continue;
-                    }
-                }
-            };
-            let changes = old.def.diff(&new);
-            let agreed: Vec<_> = changes
-                .iter()
-                .filter(|(field, _, _)| AGREED.contains(field))
-                .collect();
-            // (An enrolled subscription was held to its enrolment's terms above.)
-            if enrolled.is_none()
-                && !agreed.is_empty()
-                && has_charges(&tx, &sub.id).ctx(&path, what)?
-            {
-                for (field, before, after) in agreed {
-                    errors.push(error_at(
-                        &sub.origin.path,
-                        sub.origin.line,
-                        field,
-                        format!(
-                            "subscription {} has charges, so the terms the customer agreed to \
-                             cannot change ({field} was {}, the file now says {}); a new \
-                             agreement needs a new subscription id",
-                            sub.id,
-                            shown(before),
-                            shown(after)
-                        ),
-                    ));
-                }
-                continue;
-            }
-            let bill_changed = old.def.bill_number != new.bill_number;
-            bill_checks(
-                &tx,
-                name,
-                sub,
-                claims,
-                bill_changed,
-                check_bills && (bill_changed || moved_from.is_some()),
-                &mut errors,
-            )
-            .ctx(&path, what)?;
-            let line_moved = usize::try_from(old.line).ok() != Some(sub.origin.line);
-            if !changes.is_empty() || moved_from.is_some() {
-                steps.push(Step::Update {
-                    sub,
-                    new,
-                    changes,
-                    moved_from,
-                });
-            } else if line_moved {
-                steps.push(Step::Line(sub));
-            }
-        }
-
-        // Ids of this file that it no longer defines: removed, unless another valid file of this
-        // sync takes them over.
-        let mine: HashSet<&str> = file.subscriptions.iter().map(|s| s.id.as_str()).collect();
-        let mut pending = HashSet::new();
-        for id in active_ids_of(&tx, name).ctx(&path, what)? {
-            if mine.contains(id.as_str()) {
-                continue;
-            }
-            if claims.claimed_elsewhere(name, &id) {
-                pending.insert(id);
-            } else {
-                steps.push(Step::Remove(id));
-            }
-        }
-
-        if !errors.is_empty() {
-            refuse(&tx, &path, name, &errors, at)?;
-            tx.commit().ctx(&path, what)?;
-            return Ok((
-                FileOutcome::Refused {
-                    diagnostics: errors,
-                },
-                HashSet::new(),
-            ));
-        }
-
-        let mut changes = Changes::default();
-        // Consecutive additions are inserted a batch at a time (same rows, same ledger order).
-        let mut adds = Vec::new();
-        for step in steps {
-            match step {
-                Step::Add(sub, def, next_plan_at) => adds.push((sub, def, next_plan_at)),
-                step => {
-                    add_all(&tx, name, std::mem::take(&mut adds), at, &mut changes)
-                        .ctx(&path, what)?;
-                    apply(&tx, name, step, at, &mut changes).ctx(&path, what)?;
-                }
-            }
-        }
-        add_all(&tx, name, adds, at, &mut changes).ctx(&path, what)?;
-        let digest_changed = stored.as_ref().and_then(|(d, _)| d.as_deref()) != Some(&digest);
-        // A pending hand-over leaves an id here that this file no longer defines: look again next
-        // time (a NULL digest never matches).
-        let new_digest = pending.is_empty().then_some(digest);
-        cached_execute(
-            &tx,
-            "INSERT INTO schedule_files (file, digest, accepted_at, last_error) \
-             VALUES (?1, ?2, ?3, NULL) \
-             ON CONFLICT (file) DO UPDATE SET digest = excluded.digest, last_error = NULL, \
-             accepted_at = CASE WHEN ?4 OR accepted_at IS NULL THEN excluded.accepted_at \
-                           ELSE accepted_at END",
-            params![name, new_digest, at, digest_changed],
-        )
-        .ctx(&path, what)?;
-        tx.commit().ctx(&path, what)?;
-        Ok((FileOutcome::Applied(changes), pending))
-    }
-
-    /// A file the store knows that is no longer in the folder: its subscriptions are held
-    /// (except those a valid file of this sync defines, which it takes over or, if refused,
-    /// leaves here until the next sync); once none is left, the file is forgotten.
-    fn sync_gone(
-        &mut self,
-        name: &str,
-        claims: &mut dyn Claims,
-        at: &str,
-    ) -> Result<FileOutcome, StoreError> {
-        let path = self.path.clone();
-        let what = format!("holding the subscriptions of the missing schedule file {name}");
-        let what = what.as_str();
-        let tx = self.write_tx(what)?;
-        let mut held = Vec::new();
-        let mut pending = false;
-        for id in active_ids_of(&tx, name).ctx(&path, what)? {
-            if claims.claimed_elsewhere(name, &id) {
-                pending = true;
-                continue;
-            }
-            held.push(id);
-        }
-        if held.is_empty() {
-            if pending {
-                cached_execute(
-                    &tx,
-                    "UPDATE schedule_files SET digest = NULL, \
-                     last_error = 'the file is no longer in the schedules folder' WHERE file = ?1",
-                    [name],
-                )
-                .ctx(&path, what)?;
-            } else {
-                cached_execute(&tx, "DELETE FROM schedule_files WHERE file = ?1", [name])
-                    .ctx(&path, what)?;
-            }
-            tx.commit().ctx(&path, what)?;
-            return Ok(FileOutcome::Gone(Changes::default()));
-        }
-        let since: Option<String> = cached_query_row(
-            &tx,
-            "SELECT missing_since FROM schedule_files WHERE file = ?1",
-            [name],
-            |row| row.get(0),
-        )
-        .ctx(&path, what)?;
-        let new = since.is_none();
-        if new {
-            cached_execute(
-                &tx,
-                "UPDATE schedule_files SET missing_since = ?2 WHERE file = ?1",
-                params![name, at],
-            )
-            .ctx(&path, what)?;
-            append(
-                &tx,
-                at,
-                None,
-                kind::SCHEDULE_FILE_MISSING,
-                json!({
-                    "file": name,
-                    "held": held,
-                    "message": "the schedule file is missing: its subscriptions are held (not \
-                                charged, not removed) until it returns or `recurrentd \
-                                remove-file` confirms the removal",
-                }),
-            )
-            .ctx(&path, what)?;
-        }
-        tx.commit().ctx(&path, what)?;
-        Ok(FileOutcome::Missing {
-            held,
-            since: since.unwrap_or_else(|| at.to_string()),
-            new,
-        })
-    }
-
-    /// Files found missing by an earlier sync that are in the folder again: no longer missing
-    /// (their content was applied or refused by this sync like any file's), with a ledger
-    /// event, and their subscriptions looked at by the next sweep.
-    fn returned_files(&mut self, listed: &[&str], at: &str) -> Result<(), StoreError> {
-        let what = "marking returned schedule files";
-        let missing: Vec<String> = {
-            let mut statement = self
-                .conn
-                .prepare_cached("SELECT file FROM schedule_files WHERE missing_since IS NOT NULL")
-                .ctx(&self.path, what)?;
-            statement
-                .query_map([], |row| row.get(0))
-                .ctx(&self.path, what)?
-                .collect::<rusqlite::Result<Vec<String>>>()
-                .ctx(&self.path, what)?
-        };
-        let listed: HashSet<&str> = listed.iter().copied().collect();
-        let path = self.path.clone();
-        for name in missing.iter().filter(|n| listed.contains(n.as_str())) {
-            let tx = self.write_tx(what)?;
-            let since: Option<String> = cached_query_row(
-                &tx,
-                "SELECT missing_since FROM schedule_files WHERE file = ?1",
-                [name],
-                |row| row.get(0),
-            )
-            .optional()
-            .ctx(&path, what)?
-            .flatten();
-            cached_execute(
-                &tx,
-                "UPDATE schedule_files SET missing_since = NULL WHERE file = ?1",
-                [name],
-            )
-            .ctx(&path, what)?;
-            let resumed = active_ids_of(&tx, name).ctx(&path, what)?;
-            cached_execute(
-                &tx,
-                "UPDATE subscriptions SET next_plan_at = '' WHERE file = ?1 AND removed_at IS NULL",
-                [name],
-            )
-            .ctx(&path, what)?;
-            append(
-                &tx,
-                at,
-                None,
-                kind::SCHEDULE_FILE_RETURNED,
-                json!({ "file": name, "missing_since": since, "resumed": resumed }),
-            )
-            .ctx(&path, what)?;
-            tx.commit().ctx(&path, what)?;
-            tracing::info!(file = %name, subscriptions = resumed.len(), "schedule file is back: its subscriptions resume");
-        }
-        Ok(())
+        sync_schedules(self, report, now)
     }
 
     /// An operator confirms that a missing schedule file is gone for good: its held
@@ -903,89 +342,450 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<RemovedFile, StoreError> {
         self.require_write("removing a missing schedule file")?;
-        let path = self.path.clone();
-        let what = "removing a missing schedule file";
-        let at = timestamp(now);
-        let tx = self.write_tx(what)?;
-        let missing: Option<Option<String>> = cached_query_row(
-            &tx,
-            "SELECT missing_since FROM schedule_files WHERE file = ?1",
-            [name],
-            |row| row.get(0),
-        )
-        .optional()
-        .ctx(&path, what)?;
-        match missing {
-            None => return Ok(RemovedFile::Unknown),
-            Some(None) => return Ok(RemovedFile::NotMissing),
-            Some(Some(_)) => {}
-        }
-        let ids = active_ids_of(&tx, name).ctx(&path, what)?;
-        let reason = format!("its schedule file is gone: removal confirmed by {by}: {why}");
-        for id in &ids {
-            remove(&tx, name, id, &reason, Some((by, why)), &at).ctx(&path, what)?;
-        }
-        cached_execute(&tx, "DELETE FROM schedule_files WHERE file = ?1", [name])
-            .ctx(&path, what)?;
-        tx.commit().ctx(&path, what)?;
-        Ok(RemovedFile::Removed(ids))
+        remove_missing_file(self, name, by, why, now)
     }
+}
+
+/// [`Store::sync_schedules`] on any backend.
+pub(super) fn sync_schedules<S: SyncStore>(
+    store: &mut S,
+    report: &DirReport,
+    now: DateTime<Utc>,
+) -> Result<SyncSummary, StoreError> {
+    let mut wanted: Wanted<'_> = HashMap::new();
+    let mut files: Vec<(Option<&str>, &FileReport)> = Vec::new();
+    for file in &report.files {
+        match file.path.file_name().and_then(|n| n.to_str()) {
+            Some(name) if !wanted.contains_key(name) => {
+                let ids = (!file.has_errors())
+                    .then(|| file.subscriptions.iter().map(|s| s.id.as_str()).collect());
+                wanted.insert(name, ids);
+                files.push((Some(name), file));
+            }
+            _ => files.push((None, file)),
+        }
+    }
+
+    let mut summary = SyncSummary::default();
+    for (name, file) in files {
+        let (name, outcome) = match name {
+            None => (
+                file.path.display().to_string(),
+                FileOutcome::Refused {
+                    diagnostics: vec![error_at(
+                        &file.path,
+                        1,
+                        "file",
+                        "the file name is not UTF-8 or is listed twice; refused".to_string(),
+                    )],
+                },
+            ),
+            Some(name) if file.has_errors() => {
+                let errors = refuse_file(store, name, file, now)?;
+                (
+                    name.to_string(),
+                    FileOutcome::Refused {
+                        diagnostics: errors,
+                    },
+                )
+            }
+            Some(name) => {
+                let digest = digest(file);
+                let (outcome, _) = sync_file(store, name, file, digest, &mut wanted, false, now)?;
+                (name.to_string(), outcome)
+            }
+        };
+        summary.files.push(FileSync {
+            file: name,
+            outcome,
+        });
+    }
+
+    let listed: Vec<&str> = wanted.keys().copied().collect();
+    returned_files(store, &listed, now)?;
+    for name in store.known_files()? {
+        if !wanted.contains_key(name.as_str()) {
+            let outcome = sync_gone(store, &name, &mut wanted, now)?;
+            summary.files.push(FileSync {
+                file: name,
+                outcome,
+            });
+        }
+    }
+    Ok(summary)
+}
+
+/// Refuses a file whose report has errors, in a transaction of its own (see [`refuse`]);
+/// returns the errors.
+fn refuse_file<S: SyncStore>(
+    store: &mut S,
+    name: &str,
+    report: &FileReport,
+    now: DateTime<Utc>,
+) -> Result<Vec<Diagnostic>, StoreError> {
+    let errors: Vec<Diagnostic> = report
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .cloned()
+        .collect();
+    let mut tx = store.begin_sync(now, "recording a refused schedule file")?;
+    refuse(&mut tx, name, &errors)?;
+    tx.commit()?;
+    Ok(errors)
+}
+
+/// Applies one valid file, or refuses it whole. `digest` identifies its content (see
+/// `schedule_files.digest`); `check_bills` adds the check that no subscription of another
+/// file in force holds one of its bill numbers (the folder sync's stand-in for the
+/// across-files check of `schedule::load_dir`). Also returns the ids it no longer defines
+/// but leaves in force for a hand-over.
+fn sync_file<S: SyncStore>(
+    store: &mut S,
+    name: &str,
+    file: &FileReport,
+    digest: String,
+    claims: &mut dyn Claims,
+    check_bills: bool,
+    now: DateTime<Utc>,
+) -> Result<(FileOutcome, HashSet<String>), StoreError> {
+    let calendar = store.planning_calendar();
+    let mut tx = store.begin_sync(now, &format!("syncing schedule file {name}"))?;
+    let stored = tx.file_record(name)?;
+    if let Some(FileRecord {
+        digest: Some(stored_digest),
+        last_error: None,
+        ..
+    }) = &stored
+        && *stored_digest == digest
+    {
+        return Ok((FileOutcome::Unchanged, HashSet::new()));
+    }
+
+    let mut errors = Vec::new();
+    let mut steps = Vec::new();
+    // One probe, so that a folder without enrolments costs no lookup per subscription.
+    let any_enrolments = tx.any_enrolments()?;
+    for sub in &file.subscriptions {
+        let new = Def::from_subscription(sub);
+        let old = tx.subscription_row(&sub.id)?;
+        let enrolled = if any_enrolments {
+            tx.enrolled_terms(&sub.id)?
+        } else {
+            None
+        };
+        // An enrolled subscription is held to the terms of its initial payment from the
+        // start, charged or not (for an enrolment recorded without its limits, to the
+        // stored terms).
+        if let Some(enrolled) = &enrolled {
+            let agreed = enrolled.agreed(old.as_ref().map(|o| &o.def), &new);
+            let broken = agreed.diff(&new);
+            let broken: Vec<_> = broken
+                .iter()
+                .filter(|(field, _, _)| AGREED.contains(field))
+                .collect();
+            if !broken.is_empty() {
+                for (field, before, after) in broken {
+                    errors.push(error_at(
+                        &sub.origin.path,
+                        sub.origin.line,
+                        field,
+                        format!(
+                            "subscription {} was enrolled with the terms the customer \
+                             agreed to (initial payment, order {}), so they cannot change \
+                             ({field} was {}, the file now says {}); a new agreement needs \
+                             a new subscription id",
+                            sub.id,
+                            enrolled.order_number,
+                            shown(before),
+                            shown(after)
+                        ),
+                    ));
+                }
+                continue;
+            }
+        }
+        let Some(old) = old else {
+            bill_checks(&mut tx, name, sub, claims, true, check_bills, &mut errors)?;
+            steps.push(Step::Add(sub, new, first_plan(sub, calendar.as_ref(), now)));
+            continue;
+        };
+        if let Some(removed_at) = &old.removed_at {
+            errors.push(error_at(
+                &sub.origin.path,
+                sub.origin.line,
+                "id",
+                format!(
+                    "{:?} belonged to a subscription removed at {removed_at}; ids are never \
+                     reused, give this subscription a new id",
+                    sub.id
+                ),
+            ));
+            continue;
+        }
+        let moved_from = if old.file == name {
+            None
+        } else {
+            match claims.claim(&old.file, &sub.id) {
+                // Its old file is gone, or valid and no longer defines it: a move.
+                Claim::Gone | Claim::Drops => Some(old.file.clone()),
+                Claim::Refused => {
+                    errors.push(error_at(
+                        &sub.origin.path,
+                        sub.origin.line,
+                        "id",
+                        format!(
+                            "{:?} is still defined by the version in force of {}, which \
+                             has errors now; fix that file first",
+                            sub.id, old.file
+                        ),
+                    ));
+                    continue;
+                }
+                Claim::Defines => {
+                    errors.push(error_at(
+                        &sub.origin.path,
+                        sub.origin.line,
+                        "id",
+                        format!("{:?} is also defined in {}", sub.id, old.file),
+                    ));
+                    continue;
+                }
+            }
+        };
+        let changes = old.def.diff(&new);
+        let agreed: Vec<_> = changes
+            .iter()
+            .filter(|(field, _, _)| AGREED.contains(field))
+            .collect();
+        // (An enrolled subscription was held to its enrolment's terms above.)
+        if enrolled.is_none() && !agreed.is_empty() && tx.has_charges(&sub.id)? {
+            for (field, before, after) in agreed {
+                errors.push(error_at(
+                    &sub.origin.path,
+                    sub.origin.line,
+                    field,
+                    format!(
+                        "subscription {} has charges, so the terms the customer agreed to \
+                         cannot change ({field} was {}, the file now says {}); a new \
+                         agreement needs a new subscription id",
+                        sub.id,
+                        shown(before),
+                        shown(after)
+                    ),
+                ));
+            }
+            continue;
+        }
+        let bill_changed = old.def.bill_number != new.bill_number;
+        bill_checks(
+            &mut tx,
+            name,
+            sub,
+            claims,
+            bill_changed,
+            check_bills && (bill_changed || moved_from.is_some()),
+            &mut errors,
+        )?;
+        let line_moved = usize::try_from(old.line).ok() != Some(sub.origin.line);
+        if !changes.is_empty() || moved_from.is_some() {
+            steps.push(Step::Update {
+                sub,
+                new,
+                changes,
+                moved_from,
+            });
+        } else if line_moved {
+            steps.push(Step::Line(sub));
+        }
+    }
+
+    // Ids of this file that it no longer defines: removed, unless another valid file of this
+    // sync takes them over.
+    let mine: HashSet<&str> = file.subscriptions.iter().map(|s| s.id.as_str()).collect();
+    let mut pending = HashSet::new();
+    for id in tx.active_ids(name)? {
+        if mine.contains(id.as_str()) {
+            continue;
+        }
+        if claims.claimed_elsewhere(name, &id) {
+            pending.insert(id);
+        } else {
+            steps.push(Step::Remove(id));
+        }
+    }
+
+    if !errors.is_empty() {
+        refuse(&mut tx, name, &errors)?;
+        tx.commit()?;
+        return Ok((
+            FileOutcome::Refused {
+                diagnostics: errors,
+            },
+            HashSet::new(),
+        ));
+    }
+
+    let mut changes = Changes::default();
+    // Consecutive additions are inserted a batch at a time (same rows, same ledger order).
+    let mut adds = Vec::new();
+    for step in steps {
+        match step {
+            Step::Add(sub, def, first_plan) => adds.push((sub, def, first_plan)),
+            step => {
+                add_all(&mut tx, name, std::mem::take(&mut adds), &mut changes)?;
+                apply(&mut tx, name, step, &mut changes)?;
+            }
+        }
+    }
+    add_all(&mut tx, name, adds, &mut changes)?;
+    let digest_changed = stored.as_ref().and_then(|r| r.digest.as_deref()) != Some(&digest);
+    // A pending hand-over leaves an id here that this file no longer defines: look again next
+    // time (a NULL digest never matches).
+    let new_digest = pending.is_empty().then_some(digest);
+    tx.record_applied(name, new_digest.as_deref(), digest_changed)?;
+    tx.commit()?;
+    Ok((FileOutcome::Applied(changes), pending))
+}
+
+/// A file the store knows that is no longer in the folder: its subscriptions are held
+/// (except those a valid file of this sync defines, which it takes over or, if refused,
+/// leaves here until the next sync); once none is left, the file is forgotten.
+fn sync_gone<S: SyncStore>(
+    store: &mut S,
+    name: &str,
+    claims: &mut dyn Claims,
+    now: DateTime<Utc>,
+) -> Result<FileOutcome, StoreError> {
+    let mut tx = store.begin_sync(
+        now,
+        &format!("holding the subscriptions of the missing schedule file {name}"),
+    )?;
+    let mut held = Vec::new();
+    let mut pending = false;
+    for id in tx.active_ids(name)? {
+        if claims.claimed_elsewhere(name, &id) {
+            pending = true;
+            continue;
+        }
+        held.push(id);
+    }
+    if held.is_empty() {
+        if pending {
+            tx.record_awaiting_handover(name, "the file is no longer in the schedules folder")?;
+        } else {
+            tx.forget_file(name)?;
+        }
+        tx.commit()?;
+        return Ok(FileOutcome::Gone(Changes::default()));
+    }
+    // (A file with subscriptions in force always has its record.)
+    let since = tx
+        .file_record(name)?
+        .and_then(|record| record.missing_since);
+    let new = since.is_none();
+    if new {
+        tx.record_missing(name)?;
+        let detail = json!({
+            "file": name,
+            "held": held,
+            "message": "the schedule file is missing: its subscriptions are held (not \
+                        charged, not removed) until it returns or `recurrentd \
+                        remove-file` confirms the removal",
+        });
+        tx.append_event(None, kind::SCHEDULE_FILE_MISSING, &detail.to_string())?;
+    }
+    tx.commit()?;
+    Ok(FileOutcome::Missing {
+        held,
+        since: since.unwrap_or_else(|| timestamp(now)),
+        new,
+    })
+}
+
+/// Files found missing by an earlier sync that are in the folder again: no longer missing
+/// (their content was applied or refused by this sync like any file's), with a ledger
+/// event, and their subscriptions looked at by the next sweep.
+fn returned_files<S: SyncStore>(
+    store: &mut S,
+    listed: &[&str],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let missing = store.missing_files()?;
+    let listed: HashSet<&str> = listed.iter().copied().collect();
+    for name in missing.iter().filter(|n| listed.contains(n.as_str())) {
+        let mut tx = store.begin_sync(now, "marking returned schedule files")?;
+        let since = tx
+            .file_record(name)?
+            .and_then(|record| record.missing_since);
+        tx.record_returned(name)?;
+        let resumed = tx.active_ids(name)?;
+        let detail = json!({ "file": name, "missing_since": since, "resumed": resumed });
+        tx.append_event(None, kind::SCHEDULE_FILE_RETURNED, &detail.to_string())?;
+        tx.commit()?;
+        tracing::info!(file = %name, subscriptions = resumed.len(), "schedule file is back: its subscriptions resume");
+    }
+    Ok(())
+}
+
+/// [`Store::remove_missing_file`] on any backend.
+pub(super) fn remove_missing_file<S: SyncStore>(
+    store: &mut S,
+    name: &str,
+    by: &str,
+    why: &str,
+    now: DateTime<Utc>,
+) -> Result<RemovedFile, StoreError> {
+    let mut tx = store.begin_sync(now, "removing a missing schedule file")?;
+    match tx.file_record(name)? {
+        None => return Ok(RemovedFile::Unknown),
+        Some(FileRecord {
+            missing_since: None,
+            ..
+        }) => return Ok(RemovedFile::NotMissing),
+        Some(_) => {}
+    }
+    let ids = tx.active_ids(name)?;
+    let reason = format!("its schedule file is gone: removal confirmed by {by}: {why}");
+    for id in &ids {
+        remove(&mut tx, name, id, &reason, Some((by, why)))?;
+    }
+    tx.forget_file(name)?;
+    tx.commit()?;
+    Ok(RemovedFile::Removed(ids))
 }
 
 /// Records a refusal: `last_error`, and a ledger event when the reason is new (a file that stays
 /// broken does not add an event at every sync).
-fn refuse(
-    tx: &Transaction<'_>,
-    path: &Path,
+fn refuse<T: SyncTransaction>(
+    tx: &mut T,
     name: &str,
     errors: &[Diagnostic],
-    at: &str,
 ) -> Result<(), StoreError> {
-    let what = format!("recording why schedule file {name} is refused");
     let text = errors
         .iter()
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join("\n");
-    let previous: Option<Option<String>> = cached_query_row(
-        tx,
-        "SELECT last_error FROM schedule_files WHERE file = ?1",
-        [name],
-        |row| row.get(0),
-    )
-    .optional()
-    .ctx(path, &what)?;
-    if previous.flatten().as_deref() == Some(text.as_str()) {
+    let previous = tx.file_record(name)?.and_then(|record| record.last_error);
+    if previous.as_deref() == Some(text.as_str()) {
         return Ok(());
     }
-    cached_execute(
-        tx,
-        "INSERT INTO schedule_files (file, last_error) VALUES (?1, ?2) \
-         ON CONFLICT (file) DO UPDATE SET last_error = excluded.last_error",
-        params![name, text],
-    )
-    .ctx(path, &what)?;
+    tx.record_refusal(name, &text)?;
     let errors: Vec<String> = errors.iter().map(|d| d.to_string()).collect();
-    append(
-        tx,
-        at,
-        None,
-        kind::SCHEDULE_REFUSED,
-        json!({ "file": name, "errors": errors }),
-    )
-    .ctx(path, &what)
+    let detail = json!({ "file": name, "errors": errors });
+    tx.append_event(None, kind::SCHEDULE_REFUSED, &detail.to_string())
 }
 
-fn apply(
-    tx: &Transaction<'_>,
+fn apply<T: SyncTransaction>(
+    tx: &mut T,
     file: &str,
     step: Step<'_>,
-    at: &str,
     changes: &mut Changes,
-) -> rusqlite::Result<()> {
+) -> Result<(), StoreError> {
     match step {
-        Step::Add(sub, def, next_plan_at) => {
-            add_all(tx, file, vec![(sub, def, next_plan_at)], at, changes)?;
+        Step::Add(sub, def, first_plan) => {
+            add_all(tx, file, vec![(sub, def, first_plan)], changes)?;
         }
         Step::Update {
             sub,
@@ -993,31 +793,7 @@ fn apply(
             changes: fields,
             moved_from,
         } => {
-            cached_execute(
-                tx,
-                "UPDATE subscriptions SET file = ?2, line = ?3, customer = ?4, bill_number = ?5, \
-                 currency = ?6, amount_cents = ?7, cadence = ?8, start_date = ?9, state = ?10, \
-                 catch_up = ?11, min_cents = ?12, max_cents = ?13, period_days = ?14, \
-                 max_date = ?15, updated_at = ?16, next_plan_at = '' WHERE id = ?1",
-                params![
-                    new.id,
-                    file,
-                    line(sub),
-                    new.customer,
-                    new.bill_number,
-                    new.currency,
-                    new.amount_cents,
-                    new.cadence,
-                    new.start_date,
-                    new.state,
-                    new.catch_up,
-                    new.min_cents,
-                    new.max_cents,
-                    new.period_days,
-                    new.max_date,
-                    at,
-                ],
-            )?;
+            tx.update_subscription(file, line(sub), &new)?;
             let mut diff = Map::new();
             for (field, before, after) in fields {
                 diff.insert(field.to_string(), json!({ "from": before, "to": after }));
@@ -1026,106 +802,42 @@ fn apply(
             if let (Some(from), Some(map)) = (moved_from, detail.as_object_mut()) {
                 map.insert("moved_from".to_string(), Value::String(from));
             }
-            append(tx, at, Some(&new.id), kind::SUBSCRIPTION_UPDATED, detail)?;
+            tx.append_event(
+                Some(&new.id),
+                kind::SUBSCRIPTION_UPDATED,
+                &detail.to_string(),
+            )?;
             changes.updated.push(new.id);
         }
-        Step::Line(sub) => {
-            cached_execute(
-                tx,
-                "UPDATE subscriptions SET line = ?2 WHERE id = ?1",
-                params![sub.id, line(sub)],
-            )?;
-        }
+        Step::Line(sub) => tx.move_line(&sub.id, line(sub))?,
         Step::Remove(id) => {
-            remove(tx, file, &id, "no longer in its schedule file", None, at)?;
+            remove(tx, file, &id, "no longer in its schedule file", None)?;
             changes.removed.push(id);
         }
     }
     Ok(())
 }
 
-/// Rows per multi-row `INSERT` of [`add_all`], largest first: a statement's fixed cost (and the
-/// ledger's `sqlite_sequence` update, and the ephemeral table SQLite builds for the `state IN
-/// (...)` check) is paid once per batch instead of once per row.
-const ADD_BATCHES: [usize; 3] = [64, 8, 1];
-
-/// The `INSERT`s of `rows` new subscriptions and of their `subscription_added` events.
-fn add_sql(rows: usize) -> (String, String) {
-    let subscription = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)"; rows];
-    let ledger = vec!["(?, ?, NULL, ?, ?)"; rows];
-    (
-        format!(
-            "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}, next_plan_at) VALUES {}",
-            subscription.join(", ")
-        ),
-        format!(
-            "INSERT INTO ledger (at, subscription_id, charge_id, kind, detail) VALUES {}",
-            ledger.join(", ")
-        ),
-    )
-}
-
-/// Adds new subscriptions in order, each with its `subscription_added` event: what
-/// [`apply`] does for a [`Step::Add`], a batch of rows per statement.
-fn add_all(
-    tx: &Transaction<'_>,
+/// Adds new subscriptions in order, each with its `subscription_added` event: what [`apply`]
+/// does for a [`Step::Add`], [`ADD_CHUNK`] at a time (the backend writes each chunk in as few
+/// statements as it can; only one chunk's event details are in memory at once).
+fn add_all<T: SyncTransaction>(
+    tx: &mut T,
     file: &str,
-    adds: Vec<(&Subscription, Def, String)>,
-    at: &str,
+    adds: Vec<(&Subscription, Def, Revisit)>,
     changes: &mut Changes,
-) -> rusqlite::Result<()> {
-    use rusqlite::ToSql;
-    static SQL: std::sync::LazyLock<[(String, String); ADD_BATCHES.len()]> =
-        std::sync::LazyLock::new(|| ADD_BATCHES.map(add_sql));
-    let mut rest = adds.as_slice();
-    while !rest.is_empty() {
-        let Some(size) = ADD_BATCHES.iter().position(|&size| size <= rest.len()) else {
-            break;
-        };
-        let (batch, after) = rest.split_at(ADD_BATCHES[size]);
-        let (insert, append) = &SQL[size];
-        let lines: Vec<i64> = batch.iter().map(|(sub, _, _)| line(sub)).collect();
-        let details: Vec<String> = batch
+) -> Result<(), StoreError> {
+    for chunk in adds.chunks(ADD_CHUNK) {
+        let new: Vec<NewSubscription<'_>> = chunk
             .iter()
-            .map(|(sub, def, _)| def.added_detail(file, sub.origin.line))
+            .map(|(sub, def, first_plan)| NewSubscription {
+                def,
+                line: line(sub),
+                first_plan: *first_plan,
+                added_detail: def.added_detail(file, sub.origin.line),
+            })
             .collect();
-        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(batch.len() * 18);
-        for ((_, def, next_plan_at), line) in batch.iter().zip(&lines) {
-            values.extend_from_slice(&[
-                &def.id as &dyn ToSql,
-                &file,
-                line,
-                &def.customer,
-                &def.bill_number,
-                &def.currency,
-                &def.amount_cents,
-                &def.cadence,
-                &def.start_date,
-                &def.state,
-                &def.catch_up,
-                &def.min_cents,
-                &def.max_cents,
-                &def.period_days,
-                &def.max_date,
-                &at,
-                &at,
-                next_plan_at,
-            ]);
-        }
-        tx.prepare_cached(insert)?
-            .execute(rusqlite::params_from_iter(values))?;
-        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(batch.len() * 4);
-        for ((_, def, _), detail) in batch.iter().zip(&details) {
-            values.extend_from_slice(&[
-                &at as &dyn ToSql,
-                &def.id,
-                &kind::SUBSCRIPTION_ADDED,
-                detail,
-            ]);
-        }
-        tx.prepare_cached(append)?
-            .execute(rusqlite::params_from_iter(values))?;
-        rest = after;
+        tx.insert_subscriptions(file, &new)?;
     }
     changes
         .added
@@ -1133,54 +845,23 @@ fn add_all(
     Ok(())
 }
 
-fn remove(
-    tx: &Transaction<'_>,
+/// Marks a subscription removed, with its ledger event (and, for an operator's `remove-file`,
+/// who and why).
+fn remove<T: SyncTransaction>(
+    tx: &mut T,
     file: &str,
     id: &str,
     reason: &str,
     operator: Option<(&str, &str)>,
-    at: &str,
-) -> rusqlite::Result<()> {
-    cached_execute(
-        tx,
-        "UPDATE subscriptions SET removed_at = ?2, updated_at = ?2 WHERE id = ?1",
-        params![id, at],
-    )?;
+) -> Result<(), StoreError> {
+    tx.remove_subscription(id)?;
     let mut detail = json!({ "file": file, "reason": reason });
     // An operator's `remove-file`: who and why, for the audit trail.
     if let (Some((by, why)), Some(map)) = (operator, detail.as_object_mut()) {
         map.insert("by".into(), Value::String(by.into()));
         map.insert("why".into(), Value::String(why.into()));
     }
-    append(tx, at, Some(id), kind::SUBSCRIPTION_REMOVED, detail)
-}
-
-/// Appends a ledger event.
-pub(super) fn append(
-    conn: &Connection,
-    at: &str,
-    subscription_id: Option<&str>,
-    kind: &str,
-    detail: Value,
-) -> rusqlite::Result<()> {
-    append_text(conn, at, subscription_id, kind, &detail.to_string())
-}
-
-/// Appends a ledger event whose detail is JSON text already.
-fn append_text(
-    conn: &Connection,
-    at: &str,
-    subscription_id: Option<&str>,
-    kind: &str,
-    detail: &str,
-) -> rusqlite::Result<()> {
-    cached_execute(
-        conn,
-        "INSERT INTO ledger (at, subscription_id, charge_id, kind, detail) \
-         VALUES (?1, ?2, NULL, ?3, ?4)",
-        params![at, subscription_id, kind, detail],
-    )?;
-    Ok(())
+    tx.append_event(Some(id), kind::SUBSCRIPTION_REMOVED, &detail.to_string())
 }
 
 /// Writes `text` as a JSON string, escaped by serde_json (as `Value::to_string` escapes it).
@@ -1188,18 +869,6 @@ fn json_string(out: &mut Vec<u8>, text: &str) {
     use serde::Serializer as _;
     // Writing to a Vec cannot fail.
     let _ = (&mut serde_json::Serializer::new(&mut *out)).serialize_str(text);
-}
-
-/// The terms an enrolment recorded for a subscription (`enrolments`): its bill number and
-/// currency always, its limits since schema version 6 (`None` before).
-struct Enrolled {
-    order_number: String,
-    bill_number: String,
-    currency: String,
-    min_cents: Option<i64>,
-    max_cents: Option<i64>,
-    period_days: Option<i64>,
-    max_date: Option<String>,
 }
 
 impl Enrolled {
@@ -1221,65 +890,6 @@ impl Enrolled {
     }
 }
 
-fn any_enrolments(conn: &Connection) -> rusqlite::Result<bool> {
-    cached_query_row(
-        conn,
-        "SELECT EXISTS (SELECT 1 FROM enrolments)",
-        [],
-        |row| row.get(0),
-    )
-}
-
-fn enrolled_terms(conn: &Connection, id: &str) -> rusqlite::Result<Option<Enrolled>> {
-    cached_query_row(
-        conn,
-        "SELECT order_number, bill_number, currency, min_cents, max_cents, period_days, \
-         max_date FROM enrolments WHERE subscription_id = ?1",
-        [id],
-        |row| {
-            Ok(Enrolled {
-                order_number: row.get(0)?,
-                bill_number: row.get(1)?,
-                currency: row.get(2)?,
-                min_cents: row.get(3)?,
-                max_cents: row.get(4)?,
-                period_days: row.get(5)?,
-                max_date: row.get(6)?,
-            })
-        },
-    )
-    .optional()
-}
-
-pub(super) fn has_charges(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
-    cached_query_row(
-        conn,
-        "SELECT EXISTS (SELECT 1 FROM charges WHERE subscription_id = ?1)",
-        [id],
-        |row| row.get(0),
-    )
-}
-
-fn load_row(conn: &Connection, id: &str) -> rusqlite::Result<Option<SubRow>> {
-    cached_query_row(
-        conn,
-        &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?1"),
-        [id],
-        SubRow::from_row,
-    )
-    .optional()
-}
-
-fn active_ids_of(conn: &Connection, file: &str) -> rusqlite::Result<Vec<String>> {
-    let mut statement = conn.prepare(
-        "SELECT id FROM subscriptions WHERE file = ?1 AND removed_at IS NULL ORDER BY id",
-    )?;
-    let ids = statement
-        .query_map([file], |row| row.get(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
-    Ok(ids)
-}
-
 /// The checks of the bill number `sub` takes, from one lookup of the other subscriptions that
 /// hold it:
 ///
@@ -1288,59 +898,47 @@ fn active_ids_of(conn: &Connection, file: &str) -> rusqlite::Result<Vec<String>>
 ///   not see);
 /// - `elsewhere`: a bill number held by a subscription (another id) of another file that this
 ///   sync keeps in force: the version in force wins, and the file that also takes it is refused.
-fn bill_checks(
-    conn: &Connection,
+fn bill_checks<T: SyncTransaction>(
+    tx: &mut T,
     file: &str,
     sub: &Subscription,
     claims: &mut dyn Claims,
     charged: bool,
     elsewhere: bool,
     errors: &mut Vec<Diagnostic>,
-) -> rusqlite::Result<()> {
+) -> Result<(), StoreError> {
     if !charged && !elsewhere {
         return Ok(());
     }
-    let mut statement = conn.prepare_cached(
-        "SELECT s.id, s.file, s.line, s.removed_at IS NULL, \
-         EXISTS (SELECT 1 FROM charges c WHERE c.subscription_id = s.id) \
-         FROM subscriptions s WHERE s.bill_number = ?1 AND s.id <> ?2",
-    )?;
-    let holders = statement
-        .query_map(params![sub.bill_number, sub.id], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, bool>(3)?,
-                row.get::<_, bool>(4)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    if charged && let Some((other, ..)) = holders.iter().find(|holder| holder.4) {
+    let holders = tx.bill_holders(&sub.bill_number, &sub.id)?;
+    if charged && let Some(other) = holders.iter().find(|holder| holder.has_charges) {
         errors.push(error_at(
             &sub.origin.path,
             sub.origin.line,
             "bill_number",
             format!(
-                "{} is the agreement of subscription {other}, which has charges; one initial \
+                "{} is the agreement of subscription {}, which has charges; one initial \
                  payment is one subscription, and its charge history stays with that id",
-                sub.bill_number
+                sub.bill_number, other.id
             ),
         ));
     }
     if !elsewhere {
         return Ok(());
     }
-    for (other, other_file, other_line, in_force, _) in &holders {
-        if other_file != file && *in_force && claims.claim(other_file, other) == Claim::Defines {
+    for other in &holders {
+        if other.file != file
+            && other.in_force
+            && claims.claim(&other.file, &other.id) == Claim::Defines
+        {
             errors.push(error_at(
                 &sub.origin.path,
                 sub.origin.line,
                 "bill_number",
                 format!(
-                    "{} is already the agreement of subscription {other} at \
-                     {other_file}:{other_line}; one initial payment is one subscription",
-                    sub.bill_number
+                    "{} is already the agreement of subscription {} at {}:{}; one initial \
+                     payment is one subscription",
+                    sub.bill_number, other.id, other.file, other.line
                 ),
             ));
             break;
@@ -1353,8 +951,8 @@ fn bill_checks(
 /// history (it has no charges: its id is new; an enrolment only restricts a charge, and before
 /// the first due instant `decide` answers `Wait` whatever the history), through
 /// `billing::revisit` — its first due instant, or never. Without the engine's calendar: now.
-fn first_plan(sub: &Subscription, calendar: Option<&Calendar>, now: DateTime<Utc>) -> String {
-    let revisit = match calendar {
+fn first_plan(sub: &Subscription, calendar: Option<&Calendar>, now: DateTime<Utc>) -> Revisit {
+    match calendar {
         Some(calendar) => {
             let plan = billing::decide(&sub.terms, calendar, 0, &[], now);
             if plan.settled.is_empty() {
@@ -1364,8 +962,7 @@ fn first_plan(sub: &Subscription, calendar: Option<&Calendar>, now: DateTime<Utc
             }
         }
         None => Revisit::Now,
-    };
-    revisit_text(revisit)
+    }
 }
 
 fn line(sub: &Subscription) -> i64 {
@@ -1478,8 +1075,8 @@ fn stat_key(meta: &std::fs::Metadata, read_at: std::time::SystemTime) -> Option<
     }
 }
 
-/// `schedule_files`: name → (digest, last_error).
-type StoredFiles = HashMap<String, (Option<String>, Option<String>)>;
+/// `schedule_files` as the folder sync began: name → record.
+type StoredFiles = HashMap<String, FileRecord>;
 
 /// A listed file as the folder sync found it.
 enum Examined {
@@ -1512,7 +1109,7 @@ struct Listing {
     canonical_dir: std::path::PathBuf,
     /// Names in the folder → path.
     listed: HashMap<String, std::path::PathBuf>,
-    /// `schedule_files` as the sync began: name → (digest, last_error).
+    /// `schedule_files` as the sync began.
     stored: StoredFiles,
 }
 
@@ -1548,8 +1145,8 @@ impl Listing {
         let stored = self
             .stored
             .get(name)
-            .filter(|(_, last_error)| last_error.is_none())
-            .and_then(|(digest, _)| digest.as_deref())
+            .filter(|record| record.last_error.is_none())
+            .and_then(|record| record.digest.as_deref())
             .and_then(FileDigest::parse);
         let read_at = std::time::SystemTime::now();
         let meta = std::fs::symlink_metadata(path).ok();
@@ -1699,187 +1296,178 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<SyncSummary, SyncDirError> {
         self.require_write("schedule sync")?;
-        let (canonical_dir, paths) =
-            schedule::list_dir(dir).map_err(|e| SyncDirError::Dir(e.to_string()))?;
-        let mut listing = Listing {
-            canonical_dir,
-            listed: HashMap::new(),
-            stored: self.stored_files()?,
-        };
-        let mut order: Vec<(Option<String>, std::path::PathBuf)> = Vec::new();
-        for path in paths {
-            match path.file_name().and_then(|n| n.to_str()) {
-                Some(name) if !listing.listed.contains_key(name) => {
-                    listing.listed.insert(name.to_string(), path.clone());
-                    order.push((Some(name.to_string()), path));
-                }
-                _ => order.push((None, path)),
-            }
-        }
-        let listing = &listing;
-        let mut folder = Folder {
-            listing,
-            processed: HashMap::new(),
-            ahead: HashMap::new(),
-            ahead_unchanged: HashSet::new(),
-            index: None,
-        };
-        let reads: Vec<String> = order.iter().filter_map(|(name, _)| name.clone()).collect();
+        sync_dir(self, dir, now)
+    }
+}
 
-        // Files are read and parsed one ahead on a thread of their own, in the order they are
-        // applied, while this thread applies the previous one (the channel holds one file: at
-        // most two files' subscriptions are in memory besides the one being applied).
-        std::thread::scope(|scope| {
-            let (sender, prefetched) = std::sync::mpsc::sync_channel::<(usize, Examined)>(1);
-            // Without the thread (it could not be started), each file is read here.
-            let _ = std::thread::Builder::new()
-                .name("schedule-read".to_string())
-                .spawn_scoped(scope, move || {
-                    for (index, name) in reads.iter().enumerate() {
-                        // Files unchanged by their metadata are left to the sync (no hand-over).
-                        if let Err(looked) = listing.look(name)
-                            && sender.send((index, listing.read(looked))).is_err()
-                        {
-                            break;
-                        }
+/// [`Store::sync_dir`] on any backend.
+pub(super) fn sync_dir<S: SyncStore>(
+    store: &mut S,
+    dir: &std::path::Path,
+    now: DateTime<Utc>,
+) -> Result<SyncSummary, SyncDirError> {
+    let (canonical_dir, paths) =
+        schedule::list_dir(dir).map_err(|e| SyncDirError::Dir(e.to_string()))?;
+    let mut listing = Listing {
+        canonical_dir,
+        listed: HashMap::new(),
+        stored: store.file_records()?,
+    };
+    let mut order: Vec<(Option<String>, std::path::PathBuf)> = Vec::new();
+    for path in paths {
+        match path.file_name().and_then(|n| n.to_str()) {
+            Some(name) if !listing.listed.contains_key(name) => {
+                listing.listed.insert(name.to_string(), path.clone());
+                order.push((Some(name.to_string()), path));
+            }
+            _ => order.push((None, path)),
+        }
+    }
+    let listing = &listing;
+    let mut folder = Folder {
+        listing,
+        processed: HashMap::new(),
+        ahead: HashMap::new(),
+        ahead_unchanged: HashSet::new(),
+        index: None,
+    };
+    let reads: Vec<String> = order.iter().filter_map(|(name, _)| name.clone()).collect();
+
+    // Files are read and parsed one ahead on a thread of their own, in the order they are
+    // applied, while this thread applies the previous one (the channel holds one file: at
+    // most two files' subscriptions are in memory besides the one being applied).
+    std::thread::scope(|scope| {
+        let (sender, prefetched) = std::sync::mpsc::sync_channel::<(usize, Examined)>(1);
+        // Without the thread (it could not be started), each file is read here.
+        let _ = std::thread::Builder::new()
+            .name("schedule-read".to_string())
+            .spawn_scoped(scope, move || {
+                for (index, name) in reads.iter().enumerate() {
+                    // Files unchanged by their metadata are left to the sync (no hand-over).
+                    if let Err(looked) = listing.look(name)
+                        && sender.send((index, listing.read(looked))).is_err()
+                    {
+                        break;
                     }
-                });
-            let mut prefetched = Prefetched {
-                receiver: prefetched,
-                next: None,
-            };
-            self.sync_listed(order, &mut folder, &mut prefetched, now)
-        })
+                }
+            });
+        let mut prefetched = Prefetched {
+            receiver: prefetched,
+            next: None,
+        };
+        sync_listed(store, order, &mut folder, &mut prefetched, now)
+    })
+}
+
+/// [`sync_dir`] once the folder is listed: each file in `order` (its reading taken
+/// from `prefetched` if it was read ahead), then the files that are gone.
+fn sync_listed<S: SyncStore>(
+    store: &mut S,
+    order: Vec<(Option<String>, std::path::PathBuf)>,
+    folder: &mut Folder<'_>,
+    prefetched: &mut Prefetched,
+    now: DateTime<Utc>,
+) -> Result<SyncSummary, SyncDirError> {
+    let mut summary = SyncSummary::default();
+    let mut refreshed = Vec::new();
+    // The index of the named file in `order` (as the reading thread counts).
+    let mut named = 0;
+    for (name, path) in order {
+        let Some(name) = name else {
+            summary.files.push(FileSync {
+                file: path.display().to_string(),
+                outcome: FileOutcome::Refused {
+                    diagnostics: vec![error_at(
+                        &path,
+                        1,
+                        "file",
+                        "the file name is not UTF-8 or is listed twice; refused".to_string(),
+                    )],
+                },
+            });
+            continue;
+        };
+        let index = named;
+        named += 1;
+        let examined = if folder.ahead_unchanged.contains(&name) {
+            Examined::Unchanged { refresh: None }
+        } else {
+            folder.ahead.remove(&name);
+            match folder.listing.look(&name) {
+                Ok(unchanged) => unchanged,
+                Err(looked) => prefetched
+                    .take(index)
+                    .unwrap_or_else(|| folder.listing.read(looked)),
+            }
+        };
+        let (outcome, processed) = match examined {
+            Examined::Unchanged { refresh } => {
+                refreshed.extend(refresh.map(|digest| (name.clone(), digest)));
+                (FileOutcome::Unchanged, Processed::Unchanged)
+            }
+            Examined::Parsed { report, .. } if report.has_errors() => {
+                let errors = refuse_file(store, &name, &report, now)?;
+                (
+                    FileOutcome::Refused {
+                        diagnostics: errors,
+                    },
+                    Processed::Refused(None),
+                )
+            }
+            Examined::Parsed { report, digest } => {
+                summary.warnings.extend(
+                    report
+                        .diagnostics
+                        .iter()
+                        .filter(|d| d.severity == Severity::Warning)
+                        .cloned(),
+                );
+                let (outcome, pending) =
+                    sync_file(store, &name, &report, digest, folder, true, now)?;
+                let processed = match &outcome {
+                    FileOutcome::Refused { .. } => Processed::Refused(Some(
+                        report.subscriptions.iter().map(|s| s.id.clone()).collect(),
+                    )),
+                    _ => Processed::Applied(pending),
+                };
+                (outcome, processed)
+            }
+        };
+        folder.processed.insert(name.clone(), processed);
+        summary.files.push(FileSync {
+            file: name,
+            outcome,
+        });
+    }
+    if !refreshed.is_empty() {
+        refresh_digests(store, &refreshed, now)?;
     }
 
-    /// [`Store::sync_dir`] once the folder is listed: each file in `order` (its reading taken
-    /// from `prefetched` if it was read ahead), then the files that are gone.
-    fn sync_listed(
-        &mut self,
-        order: Vec<(Option<String>, std::path::PathBuf)>,
-        folder: &mut Folder<'_>,
-        prefetched: &mut Prefetched,
-        now: DateTime<Utc>,
-    ) -> Result<SyncSummary, SyncDirError> {
-        let at = timestamp(now);
-        let mut summary = SyncSummary::default();
-        let mut refreshed = Vec::new();
-        // The index of the named file in `order` (as the reading thread counts).
-        let mut named = 0;
-        for (name, path) in order {
-            let Some(name) = name else {
-                summary.files.push(FileSync {
-                    file: path.display().to_string(),
-                    outcome: FileOutcome::Refused {
-                        diagnostics: vec![error_at(
-                            &path,
-                            1,
-                            "file",
-                            "the file name is not UTF-8 or is listed twice; refused".to_string(),
-                        )],
-                    },
-                });
-                continue;
-            };
-            let index = named;
-            named += 1;
-            let examined = if folder.ahead_unchanged.contains(&name) {
-                Examined::Unchanged { refresh: None }
-            } else {
-                folder.ahead.remove(&name);
-                match folder.listing.look(&name) {
-                    Ok(unchanged) => unchanged,
-                    Err(looked) => prefetched
-                        .take(index)
-                        .unwrap_or_else(|| folder.listing.read(looked)),
-                }
-            };
-            let (outcome, processed) = match examined {
-                Examined::Unchanged { refresh } => {
-                    refreshed.extend(refresh.map(|digest| (name.clone(), digest)));
-                    (FileOutcome::Unchanged, Processed::Unchanged)
-                }
-                Examined::Parsed { report, .. } if report.has_errors() => {
-                    let errors = self.refuse_file(&name, &report, &at)?;
-                    (
-                        FileOutcome::Refused {
-                            diagnostics: errors,
-                        },
-                        Processed::Refused(None),
-                    )
-                }
-                Examined::Parsed { report, digest } => {
-                    summary.warnings.extend(
-                        report
-                            .diagnostics
-                            .iter()
-                            .filter(|d| d.severity == Severity::Warning)
-                            .cloned(),
-                    );
-                    let (outcome, pending) =
-                        self.sync_file(&name, &report, digest, folder, true, now)?;
-                    let processed = match &outcome {
-                        FileOutcome::Refused { .. } => Processed::Refused(Some(
-                            report.subscriptions.iter().map(|s| s.id.clone()).collect(),
-                        )),
-                        _ => Processed::Applied(pending),
-                    };
-                    (outcome, processed)
-                }
-            };
-            folder.processed.insert(name.clone(), processed);
+    let listed: Vec<&str> = folder.listing.listed.keys().map(String::as_str).collect();
+    returned_files(store, &listed, now)?;
+    for name in store.known_files()? {
+        if !folder.listing.listed.contains_key(&name) {
+            let outcome = sync_gone(store, &name, folder, now)?;
             summary.files.push(FileSync {
                 file: name,
                 outcome,
             });
         }
-        if !refreshed.is_empty() {
-            self.refresh_digests(&refreshed)?;
-        }
-
-        let listed: Vec<&str> = folder.listing.listed.keys().map(String::as_str).collect();
-        self.returned_files(&listed, &at)?;
-        for name in self.known_files()? {
-            if !folder.listing.listed.contains_key(&name) {
-                let outcome = self.sync_gone(&name, folder, &at)?;
-                summary.files.push(FileSync {
-                    file: name,
-                    outcome,
-                });
-            }
-        }
-        Ok(summary)
     }
+    Ok(summary)
+}
 
-    /// `schedule_files` as it is: name → (digest, last_error).
-    fn stored_files(&self) -> Result<StoredFiles, StoreError> {
-        let what = "reading schedule_files";
-        let mut statement = self
-            .conn
-            .prepare("SELECT file, digest, last_error FROM schedule_files")
-            .ctx(&self.path, what)?;
-        let rows = statement
-            .query_map([], |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?))))
-            .ctx(&self.path, what)?;
-        rows.collect::<rusqlite::Result<HashMap<_, _>>>()
-            .ctx(&self.path, what)
+/// Records newly trustworthy metadata of unchanged files (same content, nothing else).
+fn refresh_digests<S: SyncStore>(
+    store: &mut S,
+    digests: &[(String, String)],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let mut tx = store.begin_sync(now, "recording schedule file digests")?;
+    for (name, digest) in digests {
+        tx.refresh_digest(name, digest)?;
     }
-
-    /// Records newly trustworthy metadata of unchanged files (same content, nothing else).
-    fn refresh_digests(&mut self, digests: &[(String, String)]) -> Result<(), StoreError> {
-        let what = "recording schedule file digests";
-        let path = self.path.clone();
-        let tx = self.write_tx(what)?;
-        for (name, digest) in digests {
-            cached_execute(
-                &tx,
-                "UPDATE schedule_files SET digest = ?2 WHERE file = ?1 AND last_error IS NULL",
-                params![name, digest],
-            )
-            .ctx(&path, what)?;
-        }
-        tx.commit().ctx(&path, what)
-    }
+    tx.commit()
 }
 
 /// Files read ahead by the folder sync's reading thread: (index among the named files of the
