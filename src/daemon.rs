@@ -33,7 +33,7 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineError, Pacer, Policy, TickReport};
 use crate::gateway::client::{Client, Settings};
 use crate::metrics::{Metrics, MetricsServer};
-use crate::store::{Access, FileOutcome, Store, StoreError, SyncDirError};
+use crate::store::{Access, DaemonStore, FileOutcome, Store, StoreError, SyncDirError};
 
 /// What wakes the due sweep.
 #[derive(Debug, Clone)]
@@ -140,8 +140,8 @@ impl Totals {
 /// Re-reads the schedule files into the store; problems are logged with their location and the
 /// last good version of a broken file stays in force. Returns the number of active
 /// subscriptions.
-async fn sync(
-    engine: &Engine,
+async fn sync<S: DaemonStore>(
+    engine: &Engine<S>,
     config: &Config,
     clock: &Arc<dyn Clock>,
 ) -> Result<usize, DaemonError> {
@@ -151,12 +151,25 @@ async fn sync(
     tracing::info!(dir = %dir.display(), "syncing the schedule files");
     // One file at a time, unchanged files skipped (see `Store::sync_dir`).
     let summary = engine
-        .with_store(move |s| Ok(s.sync_dir(&dir, now)))
+        .with_store(move |s| Ok(s.sync_folder(&dir, now)))
         .await?
         .map_err(|e| match e {
             SyncDirError::Dir(message) => DaemonError::Schedules(message),
             SyncDirError::Store(e) => DaemonError::Store(e),
         })?;
+    let Some(summary) = summary else {
+        // Several instances share the database: the holder of the schedule lease syncs.
+        let subscriptions = engine
+            .with_store(|s| s.active_subscription_count())
+            .await?
+            .try_into()
+            .unwrap_or(usize::MAX);
+        tracing::info!(
+            subscriptions,
+            "schedules: another instance holds the schedule lease and syncs the folder"
+        );
+        return Ok(subscriptions);
+    };
     for diagnostic in &summary.warnings {
         tracing::warn!("{diagnostic}");
     }
@@ -164,7 +177,7 @@ async fn sync(
         tracing::error!("{diagnostic} (the file's last accepted version stays in force)");
     }
     let subscriptions = engine
-        .with_store(|s| s.active_subscriptions())
+        .with_store(|s| s.active_subscription_count())
         .await?
         .try_into()
         .unwrap_or(usize::MAX);
@@ -258,11 +271,13 @@ pub async fn run(
         ),
         None => None,
     };
+    let books = config.books.enabled.then(|| engine.books_runner());
     let result = run_loop(
         config,
         &options,
         &mut signals,
         engine,
+        books,
         subscriptions,
         watch,
         Reporting {
@@ -291,11 +306,13 @@ struct Reporting<'a> {
 // The body is the loop as it was inside `run`, unchanged (its `&options` and `&notifier` are
 // references to references now).
 #[allow(clippy::needless_borrow)]
-async fn run_loop(
+#[allow(clippy::too_many_arguments)]
+async fn run_loop<S: DaemonStore>(
     config: &Config,
     options: &RunOptions,
     signals: &mut Signals,
-    engine: Engine,
+    engine: Engine<S>,
+    books: Option<crate::engine::BooksRunner>,
     mut subscriptions: usize,
     mut watch: Watch,
     reporting: Reporting<'_>,
@@ -306,9 +323,9 @@ async fn run_loop(
         webhook_on,
     } = reporting;
     // The daily books comparison: its own task, never in the way of charging.
-    let books_task = config.books.enabled.then(|| {
+    let books_task = books.map(|runner| {
         tokio::spawn(books::daily(
-            engine.books_runner(),
+            runner,
             config.billing.timezone,
             config.books.run_after,
         ))
@@ -586,7 +603,12 @@ async fn start(
 
 /// After a tick that finished without error: its time (real and the daemon's clock) recorded
 /// for `status`, and the metrics' gauges refreshed. A failure here is logged, never fatal.
-async fn tick_succeeded(engine: &Engine, metrics: &Metrics, clock: &Arc<dyn Clock>, webhook: bool) {
+async fn tick_succeeded<S: DaemonStore>(
+    engine: &Engine<S>,
+    metrics: &Metrics,
+    clock: &Arc<dyn Clock>,
+    webhook: bool,
+) {
     let real = Utc::now();
     let at = clock.now();
     metrics.tick_succeeded(real);
@@ -598,18 +620,25 @@ async fn tick_succeeded(engine: &Engine, metrics: &Metrics, clock: &Arc<dyn Cloc
 
 /// The metrics' gauges, from the store; the outbox's backlog only when a webhook delivers it
 /// (without one, nothing consumes the outbox but `recurrentd events`, and 0 is shown).
-async fn refresh_gauges(engine: &Engine, metrics: &Metrics, clock: &Arc<dyn Clock>, webhook: bool) {
+async fn refresh_gauges<S: DaemonStore>(
+    engine: &Engine<S>,
+    metrics: &Metrics,
+    clock: &Arc<dyn Clock>,
+    webhook: bool,
+) {
     let now = clock.now();
-    match engine.with_store(move |s| s.gauges(now)).await {
-        Ok(gauges) => metrics.set_gauges(&gauges),
+    match engine.with_store(move |s| s.gauge_figures(now)).await {
+        Ok(Some(gauges)) => metrics.set_gauges(&gauges),
+        Ok(None) => return,
         Err(error) => tracing::warn!(%error, "cannot read the figures for the metrics"),
     }
     if !webhook {
         metrics.set_outbox(0, 0);
         return;
     }
-    match engine.with_store(|s| s.outbox_backlog()).await {
-        Ok(backlog) => {
+    match engine.with_store(|s| s.outbox_figures()).await {
+        Ok(None) => metrics.set_outbox(0, 0),
+        Ok(Some(backlog)) => {
             let oldest = backlog
                 .oldest_undelivered_at
                 .map_or(0, |at| (now - at).num_seconds());
@@ -637,8 +666,8 @@ async fn fingerprint(config: &Config) -> Fingerprint {
 }
 
 /// Re-reads the schedule files (SIGHUP or a change seen by the watcher), telling systemd.
-async fn reload(
-    engine: &Engine,
+async fn reload<S: DaemonStore>(
+    engine: &Engine<S>,
     config: &Config,
     options: &RunOptions,
     notifier: &Notifier,
@@ -778,8 +807,8 @@ async fn next_ping(watchdog: &mut Option<Interval>) {
 
 /// WATCHDOG=1, but only if the store answers: the health path goes through the same lock and
 /// blocking pool the engine uses.
-async fn ping_if_healthy(engine: &Engine, notifier: &Notifier) {
-    match engine.with_store(|s| s.schema_version()).await {
+async fn ping_if_healthy<S: DaemonStore>(engine: &Engine<S>, notifier: &Notifier) {
+    match engine.with_store(|s| s.health()).await {
         Ok(_) => notifier.watchdog(),
         Err(error) => tracing::warn!(%error, "health check failed; no watchdog ping"),
     }
@@ -812,7 +841,23 @@ const DRAIN_POLL: StdDuration = StdDuration::from_millis(250);
 
 /// Settles what is outstanding (status queries, resends) without creating intents, until
 /// nothing is left or the deadline passes; the reconciler picks up the rest at the next start.
-async fn drain(engine: &Engine, options: &RunOptions) {
+async fn drain<S: DaemonStore>(engine: &Engine<S>, options: &RunOptions) {
+    if S::SHARED {
+        // Several instances: what is outstanding may be another's. One pass over what is due,
+        // then this instance lets go of its claims, so the others take them over at once.
+        if let Err(e) = engine.work_due().await {
+            tracing::error!(error = %e, "settling outstanding attempts failed");
+        }
+        match engine.with_store(|s| s.release_claims()).await {
+            Ok(()) => tracing::info!("claims released to the other instances; stopped"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot release this instance's claims: the others take them over when its \
+                 leases expire"
+            ),
+        }
+        return;
+    }
     let started = Instant::now();
     loop {
         let outstanding = match engine.outstanding().await {

@@ -218,3 +218,51 @@ pub trait ChargeStore: Send {
     /// Records the instant of a sweep that planned; never moves it back.
     fn record_planned_sweep(&mut self, at: DateTime<Utc>) -> Result<(), StoreError>;
 }
+
+/// What the daemon needs from its store besides the charge path: schedule sync, the records
+/// `status` reads, a health check, the metrics' figures, and a clean stop.
+pub trait DaemonStore: ChargeStore + 'static {
+    /// Syncs the schedule folder into the store if this instance is the one to (always with one
+    /// daemon per database; with several instances, the holder of the schedule lease).
+    /// `Ok(None)`: another instance does it.
+    fn sync_folder(
+        &mut self,
+        dir: &std::path::Path,
+        now: DateTime<Utc>,
+    ) -> Result<Option<super::SyncSummary>, super::SyncDirError>;
+
+    /// Subscriptions defined by a file and not removed.
+    fn active_subscription_count(&mut self) -> Result<u64, StoreError>;
+
+    /// Who runs (pid, version, start, a rehearsal's rate), for `status`.
+    fn record_start(
+        &mut self,
+        pid: u32,
+        version: &str,
+        started_at: DateTime<Utc>,
+        rehearsal: Option<u32>,
+    ) -> Result<(), StoreError>;
+
+    /// A tick that succeeded (real time and the daemon's clock), for `status`.
+    fn record_tick(&mut self, real: DateTime<Utc>, clock: DateTime<Utc>)
+    -> Result<(), StoreError>;
+
+    /// A round trip that proves the store answers and this instance may still work on it (the
+    /// watchdog's health path; with several instances also the heartbeat that keeps this
+    /// instance registered). An error: no watchdog ping.
+    fn health(&mut self) -> Result<(), StoreError>;
+
+    /// The figures of the metrics' gauges; `None` where this backend does not keep them.
+    fn gauge_figures(
+        &mut self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<crate::metrics::StoreGauges>, StoreError>;
+
+    /// The outbox's backlog for the metrics (only read when a webhook delivers it); `None`
+    /// where this backend keeps no outbox consumer.
+    fn outbox_figures(&mut self) -> Result<Option<super::OutboxBacklog>, StoreError>;
+
+    /// Lets go of what this instance holds, at a clean stop: with several instances the others
+    /// take its unresolved attempts over at once instead of after its lease.
+    fn release_claims(&mut self) -> Result<(), StoreError>;
+}

@@ -51,7 +51,7 @@ use crate::billing::{Cadence, Calendar, Limits, Revisit, SubscriptionState, Term
 use crate::money::Money;
 
 pub use books::{BOOKS_ACKNOWLEDGED, BOOKS_CLEAN, BookFinding, NewFinding, RunRecorded};
-pub use boundary::{ChargeStore, OutcomeWrite, PlanTransaction, UNFENCED};
+pub use boundary::{ChargeStore, DaemonStore, OutcomeWrite, PlanTransaction, UNFENCED};
 pub use charges::{EnrolmentRecord, PlanTx};
 // The lifecycle's data lives in `crate::lifecycle`; the store persists it.
 pub use crate::lifecycle::{
