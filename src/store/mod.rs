@@ -183,7 +183,7 @@ pub enum StoreError {
     /// A PostgreSQL store's statement or connection failed. `location` is the database's URL
     /// without its password (`postgres::redact_url`).
     #[cfg(feature = "postgres")]
-    #[error("database {location}: {what}: {source}")]
+    #[error("database {location}: {what}: {}", postgres::describe(source))]
     Postgres {
         location: String,
         what: String,

@@ -607,6 +607,19 @@ impl PgStore {
             )
             .pg(&location, &what)?;
         }
+        if found == 0 {
+            // A new schema: its order-number prefix and creation time, once (as SQLite's
+            // `ensure_meta` for a new file). A schema migrated before keeps what it has.
+            let prefix = super::random_order_prefix().map_err(|message| StoreError::Random {
+                path: location.clone(),
+                message,
+            })?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('order_prefix', $1), ('created_at', $2)",
+                &[&prefix, &super::timestamp(Utc::now())],
+            )
+            .pg(&location, what)?;
+        }
         tx.commit().pg(&location, what)
     }
 
@@ -663,6 +676,13 @@ impl PgStore {
                 lease_until: row.get(4),
             })
             .collect())
+    }
+
+    /// The random prefix of every OrderNumber made from this database, fixed when its schema
+    /// was created.
+    pub fn order_prefix(&mut self) -> Result<String, StoreError> {
+        self.meta_value("order_prefix", "reading meta.order_prefix")?
+            .ok_or_else(|| corrupt(&self.location, "meta.order_prefix", "missing"))
     }
 
     /// This instance's name.
@@ -1129,7 +1149,7 @@ impl super::PlanTransaction for PgPlan<'_> {
                      wall_at, updated_at, owner, owner_epoch, fence, lease_until) \
                  VALUES ($1, $2, $3, 'pending', $4, $5, $4, $6, $7, nextval('fence_tokens'), \
                      clock_timestamp() + $8 * interval '1 microsecond') \
-                 RETURNING id, fence",
+                 RETURNING id, fence, created_at, wall_at",
                 &[
                     &charge.id,
                     &i64::from(attempt),
@@ -1142,7 +1162,9 @@ impl super::PlanTransaction for PgPlan<'_> {
                 ],
             )
             .pg(self.location, what)?;
+        // The instants as stored (microseconds), so the job is what a later read returns.
         let (attempt_id, fence): (i64, i64) = (row.get(0), row.get(1));
+        let (created_at, wall_at): (DateTime<Utc>, DateTime<Utc>) = (row.get(2), row.get(3));
         self.tx
             .execute(
                 "UPDATE charges SET next_attempt_at = NULL, updated_at = $2 WHERE id = $1",
@@ -1168,7 +1190,7 @@ impl super::PlanTransaction for PgPlan<'_> {
             amount: charge.amount,
             currency: charge.currency,
             state: AttemptState::Pending,
-            created_at: self.now,
+            created_at,
             wall_at,
             sent: false,
             checks: 0,
@@ -1648,4 +1670,32 @@ pub(super) fn is_io(error: &postgres::Error) -> bool {
         cause = inner.source();
     }
     false
+}
+
+/// A PostgreSQL error as an operator needs it: the server's message, SQLSTATE and constraint
+/// (the client's own `Display` says only "db error"), or the client's error with its causes.
+pub(super) fn describe(error: &postgres::Error) -> String {
+    use std::error::Error as _;
+    if let Some(db) = error.as_db_error() {
+        let mut text = format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+        if let Some(constraint) = db.constraint() {
+            text += &format!(", constraint {constraint}");
+        }
+        if let Some(detail) = db.detail() {
+            text += &format!("; {detail}");
+        }
+        return text;
+    }
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text += &format!(": {inner}");
+        cause = inner.source();
+    }
+    text
 }
