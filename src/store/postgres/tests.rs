@@ -19,7 +19,9 @@ use crate::lifecycle::{AttemptChange, ChargeChange};
 use crate::store::{ChargeStore, PlanTransaction, UNFENCED};
 
 const LONG: Duration = Duration::from_secs(60);
-const SHORT: Duration = Duration::from_secs(1);
+/// A lease that expires within a test (the sleeps past it assert behaviour, not timing; long
+/// enough that a loaded machine does not expire it before the next statement).
+const SHORT: Duration = Duration::from_secs(2);
 
 /// A schema of its own on the test server, dropped when this is dropped.
 struct TestDb {
@@ -495,10 +497,6 @@ fn two_instances_claim_disjoint_attempts() {
     }
     let mut a = db.store("a", LONG);
     let mut b = db.store("b", LONG);
-    assert!(
-        a.claim_due_attempts(at(1, 1)).unwrap().is_empty(),
-        "the planner's leases are running"
-    );
     thread::sleep(SHORT + Duration::from_millis(300));
 
     // An attempt locked by a transaction in progress is skipped, not waited for.
@@ -815,4 +813,84 @@ fn the_leader_lease_is_exclusive_until_it_expires() {
     );
     assert!(b.release_lead("schedule-sync").unwrap());
     assert!(a.try_lead("schedule-sync", SHORT).unwrap().is_some());
+}
+
+#[test]
+fn next_plan_at_and_next_check_at_decide_what_is_due() {
+    let Some(db) = fresh_schema() else { return };
+    let mut a = db.store("a", LONG);
+    for id in ["s1", "s2", "s3"] {
+        a.insert_subscription(&subscription(id), at(1, 1)).unwrap();
+    }
+    let mut tx = a.begin_plan(at(1, 1)).unwrap();
+    tx.revisit("s1", Revisit::Never).unwrap();
+    tx.revisit("s2", Revisit::At(at(2, 1))).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        a.plannable(at(1, 1)).unwrap(),
+        ["s3"],
+        "new is now; never and later are not"
+    );
+    assert_eq!(
+        a.plannable(at(2, 1)).unwrap(),
+        ["s3", "s2"],
+        "oldest next_plan_at first: \"now\" before an instant"
+    );
+
+    // An unknown outcome waits for its next check.
+    let job = plan_intent(&mut a, "s3", at(2, 1)).unwrap();
+    let mut unknown = AttemptChange::to(AttemptState::Unknown);
+    unknown.next_check_at = Some(at(2, 2));
+    let results = a
+        .apply_outcomes(&[outcome(&job, job.fence, &unknown, at(2, 1))])
+        .unwrap();
+    assert!(matches!(results[..], [Ok(true)]), "{results:?}");
+    assert!(a.claim_due_attempts(at(2, 1)).unwrap().is_empty());
+    let due = a.claim_due_attempts(at(2, 2)).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].state, AttemptState::Unknown);
+    assert_eq!(due[0].fence, job.fence, "still ours");
+}
+
+#[test]
+fn an_adhoc_charge_is_found_and_attempted() {
+    let Some(db) = fresh_schema() else { return };
+    let mut a = db.store("a", LONG);
+    a.insert_subscription(&subscription("s1"), at(1, 1))
+        .unwrap();
+    a.execute_for_tests(
+        "INSERT INTO charges (subscription_id, reference, due_date, amount_cents, currency, \
+         bill_number, state, created_at) VALUES ('s1', 'inv-7', '2027-01-05', 1250, 'RUB', \
+         '5899s1', 'open', '2027-01-05T07:00:00Z')",
+    )
+    .unwrap();
+    let mut tx = a.begin_plan(at(1, 5)).unwrap();
+    assert!(
+        tx.history("s1").unwrap().unwrap().open.is_none(),
+        "not a period"
+    );
+    let adhoc = tx.adhoc_open("s1").unwrap().unwrap();
+    assert_eq!(adhoc.purpose, Purpose::Adhoc("inv-7".into()));
+    assert_eq!(adhoc.amount, Money::parse("12.50").unwrap());
+    let job = tx
+        .new_attempt(
+            "s1",
+            &adhoc,
+            "PFX-s1-x1-1",
+            Utc::now(),
+            intent("PFX-s1-x1-1"),
+        )
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(job.purpose, Purpose::Adhoc("inv-7".into()));
+    let mut tx = a.begin_plan(at(1, 5)).unwrap();
+    assert!(
+        tx.adhoc_open("s1").unwrap().is_none(),
+        "its attempt is live"
+    );
+    assert!(a_periods_empty(&db));
+}
+
+fn a_periods_empty(db: &TestDb) -> bool {
+    db.count("SELECT count(*) FROM charges WHERE period IS NOT NULL") == 0
 }
