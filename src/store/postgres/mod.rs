@@ -26,7 +26,11 @@
 //! on the **database's clock** (`clock_timestamp()`; the engine's clock may be a rehearsal
 //! clock): [`ChargeStore::claim_due_attempts`] takes due attempts whose lease is free, expired
 //! or ours, `FOR UPDATE SKIP LOCKED`, at most [`CLAIM_BATCH`] at a time, so instances claim
-//! disjoint sets. A new intent is claimed by the instance that planned it.
+//! disjoint sets. A new intent is claimed by the instance that planned it. The lease must also
+//! cover the wait between a claim and its send (the pacer's queue): past it `mark_sending`
+//! refuses (safe: the attempt is claimed again at a later sweep), so a lease far shorter than
+//! that wait only costs throughput. The instance's own row (`heartbeat`, `lease_until`) is
+//! informational for now (`status`); claims are decided by each attempt's lease alone.
 //!
 //! **Fencing.** [`ChargeStore::mark_sending`] changes an attempt only if it is still in the
 //! expected state, held under the job's fence by this holder, and the lease has not expired
