@@ -98,7 +98,7 @@ pub const SCHEMA_VERSION: i32 = schema::MIGRATIONS.len() as i32;
 /// whole backlog under its lease while others idle; the rest are claimed at the next sweep.
 pub const CLAIM_BATCH: i64 = 500;
 
-/// The unresolved states and the due sweep's states (as SQLite's `due_attempts`).
+/// The states the due sweep works on (SQLite's `due_attempts`; also what blocks planning).
 const DUE_STATES: &str = "('pending', 'not_sent', 'unknown', 'parked', 'quarantined')";
 /// States that have charged or may have (SQLite's `attempts_one_live`).
 const LIVE_STATES: &str = "('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')";
