@@ -894,3 +894,36 @@ fn an_adhoc_charge_is_found_and_attempted() {
 fn a_periods_empty(db: &TestDb) -> bool {
     db.count("SELECT count(*) FROM charges WHERE period IS NOT NULL") == 0
 }
+
+#[test]
+fn a_holder_keeps_its_fence_and_a_restart_under_the_same_name_is_a_new_holder() {
+    let Some(db) = fresh_schema() else { return };
+    let mut old = db.store("x", SHORT);
+    old.insert_subscription(&subscription("s1"), at(1, 1))
+        .unwrap();
+    let job = plan_intent(&mut old, "s1", at(1, 1)).unwrap();
+    thread::sleep(SHORT + Duration::from_millis(300));
+    // Expired, but nobody took it: claiming it again keeps the fence (work in flight stays
+    // valid).
+    let again = old.claim_due_attempts(at(1, 1)).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].fence, job.fence);
+
+    // The same name from a new process (a new epoch) is another holder: it waits for the
+    // lease, then takes the attempt under a new fence, and the old process is fenced off.
+    let mut new = db.store("x", LONG);
+    assert_eq!(new.epoch(), old.epoch() + 1);
+    assert!(new.claim_due_attempts(at(1, 1)).unwrap().is_empty());
+    thread::sleep(SHORT + Duration::from_millis(300));
+    let taken = new.claim_due_attempts(at(1, 1)).unwrap();
+    assert_eq!(taken.len(), 1);
+    assert!(taken[0].fence > job.fence);
+    assert!(
+        !old.mark_sending(&job, AttemptState::Pending, at(1, 1), Utc::now())
+            .unwrap()
+    );
+    assert!(
+        new.mark_sending(&taken[0], AttemptState::Pending, at(1, 1), Utc::now())
+            .unwrap()
+    );
+}
