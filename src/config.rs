@@ -45,6 +45,9 @@ const NON_CONFIG_ENV: &[&str] = &[
     "LOG",
     // The crash tests' fail points (debug builds only; see `failpoint`).
     "FAILPOINT",
+    // The PostgreSQL store tests' server (`store::postgres` tests, `.ci/run`): exported for the
+    // whole test run, so the binaries the integration tests start see it too.
+    "TEST_PG_URL",
 ];
 
 /// The whole checked configuration.

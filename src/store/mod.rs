@@ -24,6 +24,10 @@ mod enrolment;
 mod operate;
 mod outbox;
 mod overview;
+/// The PostgreSQL store (cargo feature `postgres`): several instances on one database, with
+/// leased work and fencing. Not wired into the daemon yet.
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod refund;
 mod report;
 mod resolve;
@@ -182,6 +186,15 @@ pub enum StoreError {
     /// `backup --verify`: the file is an SQLite database, but not one recurrentd wrote.
     #[error("{path} is not a recurrentd database: {why}")]
     NotOurs { path: PathBuf, why: String },
+    /// A PostgreSQL store's statement or connection failed. `location` is the database's URL
+    /// without its password (`postgres::redact_url`).
+    #[cfg(feature = "postgres")]
+    #[error("database {location}: {what}: {}", postgres::describe(source))]
+    Postgres {
+        location: String,
+        what: String,
+        source: ::postgres::Error,
+    },
 }
 
 impl StoreError {
@@ -212,6 +225,8 @@ impl StoreError {
                         | C::FileLockingProtocolFailed
                 )
             ),
+            #[cfg(feature = "postgres")]
+            StoreError::Postgres { source, .. } => postgres::is_io(source),
             _ => false,
         }
     }
