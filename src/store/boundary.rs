@@ -244,8 +244,7 @@ pub trait DaemonStore: ChargeStore + 'static {
     ) -> Result<(), StoreError>;
 
     /// A tick that succeeded (real time and the daemon's clock), for `status`.
-    fn record_tick(&mut self, real: DateTime<Utc>, clock: DateTime<Utc>)
-    -> Result<(), StoreError>;
+    fn record_tick(&mut self, real: DateTime<Utc>, clock: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// A round trip that proves the store answers and this instance may still work on it (the
     /// watchdog's health path; with several instances also the heartbeat that keeps this

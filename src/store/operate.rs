@@ -340,6 +340,52 @@ impl Store {
     }
 }
 
+/// The SQLite store as the daemon's: it always syncs (one daemon per database), and holds
+/// nothing another instance could take over.
+impl super::DaemonStore for Store {
+    fn sync_folder(
+        &mut self,
+        dir: &std::path::Path,
+        now: DateTime<Utc>,
+    ) -> Result<Option<super::SyncSummary>, super::SyncDirError> {
+        self.sync_dir(dir, now).map(Some)
+    }
+
+    fn active_subscription_count(&mut self) -> Result<u64, StoreError> {
+        self.active_subscriptions()
+    }
+
+    fn record_start(
+        &mut self,
+        pid: u32,
+        version: &str,
+        started_at: DateTime<Utc>,
+        rehearsal: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.record_daemon_start(pid, version, started_at, rehearsal)
+    }
+
+    fn record_tick(&mut self, real: DateTime<Utc>, clock: DateTime<Utc>) -> Result<(), StoreError> {
+        Store::record_tick(self, real, clock)
+    }
+
+    fn health(&mut self) -> Result<(), StoreError> {
+        self.schema_version().map(|_| ())
+    }
+
+    fn gauge_figures(&mut self, now: DateTime<Utc>) -> Result<Option<StoreGauges>, StoreError> {
+        self.gauges(now).map(Some)
+    }
+
+    fn outbox_figures(&mut self) -> Result<Option<super::OutboxBacklog>, StoreError> {
+        self.outbox_backlog().map(Some)
+    }
+
+    fn release_claims(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,51 +479,5 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_or_create(&dir.path().join("g.db")).unwrap();
         assert_eq!(store.gauges(Utc::now()).unwrap(), StoreGauges::default());
-    }
-}
-
-/// The SQLite store as the daemon's: it always syncs (one daemon per database), and holds
-/// nothing another instance could take over.
-impl super::DaemonStore for Store {
-    fn sync_folder(
-        &mut self,
-        dir: &std::path::Path,
-        now: DateTime<Utc>,
-    ) -> Result<Option<super::SyncSummary>, super::SyncDirError> {
-        self.sync_dir(dir, now).map(Some)
-    }
-
-    fn active_subscription_count(&mut self) -> Result<u64, StoreError> {
-        self.active_subscriptions()
-    }
-
-    fn record_start(
-        &mut self,
-        pid: u32,
-        version: &str,
-        started_at: DateTime<Utc>,
-        rehearsal: Option<u32>,
-    ) -> Result<(), StoreError> {
-        self.record_daemon_start(pid, version, started_at, rehearsal)
-    }
-
-    fn record_tick(&mut self, real: DateTime<Utc>, clock: DateTime<Utc>) -> Result<(), StoreError> {
-        Store::record_tick(self, real, clock)
-    }
-
-    fn health(&mut self) -> Result<(), StoreError> {
-        self.schema_version().map(|_| ())
-    }
-
-    fn gauge_figures(&mut self, now: DateTime<Utc>) -> Result<Option<StoreGauges>, StoreError> {
-        self.gauges(now).map(Some)
-    }
-
-    fn outbox_figures(&mut self) -> Result<Option<super::OutboxBacklog>, StoreError> {
-        self.outbox_backlog().map(Some)
-    }
-
-    fn release_claims(&mut self) -> Result<(), StoreError> {
-        Ok(())
     }
 }

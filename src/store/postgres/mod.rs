@@ -69,7 +69,7 @@
 
 mod schema;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -100,6 +100,9 @@ pub const CLAIM_BATCH: i64 = 500;
 
 /// The states the due sweep works on (SQLite's `due_attempts`; also what blocks planning).
 const DUE_STATES: &str = "('pending', 'not_sent', 'unknown', 'parked', 'quarantined')";
+/// The unresolved states (as SQLite's `unresolved_attempts`: quarantined ones wait for an
+/// operator or their next check).
+const UNRESOLVED_STATES: &str = "('pending', 'not_sent', 'unknown', 'parked')";
 /// States that have charged or may have (SQLite's `attempts_one_live`).
 const LIVE_STATES: &str = "('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')";
 
@@ -1372,7 +1375,55 @@ fn apply_one(
     Ok(true)
 }
 
+impl PgStore {
+    /// Claims attempts in `states` (due at `due`, when given: their next check reached) that are
+    /// free, expired or ours, at most [`CLAIM_BATCH`], `FOR UPDATE SKIP LOCKED`.
+    fn claim(
+        &mut self,
+        states: &str,
+        due: Option<DateTime<Utc>>,
+        what: &str,
+    ) -> Result<Vec<Job>, StoreError> {
+        // Free, expired or ours; locked rows (another instance claiming or recording them
+        // right now) are skipped. Our own claims keep their fence: our work in flight on them
+        // stays valid; a claim that changes hands takes a new one.
+        let sql = format!(
+            "WITH due AS ( \
+                 SELECT a.id FROM attempts a \
+                 WHERE a.state IN {states} \
+                 AND ($1::timestamptz IS NULL OR a.next_check_at IS NULL \
+                      OR a.next_check_at <= $1) \
+                 AND (a.lease_until IS NULL OR a.lease_until < clock_timestamp() \
+                      OR (a.owner = $2 AND a.owner_epoch = $3)) \
+                 ORDER BY a.id LIMIT $5 FOR UPDATE SKIP LOCKED), \
+             claimed AS ( \
+                 UPDATE attempts a SET \
+                     fence = CASE WHEN a.owner = $2 AND a.owner_epoch = $3 THEN a.fence \
+                                  ELSE nextval('fence_tokens') END, \
+                     owner = $2, owner_epoch = $3, \
+                     lease_until = clock_timestamp() + $4 * interval '1 microsecond' \
+                 FROM due WHERE a.id = due.id \
+                 RETURNING a.*) \
+             SELECT {JOB_COLUMNS} FROM claimed a JOIN charges c ON c.id = a.charge_id \
+             ORDER BY a.id"
+        );
+        let lease = self.lease_factor();
+        let rows = self
+            .client
+            .query(
+                &sql,
+                &[&due, &self.instance, &self.epoch, &lease, &CLAIM_BATCH],
+            )
+            .pg(&self.location, what)?;
+        rows.iter()
+            .map(|row| decode_job(&self.location, row))
+            .collect()
+    }
+}
+
 impl super::ChargeStore for PgStore {
+    const SHARED: bool = true;
+
     type Plan<'a> = PgPlan<'a>;
 
     fn location(&self) -> &Path {
@@ -1418,39 +1469,23 @@ impl super::ChargeStore for PgStore {
     }
 
     fn claim_due_attempts(&mut self, now: DateTime<Utc>) -> Result<Vec<Job>, StoreError> {
-        // Free, expired or ours; locked rows (another instance claiming or recording them
-        // right now) are skipped. Our own claims keep their fence: our work in flight on them
-        // stays valid; a claim that changes hands takes a new one.
-        let sql = format!(
-            "WITH due AS ( \
-                 SELECT a.id FROM attempts a \
-                 WHERE a.state IN {DUE_STATES} \
-                 AND (a.next_check_at IS NULL OR a.next_check_at <= $1) \
-                 AND (a.lease_until IS NULL OR a.lease_until < clock_timestamp() \
-                      OR (a.owner = $2 AND a.owner_epoch = $3)) \
-                 ORDER BY a.id LIMIT $5 FOR UPDATE SKIP LOCKED), \
-             claimed AS ( \
-                 UPDATE attempts a SET \
-                     fence = CASE WHEN a.owner = $2 AND a.owner_epoch = $3 THEN a.fence \
-                                  ELSE nextval('fence_tokens') END, \
-                     owner = $2, owner_epoch = $3, \
-                     lease_until = clock_timestamp() + $4 * interval '1 microsecond' \
-                 FROM due WHERE a.id = due.id \
-                 RETURNING a.*) \
-             SELECT {JOB_COLUMNS} FROM claimed a JOIN charges c ON c.id = a.charge_id \
-             ORDER BY a.id"
-        );
-        let lease = self.lease_factor();
-        let rows = self
+        self.claim(DUE_STATES, Some(now), "claiming due attempts")
+    }
+
+    fn claim_unresolved_attempts(&mut self) -> Result<Vec<Job>, StoreError> {
+        self.claim(UNRESOLVED_STATES, None, "claiming unresolved attempts")
+    }
+
+    fn count_unresolved(&mut self) -> Result<usize, StoreError> {
+        let count: i64 = self
             .client
-            .query(
-                &sql,
-                &[&now, &self.instance, &self.epoch, &lease, &CLAIM_BATCH],
+            .query_one(
+                &format!("SELECT count(*) FROM attempts WHERE state IN {UNRESOLVED_STATES}"),
+                &[],
             )
-            .pg(&self.location, "claiming due attempts")?;
-        rows.iter()
-            .map(|row| decode_job(&self.location, row))
-            .collect()
+            .pg(&self.location, "counting unresolved attempts")?
+            .get(0);
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
     }
 
     fn attempt_by_id(&mut self, attempt_id: i64) -> Result<Option<Job>, StoreError> {

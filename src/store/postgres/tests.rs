@@ -24,7 +24,7 @@ const LONG: Duration = Duration::from_secs(60);
 const SHORT: Duration = Duration::from_secs(2);
 
 /// A schema of its own on the test server, dropped when this is dropped.
-struct TestDb {
+pub(crate) struct TestDb {
     base: String,
     schema: String,
     /// The base URL with `search_path` set to the schema.
@@ -40,7 +40,7 @@ impl Drop for TestDb {
 }
 
 impl TestDb {
-    fn store(&self, instance: &str, lease: Duration) -> PgStore {
+    pub(crate) fn store(&self, instance: &str, lease: Duration) -> PgStore {
         PgStore::connect(&self.url, instance, lease).unwrap()
     }
 
@@ -56,7 +56,7 @@ impl TestDb {
 
 /// A new empty schema on the server named by `RECURRENTD_TEST_PG_URL`; `None` (the test is
 /// skipped) when it is not set, except under CI.
-fn fresh_schema() -> Option<TestDb> {
+pub(crate) fn fresh_schema() -> Option<TestDb> {
     let base = match std::env::var("RECURRENTD_TEST_PG_URL") {
         Ok(url) if !url.is_empty() => url,
         _ => {
