@@ -218,6 +218,8 @@ pub struct PgStore {
     epoch: i64,
     /// The lease length in microseconds (a claim lasts this long on the database's clock).
     lease_us: i64,
+    /// The calendar the engine plans with, once recorded ([`PgStore::use_calendar`]).
+    calendar: Option<crate::billing::Calendar>,
 }
 
 impl fmt::Debug for PgStore {
@@ -578,6 +580,7 @@ impl PgStore {
             instance: instance.to_string(),
             epoch: 0,
             lease_us,
+            calendar: None,
         };
         store.migrate()?;
         store.register()?;

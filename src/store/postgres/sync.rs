@@ -25,8 +25,11 @@
 //! (never). Ledger details are written as `$n::text::json`, so the `json` column keeps the text
 //! byte for byte, and every ledger insert goes through the outbox trigger.
 //!
-//! **Calendar.** [`SyncStore::planning_calendar`] is `None`: a new subscription is planned at
-//! once (the planner finds nothing due yet and sets its next instant); early is harmless.
+//! **Calendar.** [`SyncStore::planning_calendar`] is the calendar [`PgStore::use_calendar`]
+//! recorded (as SQLite's): a new subscription is first planned at its first due instant; before
+//! any is recorded, at once (the planner finds nothing due yet and sets its next instant).
+//! Instances sharing a database must plan with the same calendar: one that records another
+//! sets every active subscription back to "plan now", as a changed calendar does on SQLite.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -64,6 +67,43 @@ pub struct PgSync<'a> {
 }
 
 impl PgStore {
+    /// Records the calendar the engine plans with (as SQLite's `Store::use_calendar`): new
+    /// subscriptions are then first planned at their first due instant. If the calendar recorded
+    /// in `meta` (`plan_calendar`) is another, every active subscription is set back to "plan
+    /// now", so none is looked at later than this calendar requires.
+    pub fn use_calendar(&mut self, calendar: &Calendar) -> Result<(), StoreError> {
+        self.calendar = Some(*calendar);
+        let what = "recording the planning calendar";
+        let basis = format!("{calendar:?}");
+        let location = &self.location;
+        let mut tx = self.client.transaction().pg(location, what)?;
+        // Serialised with the syncs (which plan new subscriptions with a calendar).
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
+            &[&SYNC_LOCK],
+        )
+        .pg(location, what)?;
+        let stored: Option<String> = tx
+            .query_opt("SELECT value FROM meta WHERE key = 'plan_calendar'", &[])
+            .pg(location, what)?
+            .map(|row| row.get(0));
+        if stored.as_deref() != Some(basis.as_str()) {
+            tx.execute(
+                "UPDATE subscriptions SET next_plan_at = '-infinity' \
+                 WHERE removed_at IS NULL AND next_plan_at <> '-infinity'",
+                &[],
+            )
+            .pg(location, what)?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('plan_calendar', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&basis],
+            )
+            .pg(location, what)?;
+        }
+        tx.commit().pg(location, what)
+    }
+
     /// Brings the store in line with a parsed schedule folder (`store::sync`'s rules, as
     /// SQLite's `Store::sync_schedules`). Safe while other instances sync the same folder.
     pub fn sync_schedules(
@@ -110,7 +150,7 @@ impl SyncStore for PgStore {
     type Sync<'a> = PgSync<'a>;
 
     fn planning_calendar(&self) -> Option<Calendar> {
-        None
+        self.calendar
     }
 
     fn begin_sync(&mut self, now: DateTime<Utc>, what: &str) -> Result<PgSync<'_>, StoreError> {

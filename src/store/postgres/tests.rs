@@ -1109,3 +1109,51 @@ fn a_tick_of_a_taken_over_instance_is_an_error_that_says_to_stop() {
     );
     assert!(old.health().is_err());
 }
+
+#[test]
+fn with_a_calendar_a_new_subscription_is_first_planned_at_its_first_due_instant() {
+    use crate::billing::{Calendar, CatchUp};
+    let Some(db) = fresh_schema() else { return };
+    let folder = schedule_folder(1, 1);
+    let mut store = db.store("a", LONG);
+    let calendar = Calendar {
+        timezone: "Europe/Moscow".parse().unwrap(),
+        charge_time: chrono::NaiveTime::from_hms_opt(10, 0, 0).unwrap(),
+        catch_up: CatchUp::Latest,
+        grace: chrono::Duration::hours(24),
+    };
+    store.use_calendar(&calendar).unwrap();
+    let before = Utc.with_ymd_and_hms(2026, 12, 1, 7, 0, 0).unwrap();
+    store.sync_dir(folder.path(), before).unwrap();
+    // Starts 2027-01-01: 10:00 in Moscow is 07:00 UTC.
+    let next_plan_at = |db: &TestDb| -> String {
+        db.client()
+            .query_one(
+                "SELECT to_char(next_plan_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') \
+                 FROM subscriptions WHERE id = 'f0s0'",
+                &[],
+            )
+            .unwrap()
+            .get::<_, Option<String>>(0)
+            .unwrap_or_else(|| "-infinity".into())
+    };
+    assert_eq!(next_plan_at(&db), "2027-01-01 07:00:00");
+    let due = Utc.with_ymd_and_hms(2027, 1, 1, 7, 0, 0).unwrap();
+    assert!(
+        store
+            .plannable(due - chrono::Duration::microseconds(1))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.plannable(due).unwrap(), ["f0s0"]);
+    // The same calendar again changes nothing; another sets every subscription back to now.
+    store.use_calendar(&calendar).unwrap();
+    assert_eq!(next_plan_at(&db), "2027-01-01 07:00:00");
+    store
+        .use_calendar(&Calendar {
+            grace: chrono::Duration::hours(1),
+            ..calendar
+        })
+        .unwrap();
+    assert_eq!(store.plannable(at(1, 1)).unwrap(), ["f0s0"]);
+}
