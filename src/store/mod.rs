@@ -195,6 +195,18 @@ pub enum StoreError {
         what: String,
         source: ::postgres::Error,
     },
+    /// A PostgreSQL instance's heartbeat found its name registered by another process since (a
+    /// newer epoch): its claims are no longer its own, so it must stop.
+    #[cfg(feature = "postgres")]
+    #[error(
+        "database {location}: instance {instance} was taken over by another process \
+         (our epoch {epoch} is no longer the registered one): stop this one"
+    )]
+    TakenOver {
+        location: String,
+        instance: String,
+        epoch: i64,
+    },
 }
 
 impl StoreError {

@@ -16,8 +16,17 @@
 //! `pg_advisory_xact_lock` (N instances starting at once migrate once; a schema newer than this
 //! binary is refused). `next_plan_at` is `-infinity` for "now" and `infinity` for "never". The
 //! ledger is append-only by triggers refusing `UPDATE`, `DELETE` and `TRUNCATE`; an `AFTER INSERT`
-//! trigger copies outbox kinds into `outbox` like SQLite's. Not here yet: schedule-file sync,
-//! enrolment attempts, refunds, books (their tables come with their code).
+//! trigger copies outbox kinds into `outbox` like SQLite's. Not here yet: enrolment attempts,
+//! refunds, books (their tables come with their code).
+//!
+//! **Schedule sync** (`sync`): the sync's rules (`store::sync`, shared with SQLite) on this
+//! store's primitives ([`PgSync`]); [`PgStore::sync_dir`], [`PgStore::sync_schedules`],
+//! [`PgStore::remove_missing_file`]. Every sync transaction takes one advisory lock, so
+//! instances syncing the same folder at once are serialised file by file and write each row
+//! once. **Daemon** (`daemon`): [`DaemonStore`](super::DaemonStore) for [`PgStore`]: the
+//! holder of the [`SCHEDULE_LEAD`] lease syncs the folder, ticks are heartbeats that fail once
+//! another process took the instance's name ([`StoreError::TakenOver`]), and a clean stop
+//! releases this instance's claims.
 //!
 //! **Instances and leases.** [`PgStore::connect`] registers the instance in `instances`, bumping
 //! its `epoch`: a restarted process under the same name is a new holder, so claims are held by
@@ -67,9 +76,14 @@
 //! well inside the window; `connect` does not know the settle window, so the configuration
 //! must check it when PostgreSQL is wired in.
 
+mod daemon;
 mod schema;
+mod sync;
 #[cfg(test)]
 pub(crate) mod tests;
+
+pub use daemon::{MIN_SCHEDULE_TTL, SCHEDULE_LEAD};
+pub use sync::PgSync;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -204,6 +218,8 @@ pub struct PgStore {
     epoch: i64,
     /// The lease length in microseconds (a claim lasts this long on the database's clock).
     lease_us: i64,
+    /// The calendar the engine plans with, once recorded ([`PgStore::use_calendar`]).
+    calendar: Option<crate::billing::Calendar>,
 }
 
 impl fmt::Debug for PgStore {
@@ -564,6 +580,7 @@ impl PgStore {
             instance: instance.to_string(),
             epoch: 0,
             lease_us,
+            calendar: None,
         };
         store.migrate()?;
         store.register()?;
@@ -747,8 +764,8 @@ impl PgStore {
 
     /// Inserts a subscription row (planned "now") with its `subscription_added` ledger event,
     /// in one transaction; its timestamps are the given subscription's, the event's is `now`.
-    /// Schedule-file sync on PostgreSQL is not built yet: this is the write it will use (and
-    /// what tests use to set up subscriptions).
+    /// A stop-gap writer outside schedule sync ([`PgStore::sync_dir`] is the real one), used by
+    /// tests to set up subscriptions.
     pub fn insert_subscription(
         &mut self,
         sub: &StoredSubscription,

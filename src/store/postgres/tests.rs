@@ -16,7 +16,7 @@ use serde_json::json;
 use super::*;
 use crate::billing::{Cadence, Limits, SubscriptionState, Terms};
 use crate::lifecycle::{AttemptChange, ChargeChange};
-use crate::store::{ChargeStore, PlanTransaction, UNFENCED};
+use crate::store::{ChargeStore, DaemonStore, PlanTransaction, UNFENCED};
 
 const LONG: Duration = Duration::from_secs(60);
 /// A lease that expires within a test (the sleeps past it assert behaviour, not timing; long
@@ -926,4 +926,234 @@ fn a_holder_keeps_its_fence_and_a_restart_under_the_same_name_is_a_new_holder() 
         new.mark_sending(&taken[0], AttemptState::Pending, at(1, 1), Utc::now())
             .unwrap()
     );
+}
+
+// ---- schedule sync and the daemon's store ----
+
+/// A schedule folder of `files` files of `per_file` monthly subscriptions each (ids `fIsJ`,
+/// bill numbers unique).
+fn schedule_folder(files: usize, per_file: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in 0..files {
+        let mut text = String::new();
+        for s in 0..per_file {
+            text += &format!(
+                "[[subscription]]\nid = \"f{f}s{s}\"\nbill_number = \"5899{f:03}{s:05}\"\n\
+                 currency = \"RUB\"\namount = \"499.00\"\nevery = \"1 month\"\n\
+                 start = 2027-01-01\n\n"
+            );
+        }
+        std::fs::write(dir.path().join(format!("f{f}.toml")), text).unwrap();
+    }
+    dir
+}
+
+/// The rows the sync writes (subscriptions, schedule files: every column as JSON, in key
+/// order) and the ledger's kinds with their counts.
+fn synced_state(db: &TestDb) -> (String, String, String) {
+    let mut client = db.client();
+    let mut text = |sql: &str| -> String {
+        client
+            .query_one(sql, &[])
+            .unwrap()
+            .get::<_, Option<String>>(0)
+            .unwrap_or_default()
+    };
+    (
+        text(
+            "SELECT string_agg(row_to_json(s)::text, E'\\n' ORDER BY id COLLATE \"C\") \
+             FROM subscriptions s",
+        ),
+        text(
+            "SELECT string_agg(row_to_json(f)::text, E'\\n' ORDER BY file COLLATE \"C\") \
+             FROM schedule_files f",
+        ),
+        text(
+            "SELECT string_agg(kind || ' ' || n, ', ' ORDER BY kind) FROM \
+             (SELECT kind, count(*) AS n FROM ledger GROUP BY kind) k",
+        ),
+    )
+}
+
+#[test]
+fn two_instances_syncing_one_folder_at_once_write_each_row_once() {
+    let Some(reference) = fresh_schema() else {
+        return;
+    };
+    let folder = schedule_folder(6, 20);
+    let now = at(1, 1);
+    let summary = reference
+        .store("alone", LONG)
+        .sync_dir(folder.path(), now)
+        .unwrap();
+    assert_eq!(summary.files.len(), 6);
+    let expected = synced_state(&reference);
+    assert_eq!(expected.2, "subscription_added 120");
+
+    for round in 0..3 {
+        let db = fresh_schema().expect("the server went away");
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|name| {
+                let mut store = db.store(name, LONG);
+                let barrier = Arc::clone(&barrier);
+                let path = folder.path().to_path_buf();
+                thread::spawn(move || {
+                    barrier.wait();
+                    store.sync_dir(&path, now).unwrap()
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        assert_eq!(synced_state(&db), expected, "round {round}");
+        assert_eq!(
+            db.count(
+                "SELECT count(*) FROM (SELECT subscription_id FROM ledger \
+                 WHERE kind = 'subscription_added' GROUP BY subscription_id \
+                 HAVING count(*) <> 1) x"
+            ),
+            0,
+            "one subscription_added per id"
+        );
+        assert_eq!(
+            db.count("SELECT count(*) FROM outbox"),
+            120,
+            "every event went through the outbox trigger"
+        );
+        // Synced again by either: nothing changes.
+        db.store("b", LONG)
+            .sync_dir(folder.path(), at(1, 2))
+            .unwrap();
+        assert_eq!(synced_state(&db), expected, "round {round}, again");
+    }
+}
+
+#[test]
+fn the_schedule_lead_lets_one_instance_sync_until_it_lets_go() {
+    let Some(db) = fresh_schema() else { return };
+    let folder = schedule_folder(1, 2);
+    let mut a = db.store("a", LONG);
+    let mut b = db.store("b", LONG);
+    let summary = a.sync_folder(folder.path(), at(1, 1)).unwrap();
+    assert_eq!(summary.expect("A leads").files.len(), 1);
+    assert!(
+        b.sync_folder(folder.path(), at(1, 1)).unwrap().is_none(),
+        "A holds the lead"
+    );
+    assert!(a.sync_folder(folder.path(), at(1, 1)).unwrap().is_some());
+    assert!(a.schedule_ttl() >= MIN_SCHEDULE_TTL);
+    // A clean stop gives the lead up: B syncs at once.
+    a.release_claims().unwrap();
+    assert!(b.sync_folder(folder.path(), at(1, 1)).unwrap().is_some());
+    assert!(a.sync_folder(folder.path(), at(1, 1)).unwrap().is_none());
+    assert_eq!(a.active_subscription_count().unwrap(), 2);
+}
+
+#[test]
+fn released_claims_are_taken_over_at_once() {
+    let Some(db) = fresh_schema() else { return };
+    let mut a = db.store("a", LONG);
+    let mut b = db.store("b", LONG);
+    for id in ["s1", "s2"] {
+        a.insert_subscription(&subscription(id), at(1, 1)).unwrap();
+        plan_intent(&mut a, id, at(1, 1)).unwrap();
+    }
+    // Another instance's claims stay its own: A's release does not touch them.
+    let mut c = db.store("c", LONG);
+    c.insert_subscription(&subscription("s3"), at(1, 1))
+        .unwrap();
+    let held_by_c = plan_intent(&mut c, "s3", at(1, 1)).unwrap();
+    assert!(
+        b.claim_due_attempts(at(1, 1)).unwrap().is_empty(),
+        "A and C hold them"
+    );
+    a.release_claims().unwrap();
+    let taken = b.claim_due_attempts(at(1, 1)).unwrap();
+    assert_eq!(
+        taken
+            .iter()
+            .map(|j| j.subscription_id.as_str())
+            .collect::<Vec<_>>(),
+        ["s1", "s2"],
+        "A's claims, at once; C's stay C's"
+    );
+    assert!(
+        taken.iter().all(|j| j.fence > held_by_c.fence),
+        "new fences"
+    );
+    assert!(
+        a.claim_due_attempts(at(1, 1)).unwrap().is_empty(),
+        "B's now"
+    );
+}
+
+#[test]
+fn a_tick_of_a_taken_over_instance_is_an_error_that_says_to_stop() {
+    let Some(db) = fresh_schema() else { return };
+    let mut old = db.store("a", LONG);
+    old.record_tick(at(1, 1), at(1, 1)).unwrap();
+    old.health().unwrap();
+    let _new = db.store("a", LONG);
+    let error = old.record_tick(at(1, 1), at(1, 1)).unwrap_err();
+    assert!(
+        matches!(error, StoreError::TakenOver { epoch: 1, .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("instance a was taken over") && message.contains("stop this one"),
+        "{message}"
+    );
+    assert!(old.health().is_err());
+}
+
+#[test]
+fn with_a_calendar_a_new_subscription_is_first_planned_at_its_first_due_instant() {
+    use crate::billing::{Calendar, CatchUp};
+    let Some(db) = fresh_schema() else { return };
+    let folder = schedule_folder(1, 1);
+    let mut store = db.store("a", LONG);
+    let calendar = Calendar {
+        timezone: "Europe/Moscow".parse().unwrap(),
+        charge_time: chrono::NaiveTime::from_hms_opt(10, 0, 0).unwrap(),
+        catch_up: CatchUp::Latest,
+        grace: chrono::Duration::hours(24),
+    };
+    store.use_calendar(&calendar).unwrap();
+    let before = Utc.with_ymd_and_hms(2026, 12, 1, 7, 0, 0).unwrap();
+    store.sync_dir(folder.path(), before).unwrap();
+    // Starts 2027-01-01: 10:00 in Moscow is 07:00 UTC.
+    let next_plan_at = |db: &TestDb| -> String {
+        db.client()
+            .query_one(
+                "SELECT to_char(next_plan_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') \
+                 FROM subscriptions WHERE id = 'f0s0'",
+                &[],
+            )
+            .unwrap()
+            .get::<_, Option<String>>(0)
+            .unwrap_or_else(|| "-infinity".into())
+    };
+    assert_eq!(next_plan_at(&db), "2027-01-01 07:00:00");
+    let due = Utc.with_ymd_and_hms(2027, 1, 1, 7, 0, 0).unwrap();
+    assert!(
+        store
+            .plannable(due - chrono::Duration::microseconds(1))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.plannable(due).unwrap(), ["f0s0"]);
+    // The same calendar again changes nothing; another sets every subscription back to now.
+    store.use_calendar(&calendar).unwrap();
+    assert_eq!(next_plan_at(&db), "2027-01-01 07:00:00");
+    store
+        .use_calendar(&Calendar {
+            grace: chrono::Duration::hours(1),
+            ..calendar
+        })
+        .unwrap();
+    assert_eq!(store.plannable(at(1, 1)).unwrap(), ["f0s0"]);
 }
