@@ -71,6 +71,7 @@ pub mod exit {
             | E::Pragma { .. }
             | E::TooNew { .. }
             | E::NotMigrated { .. } => CONFIG,
+            e if e.must_stop() => CONFIG,
             E::Corrupt { .. } => IO_ERROR,
             e if e.is_damaged() || e.is_io() => IO_ERROR,
             _ => INTERNAL,
@@ -501,8 +502,8 @@ pub fn run(cli: Cli) -> ExitCode {
     {
         eprintln!(
             "recurrentd: {}: not available with database.url (PostgreSQL, instance {}) yet; \
-             only `check`, `tokens` and `sandbox` are. The SQLite database (database.path) is \
-             not used when database.url is set.",
+             only `run`, `status`, `check`, `tokens` and `sandbox` are. The SQLite database \
+             (database.path) is not used when database.url is set.",
             command_name(&cli.command),
             postgres.instance
         );
@@ -538,7 +539,9 @@ pub fn run(cli: Cli) -> ExitCode {
 fn works_on_postgres(command: &Command) -> bool {
     matches!(
         command,
-        Command::Check(_)
+        Command::Run(_)
+            | Command::Status(_)
+            | Command::Check(_)
             | Command::Tokens(_)
             | Command::Sandbox(_)
             | Command::Completions(_)

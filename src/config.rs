@@ -449,7 +449,9 @@ impl Default for RawDatabase {
 }
 
 fn default_lease_secs() -> u32 {
-    30
+    // Longer than a request may take (gateway.timeout_secs, 60 by default), so an attempt is
+    // not taken over while its own instance still waits for the answer.
+    90
 }
 
 #[derive(Deserialize)]

@@ -13,6 +13,8 @@
 
 pub mod books;
 mod notify;
+#[cfg(feature = "postgres")]
+mod shared;
 mod watch;
 
 use notify::Notifier;
@@ -85,6 +87,8 @@ pub enum DaemonError {
     Schedules(String),
     #[error("gateway: {0}")]
     Gateway(String),
+    #[error("database: {0}")]
+    Database(String),
     #[error("signals: {0}")]
     Signals(std::io::Error),
     #[error("the sweep scheduler: {0}")]
@@ -137,14 +141,20 @@ impl Totals {
     }
 }
 
+/// What a sync did: the active subscriptions, and whether this instance synced (with several
+/// instances, the holder of the schedule lease does).
+struct Synced {
+    subscriptions: usize,
+    here: bool,
+}
+
 /// Re-reads the schedule files into the store; problems are logged with their location and the
-/// last good version of a broken file stays in force. Returns the number of active
-/// subscriptions.
+/// last good version of a broken file stays in force.
 async fn sync<S: DaemonStore>(
     engine: &Engine<S>,
     config: &Config,
     clock: &Arc<dyn Clock>,
-) -> Result<usize, DaemonError> {
+) -> Result<Synced, DaemonError> {
     let dir = config.schedules.dir.clone();
     let now = clock.now();
     let started = Instant::now();
@@ -168,7 +178,10 @@ async fn sync<S: DaemonStore>(
             subscriptions,
             "schedules: another instance holds the schedule lease and syncs the folder"
         );
-        return Ok(subscriptions);
+        return Ok(Synced {
+            subscriptions,
+            here: false,
+        });
     };
     for diagnostic in &summary.warnings {
         tracing::warn!("{diagnostic}");
@@ -223,7 +236,10 @@ async fn sync<S: DaemonStore>(
         seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
         "schedules synced"
     );
-    Ok(subscriptions)
+    Ok(Synced {
+        subscriptions,
+        here: true,
+    })
 }
 
 /// Runs the daemon until a signal or `until`.
@@ -239,6 +255,19 @@ pub async fn run(
     gateway: Settings,
     mut options: RunOptions,
 ) -> Result<(), DaemonError> {
+    match &config.database.postgres {
+        None => {}
+        #[cfg(feature = "postgres")]
+        Some(postgres) => return shared::run(config, gateway, options, postgres).await,
+        #[cfg(not(feature = "postgres"))]
+        Some(_) => {
+            return Err(DaemonError::Database(
+                "database.url: this recurrentd was built without PostgreSQL (cargo feature \
+                 `postgres`)"
+                    .into(),
+            ));
+        }
+    }
     let notifier = Notifier::from_env();
     // The signal handlers first: a SIGTERM during start-up (a long reconciliation) stops the
     // daemon cleanly instead of killing it with the default action.
@@ -276,7 +305,7 @@ pub async fn run(
         config,
         &options,
         &mut signals,
-        engine,
+        &engine,
         books,
         subscriptions,
         watch,
@@ -311,7 +340,7 @@ async fn run_loop<S: DaemonStore>(
     config: &Config,
     options: &RunOptions,
     signals: &mut Signals,
-    engine: Engine<S>,
+    engine: &Engine<S>,
     books: Option<crate::engine::BooksRunner>,
     mut subscriptions: usize,
     mut watch: Watch,
@@ -395,7 +424,12 @@ async fn run_loop<S: DaemonStore>(
                         notifier.watchdog();
                         totals.add(&report);
                         last_tick = Some((options.clock.now(), report));
-                        tick_succeeded(&engine, metrics, &options.clock, webhook_on).await;
+                        if let Err(e) = tick_succeeded(&engine, metrics, &options.clock, webhook_on).await {
+                            // Another process registered under this instance's name: it owns
+                            // this instance's claims now; this one must not go on.
+                            tracing::error!(error = %e, "stopping: this instance was taken over");
+                            gave_up = Some(EngineError::Store(e));
+                        }
                     }
                     // A database or task failure: logged, and the next tick tries again (the
                     // state in the database is always consistent) — but not for ever: after
@@ -457,6 +491,13 @@ async fn run_loop<S: DaemonStore>(
     let trailing = engine.finish_in_flight().await;
     if trailing != TickReport::default() {
         totals.report.merge(&trailing);
+    }
+    let taken_over = |e: &EngineError| matches!(e, EngineError::Store(error) if error.must_stop());
+    if let Some(EngineError::Store(error)) = gave_up.take_if(|e| taken_over(e)) {
+        // Taken over: no drain (the other process owns this instance's claims now).
+        engine.stop_creating();
+        notifier.stopping("stopping: this instance was taken over by another process");
+        return Err(DaemonError::Store(error));
     }
     if let Some(last) = gave_up {
         // No drain: with the store failing, nothing more is sent (the next start reconciles
@@ -587,7 +628,7 @@ async fn start(
     };
     notifier.status("syncing the schedule files");
     let seen = fingerprint(config).await;
-    let subscriptions = sync(&engine, config, &options.clock).await?;
+    let subscriptions = sync(&engine, config, &options.clock).await?.subscriptions;
     notifier.status("reconciling unresolved attempts with the gateway");
     let reconciled = engine.reconcile().await?;
     tracing::info!(
@@ -603,19 +644,25 @@ async fn start(
 
 /// After a tick that finished without error: its time (real and the daemon's clock) recorded
 /// for `status`, and the metrics' gauges refreshed. A failure here is logged, never fatal.
+///
+/// Returns the error that means this instance must stop (with several instances: another
+/// process registered under its name).
 async fn tick_succeeded<S: DaemonStore>(
     engine: &Engine<S>,
     metrics: &Metrics,
     clock: &Arc<dyn Clock>,
     webhook: bool,
-) {
+) -> Result<(), StoreError> {
     let real = Utc::now();
     let at = clock.now();
     metrics.tick_succeeded(real);
-    if let Err(error) = engine.with_store(move |s| s.record_tick(real, at)).await {
-        tracing::warn!(%error, "cannot record the tick for `status`");
+    match engine.with_store(move |s| s.record_tick(real, at)).await {
+        Err(EngineError::Store(error)) if error.must_stop() => return Err(error),
+        Err(error) => tracing::warn!(%error, "cannot record the tick for `status`"),
+        Ok(()) => {}
     }
     refresh_gauges(engine, metrics, clock, webhook).await;
+    Ok(())
 }
 
 /// The metrics' gauges, from the store; the outbox's backlog only when a webhook delivers it
@@ -678,9 +725,21 @@ async fn reload<S: DaemonStore>(
     notifier.reloading();
     let seen = fingerprint(config).await;
     match sync(engine, config, &options.clock).await {
-        Ok(active) => {
+        Ok(Synced {
+            subscriptions: active,
+            here: true,
+        }) => {
             *subscriptions = active;
             watch.reloaded(seen);
+        }
+        // Another instance holds the schedule lease: it syncs. Not marked as read, so this one
+        // tries again at the watcher's next poll and syncs itself if that instance is gone.
+        Ok(Synced {
+            subscriptions: active,
+            here: false,
+        }) => {
+            *subscriptions = active;
+            watch.failed();
         }
         // Not marked as read: the watcher tries again at its next poll (a cancellation in the
         // file must not wait for the next edit).

@@ -547,3 +547,175 @@ fn held_by(url: &str, owner: &str, now: DateTime<Utc>) -> i64 {
         .unwrap()
         .get(0)
 }
+
+mod common;
+
+/// The real binary: two daemons (`recurrentd run` with `database.url`, instances `d1` and `d2`)
+/// on one database and one sandbox, on a rehearsal clock (a virtual day per real second). `d1`
+/// is SIGKILLed and started again (a new epoch, its clock continuing the same timeline); `d2`
+/// is SIGSTOPped for longer than its lease, then continued. The book holds one approval per
+/// period, every approval there is one here (or still being looked up), nothing is paid here
+/// that the gateway does not hold, every period due is charged, and `status` lists both
+/// instances.
+#[test]
+fn two_daemons_share_one_database_through_a_sigkill_and_a_sigstop() {
+    use common::{Rig, signal, wait};
+    let Some(server) = server() else { return };
+    let schema = Schema::new(&server, "daemons");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sandbox = runtime.block_on(async {
+        Sandbox::start(SandboxConfig::builtin(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+    });
+    let rig = Rig::new(&sandbox, "");
+    let mut config = std::fs::read_to_string(rig.config()).unwrap();
+    config += &format!(
+        "\n[database]\nurl = \"{}\"\nlease_secs = 5\n\n[books]\nenabled = false\n",
+        schema.url
+    );
+    std::fs::write(rig.config(), config).unwrap();
+    let mut schedules = String::new();
+    for i in 0..20 {
+        schedules += &common::subscription(
+            &format!("s{i}"),
+            &format!("51111130000{i:05}"),
+            "99.00",
+            &format!("2027-01-{:02}", 2 + i),
+        );
+    }
+    rig.write_schedule("subs.toml", &schedules);
+
+    let start: DateTime<Utc> = "2027-01-01T00:00:00Z".parse().unwrap();
+    let speed = 86_400;
+    let t0 = Instant::now();
+    let logs = |name: &str, n: u32| rig.dir.path().join(format!("{name}-{n}.log"));
+    // Each daemon's clock continues the one timeline, whenever it starts.
+    let spawn = |name: &str, n: u32| {
+        let now = start + Duration::milliseconds(t0.elapsed().as_millis() as i64 * speed);
+        rig.command()
+            .args(["run", "--clock-start", &now.to_rfc3339()])
+            .args(["--clock-speed", &speed.to_string()])
+            .env("RECURRENTD_DATABASE__INSTANCE", name)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(logs(name, n)).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut d1 = spawn("d1", 1);
+    let mut d2 = spawn("d2", 1);
+    std::thread::sleep(StdDuration::from_secs(8));
+    // SIGKILL d1, and start it again a few (virtual) days later.
+    signal(&d1, "KILL");
+    let _ = d1.wait();
+    std::thread::sleep(StdDuration::from_secs(4));
+    let mut d1 = spawn("d1", 2);
+    std::thread::sleep(StdDuration::from_secs(6));
+    // SIGSTOP d2 for longer than its lease, while d1 goes on; then let it continue.
+    signal(&d2, "STOP");
+    std::thread::sleep(StdDuration::from_secs(8));
+    signal(&d2, "CONT");
+    std::thread::sleep(StdDuration::from_secs(10));
+
+    let status = rig.run(&["status", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout)
+        .unwrap_or_else(|_| panic!("status --json: {}", String::from_utf8_lossy(&status.stderr)));
+    let instances = report["instances"].as_array().unwrap();
+    let names: Vec<_> = instances
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["d1", "d2"], "{report}");
+    assert_eq!(instances[0]["epoch"], 2, "d1 was started twice: {report}");
+    assert!(instances.iter().all(|i| i["alive"] == true), "{report}");
+
+    signal(&d1, "TERM");
+    signal(&d2, "TERM");
+    for (child, log) in [(&mut d1, logs("d1", 2)), (&mut d2, logs("d2", 1))] {
+        let exit = wait(child, StdDuration::from_secs(60), &log);
+        assert!(
+            exit.success(),
+            "{exit}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    let end = start + Duration::milliseconds(t0.elapsed().as_millis() as i64 * speed);
+
+    // The book against the database.
+    let book = sandbox.book();
+    let mut store = PgStore::connect(&schema.url, "check", LEASE).unwrap();
+    let attempts = store.attempts().unwrap();
+    let by_order: HashMap<&str, _> = attempts
+        .iter()
+        .map(|a| (a.order_number.as_str(), a))
+        .collect();
+    let mut approved_per_period: HashMap<(String, u32), u32> = HashMap::new();
+    for order in book
+        .orders
+        .iter()
+        .filter(|o| o.state.as_str() == "Approved")
+    {
+        *approved_per_period
+            .entry(parse_order(&order.order_number))
+            .or_default() += 1;
+        let attempt = by_order
+            .get(order.order_number.as_str())
+            .unwrap_or_else(|| panic!("the gateway holds {}, unknown here", order.order_number));
+        assert!(
+            attempt.state == AttemptState::Approved || attempt.state.unresolved(),
+            "{} approved at the gateway, {} here",
+            order.order_number,
+            attempt.state
+        );
+    }
+    for (period, count) in &approved_per_period {
+        assert_eq!(*count, 1, "charged {count} times for {period:?}");
+    }
+    for attempt in attempts
+        .iter()
+        .filter(|a| a.state == AttemptState::Approved)
+    {
+        assert!(
+            book.orders
+                .iter()
+                .any(|o| o.order_number == attempt.order_number && o.state.as_str() == "Approved"),
+            "{} is paid here but not at the gateway",
+            attempt.order_number
+        );
+    }
+    // Every period due more than three days (a lease and a lookup) before the end was charged.
+    let calendar = Calendar::from(&BillingConfig {
+        timezone: "Europe/Moscow".parse().unwrap(),
+        charge_time: chrono::NaiveTime::from_hms_opt(10, 0, 0).unwrap(),
+        catch_up: CatchUp::Latest,
+        grace_hours: 24,
+    });
+    let mut due = 0;
+    for i in 0..20u32 {
+        let first = NaiveDate::from_ymd_opt(2027, 1, 2 + i).unwrap();
+        for period in 0..3u32 {
+            let date = first
+                .checked_add_months(chrono::Months::new(period))
+                .unwrap();
+            if calendar.due_instant(date) + Duration::days(3) > end {
+                continue;
+            }
+            due += 1;
+            assert_eq!(
+                approved_per_period.get(&(format!("s{i}"), period)),
+                Some(&1),
+                "s{i} period {period} (due {date}) was not charged by {end}"
+            );
+        }
+    }
+    assert!(
+        due >= 20,
+        "only {due} periods fell due: the run was too short"
+    );
+}

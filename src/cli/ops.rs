@@ -299,6 +299,9 @@ struct StatusView<'a> {
 }
 
 pub fn status(config: &Config, args: &StatusArgs) -> u8 {
+    if let Some(postgres) = &config.database.postgres {
+        return shared_status(config, postgres, args);
+    }
     let store = match open(config, Access::ReadOnly) {
         Ok(store) => store,
         Err(code) => return code,
@@ -1626,6 +1629,132 @@ fn verify_backup(path: &std::path::Path) -> u8 {
             }
         }
     }
+}
+
+/// `status` with `database.url`: the instances sharing the PostgreSQL database, their leases and
+/// the work they hold. Exit 1 when no instance is alive (unless --offline-ok), the breaker is
+/// open, the clock is held, or a subscription waits for an operator.
+#[cfg(feature = "postgres")]
+fn shared_status(
+    config: &Config,
+    postgres: &crate::config::PostgresConfig,
+    args: &StatusArgs,
+) -> u8 {
+    if args.subscription.is_some() || args.all {
+        eprintln!(
+            "recurrentd: status SUBSCRIPTION and status --all are not available with database.url \
+             (PostgreSQL) yet"
+        );
+        return exit::USAGE;
+    }
+    let password = match crate::config::load_database_password(config) {
+        Ok(password) => password,
+        Err(error) => {
+            eprintln!("recurrentd: configuration error: {error}");
+            return exit::CONFIG;
+        }
+    };
+    let status = match store::postgres::shared_status(&postgres.url, password.as_ref()) {
+        Ok(status) => status,
+        Err(error) => {
+            eprintln!("recurrentd: {error}");
+            return exit::store(&error);
+        }
+    };
+    let alive = status.instances.iter().filter(|i| i.alive).count();
+    let attention = status.breaker.is_some()
+        || status.clock_hold.is_some()
+        || status.needs_operator > 0
+        || (alive == 0 && !args.offline_ok);
+    if alive == 0 {
+        eprintln!(
+            "recurrentd: NO INSTANCE IS RUNNING on {}: nothing is charged or reconciled until one \
+             is started{}",
+            status.database,
+            if args.offline_ok {
+                ""
+            } else {
+                " (exit 1; --offline-ok if that is intended)"
+            }
+        );
+    }
+    let printed = (|| -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            serde_json::to_writer_pretty(&mut out, &status)?;
+            return writeln!(out);
+        }
+        let tz = config.billing.timezone;
+        writeln!(
+            out,
+            "database: {} (PostgreSQL, schema version {}), this host's instance: {}",
+            status.database, status.schema_version, postgres.instance
+        )?;
+        writeln!(
+            out,
+            "instances: {alive} alive of {}",
+            status.instances.len()
+        )?;
+        for i in &status.instances {
+            writeln!(
+                out,
+                "  {:<20} epoch {:<4} {}  heartbeat {}  lease until {}  holding {} attempt(s)",
+                i.name,
+                i.epoch,
+                if i.alive { "ALIVE" } else { "gone " },
+                both(i.heartbeat_at, tz),
+                both(i.lease_until, tz),
+                i.holding
+            )?;
+        }
+        for lease in &status.leases {
+            writeln!(
+                out,
+                "lease {}: {} (epoch {}) until {}{}",
+                lease.name,
+                lease.owner,
+                lease.owner_epoch,
+                both(lease.until, tz),
+                if lease.live { "" } else { " (expired: free)" }
+            )?;
+        }
+        writeln!(
+            out,
+            "subscriptions: {} active; attempts unresolved: {} ({} unclaimed, taken by the next \
+             sweep)",
+            status.active_subscriptions, status.unresolved_attempts, status.unclaimed_attempts
+        )?;
+        writeln!(
+            out,
+            "needs an operator: {} subscription(s)",
+            status.needs_operator
+        )?;
+        writeln!(
+            out,
+            "circuit breaker: {}",
+            status
+                .breaker
+                .as_deref()
+                .map_or("closed".to_string(), |why| format!("OPEN: {why}"))
+        )?;
+        if let Some(why) = &status.clock_hold {
+            writeln!(out, "clock hold: {why}")?;
+        }
+        Ok(())
+    })();
+    if let Err(error) = printed
+        && error.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("recurrentd: cannot write the status: {error}");
+        return exit::INTERNAL;
+    }
+    if attention { exit::PROBLEMS } else { exit::OK }
+}
+
+#[cfg(not(feature = "postgres"))]
+fn shared_status(_: &Config, _: &crate::config::PostgresConfig, _: &StatusArgs) -> u8 {
+    eprintln!("recurrentd: database.url: this recurrentd was built without PostgreSQL");
+    exit::CONFIG
 }
 
 #[cfg(test)]

@@ -85,6 +85,16 @@ pub fn run(config: &Config, args: &RunArgs) -> u8 {
 }
 
 async fn run_async(config: &Config, args: &RunArgs) -> u8 {
+    // A sandbox run keeps to a fresh SQLite database of its own, whatever database.url says.
+    let own;
+    let config = if args.sandbox && config.database.postgres.is_some() {
+        let mut copy = config.clone();
+        copy.database.postgres = None;
+        own = copy;
+        &own
+    } else {
+        config
+    };
     let rehearsal = args.sandbox || args.clock_start.is_some() || args.clock_speed.is_some();
     let start = args.clock_start.unwrap_or_else(Utc::now);
     let speed = args
@@ -287,7 +297,9 @@ async fn run_async(config: &Config, args: &RunArgs) -> u8 {
     let code = match (result, until) {
         // A rehearsal that reached --until (not one stopped early by a signal): was everything
         // that fell due made?
-        (Ok(()), Some(until)) if rehearsal && clock.now() >= until => {
+        (Ok(()), Some(until))
+            if rehearsal && clock.now() >= until && config.database.postgres.is_none() =>
+        {
             let config = config.clone();
             let database = database.clone();
             tokio::task::spawn_blocking(move || {

@@ -220,6 +220,16 @@ impl StoreError {
         }
     }
 
+    /// This process must stop: another one took over its instance (several instances on
+    /// PostgreSQL, a second process started under the same `database.instance`).
+    pub fn must_stop(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if matches!(self, StoreError::TakenOver { .. }) {
+            return true;
+        }
+        false
+    }
+
     /// The file system failed us (the lock file, a backup's target, SQLite's own I/O, a
     /// database it cannot open, a full disk, a read-only file for a write).
     pub fn is_io(&self) -> bool {

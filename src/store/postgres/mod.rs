@@ -77,8 +77,11 @@
 //! must check it when PostgreSQL is wired in.
 
 mod daemon;
+mod report;
 mod schema;
 mod sync;
+
+pub use report::{InstanceStatus, LeaseStatus, SharedStatus, shared_status};
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -212,7 +215,8 @@ pub struct InstanceRow {
 
 /// The PostgreSQL store: one connection, one registered instance.
 pub struct PgStore {
-    client: Client,
+    /// Closed by [`PgStore`]'s `Drop`, off any async thread (see there).
+    client: std::mem::ManuallyDrop<Client>,
     location: PathBuf,
     instance: String,
     epoch: i64,
@@ -220,6 +224,23 @@ pub struct PgStore {
     lease_us: i64,
     /// The calendar the engine plans with, once recorded ([`PgStore::use_calendar`]).
     calendar: Option<crate::billing::Calendar>,
+}
+
+impl Drop for PgStore {
+    /// The synchronous client closes its connection by blocking on a runtime of its own, which
+    /// panics on a thread that drives async tasks. A store dropped there (a daemon stopping, a
+    /// start-up cut short by a signal) hands its client to a plain thread to close.
+    fn drop(&mut self) {
+        // SAFETY: `client` is taken once, here, and never used again.
+        let client = unsafe { std::mem::ManuallyDrop::take(&mut self.client) };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::Builder::new()
+                .name("pg-close".into())
+                .spawn(move || drop(client));
+        } else {
+            drop(client);
+        }
+    }
 }
 
 impl fmt::Debug for PgStore {
@@ -560,12 +581,37 @@ impl PgStore {
     /// live in the connection's `search_path` schema (set it with the URL's
     /// `options=-c search_path=...` to use another schema than `public`).
     pub fn connect(url: &str, instance: &str, lease: Duration) -> Result<PgStore, StoreError> {
+        PgStore::open(url, None, instance, lease)
+    }
+
+    /// [`PgStore::connect`] with a password kept out of the URL (`database.password_file`, a
+    /// systemd credential): it never appears in a message or in `Debug` output.
+    pub fn connect_with_password(
+        url: &str,
+        password: Option<&secrecy::SecretString>,
+        instance: &str,
+        lease: Duration,
+    ) -> Result<PgStore, StoreError> {
+        PgStore::open(url, password, instance, lease)
+    }
+
+    fn open(
+        url: &str,
+        password: Option<&secrecy::SecretString>,
+        instance: &str,
+        lease: Duration,
+    ) -> Result<PgStore, StoreError> {
         let location = PathBuf::from(redact_url(url));
-        let config = postgres::Config::from_str(url).map_err(|source| StoreError::Postgres {
-            location: location.display().to_string(),
-            what: "reading the connection string".into(),
-            source,
-        })?;
+        let mut config =
+            postgres::Config::from_str(url).map_err(|source| StoreError::Postgres {
+                location: location.display().to_string(),
+                what: "reading the connection string".into(),
+                source,
+            })?;
+        if let Some(password) = password {
+            use secrecy::ExposeSecret;
+            config.password(password.expose_secret());
+        }
         if instance.is_empty() {
             return Err(corrupt(&location, "instance name", "(empty)"));
         }
@@ -575,7 +621,7 @@ impl PgStore {
             .ok_or_else(|| corrupt(&location, "lease", format!("{lease:?}")))?;
         let client = config.connect(NoTls).pg(&location, "connecting")?;
         let mut store = PgStore {
-            client,
+            client: std::mem::ManuallyDrop::new(client),
             location,
             instance: instance.to_string(),
             epoch: 0,
@@ -874,7 +920,7 @@ impl PgStore {
 
     /// Every attempt, oldest first, each with its current fence.
     pub fn attempts(&mut self) -> Result<Vec<Job>, StoreError> {
-        query_jobs(&mut self.client, &self.location, "ORDER BY a.id", &[])
+        query_jobs(&mut *self.client, &self.location, "ORDER BY a.id", &[])
     }
 
     /// Runs SQL as it is (tests: to check what the database itself refuses).
@@ -1507,7 +1553,7 @@ impl super::ChargeStore for PgStore {
 
     fn attempt_by_id(&mut self, attempt_id: i64) -> Result<Option<Job>, StoreError> {
         Ok(query_jobs(
-            &mut self.client,
+            &mut *self.client,
             &self.location,
             "WHERE a.id = $1",
             &[&attempt_id],
@@ -1585,7 +1631,7 @@ impl super::ChargeStore for PgStore {
         except_attempt: Option<i64>,
     ) -> Result<Vec<DateTime<Utc>>, StoreError> {
         charged_instants(
-            &mut self.client,
+            &mut *self.client,
             &self.location,
             subscription_id,
             except_attempt,
@@ -1632,7 +1678,7 @@ impl super::ChargeStore for PgStore {
         &mut self,
         subscription_id: &str,
     ) -> Result<Option<StoredSubscription>, StoreError> {
-        read_subscription(&mut self.client, &self.location, subscription_id)
+        read_subscription(&mut *self.client, &self.location, subscription_id)
     }
 
     fn breaker_reason(&mut self) -> Result<Option<String>, StoreError> {
