@@ -53,6 +53,8 @@ pub mod exit {
     /// An unexpected failure (EX_SOFTWARE); also the daemon giving up after
     /// `daemon.max_failed_ticks` failed ticks in a row (systemd restarts it).
     pub const INTERNAL: u8 = 70;
+    /// The PostgreSQL server could not be reached (EX_TEMPFAIL): try again; systemd restarts.
+    pub const TEMPFAIL: u8 = 75;
     /// The database file is damaged (EX_IOERR): `PRAGMA quick_check` failed at start, or SQLite
     /// found it corrupt. Restarting cannot fix it; systemd must not restart on it.
     pub const IO_ERROR: u8 = 74;
@@ -71,7 +73,8 @@ pub mod exit {
             | E::Pragma { .. }
             | E::TooNew { .. }
             | E::NotMigrated { .. } => CONFIG,
-            e if e.must_stop() => CONFIG,
+            e if e.must_stop() || e.is_login_refused() => CONFIG,
+            e if e.is_unreachable() => TEMPFAIL,
             E::Corrupt { .. } => IO_ERROR,
             e if e.is_damaged() || e.is_io() => IO_ERROR,
             _ => INTERNAL,
@@ -92,7 +95,8 @@ Exit codes: 0 ok, 1 problems found (e.g. an invalid schedule file, or a rehearsa
 due charges unmade at --until), 2 bad command line,
 69 gateway unavailable or no usable answer (never a local database problem), 78 configuration
 error (also no database at database.path, or a schema this binary cannot use), 74 the database
-is damaged or the file system failed, 70 internal error (and `run` after too many failed ticks).
+is damaged or the file system failed, 75 the PostgreSQL server (database.url) could not be
+reached (try again), 70 internal error (and `run` after too many failed ticks).
 
 The config file is --config, else $RECURRENTD_CONFIG, else $CONFIGURATION_DIRECTORY/config.toml
 (under systemd), else ./config.toml. Keys can be overridden with RECURRENTD_SECTION__KEY.";

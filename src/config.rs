@@ -449,9 +449,10 @@ impl Default for RawDatabase {
 }
 
 fn default_lease_secs() -> u32 {
-    // Longer than a request may take (gateway.timeout_secs, 60 by default), so an attempt is
-    // not taken over while its own instance still waits for the answer.
-    90
+    // At least a charge and its status query (2 × gateway.timeout_secs, 60 by default), so an
+    // attempt is not taken over while its own instance still waits for the answer; at most half
+    // the settle window (30 minutes by default).
+    150
 }
 
 #[derive(Deserialize)]
@@ -882,9 +883,9 @@ fn check_postgres(
             raw.lease_secs
         ));
     }
-    if u64::from(raw.lease_secs) >= u64::from(engine.settle_minutes) * 60 {
+    if u64::from(raw.lease_secs) * 2 > u64::from(engine.settle_minutes) * 60 {
         return Err(format!(
-            "database.lease_secs: {} s is not shorter than engine.settle_minutes ({} min): a \
+            "database.lease_secs: {} s is more than half of engine.settle_minutes ({} min): a \
              request sent at the end of a lease must leave well inside the window in which \"not \
              found\" proves nothing",
             raw.lease_secs, engine.settle_minutes
@@ -1535,8 +1536,8 @@ catch_up = "none"
             ),
             ("url = \"postgres://u@db/r\"\nlease_secs = 2", "5..=3600"),
             (
-                "url = \"postgres://u@db/r\"\nlease_secs = 1800",
-                "not shorter than",
+                "url = \"postgres://u@db/r\"\nlease_secs = 901",
+                "more than half",
             ),
             ("instance = \"billing-1\"", "only with database.url"),
         ] {

@@ -89,6 +89,8 @@ pub enum DaemonError {
     Gateway(String),
     #[error("database: {0}")]
     Database(String),
+    #[error("configuration error: {0}")]
+    Config(String),
     #[error("signals: {0}")]
     Signals(std::io::Error),
     #[error("the sweep scheduler: {0}")]
@@ -122,6 +124,7 @@ impl DaemonError {
                 | DaemonError::Store(StoreError::TooNew { .. })
                 | DaemonError::Store(StoreError::NoDatabase { .. })
                 | DaemonError::Gateway(_)
+                | DaemonError::Config(_)
                 | DaemonError::Metrics { .. }
         )
     }
@@ -902,10 +905,15 @@ const DRAIN_POLL: StdDuration = StdDuration::from_millis(250);
 /// nothing is left or the deadline passes; the reconciler picks up the rest at the next start.
 async fn drain<S: DaemonStore>(engine: &Engine<S>, options: &RunOptions) {
     if S::SHARED {
-        // Several instances: what is outstanding may be another's. One pass over what is due,
-        // then this instance lets go of its claims, so the others take them over at once.
-        if let Err(e) = engine.work_due().await {
-            tracing::error!(error = %e, "settling outstanding attempts failed");
+        // Several instances: what is outstanding may be another's. One pass over what is due
+        // (within the drain deadline), then this instance lets go of its claims, so the others
+        // take them over at once.
+        match tokio::time::timeout(options.drain_deadline, engine.work_due()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "settling outstanding attempts failed"),
+            Err(_) => tracing::warn!(
+                "the drain deadline passed; what is left is released to the other instances"
+            ),
         }
         match engine.with_store(|s| s.release_claims()).await {
             Ok(()) => tracing::info!("claims released to the other instances; stopped"),

@@ -634,7 +634,10 @@ async fn status_all_and_resolving_parked_charges_on_a_live_database() {
             let parked = ["park-1", "park-2"]
                 .iter()
                 .all(|id| by_id(&json, id)["needs_attention"] == serde_json::json!(["parked"]));
+            // The summary is read before the list (not one snapshot): both must show it.
+            let summarised = json["needs_attention"].as_array()?.len() >= 3;
             (parked
+                && summarised
                 && by_id(&json, "hard-1")["last_state"] == "declined"
                 && by_id(&json, "ok-1")["last_state"] == "approved")
                 .then_some(json)

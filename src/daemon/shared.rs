@@ -89,7 +89,7 @@ async fn start(
 ) -> Result<(Engine<PgStore>, usize, super::Watch), DaemonError> {
     notifier.status("connecting to PostgreSQL");
     let password = crate::config::load_database_password(config)
-        .map_err(|e| DaemonError::Database(e.to_string()))?;
+        .map_err(|e| DaemonError::Config(e.to_string()))?;
     let (url, instance, lease) = (
         postgres.url.clone(),
         postgres.instance.clone(),
@@ -144,7 +144,7 @@ async fn start(
         .await?;
     notifier.status("syncing the schedule files (if this instance holds the schedule lease)");
     let seen = fingerprint(config).await;
-    let subscriptions = sync(&engine, config, &options.clock).await?.subscriptions;
+    let synced = sync(&engine, config, &options.clock).await?;
     notifier.status("reconciling unresolved attempts with the gateway");
     let reconciled = engine.reconcile().await?;
     tracing::info!(
@@ -154,7 +154,14 @@ async fn start(
         still_unknown = reconciled.unknown,
         "reconciled the unresolved attempts no other instance holds"
     );
-    Ok((engine, subscriptions, super::Watch::new(seen)))
+    // Synced by another instance: the folder counts as not read yet, so the watcher tries
+    // again (and syncs here if that instance is gone before it did).
+    let watch = if synced.here {
+        super::Watch::new(seen)
+    } else {
+        super::Watch::new(super::Fingerprint::default())
+    };
+    Ok((engine, synced.subscriptions, watch))
 }
 
 /// Renews the instance's registration every third of its lease, for as long as the daemon runs;

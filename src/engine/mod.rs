@@ -1147,11 +1147,23 @@ impl<S: ChargeStore + 'static> Inner<S> {
             .map_err(|_| EngineError::Task("an outcome was dropped unrecorded".into()))??;
         if !applied {
             let id = job.attempt_id;
-            let now_state = self
+            let now = self
                 .db(move |s| s.attempt_by_id(id))
                 .await?
-                .map(|a| a.state.as_str());
-            if approved && now_state != Some(AttemptState::Approved.as_str()) {
+                .map(|a| a.state);
+            let now_state = now.map(AttemptState::as_str);
+            // Still unresolved: another instance took the attempt over (its claim is newer) and
+            // will look it up itself; the gateway's answer is not lost, and nothing was settled
+            // against it.
+            let taken_over = now.is_some_and(AttemptState::unresolved);
+            if taken_over {
+                tracing::warn!(
+                    order_number = %job.order_number,
+                    clock = %crate::timefmt::rfc3339(self.clock.now()),
+                    "this instance's claim on the attempt was taken over while this step ran; \
+                     the instance that holds it now looks it up"
+                );
+            } else if approved && now_state != Some(AttemptState::Approved.as_str()) {
                 // Someone else settled it meanwhile (an operator's `resolve --not-charged`, say)
                 // while the gateway says it was paid: a new attempt could charge twice. That is
                 // a ledger event and a flag on the subscription (no new charge until an

@@ -220,6 +220,26 @@ impl StoreError {
         }
     }
 
+    /// The PostgreSQL server could not be reached, or dropped the connection (it may be back in
+    /// a moment: a restart tries again).
+    pub fn is_unreachable(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if let StoreError::Postgres { source, .. } = self {
+            return postgres::is_io(source);
+        }
+        false
+    }
+
+    /// The PostgreSQL server refused our credentials (SQLSTATE class 28): a configuration
+    /// problem, not worth a restart.
+    pub fn is_login_refused(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if let StoreError::Postgres { source, .. } = self {
+            return source.code().is_some_and(|c| c.code().starts_with("28"));
+        }
+        false
+    }
+
     /// This process must stop: another one took over its instance (several instances on
     /// PostgreSQL, a second process started under the same `database.instance`).
     pub fn must_stop(&self) -> bool {

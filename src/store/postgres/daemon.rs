@@ -125,6 +125,14 @@ impl DaemonStore for PgStore {
             )
             .pg(&self.location, "releasing this instance's claims")?;
         self.release_lead(SCHEDULE_LEAD)?;
+        // Gone, for `status`: its registration expires now rather than a lease later.
+        self.client
+            .execute(
+                "UPDATE instances SET lease_until = clock_timestamp() \
+                 WHERE name = $1 AND epoch = $2",
+                &[&self.instance, &self.epoch],
+            )
+            .pg(&self.location, "marking this instance stopped")?;
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! The PostgreSQL store: the charge path's boundary ([`ChargeStore`], [`PlanTransaction`]) for
 //! several recurrentd instances sharing one database, with leased work and fencing tokens.
 //! SQLite stays the default store; this one is built with the `postgres` cargo feature (on by
-//! default) and is not wired into the configuration, the daemon or the CLI yet.
+//! default) and chosen by `database.url` (`recurrentd run` and `status`; the daemon's loop is
+//! `daemon/shared.rs`).
 //!
 //! **Connection.** One synchronous connection per [`PgStore`] (like SQLite's `Store`), used from
 //! blocking threads only: the `postgres` client runs its own runtime and must never be called
@@ -73,8 +74,8 @@
 //! queries. So a late request can only be lost to a new attempt if it leaves more than the
 //! settle window after `mark_sending`. The lease must therefore be shorter than the settle
 //! window ([`lease_fits_settle_window`]), so that every request sent inside its lease left
-//! well inside the window; `connect` does not know the settle window, so the configuration
-//! must check it when PostgreSQL is wired in.
+//! well inside the window; `connect` does not know the settle window: the configuration checks
+//! it (`database.lease_secs` at most half of `engine.settle_minutes`).
 
 mod daemon;
 mod report;
@@ -110,10 +111,11 @@ use crate::money::{Currency, Money};
 /// The schema version this binary writes and reads.
 pub const SCHEMA_VERSION: i32 = schema::MIGRATIONS.len() as i32;
 
-/// Most attempts one [`ChargeStore::claim_due_attempts`] call claims: enough for a sweep's work
-/// (the engine paces sends far below that), small enough that one instance does not take a
-/// whole backlog under its lease while others idle; the rest are claimed at the next sweep.
-pub const CLAIM_BATCH: i64 = 500;
+/// Most attempts one [`ChargeStore::claim_due_attempts`] call claims: small enough that a
+/// sweep's claimed lookups finish well within a lease at the paced rate (100 at 5 requests/s:
+/// 20 s, against the default lease of 90 s), so one instance does not take a backlog under its
+/// lease while others idle; the rest are claimed at the next sweep.
+pub const CLAIM_BATCH: i64 = 100;
 
 /// The states the due sweep works on (SQLite's `due_attempts`; also what blocks planning).
 const DUE_STATES: &str = "('pending', 'not_sent', 'unknown', 'parked', 'quarantined')";
@@ -584,6 +586,19 @@ impl PgStore {
         PgStore::open(url, None, instance, lease)
     }
 
+    /// Bounds what a frozen or partitioned instance can hold up: its session is ended by the
+    /// server once idle inside a transaction for half a lease, at least 10 s (its locks go with it), a wait
+    /// for a row lock gives up after 10 s (a failed statement, so a failed tick, never a
+    /// blocked instance), and TCP keepalives notice a vanished peer.
+    fn limit_waits(&mut self) -> Result<(), StoreError> {
+        let idle_ms = (self.lease_us / 2000).clamp(10_000, 600_000);
+        self.client
+            .batch_execute(&format!(
+                "SET idle_in_transaction_session_timeout = {idle_ms}; SET lock_timeout = 10000"
+            ))
+            .pg(&self.location, "setting the session's time limits")
+    }
+
     /// [`PgStore::connect`] with a password kept out of the URL (`database.password_file`, a
     /// systemd credential): it never appears in a message or in `Debug` output.
     pub fn connect_with_password(
@@ -612,6 +627,11 @@ impl PgStore {
             use secrecy::ExposeSecret;
             config.password(password.expose_secret());
         }
+        // A server or a network that vanished is noticed (not waited on for hours).
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(10));
         if instance.is_empty() {
             return Err(corrupt(&location, "instance name", "(empty)"));
         }
@@ -628,6 +648,7 @@ impl PgStore {
             lease_us,
             calendar: None,
         };
+        store.limit_waits()?;
         store.migrate()?;
         store.register()?;
         Ok(store)
