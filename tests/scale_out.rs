@@ -554,15 +554,15 @@ fn held_by(url: &str, owner: &str, now: DateTime<Utc>) -> i64 {
 
 mod common;
 
-/// The real binary: two daemons (`recurrentd run` with `database.url`, instances `d1` and `d2`)
-/// on one database and one sandbox, on a rehearsal clock (a virtual day per real second). `d1`
+/// The real binary: three daemons (`recurrentd run` with `database.url`, instances `d1`, `d2`,
+/// `d3`) billing 60 subscriptions on one database and one sandbox, on a rehearsal clock (a virtual day per real second). `d1`
 /// is SIGKILLed and started again (a new epoch, its clock continuing the same timeline); `d2`
 /// is SIGSTOPped for longer than its lease, then continued. The book holds one approval per
 /// period, every approval there is one here (or still being looked up), nothing is paid here
 /// that the gateway does not hold, every period due is charged, and `status` lists both
 /// instances.
 #[test]
-fn two_daemons_share_one_database_through_a_sigkill_and_a_sigstop() {
+fn three_daemons_share_one_database_through_a_sigkill_and_a_sigstop() {
     use common::{Rig, signal, wait};
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let Some(server) = server() else { return };
@@ -585,12 +585,12 @@ fn two_daemons_share_one_database_through_a_sigkill_and_a_sigstop() {
     );
     std::fs::write(rig.config(), config).unwrap();
     let mut schedules = String::new();
-    for i in 0..20 {
+    for i in 0..60 {
         schedules += &common::subscription(
             &format!("s{i}"),
             &format!("51111130000{i:05}"),
             "99.00",
-            &format!("2027-01-{:02}", 2 + i),
+            &format!("2027-01-{:02}", 2 + i % 20),
         );
     }
     rig.write_schedule("subs.toml", &schedules);
@@ -615,6 +615,7 @@ fn two_daemons_share_one_database_through_a_sigkill_and_a_sigstop() {
     };
     let mut d1 = spawn("d1", 1);
     let mut d2 = spawn("d2", 1);
+    let mut d3 = spawn("d3", 1);
     std::thread::sleep(StdDuration::from_secs(8));
     // SIGKILL d1, and start it again a few (virtual) days later.
     signal(&d1, "KILL");
@@ -636,13 +637,18 @@ fn two_daemons_share_one_database_through_a_sigkill_and_a_sigstop() {
         .iter()
         .map(|i| i["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["d1", "d2"], "{report}");
+    assert_eq!(names, ["d1", "d2", "d3"], "{report}");
     assert_eq!(instances[0]["epoch"], 2, "d1 was started twice: {report}");
     assert!(instances.iter().all(|i| i["alive"] == true), "{report}");
 
     signal(&d1, "TERM");
     signal(&d2, "TERM");
-    for (child, log) in [(&mut d1, logs("d1", 2)), (&mut d2, logs("d2", 1))] {
+    signal(&d3, "TERM");
+    for (child, log) in [
+        (&mut d1, logs("d1", 2)),
+        (&mut d2, logs("d2", 1)),
+        (&mut d3, logs("d3", 1)),
+    ] {
         let exit = wait(child, StdDuration::from_secs(60), &log);
         assert!(
             exit.success(),
@@ -652,6 +658,20 @@ fn two_daemons_share_one_database_through_a_sigkill_and_a_sigstop() {
     }
     let end = start + Duration::milliseconds(t0.elapsed().as_millis() as i64 * speed);
 
+    // The daemons' logs, for a failure's message.
+    let tails = || {
+        let mut text = String::new();
+        for (name, n) in [("d1", 1), ("d1", 2), ("d2", 1), ("d3", 1)] {
+            let log = std::fs::read_to_string(logs(name, n)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            text += &format!("--- {name} ({n}), last lines:\n");
+            for line in &lines[lines.len().saturating_sub(25)..] {
+                text += line;
+                text.push('\n');
+            }
+        }
+        text
+    };
     // The book against the database.
     let book = sandbox.book();
     let mut store = PgStore::connect(&schema.url, "check", LEASE).unwrap();
@@ -704,8 +724,8 @@ fn two_daemons_share_one_database_through_a_sigkill_and_a_sigstop() {
         grace_hours: 24,
     });
     let mut due = 0;
-    for i in 0..20u32 {
-        let first = NaiveDate::from_ymd_opt(2027, 1, 2 + i).unwrap();
+    for i in 0..60u32 {
+        let first = NaiveDate::from_ymd_opt(2027, 1, 2 + i % 20).unwrap();
         for period in 0..3u32 {
             let date = first
                 .checked_add_months(chrono::Months::new(period))
@@ -717,12 +737,13 @@ fn two_daemons_share_one_database_through_a_sigkill_and_a_sigstop() {
             assert_eq!(
                 approved_per_period.get(&(format!("s{i}"), period)),
                 Some(&1),
-                "s{i} period {period} (due {date}) was not charged by {end}"
+                "s{i} period {period} (due {date}) was not charged by {end}\n{}",
+                tails()
             );
         }
     }
     assert!(
-        due >= 20,
+        due >= 60,
         "only {due} periods fell due: the run was too short"
     );
 }

@@ -499,7 +499,12 @@ impl<S: ChargeStore + 'static> Engine<S> {
                 }
             }
         }
+        // Against the store's last sweep only where this daemon is the only one sweeping: with
+        // several instances that sweep is any instance's, on another host's clock, and a few
+        // minutes of skew between hosts must not stop every instance. Each still checks its
+        // own clock against monotonic time above.
         if jump.is_none()
+            && !S::SHARED
             && let Some(last) = last.filter(|last| now < *last - CLOCK_BEHIND)
         {
             jump = Some(format!(
