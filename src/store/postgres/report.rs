@@ -83,10 +83,8 @@ pub fn shared_status(
         .pg(&location, what)?
         .get(0);
     if !known {
-        return Err(StoreError::NoDatabase {
-            path: location,
-            empty: true,
-        });
+        // No instance has created the tables (in this URL's schema) yet.
+        return Err(StoreError::Missing { path: location });
     }
     let schema_version: i32 = client
         .query_one(
