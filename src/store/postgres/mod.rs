@@ -132,6 +132,30 @@ pub fn lease_fits_settle_window(lease: Duration, settle: Duration) -> bool {
     !lease.is_zero() && lease < settle
 }
 
+/// The client configuration for `url` (its password, if any, from `password`, kept out of the
+/// URL), with keepalives and a connect timeout so that a server or a network that vanished is
+/// noticed, not waited on for hours; and the URL without its password, for messages.
+pub(super) fn connection_config(
+    url: &str,
+    password: Option<&secrecy::SecretString>,
+) -> Result<(PathBuf, postgres::Config), StoreError> {
+    let location = PathBuf::from(redact_url(url));
+    let mut config = postgres::Config::from_str(url).map_err(|source| StoreError::Postgres {
+        location: location.display().to_string(),
+        what: "reading the connection string".into(),
+        source,
+    })?;
+    if let Some(password) = password {
+        use secrecy::ExposeSecret;
+        config.password(password.expose_secret());
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(10));
+    Ok((location, config))
+}
+
 /// The connection string without its password, for messages: a URL loses its password and any
 /// `password` query parameter; a `key=value` string is rebuilt from its host, port, user and
 /// database name only.
@@ -616,22 +640,7 @@ impl PgStore {
         instance: &str,
         lease: Duration,
     ) -> Result<PgStore, StoreError> {
-        let location = PathBuf::from(redact_url(url));
-        let mut config =
-            postgres::Config::from_str(url).map_err(|source| StoreError::Postgres {
-                location: location.display().to_string(),
-                what: "reading the connection string".into(),
-                source,
-            })?;
-        if let Some(password) = password {
-            use secrecy::ExposeSecret;
-            config.password(password.expose_secret());
-        }
-        // A server or a network that vanished is noticed (not waited on for hours).
-        config
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(10));
+        let (location, config) = connection_config(url, password)?;
         if instance.is_empty() {
             return Err(corrupt(&location, "instance name", "(empty)"));
         }

@@ -4,10 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use postgres::NoTls;
-use std::path::PathBuf;
-use std::str::FromStr;
 
-use super::{PgContext, SCHEMA_VERSION, redact_url};
+use super::{PgContext, SCHEMA_VERSION, connection_config};
 use crate::store::StoreError;
 
 /// One instance as `status` shows it.
@@ -62,16 +60,7 @@ pub fn shared_status(
     url: &str,
     password: Option<&secrecy::SecretString>,
 ) -> Result<SharedStatus, StoreError> {
-    let location = PathBuf::from(redact_url(url));
-    let mut config = postgres::Config::from_str(url).map_err(|source| StoreError::Postgres {
-        location: location.display().to_string(),
-        what: "reading the connection string".into(),
-        source,
-    })?;
-    if let Some(password) = password {
-        use secrecy::ExposeSecret;
-        config.password(password.expose_secret());
-    }
+    let (location, config) = connection_config(url, password)?;
     let mut client = config.connect(NoTls).pg(&location, "connecting")?;
     let what = "reading the status";
     let known: bool = client
