@@ -264,7 +264,7 @@ pub async fn run(
         Some(postgres) => return shared::run(config, gateway, options, postgres).await,
         #[cfg(not(feature = "postgres"))]
         Some(_) => {
-            return Err(DaemonError::Database(
+            return Err(DaemonError::Config(
                 "database.url: this recurrentd was built without PostgreSQL (cargo feature \
                  `postgres`)"
                     .into(),
