@@ -84,8 +84,9 @@ pub(super) fn corrupt(path: &Path, what: &str, value: impl ToString) -> StoreErr
     }
 }
 
-/// A charge row's purpose from its `period` and `reference` columns (exactly one is set).
-fn purpose_from_columns(
+/// A charge row's purpose from its `period` and `reference` columns (exactly one is set); both
+/// backends decode it here.
+pub(super) fn purpose_from_columns(
     path: &Path,
     period: Option<i64>,
     reference: Option<String>,

@@ -100,6 +100,7 @@ use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Row, Transaction};
 use serde_json::{Map, Value, json};
 
+use super::charges::purpose_from_columns;
 use super::{LedgerEntry, OutcomeWrite, StoreError, kind};
 use crate::billing::{Cadence, CatchUp, Limits, Revisit, SubscriptionState, Terms};
 use crate::lifecycle::{
@@ -299,24 +300,6 @@ const OPEN_CHARGE_COLUMNS: &str = "c.id, c.period, c.reference, c.due_date, c.am
         ('pending', 'not_sent', 'unknown', 'parked', 'approved', 'quarantined')), \
     c.created_at";
 
-fn purpose(
-    location: &Path,
-    period: Option<i64>,
-    reference: Option<String>,
-) -> Result<Purpose, StoreError> {
-    match (period, reference) {
-        (Some(n), None) => u32::try_from(n)
-            .map(Purpose::Period)
-            .map_err(|_| corrupt(location, "charges.period", n)),
-        (None, Some(reference)) => Ok(Purpose::Adhoc(reference)),
-        (period, reference) => Err(corrupt(
-            location,
-            "charges.period/reference",
-            format!("{period:?}/{reference:?}"),
-        )),
-    }
-}
-
 fn money(location: &Path, what: &str, cents: i64) -> Result<Money, StoreError> {
     Money::from_cents(cents).ok_or_else(|| corrupt(location, what, cents))
 }
@@ -340,7 +323,7 @@ fn decode_job(location: &Path, row: &Row) -> Result<Job, StoreError> {
         attempt_id: row.get(0),
         charge_id: row.get(1),
         subscription_id: row.get(2),
-        purpose: purpose(location, row.get(3), row.get(18))?,
+        purpose: purpose_from_columns(location, row.get(3), row.get(18))?,
         attempt: u32::try_from(attempt)
             .map_err(|_| corrupt(location, "attempts.attempt", attempt))?,
         order_number: row.get(5),
@@ -416,7 +399,7 @@ fn decode_open_charge(location: &Path, row: &Row) -> Result<OpenCharge, StoreErr
     let attempts: i64 = row.get(8);
     Ok(OpenCharge {
         id: row.get(0),
-        purpose: purpose(location, row.get(1), row.get(2))?,
+        purpose: purpose_from_columns(location, row.get(1), row.get(2))?,
         due_date: row.get(3),
         amount: money(location, "charges.amount_cents", cents)?,
         currency: currency(location, "charges.currency", &currency_text)?,
